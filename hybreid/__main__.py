@@ -1,0 +1,5 @@
+import sys
+
+from hybreid.cli import main
+
+sys.exit(main())

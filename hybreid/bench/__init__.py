@@ -1,0 +1,1 @@
+"""Benchmarks behind `hybreid bench`: FLOPs/params, latency, pipeline, matcher."""

@@ -1,0 +1,56 @@
+"""Configuration: YAML files plus ``key=value`` overrides from the command line.
+
+Values are parsed as YAML, so ``depth=3``, ``share_seu=false``, ``image_size=[384,128]``
+and ``vit_overrides.depth=2`` (dotted keys nest) all mean what they look like.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from hybreid.errors import UserError
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """``["a=1", "b.c=[2,3]"]`` -> ``{"a": 1, "b": {"c": [2, 3]}}``."""
+    result: dict = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"override {item!r} is not of the form key=value")
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise UserError(f"override {item!r}: cannot parse the value ({exc})") from exc
+        target = result
+        *parents, leaf = key.split(".")
+        for part in parents:
+            target = target.setdefault(part, {})
+        target[leaf] = parsed
+    return result
+
+
+def merge(base: dict, overrides: dict) -> dict:
+    """Recursive dict merge; ``overrides`` wins."""
+    merged = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise UserError(f"config file {path} is not valid YAML ({exc})") from exc
+    if not isinstance(data, dict):
+        raise UserError(f"config file {path} must hold a mapping of options at its top level")
+    return data
