@@ -53,6 +53,55 @@ def _cmd_bench_flops(args: argparse.Namespace) -> None:
     print(f"saved {path}")
 
 
+def _cmd_data_synth(args: argparse.Namespace) -> None:
+    from hybreid.data import synthetic_datasets
+    from hybreid.data.datasets import load_dataset
+    from hybreid.tables import format_table
+
+    writer = {"market1501": synthetic_datasets.write_market1501, "sysu_mm01": synthetic_datasets.write_sysu_mm01}
+    root = writer[args.layout](args.out, train_ids=args.train_ids, test_ids=args.test_ids,
+                               images_per_camera=args.images_per_camera, seed=args.seed)
+    dataset = load_dataset(args.layout, root)
+    print(format_table(["split", "identities", "images", "cameras"], dataset.summary(),
+                       title=f"synthetic {args.layout} written to {root}"))
+
+
+def _cmd_train(args: argparse.Namespace) -> None:
+    from hybreid.config import parse_overrides
+    from hybreid.train.trainer import Trainer, resolve_config
+
+    config = resolve_config(args.config, parse_overrides(args.overrides))
+    history = Trainer(config).fit()
+    final = history[-1] if history else {}
+    summary = ", ".join(f"{k} {final[k]:.4f}" for k in ("loss", "mAP", "rank1", "mINP") if k in final)
+    print(f"finished: {summary}; run folder {config['output']}")
+
+
+def _cmd_eval(args: argparse.Namespace) -> None:
+    from hybreid.data.datasets import load_dataset
+    from hybreid.eval.evaluate import evaluate
+    from hybreid.tables import format_table
+    from hybreid.train.checkpoint import load_model
+
+    model, _ = load_model(args.model)
+    options = {"trial": args.trial} if args.dataset == "regdb" else {}
+    dataset = load_dataset(args.dataset, args.root, **options)
+    metrics = evaluate(model, dataset, rerank=args.rerank, use_camids=args.camids, trials=args.trials,
+                       progress=True)
+    rows = [[key, 100 * metrics[key]] for key in ("mAP", "rank1", "rank5", "rank10", "rank20", "mINP")]
+    print(format_table(["metric", "%"], rows, title=f"{args.dataset} ({args.model})", floatfmt=".2f"))
+    if args.out:
+        from hybreid.bench.flops import save_json
+
+        print(f"saved {save_json(metrics, args.out)}")
+
+
+def _cmd_bench_train(args: argparse.Namespace) -> None:
+    from hybreid.bench import training
+
+    training.run(args.out, models=args.model or list(training.BENCHMARKS), workdir=args.workdir)
+
+
 def _cmd_demo(args: argparse.Namespace) -> None:
     from hybreid.models import build
 
@@ -81,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     models = commands.add_parser("models", help="list the named model configurations")
     models.set_defaults(func=_cmd_models)
 
-    bench = commands.add_parser("bench", help="benchmarks: flops")
+    bench = commands.add_parser("bench", help="benchmarks: flops, train")
     bench_commands = bench.add_subparsers(dest="bench_command", required=True)
     flops = bench_commands.add_parser(
         "flops", help="params and GFLOPs (paper count and full count) with a per-module breakdown"
@@ -93,6 +142,43 @@ def build_parser() -> argparse.ArgumentParser:
     flops.add_argument("overrides", nargs="*", metavar="key=value",
                        help="model options, e.g. image_size=[384,128] depth=3 pooling=avg")
     flops.set_defaults(func=_cmd_bench_flops)
+
+    train_bench = bench_commands.add_parser(
+        "train", help="train the tiny models on synthetic data; mAP trained vs untrained")
+    train_bench.add_argument("--model", action="append", choices=["fusionreid_tiny", "haresformer_tiny"])
+    train_bench.add_argument("--out", default="benchmarks/training", help="folder for the JSON, runs and plots")
+    train_bench.add_argument("--workdir", default=None, help="where to write the synthetic data (default: --out)")
+    train_bench.set_defaults(func=_cmd_bench_train)
+
+    data = commands.add_parser("data", help="datasets: write synthetic people")
+    data_commands = data.add_subparsers(dest="data_command", required=True)
+    synth = data_commands.add_parser("synth", help="synthetic people in a real dataset layout")
+    synth.add_argument("--layout", choices=["market1501", "sysu_mm01"], required=True)
+    synth.add_argument("--out", required=True, help="dataset root to create")
+    synth.add_argument("--train-ids", type=int, default=200)
+    synth.add_argument("--test-ids", type=int, default=100)
+    synth.add_argument("--images-per-camera", type=int, default=4)
+    synth.add_argument("--seed", type=int, default=0)
+    synth.set_defaults(func=_cmd_data_synth)
+
+    train = commands.add_parser("train", help="train a model (single process, or under torchrun)")
+    train.add_argument("--config", help="YAML training config (see configs/train/)")
+    train.add_argument("overrides", nargs="*", metavar="key=value",
+                       help="config overrides, e.g. dataset.root=/data/market optim.epochs=120")
+    train.set_defaults(func=_cmd_train)
+
+    evaluate = commands.add_parser("eval", help="evaluate a trained model with a dataset's protocol")
+    evaluate.add_argument("--model", required=True, help="model.pt of a training run")
+    evaluate.add_argument("--dataset", required=True,
+                          choices=["market1501", "dukemtmc", "msmt17", "sysu_mm01", "regdb", "llcm"])
+    evaluate.add_argument("--root", required=True, help="dataset folder in its standard layout")
+    evaluate.add_argument("--trial", type=int, default=1, help="RegDB split 1..10")
+    evaluate.add_argument("--trials", type=int, default=10, help="gallery trials (SYSU-MM01, LLCM)")
+    evaluate.add_argument("--rerank", action="store_true", help="k-reciprocal re-ranking")
+    evaluate.add_argument("--camids", action="store_true",
+                          help="give FusionReID the real camera ids (the authors' evaluation)")
+    evaluate.add_argument("--out", help="JSON file for the metrics")
+    evaluate.set_defaults(func=_cmd_eval)
 
     demo = commands.add_parser("demo", help="run the whole chain on synthetic data")
     demo.set_defaults(func=_cmd_demo)

@@ -6,11 +6,25 @@ and ``vit_overrides.depth=2`` (dotted keys nest) all mean what they look like.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import yaml
 
 from hybreid.errors import UserError
+
+# YAML 1.1 reads "5e-4" (no dot) as a string; every config here means a number by it.
+_NUMBER = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
+
+
+def _numbers(value):
+    if isinstance(value, str) and _NUMBER.match(value):
+        return float(value)
+    if isinstance(value, dict):
+        return {k: _numbers(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_numbers(v) for v in value]
+    return value
 
 
 def parse_overrides(items: list[str]) -> dict:
@@ -28,7 +42,7 @@ def parse_overrides(items: list[str]) -> dict:
         *parents, leaf = key.split(".")
         for part in parents:
             target = target.setdefault(part, {})
-        target[leaf] = parsed
+        target[leaf] = _numbers(parsed)
     return result
 
 
@@ -53,4 +67,4 @@ def load_yaml(path: str | Path) -> dict:
         raise UserError(f"config file {path} is not valid YAML ({exc})") from exc
     if not isinstance(data, dict):
         raise UserError(f"config file {path} must hold a mapping of options at its top level")
-    return data
+    return _numbers(data)

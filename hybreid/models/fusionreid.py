@@ -293,6 +293,9 @@ class FusionReID(nn.Module):
     """
 
     feature_names = ("cnn", "vit", "cnn_lru", "vit_lru", "cnn_htm", "vit_htm")
+    # Input normalisation of the authors' training recipe (RGB, [0, 1] scale).
+    pixel_mean = (0.5, 0.5, 0.5)
+    pixel_std = (0.5, 0.5, 0.5)
 
     def __init__(
         self,

@@ -125,6 +125,10 @@ class HAResformer(nn.Module):
     ``final``. Eval mode returns the test embedding described in the module docstring.
     """
 
+    # ImageNet statistics, as the ResNet-50 encoder was pretrained with (RGB, [0, 1] scale).
+    pixel_mean = (0.485, 0.456, 0.406)
+    pixel_std = (0.229, 0.224, 0.225)
+
     def __init__(
         self,
         num_classes: int = 395,

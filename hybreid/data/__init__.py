@@ -1,0 +1,1 @@
+"""Datasets, synthetic people, transforms and samplers."""

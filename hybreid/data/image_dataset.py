@@ -1,0 +1,46 @@
+"""A torch ``Dataset`` over :class:`~hybreid.data.datasets.Sample` lists."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import cv2
+from PIL import Image
+from torch.utils.data import Dataset
+
+from hybreid.data.datasets import VISIBLE, Sample
+from hybreid.errors import UserError
+
+MODALITY_INDEX = {VISIBLE: 0, "infrared": 1}
+
+
+def read_rgb(path: str) -> Image.Image:
+    image = cv2.imread(path, cv2.IMREAD_COLOR)
+    if image is None:
+        raise UserError(f"cannot read image {path} (missing or not an image file)")
+    return Image.fromarray(cv2.cvtColor(image, cv2.COLOR_BGR2RGB))
+
+
+class ImageDataset(Dataset):
+    """Items are ``(image tensor, pid, camid, modality index)``; the transform is chosen by
+    the sample's modality. ``cache=True`` keeps decoded images in memory (small sets)."""
+
+    def __init__(self, samples: Sequence[Sample], transforms: dict, cache: bool = False):
+        self.samples = list(samples)
+        self.transforms = transforms
+        self.cache = {} if cache else None
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def _image(self, index: int) -> Image.Image:
+        if self.cache is None:
+            return read_rgb(self.samples[index].path)
+        if index not in self.cache:
+            self.cache[index] = read_rgb(self.samples[index].path)
+        return self.cache[index]
+
+    def __getitem__(self, index: int):
+        sample = self.samples[index]
+        image = self.transforms[sample.modality](self._image(index))
+        return image, sample.pid, sample.camid, MODALITY_INDEX[sample.modality]

@@ -1,0 +1,1 @@
+"""Evaluation: CMC / mAP / mINP and the datasets' protocols."""

@@ -1,0 +1,122 @@
+"""The datasets' evaluation protocols on top of :func:`evaluate_ranking`.
+
+- Market1501 / DukeMTMC / MSMT17: one query set against one gallery, same-pid-same-
+  camera removal, plain CMC.
+- SYSU-MM01 (AGW/DDAG code): query = infrared images of cam3 and cam6; single-shot
+  gallery = one random visible image per (identity, camera) over cam1/2/4/5
+  (all-search) or cam1/2 (indoor-search), drawn with ``random.seed(trial)`` for trials
+  0..9 and averaged; a cam3 query skips every cam2 gallery image; identity-level CMC.
+- RegDB: each of the 10 splits evaluated in both directions on the whole test
+  gallery, nothing removed, plain CMC.
+- LLCM: both directions, 10 single-shot gallery trials like SYSU, Market's
+  same-pid-same-camera removal, identity-level CMC.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from collections.abc import Sequence
+
+import numpy as np
+
+from hybreid.data.datasets import Sample
+from hybreid.eval.metrics import RankResult, cosine_distance, evaluate_ranking, remove_nothing, same_pid_same_camera
+from hybreid.eval.rerank import k_reciprocal_rerank
+
+SYSU_CAM2, SYSU_CAM3 = 1, 2  # 0-based ids of SYSU's cam2 and cam3
+SYSU_GALLERY_CAMERAS = {"all": (0, 1, 3, 4), "indoor": (0, 1)}  # cam1, cam2, cam4, cam5 / cam1, cam2
+
+
+def _arrays(samples: Sequence[Sample]) -> tuple[np.ndarray, np.ndarray]:
+    return np.array([s.pid for s in samples]), np.array([s.camid for s in samples])
+
+
+def _distance(q_feats: np.ndarray, g_feats: np.ndarray, rerank: bool) -> np.ndarray:
+    if rerank:
+        return k_reciprocal_rerank(q_feats, g_feats)
+    return cosine_distance(q_feats, g_feats)
+
+
+def single_shot_gallery(gallery: Sequence[Sample], cameras: Sequence[int], trial: int) -> list[int]:
+    """Indices of one random image per (identity, camera), as the reference code draws them.
+
+    Identities in ascending order, cameras in the order given, files sorted by path,
+    ``random.choice`` from a generator seeded with ``trial``.
+    """
+    by_key: dict[tuple[int, int], list[int]] = defaultdict(list)
+    for index, sample in enumerate(gallery):
+        by_key[(sample.pid, sample.camid)].append(index)
+    rng = random.Random(trial)
+    chosen = []
+    for pid in sorted({s.pid for s in gallery}):
+        for camid in cameras:
+            candidates = by_key.get((pid, camid))
+            if candidates:
+                chosen.append(rng.choice(sorted(candidates, key=lambda i: gallery[i].path)))
+    return chosen
+
+
+def _mean(results: list[RankResult]) -> dict:
+    rows = [r.to_dict() for r in results]
+    return {key: float(np.mean([row[key] for row in rows])) for key in rows[0]}
+
+
+def evaluate_market(q_feats, query: Sequence[Sample], g_feats, gallery: Sequence[Sample],
+                    rerank: bool = False) -> dict:
+    q_pids, q_cams = _arrays(query)
+    g_pids, g_cams = _arrays(gallery)
+    result = evaluate_ranking(_distance(q_feats, g_feats, rerank), q_pids, g_pids,
+                              same_pid_same_camera(q_pids, g_pids, q_cams, g_cams))
+    return result.to_dict()
+
+
+def evaluate_sysu(q_feats, query: Sequence[Sample], g_feats, gallery: Sequence[Sample],
+                  mode: str = "all", trials: int = 10, rerank: bool = False) -> dict:
+    """SYSU-MM01 single-shot, ``mode`` = ``all`` or ``indoor``, averaged over trials 0..trials-1."""
+    q_pids, q_cams = _arrays(query)
+    results = []
+    for trial in range(trials):
+        chosen = single_shot_gallery(gallery, SYSU_GALLERY_CAMERAS[mode], trial)
+        g_pids, g_cams = _arrays([gallery[i] for i in chosen])
+
+        def cam3_skips_cam2(q: int, order: np.ndarray, g_cams=g_cams) -> np.ndarray:
+            return (q_cams[q] == SYSU_CAM3) & (g_cams[order] == SYSU_CAM2)
+
+        results.append(evaluate_ranking(_distance(q_feats, g_feats[chosen], rerank), q_pids, g_pids,
+                                        cam3_skips_cam2, identity_level_cmc=True))
+    return _mean(results)
+
+
+def evaluate_regdb(visible_feats, visible: Sequence[Sample], thermal_feats, thermal: Sequence[Sample],
+                   rerank: bool = False) -> dict:
+    """One RegDB split, both directions: {"visible_to_infrared": ..., "infrared_to_visible": ...}."""
+    v_pids, _ = _arrays(visible)
+    t_pids, _ = _arrays(thermal)
+    return {
+        "visible_to_infrared": evaluate_ranking(
+            _distance(visible_feats, thermal_feats, rerank), v_pids, t_pids, remove_nothing).to_dict(),
+        "infrared_to_visible": evaluate_ranking(
+            _distance(thermal_feats, visible_feats, rerank), t_pids, v_pids, remove_nothing).to_dict(),
+    }
+
+
+def evaluate_llcm(visible_feats, visible: Sequence[Sample], infrared_feats, infrared: Sequence[Sample],
+                  trials: int = 10, rerank: bool = False) -> dict:
+    """LLCM, both directions, single-shot galleries over every camera, averaged over trials."""
+    out = {}
+    for direction, (qf, qs, gf, gs) in {
+        "visible_to_infrared": (visible_feats, visible, infrared_feats, infrared),
+        "infrared_to_visible": (infrared_feats, infrared, visible_feats, visible),
+    }.items():
+        q_pids, q_cams = _arrays(qs)
+        cameras = sorted({s.camid for s in gs})
+        results = []
+        for trial in range(trials):
+            chosen = single_shot_gallery(gs, cameras, trial)
+            g_pids, g_cams = _arrays([gs[i] for i in chosen])
+            results.append(evaluate_ranking(_distance(qf, gf[chosen], rerank), q_pids, g_pids,
+                                            same_pid_same_camera(q_pids, g_pids, q_cams, g_cams),
+                                            identity_level_cmc=True))
+        out[direction] = _mean(results)
+    return out

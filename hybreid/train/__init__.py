@@ -1,0 +1,1 @@
+"""Losses, trainer (torchrun/DDP), schedules and checkpoints."""
