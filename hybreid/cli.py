@@ -102,6 +102,69 @@ def _cmd_bench_train(args: argparse.Namespace) -> None:
     training.run(args.out, models=args.model or list(training.BENCHMARKS), workdir=args.workdir)
 
 
+def _cmd_export_onnx(args: argparse.Namespace) -> None:
+    from hybreid.export.onnx_export import export_onnx
+    from hybreid.export.precision import convert_to_fp16
+    from hybreid.train.checkpoint import load_model
+
+    if args.model_file:
+        model, payload = load_model(args.model_file)
+        name, config = payload["model"], payload["options"]
+    else:
+        from hybreid.config import parse_overrides
+        from hybreid.models import build
+
+        config = parse_overrides(args.overrides)
+        name = args.model
+        model = build(name, **config).eval()
+        print(f"note: exporting {name} with untrained weights (give --model-file for a trained model)")
+    path = export_onnx(model, args.out, name, config, opset=args.opset, preprocess_in_graph=args.preprocess_in_graph)
+    print(f"wrote {path} (opset {args.opset}, dynamic batch, embedding dim {model.embedding_dim})")
+    if args.fp16:
+        fp16 = path.with_suffix(".fp16.onnx")
+        kept = convert_to_fp16(path, fp16)
+        print(f"wrote {fp16} (FP16, {len(kept)} sensitive nodes kept FP32)")
+
+
+def _cmd_export_engine(args: argparse.Namespace) -> None:
+    from hybreid.export.tensorrt_build import build_engine
+    from hybreid.inference.engine_cache import BuildOptions
+
+    options = BuildOptions(args.precision, args.min_batch, args.opt_batch, args.max_batch, args.workspace_mib)
+    path = build_engine(args.onnx, args.out_dir, options, args.calibration_cache, args.timing_cache)
+    print(f"engine {path}")
+
+
+def _cmd_bundle(args: argparse.Namespace) -> None:
+    from hybreid.export import bundle
+    from hybreid.inference.engine_cache import BuildOptions
+
+    if args.bundle_command == "create":
+        precision = "int8" if args.int8_qdq else "fp16" if args.fp16 else "fp32"
+        options = BuildOptions(args.precision or precision, args.min_batch, args.opt_batch, args.max_batch)
+        path = bundle.create_bundle(args.out, args.onnx, args.fp16, args.int8_qdq, args.calibration_cache, options)
+        print(f"bundle {path}")
+    elif args.bundle_command == "verify":
+        manifest = bundle.verify_bundle(args.bundle)
+        print(f"bundle {args.bundle} is intact: {manifest['model']}@{manifest['weights_sha256']}, "
+              f"files {', '.join(f['name'] for f in manifest['files'].values())}")
+    else:
+        folder = bundle.install_bundle(args.bundle, args.dir)
+        print(f"installed into {folder}")
+        if args.build_engine:
+            from hybreid.export.tensorrt_build import build_engine
+
+            manifest = bundle.verify_bundle(args.bundle)
+            options = BuildOptions(**manifest["build"])
+            source = {"int8": "model.int8.qdq.onnx", "fp16": "model.fp16.onnx"}.get(options.precision, "model.onnx")
+            if not (folder / source).is_file():
+                source = "model.onnx"
+            cache = folder / "calibration.cache"
+            engine = build_engine(folder / source, folder / "engines", options,
+                                  cache if cache.is_file() else None, folder / "timing.cache")
+            print(f"engine {engine}")
+
+
 def _cmd_demo(args: argparse.Namespace) -> None:
     from hybreid.models import build
 
@@ -179,6 +242,53 @@ def build_parser() -> argparse.ArgumentParser:
                           help="give FusionReID the real camera ids (the authors' evaluation)")
     evaluate.add_argument("--out", help="JSON file for the metrics")
     evaluate.set_defaults(func=_cmd_eval)
+
+    export = commands.add_parser("export", help="export: onnx, engine")
+    export_commands = export.add_subparsers(dest="export_command", required=True)
+    onnx_cmd = export_commands.add_parser("onnx", help="dynamic-batch ONNX with its contract in the metadata")
+    source = onnx_cmd.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model-file", help="model.pt of a training run")
+    source.add_argument("--model", help="registry name (untrained weights; for benchmarks)")
+    onnx_cmd.add_argument("--out", required=True, help="ONNX file to write")
+    onnx_cmd.add_argument("--opset", type=int, default=17)
+    onnx_cmd.add_argument("--preprocess-in-graph", action="store_true",
+                          help="input uint8 RGB crops [N, H, W, 3]; the graph normalises them")
+    onnx_cmd.add_argument("--fp16", action="store_true",
+                          help="also write <out>.fp16.onnx with LayerNorm/Softmax/attention kept FP32")
+    onnx_cmd.add_argument("overrides", nargs="*", metavar="key=value", help="model options with --model")
+    onnx_cmd.set_defaults(func=_cmd_export_onnx)
+    engine = export_commands.add_parser("engine", help="build a TensorRT engine on this device (needs a GPU)")
+    engine.add_argument("--onnx", required=True, help="ONNX, FP16 ONNX or Q/DQ INT8 ONNX")
+    engine.add_argument("--precision", choices=["fp32", "fp16", "int8"], default="fp16")
+    engine.add_argument("--min-batch", "--min", type=int, default=1)
+    engine.add_argument("--opt-batch", "--opt", type=int, default=8)
+    engine.add_argument("--max-batch", "--max", type=int, default=32)
+    engine.add_argument("--workspace-mib", type=int, default=2048)
+    engine.add_argument("--timing-cache", default="timing.cache")
+    engine.add_argument("--calibration-cache", help="INT8 calibration cache (TensorRT <= 10, no Q/DQ ONNX)")
+    engine.add_argument("--out-dir", default="engines")
+    engine.set_defaults(func=_cmd_export_engine)
+
+    bundle = commands.add_parser("bundle", help="device bundles: create, verify, install")
+    bundle_commands = bundle.add_subparsers(dest="bundle_command", required=True)
+    create = bundle_commands.add_parser("create", help="pack ONNX variants with a manifest of hashes")
+    create.add_argument("--onnx", required=True)
+    create.add_argument("--fp16")
+    create.add_argument("--int8-qdq")
+    create.add_argument("--calibration-cache")
+    create.add_argument("--precision", choices=["fp32", "fp16", "int8"], help="engine precision to build on device")
+    create.add_argument("--min-batch", type=int, default=1)
+    create.add_argument("--opt-batch", type=int, default=8)
+    create.add_argument("--max-batch", type=int, default=32)
+    create.add_argument("--out", required=True, help="bundle file (.tar.gz)")
+    verify = bundle_commands.add_parser("verify", help="check a bundle's manifest and hashes")
+    verify.add_argument("bundle")
+    install = bundle_commands.add_parser("install", help="verify and unpack a bundle on this device")
+    install.add_argument("bundle")
+    install.add_argument("--dir", required=True, help="models folder on the device")
+    install.add_argument("--build-engine", action="store_true", help="then build the TensorRT engine here")
+    for sub in (create, verify, install):
+        sub.set_defaults(func=_cmd_bundle)
 
     demo = commands.add_parser("demo", help="run the whole chain on synthetic data")
     demo.set_defaults(func=_cmd_demo)

@@ -121,7 +121,7 @@ class TransformerBranch(nn.Module):
         tokens = self.embed(images) + self.camera_term(camids)
         tokens = self.norm(self.blocks(tokens))
         cls_token = tokens[:, 0]
-        patch_map = tokens[:, 1:].transpose(1, 2).unflatten(2, self.grid)
+        patch_map = tokens[:, 1:].transpose(1, 2).reshape(-1, self.dim, *self.grid)
         return patch_map, cls_token
 
 

@@ -90,7 +90,7 @@ class TransformerEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         tokens = self.norm(self.blocks(self.embed(x)))
-        return tokens[:, 0], tokens[:, 1:].transpose(1, 2).unflatten(2, self.grid)
+        return tokens[:, 0], tokens[:, 1:].transpose(1, 2).reshape(-1, tokens.shape[-1], *self.grid)
 
 
 class CrossEncoderFeatureFusion(nn.Module):

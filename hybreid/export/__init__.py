@@ -1,0 +1,1 @@
+"""Export: ONNX, TensorRT engines, FP16 graphs and device bundles."""
