@@ -165,6 +165,57 @@ def _cmd_bundle(args: argparse.Namespace) -> None:
             print(f"engine {engine}")
 
 
+def _cmd_bench_latency(args: argparse.Namespace) -> None:
+    from hybreid.bench import latency
+    from hybreid.config import parse_overrides
+
+    int8 = dict(item.split("=", 1) for item in args.int8) if args.int8 else None
+    latency.run(args.model or ["fusionreid_vitb16_s12", "haresformer_h1l1"], args.batch or [1, 8], args.out,
+                threads=args.threads, repeats=args.repeats, int8=int8, options=parse_overrides(args.overrides))
+
+
+def _cmd_bench_fidelity(args: argparse.Namespace) -> None:
+    from hybreid.bench import fidelity
+
+    fidelity.run(args.model or ["fusionreid_vitb16_s12", "haresformer_h1l1"], args.out)
+
+
+def _cmd_calibrate_int8(args: argparse.Namespace) -> None:
+    from hybreid.calibration.report import run_int8
+    from hybreid.data.datasets import load_dataset
+
+    dataset = load_dataset(args.eval_dataset, args.eval_root) if args.eval_dataset else None
+    methods = ("minmax", "entropy", "percentile") if args.method == "all" else (args.method,)
+    run_int8(args.onnx, args.out, target=args.target, methods=methods, source=args.source, count=args.count,
+             eval_dataset=dataset, compare_attention=not args.no_attention_comparison, threads=args.threads)
+
+
+def _cmd_calibrate_threshold(args: argparse.Namespace) -> None:
+    import numpy as np
+
+    from hybreid.calibration.report import embed_images
+    from hybreid.calibration.threshold import calibrate_thresholds, plot_scores, save_thresholds
+    from hybreid.data.datasets import load_dataset
+    from hybreid.inference import load_embedder
+    from hybreid.tables import format_table
+
+    embedder = load_embedder(args.onnx)
+    dataset = load_dataset(args.dataset, args.root)
+    samples = getattr(dataset, args.split) if args.split != "test" else dataset.query + dataset.gallery
+    samples = [s for s in samples if s.pid > 0]  # distractors have no genuine pair
+    embeddings = embed_images(embedder, [s.path for s in samples])
+    pids = np.array([s.pid for s in samples])
+    modalities = np.array([s.modality for s in samples])
+    thresholds = calibrate_thresholds(embeddings, pids, modalities, args.fmr)
+    path = save_thresholds(thresholds, args.out, embedder.contract.identity, args.fmr)
+    plot = plot_scores(embeddings, pids, modalities, thresholds, path.with_suffix(".png"))
+    rows = [[kind, t.threshold, 100 * t.false_match_rate, 100 * t.true_match_rate, t.genuine_pairs,
+             t.impostor_pairs] for kind, t in thresholds.items()]
+    print(format_table(["pairs", "threshold", "FMR %", "TMR %", "genuine", "impostor"], rows, floatfmt=".4f",
+                       title=f"match thresholds for a target false-match rate of {args.fmr:.2%}"))
+    print(f"saved {path} (read by the matcher) and {plot}")
+
+
 def _cmd_demo(args: argparse.Namespace) -> None:
     from hybreid.models import build
 
@@ -193,7 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     models = commands.add_parser("models", help="list the named model configurations")
     models.set_defaults(func=_cmd_models)
 
-    bench = commands.add_parser("bench", help="benchmarks: flops, train")
+    bench = commands.add_parser("bench", help="benchmarks: flops, train, latency, fidelity")
     bench_commands = bench.add_subparsers(dest="bench_command", required=True)
     flops = bench_commands.add_parser(
         "flops", help="params and GFLOPs (paper count and full count) with a per-module breakdown"
@@ -212,6 +263,22 @@ def build_parser() -> argparse.ArgumentParser:
     train_bench.add_argument("--out", default="benchmarks/training", help="folder for the JSON, runs and plots")
     train_bench.add_argument("--workdir", default=None, help="where to write the synthetic data (default: --out)")
     train_bench.set_defaults(func=_cmd_bench_train)
+
+    lat = bench_commands.add_parser("latency", help="torch eager vs ONNX Runtime (FP32, INT8) latency and roofline")
+    lat.add_argument("--model", action="append", help="registry name (repeatable); default: both paper models")
+    lat.add_argument("--batch", action="append", type=int, help="batch size (repeatable); default 1 and 8")
+    lat.add_argument("--threads", type=int, default=2)
+    lat.add_argument("--repeats", type=int, default=10)
+    lat.add_argument("--int8", action="append", metavar="MODEL=QDQ.onnx",
+                     help="also time a Q/DQ INT8 model from `hybreid calibrate int8`")
+    lat.add_argument("--out", default="benchmarks/latency")
+    lat.add_argument("overrides", nargs="*", metavar="key=value", help="model options")
+    lat.set_defaults(func=_cmd_bench_latency)
+
+    fid = bench_commands.add_parser("fidelity", help="ONNX parity with PyTorch and FP16 fidelity, no GPU needed")
+    fid.add_argument("--model", action="append", help="registry name (repeatable); default: both paper models")
+    fid.add_argument("--out", default="benchmarks/fidelity")
+    fid.set_defaults(func=_cmd_bench_fidelity)
 
     data = commands.add_parser("data", help="datasets: write synthetic people")
     data_commands = data.add_subparsers(dest="data_command", required=True)
@@ -268,6 +335,31 @@ def build_parser() -> argparse.ArgumentParser:
     engine.add_argument("--calibration-cache", help="INT8 calibration cache (TensorRT <= 10, no Q/DQ ONNX)")
     engine.add_argument("--out-dir", default="engines")
     engine.set_defaults(func=_cmd_export_engine)
+
+    calibrate = commands.add_parser("calibrate", help="calibration: int8, threshold")
+    calibrate_commands = calibrate.add_subparsers(dest="calibrate_command", required=True)
+    int8 = calibrate_commands.add_parser("int8", help="Q/DQ INT8 model and a report of what INT8 costs")
+    int8.add_argument("--onnx", required=True, help="FP32 ONNX from `hybreid export onnx`")
+    int8.add_argument("--target", choices=["tensorrt", "cpu"], default="tensorrt",
+                      help="tensorrt: symmetric S8S8 Q/DQ; cpu: U8S8 with reduce_range for ONNX Runtime")
+    int8.add_argument("--method", choices=["minmax", "entropy", "percentile", "all"], default="all")
+    int8.add_argument("--source", default="synthetic", help="synthetic, folder:PATH or dataset:NAME:ROOT")
+    int8.add_argument("--count", type=int, default=256, help="calibration crops")
+    int8.add_argument("--eval-dataset", help="dataset to measure mAP / Rank-1 on (FP32 vs INT8)")
+    int8.add_argument("--eval-root")
+    int8.add_argument("--no-attention-comparison", action="store_true",
+                      help="skip the comparison run that also quantises the attention MatMuls")
+    int8.add_argument("--threads", type=int)
+    int8.add_argument("--out", default="int8")
+    int8.set_defaults(func=_cmd_calibrate_int8)
+    threshold = calibrate_commands.add_parser("threshold", help="match thresholds for a target false-match rate")
+    threshold.add_argument("--onnx", required=True, help="exported model (ONNX or engine)")
+    threshold.add_argument("--dataset", required=True)
+    threshold.add_argument("--root", required=True)
+    threshold.add_argument("--split", choices=["train", "query", "gallery", "test"], default="test")
+    threshold.add_argument("--fmr", type=float, default=0.01, help="target false-match rate")
+    threshold.add_argument("--out", default="thresholds.json")
+    threshold.set_defaults(func=_cmd_calibrate_threshold)
 
     bundle = commands.add_parser("bundle", help="device bundles: create, verify, install")
     bundle_commands = bundle.add_subparsers(dest="bundle_command", required=True)

@@ -39,8 +39,8 @@ HAIR_COLOURS = np.array([[0.06, 0.05, 0.05], [0.30, 0.18, 0.08], [0.75, 0.60, 0.
 
 # Material: (emissivity, insulation). Surface temperature = T_air + (T_skin - T_air) * (1 - insulation).
 MATERIALS = {
-    "cotton": (0.80, 0.35), "wool": (0.90, 0.75), "polyester": (0.92, 0.45), "denim": (0.85, 0.55),
-    "leather": (0.95, 0.80), "nylon": (0.70, 0.60), "metallic": (0.25, 0.95),
+    "cotton": (0.80, 0.15), "wool": (0.92, 0.85), "polyester": (0.90, 0.40), "denim": (0.85, 0.60),
+    "leather": (0.95, 0.90), "nylon": (0.50, 0.50), "metallic": (0.20, 0.95),
 }
 MATERIAL_NAMES = list(MATERIALS)
 SKIN_TEMPERATURE = 34.0
@@ -64,6 +64,8 @@ class Identity:
     long_sleeves: bool
     pattern: str  # solid, hstripes, vstripes, check, patch
     pattern_garment: Garment
+    pattern_period: float  # stripe / check period as a fraction of body height
+    patch_offset: float  # where a patch sits across the chest, -1 (left) .. 1 (right)
     bottom: Garment
     bottom_kind: str  # trousers, shorts, skirt
     shoes: Garment
@@ -103,6 +105,17 @@ def _garment(rng: np.random.Generator, colours: np.ndarray = CLOTH_COLOURS) -> G
     return Garment(tuple(np.clip(colour, 0, 1).tolist()), MATERIAL_NAMES[rng.integers(len(MATERIAL_NAMES) - 1)])
 
 
+def _pattern_garment(rng: np.random.Generator, top: Garment) -> Garment:
+    """Most patterns are woven or sewn in another fibre (they show in infrared); one in
+    five is a print on the shirt's own fabric (it vanishes in infrared)."""
+    garment = _garment(rng)
+    if rng.random() < 0.2:
+        return Garment(garment.colour, top.material)
+    while garment.material == top.material:
+        garment = _garment(rng)
+    return garment
+
+
 def make_identity(pid: int, seed: int = 0) -> Identity:
     """The identity ``pid`` of the population ``seed`` (deterministic)."""
     rng = np.random.default_rng([seed, pid])
@@ -110,15 +123,18 @@ def make_identity(pid: int, seed: int = 0) -> Identity:
     accessory_garment = _garment(rng)
     if rng.random() < 0.3:
         accessory_garment = Garment(accessory_garment.colour, "metallic")
+    top = _garment(rng)
     return Identity(
         pid=pid,
         skin=tuple(SKIN_TONES[rng.integers(len(SKIN_TONES))].tolist()),
         hair=tuple(HAIR_COLOURS[rng.integers(len(HAIR_COLOURS))].tolist()),
         long_hair=bool(rng.random() < 0.35),
-        top=_garment(rng),
+        top=top,
         long_sleeves=bool(rng.random() < 0.5),
         pattern=str(rng.choice(["solid", "hstripes", "vstripes", "check", "patch"], p=[0.4, 0.15, 0.15, 0.1, 0.2])),
-        pattern_garment=_garment(rng),
+        pattern_garment=_pattern_garment(rng, top),
+        pattern_period=float(rng.uniform(0.03, 0.08)),
+        patch_offset=float(rng.uniform(-0.6, 0.6)),
         bottom=_garment(rng),
         bottom_kind=str(rng.choice(["trousers", "shorts", "skirt"], p=[0.65, 0.2, 0.15])),
         shoes=_garment(rng, CLOTH_COLOURS[[3, 4, 5, 9]]),
@@ -232,17 +248,18 @@ def _apply_pattern(label: np.ndarray, identity: Identity, pose: Pose, torso, h: 
         return
     cx, shoulder_y, hip_y, shoulder_w = torso
     ys, xs = np.mgrid[0 : label.shape[0], 0 : label.shape[1]]
-    period = max(2, int(0.045 * h))
+    period = max(2, int(identity.pattern_period * h))
     if identity.pattern == "hstripes":
         mask = ((ys - int(shoulder_y)) // period) % 2 == 0
     elif identity.pattern == "vstripes":
         mask = ((xs - int(cx)) // period) % 2 == 0
     elif identity.pattern == "check":
         mask = (((ys - int(shoulder_y)) // period + (xs - int(cx)) // period) % 2) == 0
-    else:  # a patch on the chest, seen from the front only
-        if pose.view != "front":
+    else:  # a patch on the chest (front) or a print on the back, placed per identity
+        if pose.view in ("left", "right"):
             return
-        mask = (np.abs(xs - cx) < shoulder_w * 0.45) & (ys > shoulder_y + 0.05 * h) & (ys < shoulder_y + 0.14 * h)
+        centre = cx + identity.patch_offset * shoulder_w * (1 if pose.view == "front" else -1)
+        mask = (np.abs(xs - centre) < shoulder_w * 0.4) & (ys > shoulder_y + 0.05 * h) & (ys < shoulder_y + 0.15 * h)
     label[(label == TOP) & mask] = PATTERN
 
 
@@ -372,7 +389,7 @@ class CameraSet:
                 brightness=float(rng.uniform(0.7, 1.2)),
                 background=tuple(rng.uniform(0.15, 0.8, 3).tolist()),
                 air_temperature=float(rng.uniform(8, 26)),
-                blur=float(rng.uniform(0.4, 1.2) if modality == VISIBLE else rng.uniform(0.9, 1.6)),
+                blur=float(rng.uniform(0.4, 1.2) if modality == VISIBLE else rng.uniform(0.7, 1.2)),
                 noise=float(rng.uniform(0.01, 0.04)),
                 side_view_bias=float(rng.uniform(0.2, 0.8)),
             ))

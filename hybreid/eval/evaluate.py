@@ -12,8 +12,6 @@ from hybreid.data.image_dataset import ImageDataset
 from hybreid.data.transforms import modality_transforms
 from hybreid.eval import protocols
 
-MARKET_STYLE = {"market1501", "dukemtmc", "msmt17"}
-
 
 @torch.no_grad()
 def extract_features(model: torch.nn.Module, samples: list[Sample], batch_size: int = 64, workers: int = 0,
@@ -32,23 +30,7 @@ def extract_features(model: torch.nn.Module, samples: list[Sample], batch_size: 
 
 def evaluate(model: torch.nn.Module, dataset: ReIDDataset, rerank: bool = False, use_camids: bool = False,
              trials: int = 10, **extract_options) -> dict:
-    """Metrics of ``dataset``'s protocol. ``mAP``, ``rank1`` and ``mINP`` at the top level are the
-    headline setting (Market-style: the only one; SYSU: all-search; RegDB and LLCM:
-    infrared to visible); the other settings are under their own keys."""
+    """Embed ``dataset``'s query and gallery with ``model`` and score them (:func:`protocols.score`)."""
     query_feats = extract_features(model, dataset.query, use_camids=use_camids, **extract_options)
     gallery_feats = extract_features(model, dataset.gallery, use_camids=use_camids, **extract_options)
-    if dataset.name in MARKET_STYLE:
-        return protocols.evaluate_market(query_feats, dataset.query, gallery_feats, dataset.gallery, rerank)
-    if dataset.name == "sysu_mm01":
-        result = {mode: protocols.evaluate_sysu(query_feats, dataset.query, gallery_feats, dataset.gallery, mode,
-                                                trials, rerank)
-                  for mode in ("all", "indoor")}
-        return {**result["all"], "all_search": result["all"], "indoor_search": result["indoor"]}
-    if dataset.name == "regdb":
-        result = protocols.evaluate_regdb(gallery_feats, dataset.gallery, query_feats, dataset.query, rerank)
-    elif dataset.name == "llcm":
-        result = protocols.evaluate_llcm(gallery_feats, dataset.gallery, query_feats, dataset.query, trials, rerank)
-    else:
-        raise ValueError(f"no evaluation protocol for dataset {dataset.name!r}")
-    return {**result["infrared_to_visible"], **result}
-
+    return protocols.score(dataset, query_feats, gallery_feats, rerank, trials)

@@ -20,10 +20,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from hybreid.data.datasets import Sample
+from hybreid.data.datasets import ReIDDataset, Sample
 from hybreid.eval.metrics import RankResult, cosine_distance, evaluate_ranking, remove_nothing, same_pid_same_camera
 from hybreid.eval.rerank import k_reciprocal_rerank
 
+MARKET_STYLE = {"market1501", "dukemtmc", "msmt17"}
 SYSU_CAM2, SYSU_CAM3 = 1, 2  # 0-based ids of SYSU's cam2 and cam3
 SYSU_GALLERY_CAMERAS = {"all": (0, 1, 3, 4), "indoor": (0, 1)}  # cam1, cam2, cam4, cam5 / cam1, cam2
 
@@ -120,3 +121,24 @@ def evaluate_llcm(visible_feats, visible: Sequence[Sample], infrared_feats, infr
                                             identity_level_cmc=True))
         out[direction] = _mean(results)
     return out
+
+
+def score(dataset: ReIDDataset, query_feats: np.ndarray, gallery_feats: np.ndarray, rerank: bool = False,
+          trials: int = 10) -> dict:
+    """Metrics of ``dataset``'s protocol. ``mAP``, ``rank1`` and ``mINP`` at the top level are the
+    headline setting (Market-style: the only one; SYSU: all-search; RegDB and LLCM:
+    infrared to visible); the other settings are under their own keys."""
+    if dataset.name in MARKET_STYLE:
+        return evaluate_market(query_feats, dataset.query, gallery_feats, dataset.gallery, rerank)
+    if dataset.name == "sysu_mm01":
+        result = {mode: evaluate_sysu(query_feats, dataset.query, gallery_feats, dataset.gallery, mode, trials, rerank)
+                  for mode in ("all", "indoor")}
+        return {**result["all"], "all_search": result["all"], "indoor_search": result["indoor"]}
+    if dataset.name == "regdb":
+        result = evaluate_regdb(gallery_feats, dataset.gallery, query_feats, dataset.query, rerank)
+    elif dataset.name == "llcm":
+        result = evaluate_llcm(gallery_feats, dataset.gallery, query_feats, dataset.query, trials, rerank)
+    else:
+        raise ValueError(f"no evaluation protocol for dataset {dataset.name!r}")
+    return {**result["infrared_to_visible"], **result}
+

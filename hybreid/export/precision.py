@@ -68,7 +68,7 @@ def convert_to_fp16(source: str | Path, target: str | Path, keep_fp32: bool = Tr
 
     model = onnx.load(str(source))
     keep = fp32_nodes(model) if keep_fp32 else {}
-    _unshare_initializers(model, set(keep))
+    unshare_initializers(model, set(keep))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # one warning per weight clipped to FP16's range
         converted = float16.convert_float_to_float16(model, keep_io_types=True, node_block_list=list(keep),
@@ -78,12 +78,12 @@ def convert_to_fp16(source: str | Path, target: str | Path, keep_fp32: bool = Tr
     return keep
 
 
-def _unshare_initializers(model, fp32_names: set[str]) -> None:
-    """Give FP32-kept nodes their own copy of any initializer they share with FP16 nodes.
+def unshare_initializers(model, fp32_names: set[str]) -> None:
+    """Give the nodes in ``fp32_names`` their own copy of any initializer they share with others.
 
     Graph simplifiers merge equal constants (a zero LayerNorm bias and a zero convolution
-    bias of the same width become one tensor); the float16 converter then keeps the
-    shared tensor FP32 for the blocked node and hands an FP32 bias to an FP16 Conv.
+    bias of the same width become one tensor); a converter that lowers the precision of
+    some nodes (float16, int8) then finds one tensor it must keep and change at once.
     """
     import onnx
 

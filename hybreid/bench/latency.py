@@ -1,0 +1,176 @@
+"""Latency benchmark: backends x precisions x batch sizes, against this machine's roofline.
+
+For each model the benchmark exports the ONNX files it needs, then runs every
+(backend, batch) cell in its own subprocess, so each cell's peak memory is its own:
+torch eager, ONNX Runtime FP32, ONNX Runtime INT8 (a Q/DQ model from ``hybreid
+calibrate int8``, when given) and TensorRT (when an engine is given and a GPU exists).
+
+The roofline ratio is the model's FLOPs (every FLOP, attention matmuls included: 2 x
+fvcore's MACs) times the measured images/s, divided by the float32 matrix-multiply
+rate measured on this machine in the same run. Results: a table, JSON and a PNG.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from hybreid.tables import format_table
+
+
+@dataclass
+class Cell:
+    model: str
+    backend: str
+    batch: int
+    median_ms: float
+    p90_ms: float
+    images_per_s: float
+    peak_rss_mib: float
+    gflops_per_image: float
+    roofline: float
+
+
+def matmul_rate(threads: int, size: int = 2048, repeats: int = 8) -> float:
+    """Measured float32 GEMM rate (GFLOP/s) of this machine with ``threads`` threads."""
+    import torch
+
+    torch.set_num_threads(threads)
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    for _ in range(2):
+        a @ b
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - start)
+    return 2 * size**3 / float(np.median(times)) / 1e9
+
+
+def _time(fn, warmup: int, repeats: int) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def measure_cell(spec: dict) -> dict:
+    """One (backend, batch) measurement; runs inside a fresh subprocess."""
+    threads, batch = spec["threads"], spec["batch"]
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    if spec["backend"] == "torch":
+        import torch
+
+        from hybreid.models import build
+
+        torch.set_num_threads(threads)
+        model = build(spec["model"], **spec.get("options", {})).eval()
+        images = torch.randn(batch, 3, *model.image_size)
+
+        def run():
+            with torch.inference_mode():
+                model(images)
+    else:
+        from hybreid.inference.embedder import OnnxRuntimeEmbedder
+
+        embedder = OnnxRuntimeEmbedder(spec["artifact"], providers=["CPUExecutionProvider"], threads=threads)
+        contract = embedder.contract
+        images = np.random.default_rng(0).standard_normal((batch, 3, contract.height, contract.width)).astype(
+            np.float32)
+
+        def run():
+            embedder.run(images)
+
+    times = _time(run, spec["warmup"], spec["repeats"])
+    return {"times": times, "peak_rss_mib": peak_rss_mib()}
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident memory. VmHWM, not ru_maxrss: Linux carries ru_maxrss
+    over ``exec`` from the forking parent, VmHWM starts afresh with the new program."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _run_in_subprocess(spec: dict) -> dict:
+    code = "import json,sys; from hybreid.bench.latency import measure_cell; " \
+           "print(json.dumps(measure_cell(json.loads(sys.argv[1]))))"
+    result = subprocess.run([sys.executable, "-c", code, json.dumps(spec)], capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"latency cell {spec['backend']} batch {spec['batch']} failed:\n{result.stderr[-2000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def run(models: list[str], batches: list[int], out: str | Path, threads: int = 2, repeats: int = 10,
+        warmup: int = 2, int8: dict[str, str] | None = None, options: dict | None = None) -> list[Cell]:
+    """Benchmark ``models`` (registry names, untrained weights: speed does not depend on them)."""
+    from hybreid.bench.flops import count_model
+    from hybreid.export.onnx_export import export_onnx
+    from hybreid.models import build
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rate = matmul_rate(threads)
+    cells: list[Cell] = []
+    for name in models:
+        gflops = 2 * count_model(name, **(options or {})).full_gmacs
+        onnx_path = out / f"{name}.onnx"
+        if not onnx_path.is_file():
+            export_onnx(build(name, **(options or {})).eval(), onnx_path, name, options or {})
+        backends = {"torch": None, "onnxruntime-fp32": str(onnx_path)}
+        if int8 and name in int8:
+            backends["onnxruntime-int8"] = int8[name]
+        for backend, artifact in backends.items():
+            for batch in batches:
+                spec = {"backend": "torch" if backend == "torch" else "onnxruntime", "artifact": artifact,
+                        "model": name, "options": options or {}, "batch": batch, "threads": threads,
+                        "repeats": repeats, "warmup": warmup}
+                measured = _run_in_subprocess(spec)
+                times = np.array(measured["times"])
+                per_s = batch / float(np.median(times))
+                cells.append(Cell(name, backend, batch, 1000 * float(np.median(times)),
+                                  1000 * float(np.percentile(times, 90)), per_s, measured["peak_rss_mib"], gflops,
+                                  gflops * per_s / rate))
+                print(f"  {name} {backend} batch {batch}: {cells[-1].median_ms:.1f} ms, "
+                      f"{per_s:.2f} img/s, roofline {cells[-1].roofline:.2f}", flush=True)
+    header = ["model", "backend", "batch", "median ms", "p90 ms", "images/s", "peak RSS MiB", "GFLOPs/img",
+              "roofline"]
+    print(format_table(header, [list(asdict(c).values()) for c in cells], floatfmt=".2f",
+                       title=f"latency on {threads} threads; measured float32 matmul rate {rate:.0f} GFLOP/s"))
+    (out / "latency.json").write_text(json.dumps({"matmul_gflops": rate, "threads": threads,
+                                                  "cells": [asdict(c) for c in cells]}, indent=2))
+    _plot(cells, out / "latency.png")
+    print(f"saved {out / 'latency.json'} and {out / 'latency.png'}")
+    return cells
+
+
+def _plot(cells: list[Cell], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = sorted({c.model for c in cells})
+    fig, axes = plt.subplots(1, len(models), figsize=(5 * len(models), 3.8), squeeze=False)
+    for ax, model in zip(axes[0], models, strict=True):
+        for backend in sorted({c.backend for c in cells if c.model == model}):
+            rows = [c for c in cells if c.model == model and c.backend == backend]
+            ax.plot([c.batch for c in rows], [c.images_per_s for c in rows], marker="o", label=backend)
+        ax.set(title=model, xlabel="batch", ylabel="images / s", xscale="log")
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

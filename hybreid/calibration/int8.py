@@ -1,0 +1,217 @@
+"""INT8 post-training quantisation that keeps the fragile parts of a transformer in float.
+
+Made with ONNX Runtime's static quantiser (Q/DQ format, per-channel weights):
+
+- ``--target tensorrt``: symmetric int8 activations and weights, zero points 0 — the
+  only Q/DQ TensorRT accepts, and what every TensorRT version (10 and 11) builds from.
+- ``--target cpu``: uint8 activations with ``reduce_range`` and int8 weights, the form
+  ONNX Runtime's CPU kernels run fast without VNNI (``MatMulInteger`` U8S8); without
+  ``reduce_range`` U8S8 overflows on ViTs.
+
+Only the compute-heavy ops are quantised (Conv, MatMul, Gemm): Softmax, LayerNorm and
+GELU stay float, and so do the attention MatMuls around the Softmax (``Q K^T`` and
+``attention x V``, the MFU's single-query cross-attention included), unless
+``quantize_attention`` is set (for the comparison run).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from hybreid.errors import UserError
+from hybreid.export.precision import unshare_initializers
+
+METHODS = ("minmax", "entropy", "percentile")
+TARGETS = ("tensorrt", "cpu")
+
+
+@dataclass(frozen=True)
+class QuantizationConfig:
+    target: str = "tensorrt"
+    method: str = "minmax"
+    op_types: tuple[str, ...] = ("Conv", "MatMul", "Gemm")
+    exclude_nodes: tuple[str, ...] = ()
+    quantize_attention: bool = False
+
+    def __post_init__(self):
+        if self.target not in TARGETS:
+            raise UserError(f"target must be one of {TARGETS}, got {self.target!r}")
+        if self.method not in METHODS:
+            raise UserError(f"method must be one of {METHODS}, got {self.method!r}")
+
+
+@dataclass
+class QuantizationResult:
+    path: Path
+    config: QuantizationConfig
+    unquantized: dict[str, str] = field(default_factory=dict)  # node name -> why it stays float
+
+
+def attention_matmuls(model) -> dict[str, str]:
+    """The MatMuls on either side of every Softmax (``onnx.ModelProto``)."""
+    from hybreid.export.precision import fp32_nodes
+
+    return {name: reason for name, reason in fp32_nodes(model).items() if reason.startswith("attention")}
+
+
+def unquantized_nodes(model, config: QuantizationConfig) -> dict[str, str]:
+    """Every node left in float, with the reason."""
+    keep = {} if config.quantize_attention else dict(attention_matmuls(model))
+    for name in config.exclude_nodes:
+        keep[name] = "excluded by name"
+    for node in model.graph.node:
+        if node.op_type not in config.op_types and node.op_type in ("Softmax", "LayerNormalization", "Erf"):
+            keep.setdefault(node.name, f"{node.op_type} (not a quantised op type)")
+    return keep
+
+
+def _isolate_quantized_inputs(model, float_nodes: set[str]) -> None:
+    """Route a tensor that feeds both a quantised op and a float op (the MFU's key tokens
+    feed a LayerNorm and the value MatMul) to the quantised op through an Identity.
+
+    ONNX Runtime's quantiser rewires *every* reader of a quantised tensor to its
+    DequantizeLinear, which would fake-quantise the float op's input too.
+    """
+    from onnx import helper
+
+    readers: dict[str, list] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    initializers = {i.name for i in model.graph.initializer}
+    added = []
+    for tensor, nodes in readers.items():
+        quantised = [n for n in nodes if n.name not in float_nodes]
+        if tensor in initializers or not quantised or len(quantised) == len(nodes):
+            continue
+        alias = f"{tensor}__to_quantized"
+        added.append(helper.make_node("Identity", [tensor], [alias], name=f"{tensor}__to_quantized_identity"))
+        for node in quantised:
+            for i, name in enumerate(node.input):
+                if name == tensor:
+                    node.input[i] = alias
+    # Each Identity goes right before its first reader, keeping the graph topologically sorted.
+    for identity in added:
+        alias = identity.output[0]
+        position = next(i for i, node in enumerate(model.graph.node) if alias in node.input)
+        model.graph.node.insert(position, identity)
+
+
+class _BatchReader:
+    """ONNX Runtime's CalibrationDataReader over a preprocessed array."""
+
+    def __init__(self, input_name: str, data: np.ndarray, batch_size: int = 8):
+        self.input_name, self.data, self.batch_size = input_name, data, batch_size
+        self._iterator: Iterator | None = None
+
+    def get_next(self):
+        if self._iterator is None:
+            self._iterator = (self.data[i : i + self.batch_size] for i in range(0, len(self.data), self.batch_size))
+        batch = next(self._iterator, None)
+        return None if batch is None else {self.input_name: batch}
+
+    def rewind(self):
+        self._iterator = None
+
+
+def quantize(onnx_path: str | Path, out_path: str | Path, calibration: np.ndarray, config: QuantizationConfig,
+             cache_dir: str | Path | None = None) -> QuantizationResult:
+    """Write the Q/DQ model of ``onnx_path`` calibrated on ``calibration`` (preprocessed input batch).
+
+    Tensor ranges are cached per (model, calibration data, method, target) in ``cache_dir``:
+    a re-run with the same data and method skips calibration inference.
+    """
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    onnx_path, out_path = Path(onnx_path), Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    prepared = out_path.with_suffix(".prepared.onnx")
+    # Shape inference only: graph optimisations would insert com.microsoft ops TensorRT cannot parse.
+    quant_pre_process(str(onnx_path), str(prepared), skip_optimization=True, skip_onnx_shape=False,
+                      skip_symbolic_shape=True)
+    model = onnx.load(str(prepared))
+    keep = unquantized_nodes(model, config)
+    floats = set(keep) | {n.name for n in model.graph.node if n.op_type not in config.op_types}
+    unshare_initializers(model, floats)
+    _isolate_quantized_inputs(model, floats)
+    onnx.save(model, str(prepared))
+    meta = {p.key: p.value for p in model.metadata_props}
+    input_name = meta.get("hybreid.input_name", model.graph.input[0].name)
+    method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+              "percentile": CalibrationMethod.Percentile}[config.method]
+    tensorrt = config.target == "tensorrt"
+    cache = None
+    if cache_dir:
+        digest = hashlib.sha256(onnx_path.read_bytes()[:1 << 24])
+        digest.update(calibration.tobytes())
+        digest.update(json.dumps([config.method, config.target, sorted(keep)]).encode())
+        cache = Path(cache_dir) / f"ranges-{config.method}-{config.target}-{digest.hexdigest()[:16]}.json"
+        cache.parent.mkdir(parents=True, exist_ok=True)
+    quantize_static(
+        str(prepared), str(out_path), _BatchReader(input_name, calibration),
+        quant_format=QuantFormat.QDQ,
+        op_types_to_quantize=list(config.op_types),
+        per_channel=True,
+        reduce_range=not tensorrt,
+        activation_type=QuantType.QInt8 if tensorrt else QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        nodes_to_exclude=list(keep),
+        calibrate_method=method,
+        # TensorRT takes float biases (it folds them itself); int32 bias Q/DQ is for CPU kernels.
+        extra_options={"ActivationSymmetric": tensorrt, "WeightSymmetric": True, "QuantizeBias": not tensorrt},
+        calibration_cache_path=str(cache) if cache else None,
+    )
+    prepared.unlink(missing_ok=True)
+    quantized = onnx.load(str(out_path))
+    del quantized.metadata_props[:]
+    for key, value in {**meta, "hybreid.precision": f"int8-{config.target}-{config.method}"}.items():
+        quantized.metadata_props.add(key=key, value=value)
+    onnx.save(quantized, str(out_path))
+    return QuantizationResult(out_path, config, keep)
+
+
+# --- TensorRT calibration cache (the text format TensorRT 8.x/10.x calibrators read) --------
+
+
+def activation_scales(qdq_model) -> dict[str, float]:
+    """``{tensor name: scale}`` of every activation QuantizeLinear in a Q/DQ model."""
+    from onnx import numpy_helper
+
+    initializers = {i.name: i for i in qdq_model.graph.initializer}
+    scales = {}
+    for node in qdq_model.graph.node:
+        if node.op_type == "QuantizeLinear" and node.input[0] not in initializers:
+            scale = numpy_helper.to_array(initializers[node.input[1]]) if node.input[1] in initializers else None
+            if scale is not None and scale.size == 1:
+                scales[node.input[0]] = float(scale.reshape(-1)[0])
+    return scales
+
+
+def write_calibration_cache(scales: dict[str, float], path: str | Path, version: str = "100300") -> Path:
+    """One header line, then ``tensor: <float32 scale as big-endian hex>`` per tensor."""
+    lines = [f"TRT-{version}-EntropyCalibration2"]
+    lines += [f"{name}: {struct.pack('>f', scale).hex()}" for name, scale in sorted(scales.items())]
+    path = Path(path)
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def read_calibration_cache(path: str | Path) -> dict[str, float]:
+    lines = Path(path).read_text().splitlines()
+    if not lines or not lines[0].startswith("TRT-"):
+        raise UserError(f"{path} is not a TensorRT calibration cache (no 'TRT-' header)")
+    scales = {}
+    for line in lines[1:]:
+        if line.strip():
+            name, _, value = line.rpartition(": ")
+            scales[name] = struct.unpack(">f", bytes.fromhex(value))[0]
+    return scales

@@ -1,0 +1,161 @@
+"""``hybreid calibrate int8``: quantise with each method and report what INT8 costs.
+
+Per method: mean and worst cosine of INT8 to FP32 embeddings, mAP and Rank-1 of FP32 and
+INT8 on an evaluation split, ONNX Runtime CPU throughput FP32 vs INT8, and the nodes
+left in float. The Q/DQ model is also run with ONNX Runtime's Q/DQ fusion disabled
+(exact fake-quantisation, the numerics a GPU engine computes), so the accuracy figure
+holds beyond this CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from hybreid.calibration.int8 import (
+    QuantizationConfig,
+    activation_scales,
+    quantize,
+    write_calibration_cache,
+)
+from hybreid.data.datasets import ReIDDataset, load_dataset
+from hybreid.errors import UserError
+from hybreid.eval.protocols import score
+from hybreid.inference.contract import preprocess
+from hybreid.inference.embedder import OnnxRuntimeEmbedder
+from hybreid.tables import format_table
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
+
+
+def _read_rgb(path: str) -> np.ndarray:
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise UserError(f"cannot read image {path}")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def calibration_crops(source: str, count: int = 256, seed: int = 0) -> list[np.ndarray]:
+    """RGB crops from ``synthetic``, ``folder:PATH`` (e.g. crops the cameras captured) or
+    ``dataset:NAME:ROOT`` (its training split)."""
+    rng = np.random.default_rng(seed)
+    if source == "synthetic":
+        from hybreid.data.synthetic import CameraSet, make_identity, render_crop
+
+        cameras = CameraSet.make(["visible", "visible", "infrared"], seed).cameras
+        return [render_crop(make_identity(int(rng.integers(1 << 20)), seed), cameras[i % 3], rng) for i in range(count)]
+    if source.startswith("folder:"):
+        folder = Path(source.split(":", 1)[1])
+        paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not paths:
+            raise UserError(f"calibration folder {folder} holds no images")
+    elif source.startswith("dataset:"):
+        _, name, root = source.split(":", 2)
+        paths = [s.path for s in load_dataset(name, root).train]
+    else:
+        raise UserError(f"calibration source must be synthetic, folder:PATH or dataset:NAME:ROOT, got {source!r}")
+    chosen = rng.choice(len(paths), size=min(count, len(paths)), replace=False)
+    return [_read_rgb(paths[i]) for i in sorted(chosen)]
+
+
+def embed_images(embedder: OnnxRuntimeEmbedder, paths: list[str], batch: int = 32) -> np.ndarray:
+    out = []
+    for i in range(0, len(paths), batch):
+        out.append(embedder.embed([_read_rgb(p) for p in paths[i : i + batch]]))
+    return np.concatenate(out)
+
+
+def _throughput(embedder: OnnxRuntimeEmbedder, batch: np.ndarray, repeats: int) -> float:
+    embedder.run(batch)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        embedder.run(batch)
+        times.append(time.perf_counter() - start)
+    return len(batch) / float(np.median(times))
+
+
+def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(1)  # both L2-normalised
+
+
+def run_int8(onnx_path: str | Path, out_dir: str | Path, target: str = "tensorrt",
+             methods: tuple[str, ...] = ("minmax", "entropy", "percentile"), source: str = "synthetic",
+             count: int = 256, eval_dataset: ReIDDataset | None = None, compare_attention: bool = True,
+             throughput_batch: int = 8, repeats: int = 5, threads: int | None = None) -> dict:
+    onnx_path, out_dir = Path(onnx_path), Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fp32 = OnnxRuntimeEmbedder(onnx_path, providers=["CPUExecutionProvider"], threads=threads)
+    calibration = preprocess(calibration_crops(source, count), fp32.contract)
+    if eval_dataset is not None:
+        paths = [s.path for s in eval_dataset.query] + [s.path for s in eval_dataset.gallery]
+        split = len(eval_dataset.query)
+    else:
+        paths, split = [], 0
+    probe = preprocess(calibration_crops("synthetic", 64, seed=12345), fp32.contract)
+    reference_probe = fp32.embed_preprocessed(probe)
+    reference = embed_images(fp32, paths) if paths else None
+    speed_batch = probe[:throughput_batch]
+    report: dict = {"model": fp32.contract.identity, "target": target, "calibration_source": source,
+                    "calibration_images": len(calibration), "fp32": {
+                        "images_per_s": _throughput(fp32, speed_batch, repeats)}}
+    if reference is not None:
+        report["fp32"].update(_metrics(eval_dataset, reference, split))
+    runs = [(method, False) for method in methods]
+    if compare_attention:
+        runs.append((methods[0], True))
+    report["runs"] = []
+    for method, attention in runs:
+        config = QuantizationConfig(target=target, method=method, quantize_attention=attention)
+        suffix = f"{method}{'-attention' if attention else ''}"
+        result = quantize(onnx_path, out_dir / f"{onnx_path.stem}.int8.{target}.{suffix}.onnx", calibration,
+                          config, cache_dir=out_dir / "calibration-cache")
+        int8 = OnnxRuntimeEmbedder(result.path, providers=["CPUExecutionProvider"], threads=threads)
+        exact = OnnxRuntimeEmbedder(result.path, providers=["CPUExecutionProvider"], threads=threads,
+                                    disable_qdq_fusion=True)
+        row: dict = {"method": method, "quantize_attention": attention, "path": str(result.path),
+                     "unquantized_nodes": result.unquantized,
+                     "images_per_s": _throughput(int8, speed_batch, repeats)}
+        row["speedup"] = row["images_per_s"] / report["fp32"]["images_per_s"]
+        for label, embedder in (("fused", int8), ("fake_quant", exact)):
+            cos = _cosines(embedder.embed_preprocessed(probe), reference_probe)
+            row[f"{label}_cosine_mean"], row[f"{label}_cosine_worst"] = float(cos.mean()), float(cos.min())
+            if reference is not None:
+                feats = embed_images(embedder, paths)
+                row[label] = _metrics(eval_dataset, feats, split)
+        if target == "tensorrt":
+            import onnx
+
+            scales = activation_scales(onnx.load(str(result.path)))
+            row["calibration_cache"] = str(write_calibration_cache(scales, result.path.with_suffix(".cache")))
+        report["runs"].append(row)
+    (out_dir / "quantization_report.json").write_text(json.dumps(report, indent=2))
+    print(format_report(report))
+    print(f"saved {out_dir / 'quantization_report.json'}")
+    return report
+
+
+def _metrics(dataset: ReIDDataset, feats: np.ndarray, split: int) -> dict:
+    result = score(dataset, feats[:split], feats[split:], trials=3)
+    return {"mAP": result["mAP"], "rank1": result["rank1"]}
+
+
+def format_report(report: dict) -> str:
+    accuracy = "fake_quant" if report["target"] == "tensorrt" else "fused"
+    header = ["method", "attention quantised", "cos mean", "cos worst", "fake-quant cos worst", "mAP FP32",
+              "mAP INT8", "R1 FP32", "R1 INT8", "img/s FP32", "img/s INT8", "speed-up", "float nodes"]
+    rows = []
+    for run in report["runs"]:
+        metrics, base = run.get(accuracy, {}), report["fp32"]
+        rows.append([run["method"], "yes" if run["quantize_attention"] else "no", run["fused_cosine_mean"],
+                     run["fused_cosine_worst"], run["fake_quant_cosine_worst"],
+                     100 * base.get("mAP", float("nan")), 100 * metrics.get("mAP", float("nan")),
+                     100 * base.get("rank1", float("nan")), 100 * metrics.get("rank1", float("nan")),
+                     base["images_per_s"], run["images_per_s"], run["speedup"], len(run["unquantized_nodes"])])
+    title = (f"INT8 ({report['target']} target) of {report['model']}, calibrated on {report['calibration_images']} "
+             f"{report['calibration_source']} crops; accuracy measured with {accuracy.replace('_', ' ')} numerics")
+    return format_table(header, rows, title=title, floatfmt=".4f")

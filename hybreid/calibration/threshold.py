@@ -1,0 +1,102 @@
+"""The matcher's decision thresholds, chosen on a labelled validation set.
+
+Genuine pairs (same identity) and impostor pairs (different identities) are scored by
+cosine similarity, separately for same-modality and cross-modality pairs (a visible to
+infrared match scores lower, so it needs its own threshold). For a target false-match
+rate the threshold is the smallest score that at most that fraction of impostor pairs
+reach; the true-match rate there says what the site gives up. Torch-free.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from hybreid.errors import UserError
+
+
+@dataclass
+class Threshold:
+    threshold: float
+    false_match_rate: float
+    true_match_rate: float
+    genuine_pairs: int
+    impostor_pairs: int
+
+
+def pair_scores(embeddings: np.ndarray, pids: np.ndarray, modalities: np.ndarray,
+                cross_modality: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(genuine scores, impostor scores) over all pairs i < j of the chosen kind."""
+    similarity = embeddings @ embeddings.T
+    i, j = np.triu_indices(len(embeddings), k=1)
+    kind = (modalities[i] != modalities[j]) if cross_modality else (modalities[i] == modalities[j])
+    i, j = i[kind], j[kind]
+    same = pids[i] == pids[j]
+    return similarity[i, j][same], similarity[i, j][~same]
+
+
+def choose_threshold(genuine: np.ndarray, impostor: np.ndarray, target_fmr: float) -> Threshold:
+    """Smallest threshold with FMR <= ``target_fmr`` (a score >= threshold is a match)."""
+    if len(genuine) == 0 or len(impostor) == 0:
+        raise UserError("the validation set needs both genuine and impostor pairs of this kind")
+    ordered = np.sort(impostor)[::-1]
+    allowed = int(np.floor(target_fmr * len(impostor)))  # impostor pairs allowed at or above the threshold
+    # Just above the (allowed+1)-th highest impostor score: at most `allowed` impostors pass.
+    threshold = float(np.nextafter(ordered[allowed], np.inf)) if allowed < len(ordered) else float(ordered[-1])
+    return Threshold(threshold, float(np.mean(impostor >= threshold)), float(np.mean(genuine >= threshold)),
+                     len(genuine), len(impostor))
+
+
+def calibrate_thresholds(embeddings: np.ndarray, pids, modalities, target_fmr: float = 0.01) -> dict[str, Threshold]:
+    pids, modalities = np.asarray(pids), np.asarray(modalities)
+    result = {"same_modality": choose_threshold(*pair_scores(embeddings, pids, modalities, False), target_fmr)}
+    if len(set(modalities.tolist())) > 1:
+        result["cross_modality"] = choose_threshold(*pair_scores(embeddings, pids, modalities, True), target_fmr)
+    return result
+
+
+def save_thresholds(thresholds: dict[str, Threshold], path: str | Path, model: str, target_fmr: float) -> Path:
+    """The JSON file the matcher reads (``--thresholds``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"model": model, "target_false_match_rate": target_fmr,
+                                **{kind: asdict(t) for kind, t in thresholds.items()}}, indent=2))
+    return path
+
+
+def load_thresholds(path: str | Path) -> dict:
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+        data["same_modality"]["threshold"]  # noqa: B018 - presence check
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise UserError(f"{path} is not a thresholds file from `hybreid calibrate threshold` ({exc})") from exc
+    return data
+
+
+def plot_scores(embeddings: np.ndarray, pids, modalities, thresholds: dict[str, Threshold], path: str | Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pids, modalities = np.asarray(pids), np.asarray(modalities)
+    kinds = list(thresholds)
+    fig, axes = plt.subplots(1, len(kinds), figsize=(5.5 * len(kinds), 3.6), squeeze=False)
+    for ax, kind in zip(axes[0], kinds, strict=True):
+        genuine, impostor = pair_scores(embeddings, pids, modalities, kind == "cross_modality")
+        bins = np.linspace(-1, 1, 81)
+        ax.hist(impostor, bins=bins, density=True, alpha=0.6, label=f"impostor ({len(impostor)})")
+        ax.hist(genuine, bins=bins, density=True, alpha=0.6, label=f"genuine ({len(genuine)})")
+        t = thresholds[kind]
+        ax.axvline(t.threshold, color="k", linestyle="--",
+                   label=f"threshold {t.threshold:.3f}\nFMR {t.false_match_rate:.3%}, TMR {t.true_match_rate:.1%}")
+        ax.set(title=kind.replace("_", " "), xlabel="cosine similarity", ylabel="density")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)

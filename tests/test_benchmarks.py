@@ -1,0 +1,28 @@
+"""The benchmark commands produce their tables, JSON and plots (tiny models, few repeats)."""
+
+from __future__ import annotations
+
+import json
+
+from hybreid.bench import fidelity, latency
+
+
+def test_latency_benchmark_writes_cells_json_and_png(tmp_path):
+    cells = latency.run(["haresformer_tiny"], [1, 2], tmp_path, threads=1, repeats=2, warmup=1)
+    assert {(c.backend, c.batch) for c in cells} == {(b, n) for b in ("torch", "onnxruntime-fp32") for n in (1, 2)}
+    saved = json.loads((tmp_path / "latency.json").read_text())
+    assert saved["matmul_gflops"] > 0 and len(saved["cells"]) == 4
+    for cell in cells:
+        assert cell.p90_ms >= cell.median_ms > 0
+        assert cell.images_per_s == cell.batch / (cell.median_ms / 1000)
+        assert 0 < cell.roofline < 1.5 and cell.peak_rss_mib > 10
+    assert (tmp_path / "latency.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_fidelity_benchmark_reports_parity_and_fp16(tmp_path):
+    (result,) = fidelity.run(["haresformer_tiny"], tmp_path, fp16_batch=2)
+    assert set(result["parity"]) == {1, 3, 17}
+    assert all(p["min_cosine"] >= 0.9999 for p in result["parity"].values())
+    assert result["fp16_kept_fp32"]["min_cosine"] >= 0.9995
+    assert result["fp16_kept_fp32"]["nodes_kept_fp32"] > 0 and result["fp16_all"]["nodes_kept_fp32"] == 0
+    assert 0.9 < result["torch_half"]["min_cosine"] <= 1.0 + 1e-6

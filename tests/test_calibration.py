@@ -1,0 +1,158 @@
+"""INT8 Q/DQ placement, the TensorRT calibration cache, and threshold calibration."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import numpy_helper
+
+from hybreid.calibration.int8 import (
+    QuantizationConfig,
+    activation_scales,
+    attention_matmuls,
+    quantize,
+    read_calibration_cache,
+    write_calibration_cache,
+)
+from hybreid.calibration.threshold import calibrate_thresholds, choose_threshold, load_thresholds, save_thresholds
+from hybreid.errors import UserError
+from hybreid.export.onnx_export import export_onnx
+from hybreid.inference import OnnxRuntimeEmbedder
+from hybreid.models import build
+
+
+@pytest.fixture(scope="module")
+def fp32_model(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("int8")
+    torch.manual_seed(0)
+    path = export_onnx(build("fusionreid_tiny", image_size=(64, 32)).eval(), folder / "m.onnx", "fusionreid_tiny", {})
+    calibration = np.random.default_rng(0).standard_normal((16, 3, 64, 32)).astype(np.float32)
+    results = {
+        (target, attention): quantize(path, folder / f"{target}-{attention}.onnx", calibration,
+                                      QuantizationConfig(target=target, quantize_attention=attention),
+                                      cache_dir=folder / "cache")
+        for target, attention in (("tensorrt", False), ("cpu", False), ("tensorrt", True))
+    }
+    return path, calibration, results
+
+
+def _graph_maps(model):
+    producers = {out: node for node in model.graph.node for out in node.output}
+    initializers = {i.name: i for i in model.graph.initializer}
+    return producers, initializers
+
+
+def _dequantized_inputs(node, producers) -> list[bool]:
+    return [name in producers and producers[name].op_type == "DequantizeLinear" for name in node.input]
+
+
+def test_default_placement_keeps_attention_core_in_float(fp32_model):
+    path, _, results = fp32_model
+    original = onnx.load(str(path))
+    attention = set(attention_matmuls(original))
+    assert len(attention) == 2 * 10  # scores and values MatMul of every attention block
+    model = onnx.load(str(results[("tensorrt", False)].path))
+    producers, _ = _graph_maps(model)
+    for node in model.graph.node:
+        fed = _dequantized_inputs(node, producers)
+        if node.op_type in ("Softmax", "LayerNormalization", "Erf"):
+            assert not any(fed), f"{node.name} ({node.op_type}) is quantised"
+        elif node.name in attention:
+            assert not any(fed[:2]), f"{node.name} (attention MatMul) is quantised"
+        elif node.op_type == "Conv" or (node.op_type == "MatMul" and node.name not in attention):
+            assert all(fed[:2]), f"{node.name} ({node.op_type}) is left in float"
+    assert set(results[("tensorrt", False)].unquantized) >= attention
+
+
+def test_attention_comparison_run_quantises_the_attention_matmuls(fp32_model):
+    path, _, results = fp32_model
+    attention = set(attention_matmuls(onnx.load(str(path))))
+    model = onnx.load(str(results[("tensorrt", True)].path))
+    producers, _ = _graph_maps(model)
+    quantised = [n for n in model.graph.node if n.name in attention and all(_dequantized_inputs(n, producers)[:2])]
+    assert len(quantised) == len(attention)
+
+
+def test_tensorrt_target_is_symmetric_int8_with_per_channel_weights(fp32_model):
+    _, _, results = fp32_model
+    model = onnx.load(str(results[("tensorrt", False)].path))
+    _, initializers = _graph_maps(model)
+    per_channel = 0
+    for node in model.graph.node:
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            zero_point = numpy_helper.to_array(initializers[node.input[2]])
+            assert zero_point.dtype == np.int8 and not zero_point.any(), node.name
+            per_channel += numpy_helper.to_array(initializers[node.input[1]]).size > 1
+    assert per_channel > 10  # weight scales per output channel
+
+
+def test_cpu_target_uses_uint8_activations(fp32_model):
+    _, _, results = fp32_model
+    model = onnx.load(str(results[("cpu", False)].path))
+    _, initializers = _graph_maps(model)
+    dtypes = {numpy_helper.to_array(initializers[n.input[2]]).dtype for n in model.graph.node
+              if n.op_type == "QuantizeLinear" and n.input[0] not in initializers}
+    assert dtypes == {np.dtype(np.uint8)}
+
+
+def test_int8_embeddings_stay_close_to_fp32(fp32_model):
+    path, calibration, results = fp32_model
+    reference = OnnxRuntimeEmbedder(path).embed_preprocessed(calibration)
+    for key in (("tensorrt", False), ("cpu", False)):
+        for exact in (False, True):
+            embedder = OnnxRuntimeEmbedder(results[key].path, disable_qdq_fusion=exact)
+            cos = (embedder.embed_preprocessed(calibration) * reference).sum(1)
+            assert cos.min() >= 0.99, (key, exact, cos.min())
+    assert OnnxRuntimeEmbedder(results[("cpu", False)].path).contract.model == "fusionreid_tiny"
+
+
+def test_calibration_cache_round_trips(fp32_model, tmp_path):
+    _, _, results = fp32_model
+    scales = activation_scales(onnx.load(str(results[("tensorrt", False)].path)))
+    assert len(scales) > 20 and all(s > 0 for s in scales.values())
+    path = write_calibration_cache(scales, tmp_path / "calibration.cache")
+    assert path.read_text().splitlines()[0].startswith("TRT-")
+    back = read_calibration_cache(path)
+    assert back.keys() == scales.keys()
+    assert all(np.float32(back[k]) == np.float32(scales[k]) for k in scales)
+    (tmp_path / "bad.cache").write_text("hello\n")
+    with pytest.raises(UserError, match="not a TensorRT calibration cache"):
+        read_calibration_cache(tmp_path / "bad.cache")
+
+
+class TestThresholds:
+    def test_threshold_for_a_known_impostor_distribution(self):
+        # 100 impostor scores 0.00, 0.01, ..., 0.99; 1% FMR lets exactly one through:
+        # the threshold sits just above 0.98, where genuine scores 0.95..0.99 pass 1 of 5.
+        impostor = np.arange(100) / 100
+        genuine = np.array([0.95, 0.96, 0.97, 0.98, 0.99])
+        t = choose_threshold(genuine, impostor, 0.01)
+        assert 0.98 < t.threshold <= 0.99
+        assert t.false_match_rate == pytest.approx(0.01)
+        assert t.true_match_rate == pytest.approx(0.2)
+        assert choose_threshold(genuine, impostor, 0.05).true_match_rate == pytest.approx(1.0)
+
+    def test_same_and_cross_modality_thresholds_are_separate(self, tmp_path):
+        # Two identities seen in both modalities. Same-modality genuine pairs are
+        # identical vectors (cos 1); cross-modality genuine pairs are at 60 degrees
+        # (cos 0.5); impostors are orthogonal (cos 0).
+        def unit(angle):
+            return np.array([np.cos(angle), np.sin(angle), 0.0, 0.0])
+        a_vis, a_ir = unit(0), unit(np.pi / 3)
+        b_vis = np.array([0.0, 0.0, 1.0, 0.0])
+        b_ir = np.array([0.0, 0.0, 0.5, np.sqrt(0.75)])
+        embeddings = np.stack([a_vis, a_vis, a_ir, a_ir, b_vis, b_vis, b_ir, b_ir])
+        pids = np.array([1, 1, 1, 1, 2, 2, 2, 2])
+        modalities = np.array(["visible", "visible", "infrared", "infrared"] * 2)
+        thresholds = calibrate_thresholds(embeddings, pids, modalities, target_fmr=0.0)
+        same, cross = thresholds["same_modality"], thresholds["cross_modality"]
+        assert 0 < same.threshold < 1e-6 and same.true_match_rate == 1.0
+        assert 0 < cross.threshold < 1e-6 and cross.true_match_rate == 1.0
+        assert (same.genuine_pairs, cross.genuine_pairs) == (4, 8)
+        saved = load_thresholds(save_thresholds(thresholds, tmp_path / "t.json", "m@h", 0.0))
+        assert saved["cross_modality"]["threshold"] == cross.threshold
+        (tmp_path / "bad.json").write_text("{}")
+        with pytest.raises(UserError, match="not a thresholds file"):
+            load_thresholds(tmp_path / "bad.json")
