@@ -216,6 +216,30 @@ def _cmd_calibrate_threshold(args: argparse.Namespace) -> None:
     print(f"saved {path} (read by the matcher) and {plot}")
 
 
+def _cmd_edge_run(args: argparse.Namespace) -> None:
+    import json
+    import logging
+
+    from hybreid.edge_runtime.runtime import EdgeRuntime, SiteConfig
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    runtime = EdgeRuntime(SiteConfig.load(args.config))
+    runtime.install_signal_handlers()
+    summary = runtime.run(max_seconds=args.max_seconds)
+    print(json.dumps(summary, indent=2))
+
+
+def _cmd_edge_scenes(args: argparse.Namespace) -> None:
+    from hybreid.edge_runtime.scenes import render_scenes
+
+    truth = render_scenes(args.out, tuple(args.modality or ["visible", "infrared"]), args.people, args.fps,
+                          seed=args.seed)
+    for camera in truth["cameras"]:
+        print(f"{args.out}/{camera['video']}: {camera['modality']}, {truth['frames']} frames, "
+              f"{len(camera['passages'])} passages")
+    print(f"ground truth: {args.out}/ground_truth.json")
+
+
 def _cmd_demo(args: argparse.Namespace) -> None:
     from hybreid.models import build
 
@@ -381,6 +405,21 @@ def build_parser() -> argparse.ArgumentParser:
     install.add_argument("--build-engine", action="store_true", help="then build the TensorRT engine here")
     for sub in (create, verify, install):
         sub.set_defaults(func=_cmd_bundle)
+
+    edge = commands.add_parser("edge", help="edge runtime: run, scenes")
+    edge_commands = edge.add_subparsers(dest="edge_command", required=True)
+    edge_run = edge_commands.add_parser("run", help="capture -> detect -> track -> embed -> publish")
+    edge_run.add_argument("--config", required=True, help="site YAML (see configs/site.example.yaml)")
+    edge_run.add_argument("--max-seconds", type=float, help="stop after this long (default: until stopped)")
+    edge_run.set_defaults(func=_cmd_edge_run)
+    scenes = edge_commands.add_parser("scenes", help="synthetic camera videos with ground truth")
+    scenes.add_argument("--out", required=True)
+    scenes.add_argument("--modality", action="append", choices=["visible", "infrared"],
+                        help="one per camera (repeatable); default: visible and infrared")
+    scenes.add_argument("--people", type=int, default=6)
+    scenes.add_argument("--fps", type=int, default=10)
+    scenes.add_argument("--seed", type=int, default=0)
+    scenes.set_defaults(func=_cmd_edge_scenes)
 
     demo = commands.add_parser("demo", help="run the whole chain on synthetic data")
     demo.set_defaults(func=_cmd_demo)

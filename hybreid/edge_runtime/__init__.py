@@ -1,0 +1,1 @@
+"""Edge runtime: capture -> detect -> track -> embed -> publish. Torch-free."""

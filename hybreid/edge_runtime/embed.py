@@ -1,0 +1,145 @@
+"""Embedding: crops from every camera batched to one embedder, and tracklet means.
+
+The :class:`EmbedWorker` thread collects crops into a batch until it holds ``max_batch``
+crops or the oldest has waited ``max_wait_ms``, embeds them in one call, and hands each
+embedding to the :class:`TrackletAggregator`. A track's end travels through the same
+queue behind its crops, so a tracklet is finalised only after all its crops are embedded.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from hybreid.edge_runtime.stages import Crop, TrackletFeature
+
+
+@dataclass
+class TrackEnd:
+    camera_id: str
+    track_id: int
+
+
+@dataclass
+class _Tracklet:
+    camera_id: str
+    modality: str
+    track_id: int
+    first_ts: float
+    weighted_sum: np.ndarray
+    weight: float = 0.0
+    frames: int = 0
+    last: Crop | None = None
+    best_score: float = 0.0
+    last_published: float = field(default=0.0)
+
+
+class TrackletAggregator:
+    """Per tracklet the quality-weighted mean of L2-normalised embeddings (a crop's weight
+    is its quality: detector score x size), published when the track ends and every
+    ``interval_s`` seconds of video time while it lasts."""
+
+    def __init__(self, emit, interval_s: float = 10.0):
+        self.emit, self.interval_s = emit, interval_s
+        self.tracklets: dict[tuple[str, int], _Tracklet] = {}
+
+    def add(self, crop: Crop, embedding: np.ndarray) -> None:
+        key = (crop.camera_id, crop.track_id)
+        tracklet = self.tracklets.get(key)
+        if tracklet is None:
+            tracklet = _Tracklet(crop.camera_id, crop.modality, crop.track_id, crop.ts,
+                                 np.zeros_like(embedding, dtype=np.float64), last_published=crop.ts)
+            self.tracklets[key] = tracklet
+        weight = max(crop.quality, 1e-3)
+        tracklet.weighted_sum += weight * embedding
+        tracklet.weight += weight
+        tracklet.frames += 1
+        tracklet.best_score = max(tracklet.best_score, crop.score)
+        tracklet.last = crop
+        if self.interval_s and crop.ts - tracklet.last_published >= self.interval_s:
+            tracklet.last_published = crop.ts
+            self.emit(self._feature(tracklet, final=False))
+
+    def end(self, camera_id: str, track_id: int) -> None:
+        tracklet = self.tracklets.pop((camera_id, track_id), None)
+        if tracklet is not None and tracklet.frames:
+            self.emit(self._feature(tracklet, final=True))
+
+    @staticmethod
+    def _feature(tracklet: _Tracklet, final: bool) -> TrackletFeature:
+        mean = tracklet.weighted_sum / tracklet.weight
+        mean = (mean / max(np.linalg.norm(mean), 1e-12)).astype(np.float32)
+        last = tracklet.last
+        return TrackletFeature(tracklet.camera_id, tracklet.modality, tracklet.track_id, tracklet.first_ts, last.ts,
+                               last.box, tracklet.best_score, tracklet.weight / tracklet.frames, tracklet.frames,
+                               mean, final)
+
+
+class EmbedWorker(threading.Thread):
+    def __init__(self, embedder, aggregator: TrackletAggregator, max_batch: int = 16, max_wait_ms: float = 50,
+                 queue_size: int = 512):
+        super().__init__(name="embedder", daemon=True)
+        self.embedder, self.aggregator = embedder, aggregator
+        self.max_batch, self.max_wait = max_batch, max_wait_ms / 1000
+        self.queue: queue.Queue = queue.Queue(maxsize=queue_size)
+        self._stopping = threading.Event()
+        self.batches = self.crops = 0
+        self.embed_seconds = 0.0
+        self.lock = threading.Lock()  # held while the aggregator changes (the runtime reads it)
+
+    def submit(self, item: Crop | TrackEnd) -> None:
+        """Blocks when the queue is full: back-pressure slows capture rather than losing crops."""
+        self.queue.put(item)
+
+    def _embed(self, batch: list[Crop]) -> None:
+        start = time.perf_counter()
+        embeddings = self.embedder.embed([crop.image for crop in batch])
+        self.embed_seconds += time.perf_counter() - start
+        self.batches += 1
+        self.crops += len(batch)
+        with self.lock:
+            for crop, embedding in zip(batch, embeddings, strict=True):
+                self.aggregator.add(crop, embedding)
+
+    def run(self) -> None:
+        batch: list[Crop] = []
+        deadline = None
+        while True:
+            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                item = self.queue.get(timeout=timeout if timeout is not None else 0.1)
+            except queue.Empty:
+                item = None
+            if item is None:
+                if batch and deadline is not None and time.monotonic() >= deadline:
+                    self._embed(batch)
+                    batch, deadline = [], None
+                if self._stopping.is_set() and self.queue.empty() and not batch:
+                    return
+                continue
+            if isinstance(item, TrackEnd):
+                if batch:
+                    self._embed(batch)
+                    batch, deadline = [], None
+                with self.lock:
+                    self.aggregator.end(item.camera_id, item.track_id)
+            else:
+                batch.append(item)
+                deadline = deadline or time.monotonic() + self.max_wait
+                if len(batch) >= self.max_batch:
+                    self._embed(batch)
+                    batch, deadline = [], None
+            self.queue.task_done()
+
+    def drain(self) -> None:
+        """Process everything queued, then stop."""
+        self._stopping.set()
+        self.join()
+
+    @property
+    def batch_fill(self) -> float:
+        return self.crops / max(self.batches, 1) / self.max_batch

@@ -1,0 +1,248 @@
+"""The edge runtime: capture -> detect -> track -> embed -> publish, for every camera of a box.
+
+Threads: one capture thread per camera, this processing loop (detection and tracking
+for every camera), one embedding worker (batches crops across cameras), and the
+publisher (outbox -> MQTT). SIGINT/SIGTERM stop it cleanly: capture stops, every open
+track is finalised and embedded, and the outbox is flushed to the broker for up to
+``flush_timeout_s``; what is not acknowledged by then stays on disk for the next start.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from hybreid import protocol
+from hybreid.config import load_yaml
+from hybreid.edge_runtime.capture import CameraCapture, CameraConfig
+from hybreid.edge_runtime.detect import BoxFilter, make_detector
+from hybreid.edge_runtime.embed import EmbedWorker, TrackEnd, TrackletAggregator
+from hybreid.edge_runtime.outbox import Outbox
+from hybreid.edge_runtime.publish import BrokerConfig, Publisher
+from hybreid.edge_runtime.stages import Crop, Frame, TrackletFeature
+from hybreid.edge_runtime.track import IoUTracker
+from hybreid.errors import UserError
+
+log = logging.getLogger("hybreid.edge")
+
+
+@dataclass
+class SiteConfig:
+    site: str
+    box_id: str
+    cameras: list[CameraConfig]
+    model: dict
+    detector: dict = field(default_factory=lambda: {"kind": "background"})
+    box_filter: dict = field(default_factory=dict)
+    tracker: dict = field(default_factory=dict)
+    embed: dict = field(default_factory=dict)
+    publish: dict = field(default_factory=dict)
+    broker: dict = field(default_factory=dict)
+    outbox: dict = field(default_factory=dict)
+    metrics: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, data: dict, base: Path = Path(".")) -> SiteConfig:
+        try:
+            cameras = [CameraConfig(**camera) for camera in data["cameras"]]
+            site, box_id, model = data["site"], data.get("box_id", "box"), dict(data["model"])
+        except (KeyError, TypeError) as exc:
+            raise UserError(f"site config needs site, cameras (id, source, modality) and model.path ({exc})") from exc
+        for camera in cameras:
+            if camera.modality not in ("visible", "infrared", "auto"):
+                raise UserError(f"camera {camera.id}: modality must be visible, infrared or auto")
+            if camera.is_file and not Path(str(camera.source)).is_absolute():
+                camera.source = str(base / str(camera.source))
+        if not Path(model["path"]).is_absolute():
+            model["path"] = str(base / model["path"])
+        rest = {k: data.get(k) or {} for k in ("box_filter", "tracker", "embed", "publish", "broker", "outbox",
+                                                "metrics")}
+        config = cls(site, box_id, cameras, model, data.get("detector") or {"kind": "background"}, **rest)
+        outbox_path = config.outbox.get("path", "outbox.sqlite")
+        if not Path(outbox_path).is_absolute():
+            config.outbox["path"] = str(base / outbox_path)
+        return config
+
+    @classmethod
+    def load(cls, path: str | Path) -> SiteConfig:
+        path = Path(path)
+        return cls.from_dict(load_yaml(path), path.parent)
+
+
+class Metrics:
+    """Counters and stage timings; printed periodically and on exit."""
+
+    def __init__(self):
+        self.started = time.monotonic()
+        self.frames = 0
+        self.detections = 0
+        self.crops = 0
+        self.tracklets = 0
+        self.seconds = {"detect": 0.0, "track": 0.0}
+
+    def snapshot(self, runtime: EdgeRuntime) -> dict:
+        elapsed = max(time.monotonic() - self.started, 1e-9)
+        worker, publisher, outbox = runtime.worker, runtime.publisher, runtime.outbox
+        frames = max(self.frames, 1)
+        return {
+            "elapsed_s": elapsed,
+            "frames": self.frames,
+            "fps": self.frames / elapsed,
+            "detect_ms_per_frame": 1000 * self.seconds["detect"] / frames,
+            "track_ms_per_frame": 1000 * self.seconds["track"] / frames,
+            "detections": self.detections,
+            "crops": self.crops,
+            "embed_batches": worker.batches,
+            "embed_batch_fill": worker.batch_fill,
+            "embed_ms_per_crop": 1000 * worker.embed_seconds / max(worker.crops, 1),
+            "tracklets_published": self.tracklets,
+            "outbox_depth": outbox.depth(),
+            "outbox": outbox.stats(),
+            "mqtt_published": publisher.published,
+            "mqtt_acknowledged": publisher.acknowledged,
+            "mqtt_disconnects": publisher.disconnects,
+            "frames_dropped": {c.config.id: c.frames_dropped for c in runtime.captures},
+            "reconnects": {c.config.id: c.reconnects for c in runtime.captures},
+        }
+
+
+def crop_quality(score: float, box: tuple[float, float, float, float], reference_height: float = 128.0) -> float:
+    """Detector score x how close the person's height comes to the model's input height."""
+    return float(np.clip(score, 0, 1) * min(1.0, box[3] / reference_height))
+
+
+class EdgeRuntime:
+    def __init__(self, config: SiteConfig, embedder=None):
+        from hybreid.inference import load_embedder
+
+        self.config = config
+        self.embedder = embedder or load_embedder(config.model["path"], **{k: v for k, v in config.model.items()
+                                                                           if k == "threads"})
+        self.contract = self.embedder.contract
+        self.outbox = Outbox(**config.outbox)
+        broker = BrokerConfig(**{"client_id": f"hybreid-edge-{config.site}-{config.box_id}", **config.broker})
+        self.publisher = Publisher(self.outbox, broker, config.site, [c.id for c in config.cameras])
+        self.detector = make_detector(**config.detector)
+        self.box_filter = BoxFilter(**config.box_filter)
+        self.trackers = {c.id: IoUTracker(lambda cid=c.id: self.outbox.next_track_id(cid), **config.tracker)
+                         for c in config.cameras}
+        embed = {"max_batch": 16, "max_wait_ms": 50, "crop_interval": 2, "max_crops_per_track": 32, **config.embed}
+        self.crop_interval, self.max_crops = embed.pop("crop_interval"), embed.pop("max_crops_per_track")
+        self.aggregator = TrackletAggregator(self._publish_tracklet, config.publish.get("interval_s", 10.0))
+        self.worker = EmbedWorker(self.embedder, self.aggregator, **embed)
+        self.captures = [CameraCapture(c) for c in config.cameras]
+        self.crops_per_track: dict[tuple[str, int], int] = {}
+        self.metrics = Metrics()
+        self._stopping = threading.Event()
+        # (camera, frame, track, box) of every confirmed track in every frame, for scoring
+        # tracklets against ground truth (tests, benchmarks, the demo).
+        self.track_log: list[tuple[str, int, int, tuple]] | None = [] if config.metrics.get("record_tracks") else None
+
+    # -- stages -------------------------------------------------------------------------
+
+    def _publish_tracklet(self, feature: TrackletFeature) -> None:
+        """Aggregator callback (embedding thread): store the record in the outbox."""
+        def build(seq: int) -> bytes:
+            return protocol.encode_feature(protocol.FeatureMessage(
+                site=self.config.site, camera_id=feature.camera_id, modality=feature.modality, ts=feature.ts,
+                seq=seq, track_id=feature.track_id, box=feature.box, score=feature.score,
+                model_name=self.contract.model, model_hash=self.contract.weights_sha256,
+                embedding=feature.embedding, quality=feature.quality, frames=feature.frames,
+                first_ts=feature.first_ts, final=feature.final))
+
+        self.outbox.add(feature.camera_id, protocol.features_topic(self.config.site, feature.camera_id), build)
+        self.metrics.tracklets += 1
+
+    def process(self, frame: Frame) -> None:
+        """Detect and track one frame; queue crops of confirmed tracks and the ends of tracks."""
+        start = time.perf_counter()
+        detections = self.box_filter(self.detector(frame.camera_id, frame.image))
+        detected = time.perf_counter()
+        seen, ended = self.trackers[frame.camera_id].update(detections)
+        self.metrics.seconds["detect"] += detected - start
+        self.metrics.seconds["track"] += time.perf_counter() - detected
+        self.metrics.frames += 1
+        self.metrics.detections += len(detections)
+        height, width = frame.image.shape[:2]
+        for track in seen:
+            if self.track_log is not None:
+                self.track_log.append((frame.camera_id, frame.index, track.track_id, track.box))
+            key = (frame.camera_id, track.track_id)
+            taken = self.crops_per_track.get(key, 0)
+            if frame.index % self.crop_interval or taken >= self.max_crops:
+                continue
+            x, y, w, h = (int(round(v)) for v in track.box)
+            x0, y0, x1, y1 = max(0, x), max(0, y), min(width, x + w), min(height, y + h)
+            if x1 - x0 < 4 or y1 - y0 < 8:
+                continue
+            self.crops_per_track[key] = taken + 1
+            self.metrics.crops += 1
+            self.worker.submit(Crop(frame.camera_id, frame.modality, track.track_id, frame.index, frame.ts,
+                                    track.box, track.score, frame.image[y0:y1, x0:x1].copy(),
+                                    crop_quality(track.score, track.box, self.contract.height)))
+        for track in ended:
+            self._end(frame.camera_id, track.track_id)
+
+    def _end(self, camera_id: str, track_id: int) -> None:
+        self.crops_per_track.pop((camera_id, track_id), None)
+        self.worker.submit(TrackEnd(camera_id, track_id))
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.worker.start()
+        self.publisher.start()
+        for capture in self.captures:
+            capture.start()
+
+    def request_stop(self, *_) -> None:
+        self._stopping.set()
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGINT, self.request_stop)
+        signal.signal(signal.SIGTERM, self.request_stop)
+
+    def run(self, max_seconds: float | None = None) -> dict:
+        """Process until every file source is exhausted, a stop is requested, or ``max_seconds``."""
+        self.start()
+        interval = self.config.metrics.get("interval_s", 30.0)
+        next_report = time.monotonic() + interval
+        deadline = None if max_seconds is None else time.monotonic() + max_seconds
+        while not self._stopping.is_set():
+            idle = True
+            for capture in self.captures:
+                frame = capture.get(timeout=0.0)
+                if frame is not None:
+                    idle = False
+                    self.process(frame)
+            if all(capture.done for capture in self.captures):
+                break
+            if deadline is not None and time.monotonic() > deadline:
+                break
+            if idle:
+                time.sleep(0.005)
+            if time.monotonic() >= next_report:
+                log.info("edge metrics: %s", self.metrics.snapshot(self))
+                next_report += interval
+        return self.shutdown()
+
+    def shutdown(self) -> dict:
+        for capture in self.captures:
+            capture.stop()
+        for camera_id, tracker in self.trackers.items():
+            for track in tracker.flush():
+                self._end(camera_id, track.track_id)
+        self.worker.drain()
+        flushed = self.publisher.flush(self.config.publish.get("flush_timeout_s", 10.0))
+        snapshot = self.metrics.snapshot(self)
+        snapshot["flushed"] = flushed
+        self.publisher.stop()
+        self.outbox.close()
+        log.info("edge stopped: %s", snapshot)
+        return snapshot

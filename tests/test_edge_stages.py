@@ -1,0 +1,221 @@
+"""Each edge stage alone: capture, detect, track, outbox, embed/aggregate."""
+
+from __future__ import annotations
+
+import time
+
+import cv2
+import numpy as np
+import pytest
+
+from hybreid.edge_runtime.capture import CameraCapture, CameraConfig, decide_modality
+from hybreid.edge_runtime.detect import (
+    BackgroundSubtractionDetector,
+    BoxFilter,
+    HOGDetector,
+    decode_yolo,
+    letterbox,
+    make_detector,
+)
+from hybreid.edge_runtime.embed import EmbedWorker, TrackEnd, TrackletAggregator
+from hybreid.edge_runtime.outbox import Outbox
+from hybreid.edge_runtime.stages import Crop, Detection
+from hybreid.edge_runtime.track import IoUTracker, iou_matrix
+from hybreid.errors import UserError
+
+
+def write_video(path, frames: int, size=(160, 120), fps=10):
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
+    for i in range(frames):
+        image = np.full((size[1], size[0], 3), 40, np.uint8)
+        cv2.rectangle(image, (10 + 5 * i, 30), (30 + 5 * i, 90), (200, 180, 160), -1)
+        writer.write(image)
+    writer.release()
+    return path
+
+
+class TestCapture:
+    def test_a_file_is_read_whole_without_drops(self, tmp_path):
+        capture = CameraCapture(CameraConfig("cam", str(write_video(tmp_path / "v.mp4", 25))))
+        capture.start()
+        frames = []
+        while not capture.done:
+            frame = capture.get(0.2)
+            if frame is not None:
+                frames.append(frame)
+                time.sleep(0.01)  # a slow consumer: the file waits for it
+        assert [f.index for f in frames] == list(range(25))
+        assert capture.frames_dropped == 0
+        assert frames[1].ts - frames[0].ts == pytest.approx(0.1)  # video time at 10 fps
+        assert frames[0].image.shape == (120, 160, 3)
+
+    def test_a_live_source_keeps_only_the_newest_frame(self, tmp_path):
+        config = CameraConfig("cam", str(write_video(tmp_path / "v.mp4", 40)), realtime=True)
+        capture = CameraCapture(config)
+        capture.start()
+        capture.finished.wait(10)
+        frame = capture.get(0.5)
+        assert frame.index == 39  # everything before the newest was overwritten
+        assert capture.frames_dropped == 39
+
+    def test_unreachable_stream_retries_with_backoff(self):
+        capture = CameraCapture(CameraConfig("cam", "rtsp://127.0.0.1:9/none"), timeout_ms=500, max_backoff=1.0)
+        capture.start()
+        time.sleep(2.5)
+        capture.stop()
+        assert 2 <= capture.reconnects <= 6  # 0.5 s, 1 s, 1 s ... not a busy loop
+        assert capture.get(0.01) is None
+
+    def test_auto_modality_reads_the_colour_content(self):
+        grey = np.repeat(np.random.default_rng(0).integers(0, 255, (90, 160, 1), dtype=np.uint8), 3, axis=2)
+        colour = grey.copy()
+        colour[..., 0] = 255 - colour[..., 0]
+        assert decide_modality(grey) == "infrared"
+        assert decide_modality(colour) == "visible"
+
+
+class TestDetect:
+    def test_background_subtraction_finds_a_walking_block(self):
+        detector = BackgroundSubtractionDetector(history=200, min_area=100)
+        rng = np.random.default_rng(0)
+        found = []
+        for i in range(40):
+            image = np.clip(np.full((120, 200, 3), 90.0) + rng.normal(0, 2, (120, 200, 3)), 0, 255).astype(np.uint8)
+            if i >= 20:
+                x = 20 + 6 * (i - 20)
+                image[20:100, x : x + 30] = (220, 60, 60)
+                found = detector("cam", image)
+            else:
+                detector("cam", image)
+        (box,) = [d.box for d in found]
+        assert box[2] == pytest.approx(30, abs=6) and box[3] == pytest.approx(80, abs=6)
+
+    def test_box_filter(self):
+        keep = BoxFilter(min_height=50, min_aspect=1.2, max_aspect=4, min_score=0.5)
+        detections = [Detection((0, 0, 30, 80), 0.9), Detection((0, 0, 80, 30), 0.9),  # lying: dropped
+                      Detection((0, 0, 10, 40), 0.9), Detection((0, 0, 30, 80), 0.2)]  # small / unsure
+        assert keep(detections) == [detections[0]]
+
+    def test_hog_is_available_with_opencv_4(self):
+        assert isinstance(HOGDetector()("cam", np.zeros((256, 128, 3), np.uint8)), list)
+
+    def test_yolo_raw_output_with_nms_and_letterbox_undone(self):
+        frame = np.zeros((360, 640, 3), np.uint8)
+        canvas, scale, pad = letterbox(frame, 640)
+        assert canvas.shape == (640, 640, 3) and scale == 1.0 and pad == (0, 140)
+        # Two overlapping person boxes (centre format, letterboxed) and a car: NMS keeps one person.
+        output = np.zeros((1, 4 + 3, 3), np.float32)
+        output[0, :, 0] = [100, 340, 40, 120, 0.9, 0.0, 0.0]
+        output[0, :, 1] = [102, 342, 40, 120, 0.7, 0.0, 0.0]
+        output[0, :, 2] = [400, 300, 80, 40, 0.0, 0.0, 0.95]
+        (person,) = decode_yolo(output, scale, pad)
+        assert person.box == pytest.approx((80, 140, 40, 120)) and person.score == pytest.approx(0.9)
+
+    def test_yolo_nms_free_output(self):
+        output = np.array([[[80, 280, 120, 400, 0.8, 0], [10, 10, 50, 50, 0.9, 2]]], np.float32)
+        (person,) = decode_yolo(output, 0.5, (0, 70))
+        assert person.box == pytest.approx((160, 420, 80, 240))
+
+    def test_unknown_detector_is_one_clear_error(self):
+        with pytest.raises(UserError, match="background, hog or yolo"):
+            make_detector("magic")
+        with pytest.raises(UserError, match="detector.path"):
+            make_detector("yolo")
+
+
+class TestTrack:
+    def test_iou(self):
+        assert iou_matrix(np.array([[0, 0, 10, 10]]), np.array([[5, 0, 10, 10], [20, 20, 5, 5]])).tolist() == \
+            [[pytest.approx(1 / 3), 0.0]]
+
+    def test_confirmation_identity_and_end(self):
+        ids = iter(range(100, 200))
+        tracker = IoUTracker(lambda: next(ids), n_init=3, max_age=2)
+        seen_ids = []
+        for step in range(5):
+            a = Detection((10 + 2 * step, 10, 20, 50), 0.9)
+            b = Detection((100 - 2 * step, 10, 20, 50), 0.8)
+            seen, ended = tracker.update([a, b])
+            seen_ids.append(sorted(t.track_id for t in seen))
+            assert ended == []
+        assert seen_ids[:2] == [[], []] and seen_ids[2:] == [[100, 101]] * 3  # confirmed at the 3rd hit
+        for _ in range(2):
+            _, ended = tracker.update([])
+            assert ended == []
+        _, ended = tracker.update([])  # the third miss exceeds max_age
+        assert sorted(t.track_id for t in ended) == [100, 101]
+
+    def test_one_frame_false_alarms_never_confirm(self):
+        ids = iter(range(100))
+        tracker = IoUTracker(lambda: next(ids), n_init=2)
+        for step in range(4):
+            seen, ended = tracker.update([Detection((50 * step, 0, 20, 50), 0.9)])
+            assert seen == [] and ended == []
+
+
+class TestOutbox:
+    def test_sequence_numbers_survive_reopening_and_acks_remove(self, tmp_path):
+        outbox = Outbox(tmp_path / "o.sqlite")
+        seqs = [outbox.add("cam1", "t", lambda s: f"m{s}".encode()) for _ in range(3)]
+        assert seqs == [0, 1, 2] and outbox.add("cam2", "t", lambda s: b"x") == 0
+        assert [outbox.next_track_id("cam1") for _ in range(2)] == [1, 2]
+        outbox.ack("cam1", 1)
+        outbox.close()
+        again = Outbox(tmp_path / "o.sqlite")
+        assert [(c, s, p) for c, s, _, p in again.pending()] == [("cam1", 0, b"m0"), ("cam1", 2, b"m2"),
+                                                                 ("cam2", 0, b"x")]
+        assert again.add("cam1", "t", lambda s: b"y") == 3
+        assert again.next_track_id("cam1") == 3
+        assert again.stats() == {"stored": 5, "acknowledged": 1}
+
+    @pytest.mark.parametrize(("policy", "kept", "counter"), [("drop_oldest", [2, 3, 4], "dropped_oldest"),
+                                                              ("drop_newest", [0, 1, 2], "dropped_newest")])
+    def test_full_outbox_policy_is_explicit_and_counted(self, tmp_path, policy, kept, counter):
+        outbox = Outbox(tmp_path / "o.sqlite", max_messages=3, when_full=policy)
+        for _ in range(5):
+            outbox.add("cam", "t", lambda s: b"p")
+        assert [s for _, s, _, _ in outbox.pending()] == kept
+        assert outbox.stats()[counter] == 2
+
+    def test_damaged_outbox_file_is_one_clear_error(self, tmp_path):
+        (tmp_path / "bad.sqlite").write_bytes(b"this is not sqlite" * 100)
+        with pytest.raises(UserError, match="not a usable SQLite file"):
+            Outbox(tmp_path / "bad.sqlite")
+
+
+def crop(track: int, ts: float, quality: float, image=None) -> Crop:
+    image = np.zeros((100, 40, 3), np.uint8) if image is None else image
+    return Crop("cam", "visible", track, int(ts * 10), ts, (0, 0, 40, 100), 0.9, image, quality)
+
+
+class TestEmbedding:
+    def test_quality_weighted_mean_and_periodic_updates(self):
+        out = []
+        aggregator = TrackletAggregator(out.append, interval_s=1.0)
+        aggregator.add(crop(1, 0.0, 3.0), np.array([1.0, 0.0], np.float32))
+        aggregator.add(crop(1, 0.5, 1.0), np.array([0.0, 1.0], np.float32))
+        assert out == []
+        aggregator.add(crop(1, 1.2, 1.0), np.array([0.0, 1.0], np.float32))  # 1.2 s after the start
+        aggregator.end("cam", 1)
+        update, final = out
+        assert not update.final and final.final and final.frames == 3
+        expected = np.array([3.0, 2.0]) / np.linalg.norm([3.0, 2.0])
+        assert np.allclose(final.embedding, expected, atol=1e-6)
+        assert final.quality == pytest.approx(5 / 3) and final.first_ts == 0.0 and final.ts == 1.2
+
+    def test_worker_batches_crops_and_finalises_after_them(self, tiny_onnx):
+        from hybreid.inference import load_embedder
+
+        out = []
+        worker = EmbedWorker(load_embedder(tiny_onnx), TrackletAggregator(out.append, interval_s=0), max_batch=4,
+                             max_wait_ms=500)
+        worker.start()
+        rng = np.random.default_rng(0)
+        for i in range(6):
+            worker.submit(crop(7, i * 0.1, 1.0, rng.integers(0, 255, (90, 40, 3), dtype=np.uint8)))
+        worker.submit(TrackEnd("cam", 7))
+        worker.drain()
+        (feature,) = out
+        assert feature.frames == 6 and feature.final
+        assert worker.batches == 2 and worker.crops == 6  # a full batch of 4, then 2 flushed by the end
+        assert np.linalg.norm(feature.embedding) == pytest.approx(1.0, abs=1e-5)
