@@ -7,6 +7,7 @@ camera box that has no torch installed.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 from hybreid.errors import UserError
@@ -240,6 +241,62 @@ def _cmd_edge_scenes(args: argparse.Namespace) -> None:
     print(f"ground truth: {args.out}/ground_truth.json")
 
 
+def _cmd_bench_pipeline(args: argparse.Namespace) -> None:
+    from hybreid.bench import pipeline
+
+    pipeline.run(args.onnx, args.out, people=args.people, max_batch=args.batch, threads=args.threads)
+
+
+def _matcher_gallery(args: argparse.Namespace):
+    from hybreid.matcher.gallery import Gallery
+
+    return Gallery(args.db, index=getattr(args, "index", "flat"))
+
+
+def _cmd_matcher_run(args: argparse.Namespace) -> None:
+    import logging
+    import signal
+
+    from hybreid.edge_runtime.publish import BrokerConfig
+    from hybreid.matcher.service import Matcher, MatcherService, MatchPolicy
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    policy = MatchPolicy.from_thresholds_file(args.thresholds) if args.thresholds else MatchPolicy()
+    broker = BrokerConfig(url=args.broker, client_id=args.client_id, username=args.username,
+                          password=args.password, ca_certs=args.ca_certs, protocol=args.protocol)
+    service = MatcherService(Matcher(_matcher_gallery(args), policy), broker, site=args.site,
+                             shared_group=args.shared_group)
+    signal.signal(signal.SIGTERM, service.request_stop)
+    signal.signal(signal.SIGINT, service.request_stop)
+    service.run_forever(report_every=args.report_every)
+    print(json.dumps(service.status(), indent=2))
+
+
+def _cmd_matcher_purge(args: argparse.Namespace) -> None:
+    gallery = _matcher_gallery(args)
+    if args.older_than_days is not None:
+        import time
+
+        args.until = time.time() - 86400 * args.older_than_days
+    deleted = gallery.purge(identity=args.identity, camera=args.camera, since=args.since, until=args.until)
+    print(json.dumps({"deleted_sightings": deleted, **gallery.stats()}))
+
+
+def _cmd_matcher_query(args: argparse.Namespace) -> None:
+    from hybreid.matcher.query import by_camera, by_identity, by_image
+
+    gallery = _matcher_gallery(args)
+    if args.identity is not None:
+        result = by_identity(gallery, args.identity)
+    elif args.image:
+        if not args.model:
+            raise UserError("--image needs --model: the site's exported model (ONNX or engine)")
+        result = by_image(gallery, args.image, args.model, args.top_k)
+    else:
+        result = by_camera(gallery, args.camera, args.since, args.until)
+    print(json.dumps(result, indent=2))
+
+
 def _cmd_demo(args: argparse.Namespace) -> None:
     from hybreid.models import build
 
@@ -268,7 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
     models = commands.add_parser("models", help="list the named model configurations")
     models.set_defaults(func=_cmd_models)
 
-    bench = commands.add_parser("bench", help="benchmarks: flops, train, latency, fidelity")
+    bench = commands.add_parser("bench", help="benchmarks: flops, train, latency, fidelity, pipeline")
     bench_commands = bench.add_subparsers(dest="bench_command", required=True)
     flops = bench_commands.add_parser(
         "flops", help="params and GFLOPs (paper count and full count) with a per-module breakdown"
@@ -303,6 +360,14 @@ def build_parser() -> argparse.ArgumentParser:
     fid.add_argument("--model", action="append", help="registry name (repeatable); default: both paper models")
     fid.add_argument("--out", default="benchmarks/fidelity")
     fid.set_defaults(func=_cmd_bench_fidelity)
+
+    pipe = bench_commands.add_parser("pipeline", help="edge runtime on synthetic videos vs the embedder alone")
+    pipe.add_argument("--onnx", action="append", required=True, help="exported model (repeatable)")
+    pipe.add_argument("--people", type=int, default=6)
+    pipe.add_argument("--batch", type=int, default=8)
+    pipe.add_argument("--threads", type=int)
+    pipe.add_argument("--out", default="benchmarks/pipeline")
+    pipe.set_defaults(func=_cmd_bench_pipeline)
 
     data = commands.add_parser("data", help="datasets: write synthetic people")
     data_commands = data.add_subparsers(dest="data_command", required=True)
@@ -420,6 +485,41 @@ def build_parser() -> argparse.ArgumentParser:
     scenes.add_argument("--fps", type=int, default=10)
     scenes.add_argument("--seed", type=int, default=0)
     scenes.set_defaults(func=_cmd_edge_scenes)
+
+    matcher = commands.add_parser("matcher", help="central matcher: run, purge, query")
+    matcher_commands = matcher.add_subparsers(dest="matcher_command", required=True)
+    m_run = matcher_commands.add_parser("run", help="subscribe to protocol v1 features and assign identities")
+    m_run.add_argument("--broker", default="mqtt://127.0.0.1:1883")
+    m_run.add_argument("--db", default="gallery.sqlite")
+    m_run.add_argument("--site", default="+", help="one site, or + for all")
+    m_run.add_argument("--thresholds", help="JSON from `hybreid calibrate threshold`")
+    m_run.add_argument("--index", choices=["flat", "hnsw", "ivf"], default="flat")
+    m_run.add_argument("--shared-group", help="MQTT v5 shared subscription group (several matchers, one gallery)")
+    m_run.add_argument("--client-id", default="hybreid-matcher")
+    m_run.add_argument("--username")
+    m_run.add_argument("--password")
+    m_run.add_argument("--ca-certs")
+    m_run.add_argument("--protocol", choices=["3.1.1", "5"], default="3.1.1")
+    m_run.add_argument("--report-every", type=float, default=60.0)
+    m_run.set_defaults(func=_cmd_matcher_run)
+    m_purge = matcher_commands.add_parser("purge", help="delete sightings (biometric data) for good")
+    m_purge.add_argument("--db", default="gallery.sqlite")
+    m_purge.add_argument("--identity", type=int)
+    m_purge.add_argument("--camera")
+    m_purge.add_argument("--since", type=float, help="epoch seconds")
+    m_purge.add_argument("--until", type=float, help="epoch seconds")
+    m_purge.add_argument("--older-than-days", type=float, help="retention: delete what is older")
+    m_purge.set_defaults(func=_cmd_matcher_purge)
+    m_query = matcher_commands.add_parser("query", help="sightings by identity, camera and time, or image")
+    m_query.add_argument("--db", default="gallery.sqlite")
+    m_query.add_argument("--identity", type=int)
+    m_query.add_argument("--camera")
+    m_query.add_argument("--since", type=float)
+    m_query.add_argument("--until", type=float)
+    m_query.add_argument("--image", help="a person crop to look up")
+    m_query.add_argument("--model", help="the site's exported model, to embed --image")
+    m_query.add_argument("--top-k", type=int, default=5)
+    m_query.set_defaults(func=_cmd_matcher_query)
 
     demo = commands.add_parser("demo", help="run the whole chain on synthetic data")
     demo.set_defaults(func=_cmd_demo)

@@ -1,62 +1,17 @@
-"""Shared fixtures: a real Mosquitto broker on a free loopback port."""
+"""Shared fixtures: a Mosquitto broker, the tiny ONNX model, synthetic scenes, a subscriber."""
 
 from __future__ import annotations
 
-import shutil
-import socket
-import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Mosquitto:
-    """A Mosquitto process that a test can stop and start again (same port, persistent state)."""
-
-    def __init__(self, folder: Path):
-        binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-        if not Path(binary).exists():
-            pytest.fail("mosquitto is not installed: `make test` installs it (apt-get install mosquitto)")
-        self.binary, self.folder, self.port = binary, folder, free_port()
-        folder.mkdir(parents=True, exist_ok=True)
-        self.config = folder / "mosquitto.conf"
-        # Run as root, Mosquitto drops to user 'mosquitto' unless told otherwise, and then
-        # cannot write its persistence file here.
-        self.config.write_text(
-            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
-            f"persistence_location {folder}/\nuser root\nmax_queued_messages 100000\n"
-        )
-        self.process: subprocess.Popen | None = None
-        self.url = f"mqtt://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        self.process = subprocess.Popen([self.binary, "-c", str(self.config)], stdout=subprocess.DEVNULL,
-                                        stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("mosquitto did not start")
-
-    def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(timeout=10)
-        self.process = None
+from hybreid.bench.broker import Mosquitto
 
 
 @pytest.fixture
 def mosquitto(tmp_path):
+    """A real Mosquitto broker on a free loopback port."""
     broker = Mosquitto(tmp_path / "broker")
     broker.start()
     yield broker

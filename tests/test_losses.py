@@ -52,11 +52,13 @@ def test_fusionreid_loss_sums_six_features():
 def test_hetero_center_triplet_by_hand():
     # Centres: pid 0 visible (0,0), infrared (0,1); pid 1 visible (1,0), infrared (1,1).
     # Each centre: positive distance 1, nearest other-identity centre 1 ->
-    # [0.3 + 1 - 1]_+ = 0.3, four centres summed (Eq. 9) -> 1.2.
+    # [0.3 + 1 - 1]_+ = 0.3; four centres: summed as printed in Eq. 9 -> 1.2, averaged
+    # as the reference implementation does -> 0.3.
     features = torch.tensor([[0.0, 0.0], [0.0, 1.0], [1.0, 0.0], [1.0, 1.0]])
     labels = torch.tensor([0, 0, 1, 1])
     modalities = torch.tensor([0, 1, 0, 1])
-    assert HeteroCenterTripletLoss(0.3)(features, labels, modalities).item() == pytest.approx(1.2, rel=1e-5)
+    assert HeteroCenterTripletLoss(0.3, "sum")(features, labels, modalities).item() == pytest.approx(1.2, rel=1e-5)
+    assert HeteroCenterTripletLoss(0.3)(features, labels, modalities).item() == pytest.approx(0.3, rel=1e-5)
     # Far-apart identities: no violation at all.
     far = features * torch.tensor([10.0, 1.0])
     assert HeteroCenterTripletLoss(0.3)(far, labels, modalities).item() == 0.0

@@ -45,9 +45,14 @@ class BrokerConfig:
         return parsed.hostname, parsed.port or (8883 if tls else 1883), tls
 
 
-def make_client(config: BrokerConfig, will: tuple[str, bytes] | None = None) -> mqtt.Client:
+def make_client(config: BrokerConfig, will: tuple[str, bytes] | None = None,
+                persistent_session: bool = False) -> mqtt.Client:
+    """A paho 2.x client (VERSION2 callbacks). ``persistent_session`` keeps the broker-side
+    session for MQTT 3.1.1 (clean_session=False); for MQTT 5 pass ``clean_start=False``
+    and a session expiry when connecting."""
     version = mqtt.MQTTv5 if str(config.protocol) == "5" else mqtt.MQTTv311
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=config.client_id, protocol=version)
+    session = {"clean_session": not persistent_session} if version == mqtt.MQTTv311 else {}
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=config.client_id, protocol=version, **session)
     if config.username:
         client.username_pw_set(config.username, config.password)
     if config.endpoint()[2]:

@@ -65,11 +65,20 @@ class FusionReIDLoss(nn.Module):
 class HeteroCenterTripletLoss(nn.Module):
     """Eq. 8-9: per identity the visible and infrared feature centres; each centre is
     pulled to its other-modality centre and pushed ``margin`` beyond the nearest centre
-    of any other identity, in either modality. Summed over identities, as Eq. 9 is."""
+    of any other identity, in either modality.
 
-    def __init__(self, margin: float = 0.3):
+    Eq. 9 is written as a sum over identities; the reference implementation of [12],
+    whose lambda_1 = 2.0 the paper adopts, averages over centres (a margin ranking loss
+    with mean reduction), and so does hybreid by default. ``reduction="sum"`` follows
+    the printed equation (it scales the term by 2P and, from random weights, collapses
+    the features before the identity loss can start).
+    """
+
+    def __init__(self, margin: float = 0.3, reduction: str = "mean"):
         super().__init__()
-        self.margin = margin
+        if reduction not in ("mean", "sum"):
+            raise ValueError(f"reduction must be mean or sum, got {reduction!r}")
+        self.margin, self.reduction = margin, reduction
 
     def forward(self, features: torch.Tensor, labels: torch.Tensor, modalities: torch.Tensor) -> torch.Tensor:
         pids = labels.unique()
@@ -80,7 +89,8 @@ class HeteroCenterTripletLoss(nn.Module):
         distance = (pairwise_squared_distance(centres, centres).clamp(min=1e-12)).sqrt()
         positive = torch.cat([distance.diagonal(len(pids)), distance.diagonal(-len(pids))])
         negative = distance.masked_fill(owner[:, None] == owner[None, :], float("inf")).min(dim=1).values
-        return F.relu(self.margin + positive - negative).sum()
+        violations = F.relu(self.margin + positive - negative)
+        return violations.mean() if self.reduction == "mean" else violations.sum()
 
 
 class MarginMMDLoss(nn.Module):
@@ -135,10 +145,11 @@ class HAResformerLoss(nn.Module):
     supervised stages' class tokens and on the HGAE feature."""
 
     def __init__(self, weights: HAResformerWeights = HAResformerWeights(), hc_margin: float = 0.3,
-                 mmd_margin: float = 1.4, use_hc_tri: bool = True, use_mmd: bool = True, use_auxiliary: bool = True):
+                 mmd_margin: float = 1.4, use_hc_tri: bool = True, use_mmd: bool = True, use_auxiliary: bool = True,
+                 hc_reduction: str = "mean"):
         super().__init__()
         self.weights = weights
-        self.hc_tri = HeteroCenterTripletLoss(hc_margin)
+        self.hc_tri = HeteroCenterTripletLoss(hc_margin, hc_reduction)
         self.mmd = MarginMMDLoss(mmd_margin)
         self.use_hc_tri, self.use_mmd, self.use_auxiliary = use_hc_tri, use_mmd, use_auxiliary
 

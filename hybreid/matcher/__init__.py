@@ -1,0 +1,1 @@
+"""Central matcher: MQTT ingest -> validate -> gallery (SQLite) + index (FAISS) -> identities, events."""

@@ -1,0 +1,228 @@
+"""The matcher's gallery: SQLite (WAL) of sightings and identities, and a FAISS index.
+
+Sightings are keyed by ``(camera_id, seq)``, so a redelivered message changes nothing.
+Identities carry an L2-normalised prototype; the FAISS index over the prototypes is
+rebuilt from SQLite at start (exact inner product by default; IVF or HNSW for large
+galleries). Embeddings are biometric data: retention by age and purges by identity,
+camera or time range delete them for good.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from hybreid.errors import UserError
+from hybreid.protocol import FeatureMessage
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS sightings (
+    camera_id TEXT NOT NULL, seq INTEGER NOT NULL, site TEXT NOT NULL, track_id INTEGER NOT NULL,
+    modality TEXT NOT NULL, first_ts REAL NOT NULL, ts REAL NOT NULL, box TEXT NOT NULL, score REAL,
+    quality REAL, frames INTEGER, final INTEGER, identity_id INTEGER NOT NULL, similarity REAL,
+    embedding BLOB NOT NULL, PRIMARY KEY (camera_id, seq));
+CREATE INDEX IF NOT EXISTS sightings_identity ON sightings (identity_id);
+CREATE INDEX IF NOT EXISTS sightings_time ON sightings (ts);
+CREATE INDEX IF NOT EXISTS sightings_track ON sightings (camera_id, track_id);
+CREATE TABLE IF NOT EXISTS identities (
+    id INTEGER PRIMARY KEY, created REAL NOT NULL, last_seen REAL NOT NULL, sightings INTEGER NOT NULL,
+    modalities TEXT NOT NULL, prototype BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS rejections (reason TEXT PRIMARY KEY, count INTEGER NOT NULL);
+"""
+
+
+def make_index(kind: str, dim: int) -> faiss.Index:
+    """``flat`` (exact inner product), ``hnsw`` or ``ivf`` (needs training data; falls back to
+    flat until enough prototypes exist), with the identity ids as FAISS ids."""
+    if kind == "flat":
+        return faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+    if kind == "hnsw":
+        return faiss.IndexIDMap2(faiss.IndexHNSWFlat(dim, 32, faiss.METRIC_INNER_PRODUCT))
+    if kind == "ivf":
+        return faiss.IndexIDMap2(faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), 64, faiss.METRIC_INNER_PRODUCT))
+    raise UserError(f"index must be flat, hnsw or ivf, got {kind!r}")
+
+
+class Gallery:
+    def __init__(self, path: str | Path, index: str = "flat"):
+        self.path, self.index_kind = Path(path), index
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.lock = threading.RLock()
+        try:
+            self.db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self.db.executescript(SCHEMA)
+        except sqlite3.DatabaseError as exc:
+            raise UserError(f"gallery {self.path} is not a usable SQLite file ({exc})") from exc
+        self.index: faiss.Index | None = None
+        self.prototypes: dict[int, np.ndarray] = {}
+        self.rebuild_index()
+
+    # -- model identity --------------------------------------------------------------
+
+    @property
+    def model(self) -> str | None:
+        row = self.db.execute("SELECT value FROM meta WHERE key = 'model'").fetchone()
+        return row[0] if row else None
+
+    def bind_model(self, identity: str) -> None:
+        """The first accepted message fixes the gallery's model; embeddings never mix."""
+        with self.lock:
+            self.db.execute("INSERT OR IGNORE INTO meta VALUES ('model', ?)", (identity,))
+
+    # -- counters --------------------------------------------------------------------
+
+    def count_rejection(self, reason: str) -> None:
+        with self.lock:
+            self.db.execute("INSERT INTO rejections VALUES (?, 1) ON CONFLICT(reason) DO UPDATE SET count = count + 1",
+                            (reason,))
+
+    def rejections(self) -> dict[str, int]:
+        with self.lock:
+            return dict(self.db.execute("SELECT reason, count FROM rejections").fetchall())
+
+    # -- sightings and identities -------------------------------------------------------
+
+    def has_sighting(self, camera_id: str, seq: int) -> bool:
+        with self.lock:
+            return self.db.execute("SELECT 1 FROM sightings WHERE camera_id = ? AND seq = ?",
+                                   (camera_id, seq)).fetchone() is not None
+
+    def identity_of_track(self, camera_id: str, track_id: int) -> int | None:
+        with self.lock:
+            row = self.db.execute("SELECT identity_id FROM sightings WHERE camera_id = ? AND track_id = ? "
+                                  "ORDER BY seq DESC LIMIT 1", (camera_id, track_id)).fetchone()
+        return row[0] if row else None
+
+    def busy_elsewhere(self, identity_id: int, camera_id: str, first_ts: float, ts: float) -> bool:
+        """Whether the identity was seen by another camera during [first_ts, ts]."""
+        with self.lock:
+            return self.db.execute(
+                "SELECT 1 FROM sightings WHERE identity_id = ? AND camera_id != ? AND first_ts < ? AND ts > ? LIMIT 1",
+                (identity_id, camera_id, ts, first_ts)).fetchone() is not None
+
+    def identity_modalities(self, identity_id: int) -> set[str]:
+        with self.lock:
+            row = self.db.execute("SELECT modalities FROM identities WHERE id = ?", (identity_id,)).fetchone()
+        return set(row[0].split(",")) if row and row[0] else set()
+
+    def store(self, message: FeatureMessage, identity_id: int | None, similarity: float, prototype_rate: float) -> int:
+        """Insert the sighting (and a new identity when ``identity_id`` is None) in one
+        transaction; update the prototype at a bounded rate. Returns the identity id."""
+        import json
+
+        vector = message.embedding.astype(np.float32)
+        with self.lock:
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                if identity_id is None:
+                    cursor = self.db.execute(
+                        "INSERT INTO identities (created, last_seen, sightings, modalities, prototype) "
+                        "VALUES (?, ?, 0, '', ?)", (message.ts, message.ts, vector.tobytes()))
+                    identity_id = cursor.lastrowid
+                    prototype = vector
+                else:
+                    old = self.prototypes[identity_id]
+                    rows = self.db.execute("SELECT sightings FROM identities WHERE id = ?", (identity_id,)).fetchone()
+                    rate = min(prototype_rate, 1.0 / (rows[0] + 1))
+                    prototype = (1 - rate) * old + rate * vector
+                    prototype = (prototype / np.linalg.norm(prototype)).astype(np.float32)
+                modalities = self.identity_modalities(identity_id) | {message.modality}
+                self.db.execute("UPDATE identities SET last_seen = MAX(last_seen, ?), sightings = sightings + 1, "
+                                "modalities = ?, prototype = ? WHERE id = ?",
+                                (message.ts, ",".join(sorted(modalities - {""})), prototype.tobytes(), identity_id))
+                self.db.execute(
+                    "INSERT INTO sightings VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (message.camera_id, message.seq, message.site, message.track_id, message.modality,
+                     message.first_ts if message.first_ts is not None else message.ts, message.ts,
+                     json.dumps(list(message.box)), message.score, message.quality, message.frames,
+                     int(message.final), identity_id, similarity, vector.tobytes()))
+                self.db.execute("COMMIT")
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+            self._set_prototype(identity_id, prototype)
+        return identity_id
+
+    # -- the index ---------------------------------------------------------------------------
+
+    def _new_index(self, dim: int, training: np.ndarray | None) -> faiss.Index:
+        index = make_index(self.index_kind, dim)
+        if not index.is_trained:
+            if training is not None and len(training) >= 64 * 39:
+                index.train(training)
+            else:  # too few prototypes to train IVF yet: exact search until the next rebuild
+                index = make_index("flat", dim)
+        return index
+
+    def _set_prototype(self, identity_id: int, prototype: np.ndarray) -> None:
+        if self.index is None:
+            self.index = self._new_index(prototype.size, None)
+        if identity_id in self.prototypes:
+            try:
+                self.index.remove_ids(np.array([identity_id], dtype=np.int64))
+            except RuntimeError:
+                pass  # HNSW cannot remove: search de-duplicates, the next rebuild drops the stale entry
+        self.prototypes[identity_id] = prototype
+        self.index.add_with_ids(prototype[None], np.array([identity_id], dtype=np.int64))
+
+    def rebuild_index(self) -> None:
+        with self.lock:
+            rows = self.db.execute("SELECT id, prototype FROM identities").fetchall()
+            self.prototypes = {i: np.frombuffer(p, dtype=np.float32).copy() for i, p in rows}
+            if not rows:
+                self.index = None
+                return
+            matrix = np.stack(list(self.prototypes.values()))
+            self.index = self._new_index(matrix.shape[1], matrix)
+            self.index.add_with_ids(matrix, np.array(list(self.prototypes), dtype=np.int64))
+
+    def search(self, vector: np.ndarray, k: int = 5) -> list[tuple[int, float]]:
+        """Top-k ``(identity_id, cosine)`` by prototype."""
+        with self.lock:
+            if self.index is None or self.index.ntotal == 0:
+                return []
+            _, ids = self.index.search(vector.astype(np.float32)[None], min(2 * k, self.index.ntotal))
+            found = dict.fromkeys(int(i) for i in ids[0] if i >= 0 and int(i) in self.prototypes)
+            # Exact cosine with the current prototypes (approximate indexes only propose).
+            scored = [(i, float(self.prototypes[i] @ vector)) for i in found]
+        return sorted(scored, key=lambda pair: -pair[1])[:k]
+
+    # -- retention ----------------------------------------------------------------------------
+
+    def purge(self, identity: int | None = None, camera: str | None = None, since: float | None = None,
+              until: float | None = None) -> int:
+        """Delete sightings matching every given criterion, then identities left with none;
+        returns the number of sightings deleted."""
+        clauses, values = [], []
+        for clause, value in (("identity_id = ?", identity), ("camera_id = ?", camera), ("ts >= ?", since),
+                              ("ts < ?", until)):
+            if value is not None:
+                clauses.append(clause)
+                values.append(value)
+        if not clauses:
+            raise UserError("purge needs at least one of identity, camera, since, until")
+        with self.lock:
+            deleted = self.db.execute(f"DELETE FROM sightings WHERE {' AND '.join(clauses)}", values).rowcount
+            self.db.execute("DELETE FROM identities WHERE id NOT IN (SELECT DISTINCT identity_id FROM sightings)")
+            self.db.execute("UPDATE identities SET sightings = (SELECT COUNT(*) FROM sightings "
+                            "WHERE identity_id = identities.id)")
+            self.rebuild_index()
+        return deleted
+
+    def stats(self) -> dict:
+        with self.lock:
+            sightings = self.db.execute("SELECT COUNT(*) FROM sightings").fetchone()[0]
+            identities = self.db.execute("SELECT COUNT(*) FROM identities").fetchone()[0]
+        return {"sightings": sightings, "identities": identities, "model": self.model,
+                "rejections": self.rejections()}
+
+    def close(self) -> None:
+        with self.lock:
+            self.db.close()

@@ -1,0 +1,55 @@
+"""``hybreid matcher query``: sightings by identity, by camera and time window, or by image."""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+
+from hybreid.errors import UserError
+from hybreid.matcher.gallery import Gallery
+
+COLUMNS = ("camera_id", "seq", "site", "track_id", "modality", "first_ts", "ts", "box", "score", "quality",
+           "frames", "final", "identity_id", "similarity")
+
+
+def _rows(gallery: Gallery, where: str, values: tuple) -> list[dict]:
+    with gallery.lock:
+        rows = gallery.db.execute(f"SELECT {', '.join(COLUMNS)} FROM sightings WHERE {where} ORDER BY ts",
+                                  values).fetchall()
+    result = []
+    for row in rows:
+        item = dict(zip(COLUMNS, row, strict=True))
+        item["box"] = json.loads(item["box"])
+        item["final"] = bool(item["final"])
+        result.append(item)
+    return result
+
+
+def by_identity(gallery: Gallery, identity: int) -> dict:
+    return {"identity": identity, "sightings": _rows(gallery, "identity_id = ?", (identity,))}
+
+
+def by_camera(gallery: Gallery, camera: str | None, since: float | None, until: float | None) -> dict:
+    where, values = ["1 = 1"], []
+    for clause, value in (("camera_id = ?", camera), ("ts >= ?", since), ("ts < ?", until)):
+        if value is not None:
+            where.append(clause)
+            values.append(value)
+    return {"camera": camera, "since": since, "until": until,
+            "sightings": _rows(gallery, " AND ".join(where), tuple(values))}
+
+
+def by_image(gallery: Gallery, image_path: str, model_path: str, top_k: int = 5) -> dict:
+    from hybreid.inference import load_embedder
+
+    image = cv2.imread(image_path, cv2.IMREAD_COLOR)
+    if image is None:
+        raise UserError(f"cannot read image {image_path}")
+    embedder = load_embedder(model_path)
+    if gallery.model and embedder.contract.identity != gallery.model:
+        raise UserError(f"{model_path} is {embedder.contract.identity}, the gallery holds {gallery.model}: "
+                        "query with the site's model")
+    vector = embedder.embed([cv2.cvtColor(image, cv2.COLOR_BGR2RGB)])[0]
+    return {"image": image_path, "matches": [{"identity": i, "similarity": s}
+                                             for i, s in gallery.search(vector, top_k)]}

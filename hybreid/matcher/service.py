@@ -1,0 +1,182 @@
+"""The matcher service: MQTT ingest -> validate -> gallery -> identity -> event.
+
+Every message is validated (protocol v1 schema, size, dimension, finite values, camera
+id equal to the topic's, model identity equal to the gallery's); a rejected message is
+counted under its reason, logged and acknowledged — the matcher never crashes on input.
+
+Identity assignment for an accepted tracklet:
+
+1. an update of a ``(camera, track)`` already seen stays on that track's identity;
+2. otherwise the top-k identity prototypes are compared by cosine; a candidate is
+   accepted at or above the same-modality threshold, or the cross-modality threshold when
+   the identity has never been seen in the message's modality; a candidate seen by
+   another camera during this tracklet's time span is skipped (one person is not in two
+   places at once);
+3. otherwise a new identity.
+
+Prototypes move towards each new sighting at a bounded rate (``1/n``, at most
+``prototype_rate``). Decisions go out on ``hybreid/v1/{site}/events``.
+
+Scale-out: with ``shared_group`` the matcher subscribes through an MQTT v5 shared
+subscription (``$share/<group>/...``) and several matchers split the stream. The
+broker spreads *messages*, not cameras, so every matcher instance must then use the
+same gallery (one SQLite file on shared storage is enough for a few instances); with
+separate galleries, give each instance its own cameras by site instead (``--site``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from hybreid import protocol
+from hybreid.edge_runtime.publish import BrokerConfig, make_client
+from hybreid.matcher.gallery import Gallery
+from hybreid.protocol import FeatureMessage, ProtocolError
+
+log = logging.getLogger("hybreid.matcher")
+
+
+@dataclass
+class MatchPolicy:
+    same_modality: float = 0.6
+    cross_modality: float = 0.45
+    top_k: int = 5
+    prototype_rate: float = 0.2
+
+    @classmethod
+    def from_thresholds_file(cls, path: str | Path, **overrides) -> MatchPolicy:
+        from hybreid.calibration.threshold import load_thresholds
+
+        data = load_thresholds(path)
+        same = data["same_modality"]["threshold"]
+        cross = data.get("cross_modality", {}).get("threshold", same)
+        return cls(same_modality=same, cross_modality=cross, **overrides)
+
+
+class Matcher:
+    """Validation and identity assignment, independent of MQTT (the service feeds it)."""
+
+    def __init__(self, gallery: Gallery, policy: MatchPolicy, max_bytes: int = protocol.MAX_PAYLOAD_BYTES):
+        self.gallery, self.policy, self.max_bytes = gallery, policy, max_bytes
+        self.accepted = self.duplicates = 0
+        self.lock = threading.Lock()
+
+    def handle(self, topic: str, payload: bytes) -> dict | None:
+        """Process one MQTT message; returns the event to publish, or None."""
+        with self.lock:
+            try:
+                message = protocol.decode_feature(payload, topic, self.max_bytes)
+                expected = self.gallery.model
+                if expected is not None and message.model_identity != expected:
+                    raise ProtocolError("model_mismatch", f"{message.model_identity} != gallery's {expected}")
+            except ProtocolError as exc:
+                self.gallery.count_rejection(exc.reason)
+                log.warning("rejected a message on %s: %s", topic, exc)
+                return None
+            if self.gallery.has_sighting(message.camera_id, message.seq):
+                self.duplicates += 1
+                return None
+            self.gallery.bind_model(message.model_identity)
+            identity, similarity, reason = self.assign(message)
+            identity = self.gallery.store(message, identity, similarity, self.policy.prototype_rate)
+            self.accepted += 1
+            return {"type": reason, "identity": identity, "camera_id": message.camera_id, "seq": message.seq,
+                    "track_id": message.track_id, "modality": message.modality, "ts": message.ts,
+                    "similarity": similarity}
+
+    def assign(self, message: FeatureMessage) -> tuple[int | None, float, str]:
+        track_identity = self.gallery.identity_of_track(message.camera_id, message.track_id)
+        if track_identity is not None and track_identity in self.gallery.prototypes:
+            similarity = float(self.gallery.prototypes[track_identity] @ message.embedding)
+            return track_identity, similarity, "update"
+        first_ts = message.first_ts if message.first_ts is not None else message.ts
+        for identity, similarity in self.gallery.search(message.embedding, self.policy.top_k):
+            cross = message.modality not in self.gallery.identity_modalities(identity)
+            threshold = self.policy.cross_modality if cross else self.policy.same_modality
+            if similarity < threshold:
+                continue
+            if self.gallery.busy_elsewhere(identity, message.camera_id, first_ts, message.ts):
+                continue
+            return identity, similarity, "cross_modality_match" if cross else "match"
+        return None, 0.0, "new"
+
+
+class MatcherService:
+    def __init__(self, matcher: Matcher, broker: BrokerConfig, site: str = "+", shared_group: str | None = None,
+                 session_expiry: int = 24 * 3600):
+        self.matcher, self.broker, self.site, self.shared_group = matcher, broker, site, shared_group
+        self.session_expiry = session_expiry
+        # A persistent session: QoS 1 messages sent while the matcher is down wait at the
+        # broker, and a message is acknowledged only after its sighting is committed.
+        if shared_group:
+            broker.protocol = "5"
+        self.client = make_client(broker, persistent_session=True)
+        self.client.on_connect = self._on_connect
+        self.client.on_message = self._on_message
+        self.connected = threading.Event()
+        self._stopping = threading.Event()
+        self.internal_errors = 0
+
+    @property
+    def subscription(self) -> str:
+        topic = protocol.features_subscription(self.site)
+        return f"$share/{self.shared_group}/{topic}" if self.shared_group else topic
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties=None):
+        if reason_code.is_failure:
+            log.warning("broker refused the matcher: %s", reason_code)
+            return
+        client.subscribe(self.subscription, qos=1)
+        self.connected.set()
+
+    def _on_message(self, client, userdata, message):
+        try:
+            event = self.matcher.handle(message.topic, message.payload)
+        except Exception:  # a bug must not take the site down: count it, keep serving
+            self.internal_errors += 1
+            self.matcher.gallery.count_rejection("internal_error")
+            log.exception("failed to process a message on %s", message.topic)
+            return
+        if event is not None:
+            site = message.topic.split("/")[2]
+            client.publish(protocol.events_topic(site), protocol.encode_event(event), qos=1)
+
+    def start(self) -> None:
+        host, port, _ = self.broker.endpoint()
+        if str(self.broker.protocol) == "5":
+            from paho.mqtt.packettypes import PacketTypes
+            from paho.mqtt.properties import Properties
+
+            properties = Properties(PacketTypes.CONNECT)
+            properties.SessionExpiryInterval = self.session_expiry
+            self.client.connect_async(host, port, keepalive=self.broker.keepalive, clean_start=False,
+                                      properties=properties)
+        else:
+            self.client.connect_async(host, port, keepalive=self.broker.keepalive)
+        self.client.loop_start()
+
+    def stop(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def run_forever(self, report_every: float = 60.0) -> None:
+        self.start()
+        try:
+            while not self._stopping.wait(report_every):
+                log.info("matcher: %s", json.dumps(self.status()))
+        finally:
+            self.stop()
+
+    def request_stop(self, *_) -> None:
+        self._stopping.set()
+
+    def status(self) -> dict:
+        return {**self.matcher.gallery.stats(), "accepted": self.matcher.accepted,
+                "duplicates": self.matcher.duplicates, "internal_errors": self.internal_errors,
+                "time": time.time()}
+

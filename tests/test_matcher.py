@@ -1,0 +1,216 @@
+"""The matcher: assignment rules, hostile input through a real broker, durability, purge and query."""
+
+from __future__ import annotations
+
+import base64
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import paho.mqtt.client as mqtt
+import pytest
+
+from hybreid import protocol
+from hybreid.edge_runtime.publish import BrokerConfig
+from hybreid.errors import UserError
+from hybreid.matcher.gallery import Gallery
+from hybreid.matcher.query import by_camera, by_identity
+from hybreid.matcher.service import Matcher, MatcherService, MatchPolicy
+from hybreid.protocol import FeatureMessage, encode_feature
+
+DIM = 16
+
+
+def unit(seed: int, noise: float = 0.0, base: int | None = None) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    vector = np.random.default_rng(base).normal(size=DIM) if base is not None else rng.normal(size=DIM)
+    vector = vector + noise * rng.normal(size=DIM)
+    return (vector / np.linalg.norm(vector)).astype(np.float32)
+
+
+def feature(camera="cam1", seq=0, track=1, embedding=None, modality="visible", ts=100.0, first_ts=None,
+            model_hash="h1") -> tuple[str, bytes]:
+    message = FeatureMessage(site="lab", camera_id=camera, modality=modality, ts=ts, seq=seq, track_id=track,
+                             box=(1, 2, 30, 80), score=0.9, model_name="m", model_hash=model_hash,
+                             embedding=unit(seq) if embedding is None else embedding,
+                             first_ts=ts - 2 if first_ts is None else first_ts)
+    return message.topic, encode_feature(message)
+
+
+@pytest.fixture
+def matcher(tmp_path):
+    return Matcher(Gallery(tmp_path / "g.sqlite"), MatchPolicy(same_modality=0.8, cross_modality=0.5))
+
+
+class TestAssignment:
+    def test_new_match_update_and_duplicate(self, matcher):
+        person = unit(0, base=42)
+        first = matcher.handle(*feature("cam1", 0, 1, person, ts=100))
+        assert first["type"] == "new"
+        update = matcher.handle(*feature("cam1", 1, 1, unit(5), ts=110))  # same track, unlike vector
+        assert update["type"] == "update" and update["identity"] == first["identity"]
+        seen = matcher.handle(*feature("cam2", 0, 9, unit(1, 0.1, base=42), ts=200))
+        assert seen["type"] == "match" and seen["identity"] == first["identity"]
+        stranger = matcher.handle(*feature("cam2", 1, 10, unit(7), ts=300))
+        assert stranger["type"] == "new" and stranger["identity"] != first["identity"]
+        assert matcher.handle(*feature("cam2", 1, 10, unit(7), ts=300)) is None  # redelivery
+        assert matcher.duplicates == 1 and matcher.gallery.stats()["sightings"] == 4
+
+    def test_one_person_is_not_in_two_cameras_at_once(self, matcher):
+        person = unit(0, base=42)
+        first = matcher.handle(*feature("cam1", 0, 1, person, ts=100, first_ts=90))
+        overlapping = matcher.handle(*feature("cam2", 0, 5, person, ts=105, first_ts=95))
+        later = matcher.handle(*feature("cam3", 0, 6, person, ts=120, first_ts=110))
+        assert overlapping["type"] == "new"  # as similar as can be, but seen elsewhere at the same time
+        assert later["type"] == "match" and later["identity"] in {first["identity"], overlapping["identity"]}
+
+    def test_cross_modality_threshold_applies_to_the_other_modality(self, matcher):
+        person = unit(0, base=42)
+        matcher.handle(*feature("cam1", 0, 1, person))
+        # cosine about 0.6: below the same-modality 0.8, above the cross-modality 0.5.
+        other = person + 1.35 * unit(3)
+        other /= np.linalg.norm(other)
+        assert 0.5 < float(other @ person) < 0.8
+        visible = matcher.handle(*feature("cam2", 0, 2, other, ts=300))
+        infrared = matcher.handle(*feature("cam3", 0, 3, other, modality="infrared", ts=400))
+        assert visible["type"] == "new"
+        assert infrared["type"] == "cross_modality_match"
+
+    def test_prototype_moves_at_a_bounded_rate(self, matcher):
+        a = unit(0, base=1)
+        event = matcher.handle(*feature("cam1", 0, 1, a))
+        b = a + 0.2 * unit(9)
+        b /= np.linalg.norm(b)
+        matcher.handle(*feature("cam2", 0, 2, b, ts=300))
+        prototype = matcher.gallery.prototypes[event["identity"]]
+        expected = 0.8 * a + 0.2 * b  # rate min(0.2, 1/2)
+        assert np.allclose(prototype, expected / np.linalg.norm(expected), atol=1e-5)
+
+    def test_index_is_rebuilt_from_sqlite(self, tmp_path):
+        matcher = Matcher(Gallery(tmp_path / "g.sqlite"), MatchPolicy())
+        for seq in range(5):
+            matcher.handle(*feature("cam1", seq, seq, unit(seq), ts=100 + 50 * seq))
+        before = matcher.gallery.search(unit(3), 2)
+        matcher.gallery.close()
+        reopened = Gallery(tmp_path / "g.sqlite")
+        after = reopened.search(unit(3), 2)
+        assert [i for i, _ in after] == [i for i, _ in before]
+        assert [s for _, s in after] == pytest.approx([s for _, s in before])
+        assert reopened.model == "m@h1"
+
+
+def with_nan_embedding(seq: int) -> bytes:
+    payload = json.loads(feature(seq=seq)[1])
+    payload["embedding"] = base64.b64encode(np.full(DIM, np.nan, "<f4").tobytes()).decode()
+    return json.dumps(payload).encode()
+
+
+HOSTILE = {
+    "truncated": lambda: feature(seq=90)[1][:50],
+    "too_large": lambda: b"{" + b" " * (protocol.MAX_PAYLOAD_BYTES + 10) + b"}",
+    "dimension": lambda: feature(seq=91)[1].replace(b'"dim":16', b'"dim":17'),
+    "non_finite": lambda: with_nan_embedding(92),
+    "model_mismatch": lambda: feature(seq=93, model_hash="other")[1],
+    "not_utf8": lambda: b"\xff\xfe\x00garbage",
+    "invalid_json": lambda: b'{"v": 1, "site": "lab", ',
+}
+
+
+def publish_all(port: int, messages: list[tuple[str, bytes]]) -> None:
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="hostile-publisher")
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    for topic, payload in messages:
+        client.publish(topic, payload, qos=1).wait_for_publish(5)
+    client.disconnect()
+    client.loop_stop()
+
+
+def wait_until(condition, timeout=15.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not condition():
+        time.sleep(0.05)
+    return condition()
+
+
+def test_hostile_stream_through_the_broker(tmp_path, mosquitto):
+    gallery = Gallery(tmp_path / "g.sqlite")
+    service = MatcherService(Matcher(gallery, MatchPolicy()), BrokerConfig(url=mosquitto.url, client_id="matcher"))
+    service.start()
+    assert service.connected.wait(10)
+    valid = [feature("cam1", seq, seq, unit(seq), ts=100 + 50 * seq) for seq in range(6)]
+    topic = protocol.features_topic("lab", "cam1")
+    stream = [valid[0]]  # binds the gallery to model m@h1
+    stream += [(topic, make()) for make in HOSTILE.values()]
+    stream += valid[1:4]
+    stream.append((protocol.features_topic("lab", "cam9"), valid[4][1]))  # spoofed: payload says cam1
+    stream += [valid[1], valid[4], valid[5]]  # a redelivered duplicate, then the rest
+    publish_all(mosquitto.port, stream)
+    assert wait_until(lambda: service.matcher.accepted == 6 and sum(gallery.rejections().values()) == 8)
+    service.stop()
+    stats = gallery.stats()
+    assert stats["sightings"] == 6 and service.matcher.duplicates == 1
+    assert stats["rejections"] == {"too_large": 1, "dimension": 1, "non_finite": 1, "model_mismatch": 1,
+                                   "not_utf8": 1, "invalid_json": 2, "topic_mismatch": 1}
+    # "truncated" is invalid JSON, hence two invalid_json.
+    assert service.internal_errors == 0
+
+
+def test_killed_matcher_resumes_to_the_same_gallery(tmp_path, mosquitto):
+    messages = [feature(f"cam{seq % 3}", seq, seq // 2, unit(seq % 7, 0.05, base=seq % 7), ts=100 + 30 * seq)
+                for seq in range(60)]
+    reference = Matcher(Gallery(tmp_path / "reference.sqlite"), MatchPolicy())
+    for topic, payload in messages:
+        reference.handle(topic, payload)
+
+    db = tmp_path / "g.sqlite"
+    command = [sys.executable, "-m", "hybreid.cli", "matcher", "run", "--broker", mosquitto.url, "--db", str(db),
+               "--client-id", "durable-matcher", "--report-every", "0.2"]
+    matcher = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(2.0)  # connected and subscribed: the broker now keeps its session
+    publisher = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="slow-publisher")
+    publisher.connect("127.0.0.1", mosquitto.port)
+    publisher.loop_start()
+    for index, (topic, payload) in enumerate(messages):
+        publisher.publish(topic, payload, qos=1).wait_for_publish(5)
+        if index == 25:
+            matcher.send_signal(signal.SIGKILL)
+            matcher.wait()
+        time.sleep(0.02)
+    publisher.disconnect()
+    publisher.loop_stop()
+    matcher = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    gallery = Gallery(db)
+
+    def sightings():
+        with gallery.lock:
+            return gallery.db.execute("SELECT COUNT(*) FROM sightings").fetchone()[0]
+    assert wait_until(lambda: sightings() == 60, 30)
+    matcher.send_signal(signal.SIGTERM)
+    matcher.communicate(timeout=20)
+
+    def partition(g: Gallery) -> set[frozenset]:
+        rows = g.db.execute("SELECT identity_id, camera_id, seq FROM sightings").fetchall()
+        groups: dict[int, set] = {}
+        for identity, camera, seq in rows:
+            groups.setdefault(identity, set()).add((camera, seq))
+        return {frozenset(group) for group in groups.values()}
+    assert partition(gallery) == partition(reference.gallery)
+
+
+def test_purge_and_queries(tmp_path):
+    matcher = Matcher(Gallery(tmp_path / "g.sqlite"), MatchPolicy())
+    events = [matcher.handle(*feature(f"cam{seq % 2}", seq, seq, unit(seq), ts=100 + 100 * seq)) for seq in range(6)]
+    gallery = matcher.gallery
+    assert [s["seq"] for s in by_camera(gallery, "cam0", 150, 550)["sightings"]] == [2, 4]  # ts 300, 500
+    first = events[0]["identity"]
+    assert [s["seq"] for s in by_identity(gallery, first)["sightings"]] == [0]
+    assert gallery.purge(identity=first) == 1
+    assert by_identity(gallery, first)["sightings"] == [] and first not in gallery.prototypes
+    assert gallery.purge(until=400) == 2  # retention: everything before t=400
+    assert gallery.stats()["sightings"] == 3 and len(gallery.prototypes) == 3
+    with pytest.raises(UserError, match="at least one"):
+        gallery.purge()
