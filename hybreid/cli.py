@@ -297,6 +297,22 @@ def _cmd_matcher_query(args: argparse.Namespace) -> None:
     print(json.dumps(result, indent=2))
 
 
+def _cmd_bench_matcher(args: argparse.Namespace) -> None:
+    from hybreid.bench import matcher
+
+    matcher.run(args.identities or [1000, 10000, 100000], args.out, messages=args.messages, dim=args.dim,
+                index=args.index)
+
+
+def _cmd_bench_identities(args: argparse.Namespace) -> None:
+    from hybreid.bench import identities
+    from hybreid.matcher.service import MatchPolicy
+
+    policy = MatchPolicy.from_thresholds_file(args.thresholds) if args.thresholds else \
+        MatchPolicy(same_modality=args.same, cross_modality=args.cross)
+    identities.run(args.onnx, args.out, people=args.people, policy=policy)
+
+
 def _cmd_demo(args: argparse.Namespace) -> None:
     from hybreid.models import build
 
@@ -325,7 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
     models = commands.add_parser("models", help="list the named model configurations")
     models.set_defaults(func=_cmd_models)
 
-    bench = commands.add_parser("bench", help="benchmarks: flops, train, latency, fidelity, pipeline")
+    bench = commands.add_parser("bench", help="benchmarks (flops, train, latency, fidelity, pipeline, matcher, ...)")
     bench_commands = bench.add_subparsers(dest="bench_command", required=True)
     flops = bench_commands.add_parser(
         "flops", help="params and GFLOPs (paper count and full count) with a per-module breakdown"
@@ -368,6 +384,23 @@ def build_parser() -> argparse.ArgumentParser:
     pipe.add_argument("--threads", type=int)
     pipe.add_argument("--out", default="benchmarks/pipeline")
     pipe.set_defaults(func=_cmd_bench_pipeline)
+
+    mb = bench_commands.add_parser("matcher", help="matcher ingest rate and assignment latency vs gallery size")
+    mb.add_argument("--identities", action="append", type=int, help="gallery size (repeatable)")
+    mb.add_argument("--messages", type=int, default=2000)
+    mb.add_argument("--dim", type=int, default=1024)
+    mb.add_argument("--index", choices=["flat", "hnsw", "ivf"], default="flat")
+    mb.add_argument("--out", default="benchmarks/matcher")
+    mb.set_defaults(func=_cmd_bench_matcher)
+
+    ident = bench_commands.add_parser("identities", help="videos -> edge -> broker -> matcher, scored vs ground truth")
+    ident.add_argument("--onnx", required=True)
+    ident.add_argument("--people", type=int, default=6)
+    ident.add_argument("--thresholds", help="JSON from `hybreid calibrate threshold`")
+    ident.add_argument("--same", type=float, default=0.6, help="same-modality threshold without --thresholds")
+    ident.add_argument("--cross", type=float, default=0.45, help="cross-modality threshold without --thresholds")
+    ident.add_argument("--out", default="benchmarks/identities")
+    ident.set_defaults(func=_cmd_bench_identities)
 
     data = commands.add_parser("data", help="datasets: write synthetic people")
     data_commands = data.add_subparsers(dest="data_command", required=True)

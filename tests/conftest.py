@@ -8,6 +8,15 @@ import pytest
 
 from hybreid.bench.broker import Mosquitto
 
+# Prepended to a script run in a fresh interpreter: a camera box has no torch or timm.
+WITHOUT_TORCH = """import sys
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] in ('torch', 'timm', 'torchvision'):
+            raise ImportError('blocked: ' + name)
+sys.meta_path.insert(0, Block())
+"""
+
 
 @pytest.fixture
 def mosquitto(tmp_path):

@@ -26,3 +26,24 @@ def test_fidelity_benchmark_reports_parity_and_fp16(tmp_path):
     assert result["fp16_kept_fp32"]["min_cosine"] >= 0.9995
     assert result["fp16_kept_fp32"]["nodes_kept_fp32"] > 0 and result["fp16_all"]["nodes_kept_fp32"] == 0
     assert 0.9 < result["torch_half"]["min_cosine"] <= 1.0 + 1e-6
+
+
+def test_matcher_benchmark_measures_ingest_and_latency(tmp_path):
+    from hybreid.bench import matcher
+
+    (result,) = matcher.run([200], tmp_path, messages=60, dim=32)
+    assert result["messages"] == 60 and result["ingest_per_s"] > 0
+    assert 0 < result["assign_p50_ms"] <= result["assign_p99_ms"]
+    # Half the messages are near an existing identity, half are strangers.
+    assert 20 <= result["new_identities"] <= 40
+    assert json.loads((tmp_path / "matcher.json").read_text())[0]["identities"] == 200
+
+
+def test_pipeline_benchmark_compares_with_the_embedder_alone(tmp_path, tiny_onnx):
+    from hybreid.bench import pipeline
+
+    (result,) = pipeline.run([str(tiny_onnx)], tmp_path, people=2, max_batch=4)
+    assert result["frames"] > 50 and result["crops"] > 10 and result["tracklets"] >= 4
+    assert result["pipeline_crops_per_s"] > 0 and result["embedder_alone_crops_per_s"] > 0
+    assert result["ratio"] == result["pipeline_crops_per_s"] / result["embedder_alone_crops_per_s"]
+    assert result["mqtt_acknowledged"] == result["tracklets"] and result["tracklet_purity"] > 0.8

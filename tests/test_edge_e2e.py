@@ -12,7 +12,7 @@ from collections import Counter
 from pathlib import Path
 
 import yaml
-from conftest import Subscriber
+from conftest import WITHOUT_TORCH, Subscriber
 
 from hybreid.edge_runtime.runtime import EdgeRuntime, SiteConfig
 from hybreid.edge_runtime.scenes import tracklet_ground_truth, tracklet_purity
@@ -119,13 +119,7 @@ def test_edge_runtime_runs_without_torch_or_timm(tmp_path, scenes, tiny_onnx, mo
     config_path = tmp_path / "site.yaml"
     config_path.write_text(yaml.safe_dump(site(tmp_path, scenes_dir, tiny_onnx, mosquitto.url)))
     script = tmp_path / "edge_without_torch.py"
-    script.write_text(f"""
-import sys
-class Block:
-    def find_spec(self, name, path=None, target=None):
-        if name.split('.')[0] in ('torch', 'timm', 'torchvision'):
-            raise ImportError('blocked: ' + name)
-sys.meta_path.insert(0, Block())
+    script.write_text(WITHOUT_TORCH + f"""
 from hybreid.cli import main
 sys.argv = ['hybreid', 'edge', 'run', '--config', {str(config_path)!r}]
 code = main()

@@ -10,6 +10,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from conftest import WITHOUT_TORCH
 
 from hybreid.errors import UserError
 from hybreid.export.bundle import create_bundle, install_bundle, verify_bundle
@@ -266,13 +267,7 @@ def test_inference_runs_without_torch_or_timm(exported, tmp_path):
     """A camera box has no torch: block both imports in a fresh interpreter."""
     _, path, nhwc = exported["fusionreid_tiny"]
     script = tmp_path / "edge.py"
-    script.write_text(f"""
-import sys
-class Block:
-    def find_spec(self, name, path=None, target=None):
-        if name.split('.')[0] in ('torch', 'timm', 'torchvision'):
-            raise ImportError('blocked: ' + name)
-sys.meta_path.insert(0, Block())
+    script.write_text(WITHOUT_TORCH + f"""
 import numpy as np
 from hybreid.inference import load_embedder
 for path in ({str(path)!r}, {str(nhwc)!r}):

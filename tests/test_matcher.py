@@ -214,3 +214,22 @@ def test_purge_and_queries(tmp_path):
     assert gallery.stats()["sightings"] == 3 and len(gallery.prototypes) == 3
     with pytest.raises(UserError, match="at least one"):
         gallery.purge()
+
+
+def test_identity_scores_by_hand():
+    from hybreid.matcher.scoring import score_identities
+
+    # Person 1 seen visible on cam1 and infrared on cam2, person 2 visible on cam1.
+    # The matcher merged person 1's visible sighting with person 2 (identity 10) and
+    # gave person 1's infrared sighting its own identity (11).
+    sightings = [{"camera_id": "cam1", "track_id": 1, "identity_id": 10, "modality": "visible"},
+                 {"camera_id": "cam1", "track_id": 2, "identity_id": 10, "modality": "visible"},
+                 {"camera_id": "cam2", "track_id": 3, "identity_id": 11, "modality": "infrared"},
+                 {"camera_id": "cam2", "track_id": 4, "identity_id": 12, "modality": "infrared"}]
+    truth = {("cam1", 1): 1, ("cam1", 2): 2, ("cam2", 3): 1, ("cam2", 4): -1}  # track 4 matched nobody
+    scores = score_identities(sightings, truth)
+    assert scores["sightings"] == 3 and scores["identities"] == 2 and scores["people"] == 2
+    assert scores["purity"] == pytest.approx(2 / 3)
+    # Pairs: (1,2) predicted same, truly different; (1,3) truly same, predicted different; (2,3) neither.
+    assert scores["pairwise"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "true_links": 1, "predicted_links": 1}
+    assert scores["cross_modality"]["true_links"] == 1 and scores["cross_modality"]["predicted_links"] == 0
