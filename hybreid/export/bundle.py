@@ -65,7 +65,7 @@ def create_bundle(out: str | Path, onnx: str | Path, fp16: str | Path | None = N
         "engine": "built on the target device at install or first start; never copied between devices",
     }
     out.parent.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(out, "w:gz") as tar:
+    with tarfile.open(out, "w:gz", compresslevel=1) as tar:  # weights barely compress; be fast
         data = json.dumps(manifest, indent=2).encode()
         info = tarfile.TarInfo(MANIFEST)
         info.size, info.mtime = len(data), int(time.time())
