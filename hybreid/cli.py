@@ -317,12 +317,14 @@ def _cmd_demo(args: argparse.Namespace) -> None:
     from hybreid.models import build
 
     print(
-        "hybreid demo -- the whole chain is not built yet. When it is, this command will:\n"
+        "hybreid demo -- the one-command chain is not built yet. When it is, this command will:\n"
         "  1. render synthetic visible and infrared camera videos of synthetic people,\n"
         "  2. train the tiny HAResformer on synthetic people, export it to ONNX, calibrate INT8,\n"
         "  3. start an MQTT broker on 127.0.0.1, run the edge runtime on both cameras and the matcher,\n"
         "  4. print identities found vs ground truth and write a report folder.\n"
-        "What exists today, and runs now: the two models. Building the tiny ones and one forward pass:"
+        "Each step exists as its own command today (data synth, train, export onnx, calibrate int8,\n"
+        "edge scenes, edge run, matcher run; `hybreid bench identities` chains the last ones).\n"
+        "Running now: the two tiny models, one forward pass each:"
     )
     import torch
 
