@@ -172,7 +172,8 @@ def _cmd_bench_latency(args: argparse.Namespace) -> None:
 
     int8 = dict(item.split("=", 1) for item in args.int8) if args.int8 else None
     latency.run(args.model or ["fusionreid_vitb16_s12", "haresformer_h1l1"], args.batch or [1, 8], args.out,
-                threads=args.threads, repeats=args.repeats, int8=int8, options=parse_overrides(args.overrides))
+                threads=args.threads, repeats=args.repeats, int8=int8, options=parse_overrides(args.overrides),
+                rounds=args.rounds)
 
 
 def _cmd_bench_fidelity(args: argparse.Namespace) -> None:
@@ -367,7 +368,8 @@ def build_parser() -> argparse.ArgumentParser:
     lat.add_argument("--model", action="append", help="registry name (repeatable); default: both paper models")
     lat.add_argument("--batch", action="append", type=int, help="batch size (repeatable); default 1 and 8")
     lat.add_argument("--threads", type=int, default=2)
-    lat.add_argument("--repeats", type=int, default=10)
+    lat.add_argument("--repeats", type=int, default=10, help="timed runs per cell and round")
+    lat.add_argument("--rounds", type=int, default=1, help="measure every cell this many times, interleaved")
     lat.add_argument("--int8", action="append", metavar="MODEL=QDQ.onnx",
                      help="also time a Q/DQ INT8 model from `hybreid calibrate int8`")
     lat.add_argument("--out", default="benchmarks/latency")

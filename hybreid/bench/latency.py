@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from hybreid.tables import format_table
 
@@ -115,18 +116,23 @@ def _run_in_subprocess(spec: dict) -> dict:
 
 
 def run(models: list[str], batches: list[int], out: str | Path, threads: int = 2, repeats: int = 10,
-        warmup: int = 2, int8: dict[str, str] | None = None, options: dict | None = None) -> list[Cell]:
-    """Benchmark ``models`` (registry names, untrained weights: speed does not depend on them)."""
+        warmup: int = 2, int8: dict[str, str] | None = None, options: dict | None = None,
+        rounds: int = 1) -> list[Cell]:
+    """Benchmark ``models`` (registry names, untrained weights: speed does not depend on them).
+
+    With ``rounds > 1`` every cell is measured in each round, cells interleaved, and the
+    GEMM rate is measured once per round: slow drifts of a shared machine then hit every
+    backend alike instead of whichever cell ran during them.
+    """
     from hybreid.bench.flops import count_model
     from hybreid.export.onnx_export import export_onnx
     from hybreid.models import build
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    rate = matmul_rate(threads)
-    cells: list[Cell] = []
+    specs, gflops = [], {}
     for name in models:
-        gflops = 2 * count_model(name, **(options or {})).full_gmacs
+        gflops[name] = 2 * count_model(name, **(options or {})).full_gmacs
         onnx_path = out / f"{name}.onnx"
         if not onnx_path.is_file():
             export_onnx(build(name, **(options or {})).eval(), onnx_path, name, options or {})
@@ -135,22 +141,33 @@ def run(models: list[str], batches: list[int], out: str | Path, threads: int = 2
             backends["onnxruntime-int8"] = int8[name]
         for backend, artifact in backends.items():
             for batch in batches:
-                spec = {"backend": "torch" if backend == "torch" else "onnxruntime", "artifact": artifact,
-                        "model": name, "options": options or {}, "batch": batch, "threads": threads,
-                        "repeats": repeats, "warmup": warmup}
-                measured = _run_in_subprocess(spec)
-                times = np.array(measured["times"])
-                per_s = batch / float(np.median(times))
-                cells.append(Cell(name, backend, batch, 1000 * float(np.median(times)),
-                                  1000 * float(np.percentile(times, 90)), per_s, measured["peak_rss_mib"], gflops,
-                                  gflops * per_s / rate))
-                print(f"  {name} {backend} batch {batch}: {cells[-1].median_ms:.1f} ms, "
-                      f"{per_s:.2f} img/s, roofline {cells[-1].roofline:.2f}", flush=True)
+                specs.append((backend, {"backend": "torch" if backend == "torch" else "onnxruntime",
+                                        "artifact": artifact, "model": name, "options": options or {}, "batch": batch,
+                                        "threads": threads, "repeats": repeats, "warmup": warmup}))
+    rates, times, rss = [], {i: [] for i in range(len(specs))}, {i: 0.0 for i in range(len(specs))}
+    progress = tqdm(total=rounds * len(specs), desc="latency cells")
+    for _ in range(rounds):
+        rates.append(matmul_rate(threads))
+        for index, (backend, spec) in enumerate(specs):
+            progress.set_postfix_str(f"{spec['model']} {backend} batch {spec['batch']}")
+            measured = _run_in_subprocess(spec)
+            times[index] += measured["times"]
+            rss[index] = max(rss[index], measured["peak_rss_mib"])
+            progress.update()
+    progress.close()
+    rate = float(np.median(rates))
+    cells: list[Cell] = []
+    for index, (backend, spec) in enumerate(specs):
+        cell_times, batch = np.array(times[index]), spec["batch"]
+        per_s = batch / float(np.median(cell_times))
+        cells.append(Cell(spec["model"], backend, batch, 1000 * float(np.median(cell_times)),
+                          1000 * float(np.percentile(cell_times, 90)), per_s, rss[index], gflops[spec["model"]],
+                          gflops[spec["model"]] * per_s / rate))
     header = ["model", "backend", "batch", "median ms", "p90 ms", "images/s", "peak RSS MiB", "GFLOPs/img",
               "roofline"]
     print(format_table(header, [list(asdict(c).values()) for c in cells], floatfmt=".2f",
                        title=f"latency on {threads} threads; measured float32 matmul rate {rate:.0f} GFLOP/s"))
-    (out / "latency.json").write_text(json.dumps({"matmul_gflops": rate, "threads": threads,
+    (out / "latency.json").write_text(json.dumps({"matmul_gflops": rate, "threads": threads, "rounds": rounds,
                                                   "cells": [asdict(c) for c in cells]}, indent=2))
     _plot(cells, out / "latency.png")
     print(f"saved {out / 'latency.json'} and {out / 'latency.png'}")
