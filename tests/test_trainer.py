@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 
 import pytest
 import torch
 import torch.multiprocessing as mp
 
+from hybreid.bench.broker import free_port
 from hybreid.data.synthetic_datasets import write_market1501
 from hybreid.errors import UserError
 from hybreid.train.checkpoint import load_model
@@ -89,9 +89,7 @@ def _ddp_worker(rank: int, world_size: int, port: int, root: str, output: str) -
 
 
 def test_ddp_two_cpu_processes_end_with_identical_weights(market, tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     mp.spawn(_ddp_worker, args=(2, port, str(market), str(tmp_path)), nprocs=2, join=True)
     rank0, rank1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
     initial = Trainer(small_config(market, tmp_path / "init"), progress=False).model

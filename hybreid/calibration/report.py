@@ -13,7 +13,6 @@ import json
 import time
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from hybreid.calibration.int8 import (
@@ -25,18 +24,11 @@ from hybreid.calibration.int8 import (
 from hybreid.data.datasets import ReIDDataset, load_dataset
 from hybreid.errors import UserError
 from hybreid.eval.protocols import score
-from hybreid.inference.contract import preprocess
+from hybreid.inference.contract import preprocess, read_rgb
 from hybreid.inference.embedder import OnnxRuntimeEmbedder
 from hybreid.tables import format_table
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
-
-
-def _read_rgb(path: str) -> np.ndarray:
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None:
-        raise UserError(f"cannot read image {path}")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
 def calibration_crops(source: str, count: int = 256, seed: int = 0) -> list[np.ndarray]:
@@ -59,13 +51,13 @@ def calibration_crops(source: str, count: int = 256, seed: int = 0) -> list[np.n
     else:
         raise UserError(f"calibration source must be synthetic, folder:PATH or dataset:NAME:ROOT, got {source!r}")
     chosen = rng.choice(len(paths), size=min(count, len(paths)), replace=False)
-    return [_read_rgb(paths[i]) for i in sorted(chosen)]
+    return [read_rgb(paths[i]) for i in sorted(chosen)]
 
 
 def embed_images(embedder: OnnxRuntimeEmbedder, paths: list[str], batch: int = 32) -> np.ndarray:
     out = []
     for i in range(0, len(paths), batch):
-        out.append(embedder.embed([_read_rgb(p) for p in paths[i : i + batch]]))
+        out.append(embedder.embed([read_rgb(p) for p in paths[i : i + batch]]))
     return np.concatenate(out)
 
 

@@ -4,21 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import cv2
 from PIL import Image
 from torch.utils.data import Dataset
 
 from hybreid.data.datasets import VISIBLE, Sample
-from hybreid.errors import UserError
+from hybreid.inference.contract import read_rgb
 
 MODALITY_INDEX = {VISIBLE: 0, "infrared": 1}
 
 
-def read_rgb(path: str) -> Image.Image:
-    image = cv2.imread(path, cv2.IMREAD_COLOR)
-    if image is None:
-        raise UserError(f"cannot read image {path} (missing or not an image file)")
-    return Image.fromarray(cv2.cvtColor(image, cv2.COLOR_BGR2RGB))
+def read_pil(path: str) -> Image.Image:
+    return Image.fromarray(read_rgb(path))
 
 
 class ImageDataset(Dataset):
@@ -35,9 +31,9 @@ class ImageDataset(Dataset):
 
     def _image(self, index: int) -> Image.Image:
         if self.cache is None:
-            return read_rgb(self.samples[index].path)
+            return read_pil(self.samples[index].path)
         if index not in self.cache:
-            self.cache[index] = read_rgb(self.samples[index].path)
+            self.cache[index] = read_pil(self.samples[index].path)
         return self.cache[index]
 
     def __getitem__(self, index: int):

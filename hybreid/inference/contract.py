@@ -90,5 +90,13 @@ def preprocess(crops: Sequence[np.ndarray], contract: ModelContract) -> np.ndarr
     return np.ascontiguousarray(normalized.transpose(0, 3, 1, 2))
 
 
+def read_rgb(path) -> np.ndarray:
+    """An image file as an RGB ``uint8`` array ``[H, W, 3]``, or one clear error."""
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise UserError(f"cannot read image {path} (missing or not an image file)")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
 def l2_normalize(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)

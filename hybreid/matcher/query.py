@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 
-import cv2
-
 from hybreid.errors import UserError
 from hybreid.matcher.gallery import Gallery
 
@@ -42,14 +40,13 @@ def by_camera(gallery: Gallery, camera: str | None, since: float | None, until: 
 
 def by_image(gallery: Gallery, image_path: str, model_path: str, top_k: int = 5) -> dict:
     from hybreid.inference import load_embedder
+    from hybreid.inference.contract import read_rgb
 
-    image = cv2.imread(image_path, cv2.IMREAD_COLOR)
-    if image is None:
-        raise UserError(f"cannot read image {image_path}")
+    image = read_rgb(image_path)
     embedder = load_embedder(model_path)
     if gallery.model and embedder.contract.identity != gallery.model:
         raise UserError(f"{model_path} is {embedder.contract.identity}, the gallery holds {gallery.model}: "
                         "query with the site's model")
-    vector = embedder.embed([cv2.cvtColor(image, cv2.COLOR_BGR2RGB)])[0]
+    vector = embedder.embed([image])[0]
     return {"image": image_path, "matches": [{"identity": i, "similarity": s}
                                              for i, s in gallery.search(vector, top_k)]}
