@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from hybreid.errors import UserError
 
@@ -193,29 +194,14 @@ def _cmd_calibrate_int8(args: argparse.Namespace) -> None:
 
 
 def _cmd_calibrate_threshold(args: argparse.Namespace) -> None:
-    import numpy as np
-
-    from hybreid.calibration.report import embed_images
-    from hybreid.calibration.threshold import calibrate_thresholds, plot_scores, save_thresholds
+    from hybreid.calibration.threshold import calibrate_on_dataset, format_thresholds
     from hybreid.data.datasets import load_dataset
     from hybreid.inference import load_embedder
-    from hybreid.tables import format_table
 
-    embedder = load_embedder(args.onnx)
-    dataset = load_dataset(args.dataset, args.root)
-    samples = getattr(dataset, args.split) if args.split != "test" else dataset.query + dataset.gallery
-    samples = [s for s in samples if s.pid > 0]  # distractors have no genuine pair
-    embeddings = embed_images(embedder, [s.path for s in samples])
-    pids = np.array([s.pid for s in samples])
-    modalities = np.array([s.modality for s in samples])
-    thresholds = calibrate_thresholds(embeddings, pids, modalities, args.fmr)
-    path = save_thresholds(thresholds, args.out, embedder.contract.identity, args.fmr)
-    plot = plot_scores(embeddings, pids, modalities, thresholds, path.with_suffix(".png"))
-    rows = [[kind, t.threshold, 100 * t.false_match_rate, 100 * t.true_match_rate, t.genuine_pairs,
-             t.impostor_pairs] for kind, t in thresholds.items()]
-    print(format_table(["pairs", "threshold", "FMR %", "TMR %", "genuine", "impostor"], rows, floatfmt=".4f",
-                       title=f"match thresholds for a target false-match rate of {args.fmr:.2%}"))
-    print(f"saved {path} (read by the matcher) and {plot}")
+    result = calibrate_on_dataset(load_embedder(args.onnx), load_dataset(args.dataset, args.root), args.split,
+                                  args.fmr, args.out)
+    print(format_thresholds(result["thresholds"], args.fmr))
+    print(f"saved {result['path']} (read by the matcher) and {result['plot']}")
 
 
 def _cmd_edge_run(args: argparse.Namespace) -> None:
@@ -315,26 +301,11 @@ def _cmd_bench_identities(args: argparse.Namespace) -> None:
 
 
 def _cmd_demo(args: argparse.Namespace) -> None:
-    from hybreid.models import build
+    from hybreid.demo.pipeline import DemoConfig, run_demo
 
-    print(
-        "hybreid demo -- the one-command chain is not built yet. When it is, this command will:\n"
-        "  1. render synthetic visible and infrared camera videos of synthetic people,\n"
-        "  2. train the tiny HAResformer on synthetic people, export it to ONNX, calibrate INT8,\n"
-        "  3. start an MQTT broker on 127.0.0.1, run the edge runtime on both cameras and the matcher,\n"
-        "  4. print identities found vs ground truth and write a report folder.\n"
-        "Each step exists as its own command today (data synth, train, export onnx, calibrate int8,\n"
-        "edge scenes, edge run, matcher run; `hybreid bench identities` chains the last ones).\n"
-        "Running now: the two tiny models, one forward pass each:"
-    )
-    import torch
-
-    for name in ("fusionreid_tiny", "haresformer_tiny"):
-        model = build(name).eval()
-        with torch.no_grad():
-            embedding = model(torch.rand(2, 3, *model.image_size))
-        print(f"  {name}: input 2x3x{model.image_size[0]}x{model.image_size[1]} -> embeddings {tuple(embedding.shape)}")
-    print("Parameters and FLOPs of the papers' models: hybreid bench flops --paper")
+    run_demo(DemoConfig(out=Path(args.out), people=args.people, epochs=args.epochs, train_ids=args.train_ids,
+                        test_ids=args.test_ids, edge_precision=args.edge_precision, broker=args.broker,
+                        retrain=args.retrain, seed=args.seed))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -558,7 +529,21 @@ def build_parser() -> argparse.ArgumentParser:
     m_query.add_argument("--top-k", type=int, default=5)
     m_query.set_defaults(func=_cmd_matcher_query)
 
-    demo = commands.add_parser("demo", help="run the whole chain on synthetic data")
+    from hybreid.demo.pipeline import DemoConfig
+
+    demo_defaults = DemoConfig()
+    demo = commands.add_parser(
+        "demo", help="the whole chain on synthetic data: train, export, INT8, cameras -> MQTT -> matcher")
+    demo.add_argument("--out", default="demo-report", help="report folder (a later run reuses its trained model)")
+    demo.add_argument("--people", type=int, default=6, help="people walking through the camera videos")
+    demo.add_argument("--epochs", type=int, default=demo_defaults.epochs)
+    demo.add_argument("--train-ids", type=int, default=demo_defaults.train_ids)
+    demo.add_argument("--test-ids", type=int, default=demo_defaults.test_ids)
+    demo.add_argument("--edge-precision", choices=["int8", "fp32"], default="int8",
+                      help="the model the cameras run")
+    demo.add_argument("--broker", help="mqtt://host:port of a running broker (default: an embedded one)")
+    demo.add_argument("--retrain", action="store_true", help="train again even if a previous model matches")
+    demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(func=_cmd_demo)
     return parser
 

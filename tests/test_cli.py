@@ -43,10 +43,3 @@ def test_malformed_override_is_one_clear_sentence():
     result = run("bench", "flops", "--model", "fusionreid_tiny", "depth")
     assert result.returncode == 2
     assert "key=value" in result.stderr and "Traceback" not in result.stderr
-
-
-def test_demo_says_plainly_what_exists():
-    result = run("demo")
-    assert result.returncode == 0, result.stderr
-    assert "not built yet" in result.stdout
-    assert "embeddings (2, " in result.stdout

@@ -7,18 +7,75 @@ from __future__ import annotations
 
 import json
 import tempfile
+import threading
 import time
 from pathlib import Path
+
+from tqdm import tqdm
 
 from hybreid.bench.broker import Mosquitto
 from hybreid.edge_runtime.publish import BrokerConfig
 from hybreid.edge_runtime.runtime import EdgeRuntime, SiteConfig
 from hybreid.edge_runtime.scenes import render_scenes, tracklet_ground_truth
+from hybreid.errors import UserError
 from hybreid.matcher.gallery import Gallery
 from hybreid.matcher.query import by_camera
 from hybreid.matcher.scoring import score_identities
 from hybreid.matcher.service import Matcher, MatcherService, MatchPolicy
 from hybreid.tables import format_table
+
+
+def run_site(model: str | Path, scenes: Path, truth: dict, broker_url: str, policy: MatchPolicy, work: Path,
+             site: str = "bench", progress: bool = False) -> dict:
+    """The edge runtime on every camera video of ``truth`` and a matcher, through the
+    broker at ``broker_url``; waits until the matcher has every published tracklet.
+
+    Returns the edge summary, the gallery's sightings, the matcher's status and the
+    runtime (its ``track_log`` ties sightings to ground truth).
+    """
+    gallery = Gallery(work / "gallery.sqlite")
+    service = MatcherService(Matcher(gallery, policy), BrokerConfig(url=broker_url, client_id="hybreid-matcher"))
+    service.start()
+    if not service.connected.wait(10):
+        service.stop()
+        raise UserError(f"the matcher cannot connect to the broker at {broker_url}")
+    config = SiteConfig.from_dict({
+        "site": site,
+        "cameras": [{"id": c["id"], "source": str(scenes / c["video"]), "modality": c["modality"]}
+                    for c in truth["cameras"]],
+        "model": {"path": str(model)}, "broker": {"url": broker_url},
+        "outbox": {"path": str(work / "outbox.sqlite")}, "metrics": {"record_tracks": True},
+        "publish": {"interval_s": 0},
+    })
+    runtime = EdgeRuntime(config)
+    total = truth["frames"] * len(truth["cameras"])
+    outcome: dict = {}
+
+    def run_edge() -> None:
+        try:
+            outcome["summary"] = runtime.run()
+        except BaseException as exc:  # re-raised below, in the caller's thread
+            outcome["error"] = exc
+
+    with tqdm(total=total, desc="edge runtime", unit="frame", disable=not progress) as bar:
+        worker = threading.Thread(target=run_edge, name="edge-runtime", daemon=True)
+        worker.start()
+        while worker.is_alive():
+            worker.join(0.2)
+            bar.update(runtime.metrics.frames - bar.n)
+    if "error" in outcome:
+        service.stop()
+        gallery.close()
+        raise outcome["error"]
+    summary = outcome["summary"]
+    deadline = time.monotonic() + 30
+    while service.matcher.accepted < summary["tracklets_published"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    status = service.status()
+    service.stop()
+    sightings = by_camera(gallery, None, None, None)["sightings"]
+    gallery.close()
+    return {"edge": summary, "sightings": sightings, "matcher": status, "runtime": runtime}
 
 
 def run(model: str | Path, out: str | Path, people: int = 6, policy: MatchPolicy | None = None,
@@ -30,26 +87,8 @@ def run(model: str | Path, out: str | Path, people: int = 6, policy: MatchPolicy
         work = Path(work)
         truth = render_scenes(work / "scenes", num_people=people, seed=seed)
         with Mosquitto(work / "broker") as broker:
-            gallery = Gallery(work / "gallery.sqlite")
-            service = MatcherService(Matcher(gallery, policy), BrokerConfig(url=broker.url, client_id="matcher"))
-            service.start()
-            service.connected.wait(10)
-            config = SiteConfig.from_dict({
-                "site": "bench",
-                "cameras": [{"id": c["id"], "source": str(work / "scenes" / c["video"]), "modality": c["modality"]}
-                            for c in truth["cameras"]],
-                "model": {"path": str(model)}, "broker": {"url": broker.url},
-                "outbox": {"path": str(work / "outbox.sqlite")}, "metrics": {"record_tracks": True},
-                "publish": {"interval_s": 0},
-            })
-            runtime = EdgeRuntime(config)
-            summary = runtime.run()
-            deadline = time.monotonic() + 30
-            while service.matcher.accepted < summary["tracklets_published"] and time.monotonic() < deadline:
-                time.sleep(0.05)
-            service.stop()
-            sightings = by_camera(gallery, None, None, None)["sightings"]
-            gallery.close()
+            site = run_site(model, work / "scenes", truth, broker.url, policy, work)
+    runtime, summary, sightings = site["runtime"], site["edge"], site["sightings"]
     labels = {key: value["pid"] for key, value in tracklet_ground_truth(runtime.track_log, truth).items()}
     scores = score_identities(sightings, labels)
     scores.update({"model": runtime.contract.identity, "thresholds": [policy.same_modality, policy.cross_modality],

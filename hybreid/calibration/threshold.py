@@ -100,3 +100,31 @@ def plot_scores(embeddings: np.ndarray, pids, modalities, thresholds: dict[str, 
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return Path(path)
+
+
+def calibrate_on_dataset(embedder, dataset, split: str, target_fmr: float, out: str | Path) -> dict:
+    """Embed ``split`` of a labelled dataset (``test`` = query + gallery), choose both
+    thresholds, save them where the matcher reads them and plot the score distributions.
+
+    Returns ``{"thresholds", "path", "plot"}``.
+    """
+    from hybreid.calibration.report import embed_images
+
+    samples = getattr(dataset, split) if split != "test" else dataset.query + dataset.gallery
+    samples = [s for s in samples if s.pid > 0]  # distractors have no genuine pair
+    embeddings = embed_images(embedder, [s.path for s in samples])
+    pids = np.array([s.pid for s in samples])
+    modalities = np.array([s.modality for s in samples])
+    thresholds = calibrate_thresholds(embeddings, pids, modalities, target_fmr)
+    path = save_thresholds(thresholds, out, embedder.contract.identity, target_fmr)
+    plot = plot_scores(embeddings, pids, modalities, thresholds, path.with_suffix(".png"))
+    return {"thresholds": thresholds, "path": path, "plot": plot}
+
+
+def format_thresholds(thresholds: dict[str, Threshold], target_fmr: float) -> str:
+    from hybreid.tables import format_table
+
+    rows = [[kind, t.threshold, 100 * t.false_match_rate, 100 * t.true_match_rate, t.genuine_pairs,
+             t.impostor_pairs] for kind, t in thresholds.items()]
+    return format_table(["pairs", "threshold", "FMR %", "TMR %", "genuine", "impostor"], rows, floatfmt=".4f",
+                        title=f"match thresholds for a target false-match rate of {target_fmr:.2%}")
