@@ -11,7 +11,11 @@ import json
 import sys
 from pathlib import Path
 
+from hybreid.data.datasets import READERS
 from hybreid.errors import UserError
+
+DATASET_NAMES = sorted(READERS)
+
 
 PAPER_MODELS = ("fusionreid_vitb16_s12", "haresformer_h1l1", "haresformer_h1l2", "haresformer_h2l1")
 
@@ -300,6 +304,27 @@ def _cmd_bench_identities(args: argparse.Namespace) -> None:
     identities.run(args.onnx, args.out, people=args.people, policy=policy)
 
 
+def _cmd_viz(args: argparse.Namespace) -> None:
+    from hybreid.data.datasets import load_dataset
+    from hybreid.train.checkpoint import load_model
+    from hybreid.viz import commands
+
+    model, _ = load_model(args.model)
+    dataset = load_dataset(args.dataset, args.root)
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    if args.viz_command == "gradcam":
+        result = commands.run_gradcam(model, dataset, args.out, count=args.count)
+    elif args.viz_command == "attention":
+        result = commands.run_attention(model, dataset, args.out, index=args.index)
+    elif args.viz_command == "retrieval":
+        result = commands.run_retrieval(model, dataset, args.out, queries=args.queries, top_k=args.top_k)
+    else:
+        result = commands.run_distribution(model, dataset, args.out, max_images=args.max_images)
+        print(f"mean cosine similarity: intra-class {result['intra_mean']:.3f}, inter-class {result['inter_mean']:.3f}")
+    print(f"saved {result['figure'] if 'figure' in result else result['path']} and "
+          f"{commands.save_result(result, args.out, args.viz_command)}")
+
+
 def _cmd_demo(args: argparse.Namespace) -> None:
     from hybreid.demo.pipeline import DemoConfig, run_demo
 
@@ -397,7 +422,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("eval", help="evaluate a trained model with a dataset's protocol")
     evaluate.add_argument("--model", required=True, help="model.pt of a training run")
     evaluate.add_argument("--dataset", required=True,
-                          choices=["market1501", "dukemtmc", "msmt17", "sysu_mm01", "regdb", "llcm"])
+                          choices=DATASET_NAMES)
     evaluate.add_argument("--root", required=True, help="dataset folder in its standard layout")
     evaluate.add_argument("--trial", type=int, default=1, help="RegDB split 1..10")
     evaluate.add_argument("--trials", type=int, default=10, help="gallery trials (SYSU-MM01, LLCM)")
@@ -528,6 +553,29 @@ def build_parser() -> argparse.ArgumentParser:
     m_query.add_argument("--model", help="the site's exported model, to embed --image")
     m_query.add_argument("--top-k", type=int, default=5)
     m_query.set_defaults(func=_cmd_matcher_query)
+
+    viz = commands.add_parser("viz", help="the papers' figures for a trained model: gradcam, attention, "
+                                          "retrieval, distribution")
+    viz_commands = viz.add_subparsers(dest="viz_command", required=True)
+    for name, text in (("gradcam", "Grad-CAM per layer of cos(embedding, same person elsewhere)"),
+                       ("attention", "global-token attention per head and layer (SEU/MFU, TE)"),
+                       ("retrieval", "top-k gallery images per query, the evaluation's ranking"),
+                       ("distribution", "intra-/inter-class similarity histograms and t-SNE")):
+        command = viz_commands.add_parser(name, help=text)
+        command.add_argument("--model", required=True, help="model.pt of a training run")
+        command.add_argument("--dataset", required=True, choices=DATASET_NAMES)
+        command.add_argument("--root", required=True, help="dataset folder (standard layout)")
+        command.add_argument("--out", default="viz", help="folder for the PNG and its JSON")
+        if name == "gradcam":
+            command.add_argument("--count", type=int, default=4, help="query images (rows)")
+        elif name == "attention":
+            command.add_argument("--index", type=int, default=0, help="which probe image")
+        elif name == "retrieval":
+            command.add_argument("--queries", type=int, default=6)
+            command.add_argument("--top-k", type=int, default=10)
+        else:
+            command.add_argument("--max-images", type=int, default=400)
+        command.set_defaults(func=_cmd_viz)
 
     from hybreid.demo.pipeline import DemoConfig
 

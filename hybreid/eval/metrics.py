@@ -56,6 +56,13 @@ def remove_nothing(q: int, order: np.ndarray) -> np.ndarray:
     return np.zeros(len(order), dtype=bool)
 
 
+def ranked_lists(distmat: np.ndarray, remove: RemoveRule = remove_nothing) -> list[np.ndarray]:
+    """Per query, the gallery indices best first, without the ones ``remove`` drops: the
+    ranking every metric below reads (and the retrieval figures show)."""
+    orders = np.argsort(distmat, axis=1, kind="stable")
+    return [order[~remove(q, order)] for q, order in enumerate(orders)]
+
+
 def evaluate_ranking(
     distmat: np.ndarray,
     q_pids: np.ndarray,
@@ -70,14 +77,10 @@ def evaluate_ranking(
     reference code for the distances that occur in practice.
     """
     q_pids, g_pids = np.asarray(q_pids), np.asarray(g_pids)
-    num_q, num_g = distmat.shape
-    max_rank = min(max_rank, num_g)
-    orders = np.argsort(distmat, axis=1, kind="stable")
+    max_rank = min(max_rank, distmat.shape[1])
     all_cmc, all_ap, all_inp = [], [], []
-    for q in range(num_q):
-        order = orders[q]
-        keep = ~remove(q, order)
-        ranked_pids = g_pids[order][keep]
+    for q, ranked in enumerate(ranked_lists(distmat, remove)):
+        ranked_pids = g_pids[ranked]
         raw = ranked_pids == q_pids[q]
         if not raw.any():
             continue  # no true match left: the query is not counted

@@ -21,7 +21,15 @@ from collections.abc import Sequence
 import numpy as np
 
 from hybreid.data.datasets import ReIDDataset, Sample
-from hybreid.eval.metrics import RankResult, cosine_distance, evaluate_ranking, remove_nothing, same_pid_same_camera
+from hybreid.eval.metrics import (
+    RankResult,
+    RemoveRule,
+    cosine_distance,
+    evaluate_ranking,
+    ranked_lists,
+    remove_nothing,
+    same_pid_same_camera,
+)
 from hybreid.eval.rerank import k_reciprocal_rerank
 
 MARKET_STYLE = {"market1501", "dukemtmc", "msmt17"}
@@ -72,6 +80,13 @@ def evaluate_market(q_feats, query: Sequence[Sample], g_feats, gallery: Sequence
     return result.to_dict()
 
 
+def cam3_skips_cam2(q_cams: np.ndarray, g_cams: np.ndarray) -> RemoveRule:
+    """SYSU-MM01's rule: a query from camera 3 is not matched against camera 2 (same room)."""
+    def rule(q: int, order: np.ndarray) -> np.ndarray:
+        return (q_cams[q] == SYSU_CAM3) & (g_cams[order] == SYSU_CAM2)
+    return rule
+
+
 def evaluate_sysu(q_feats, query: Sequence[Sample], g_feats, gallery: Sequence[Sample],
                   mode: str = "all", trials: int = 10, rerank: bool = False) -> dict:
     """SYSU-MM01 single-shot, ``mode`` = ``all`` or ``indoor``, averaged over trials 0..trials-1."""
@@ -81,11 +96,8 @@ def evaluate_sysu(q_feats, query: Sequence[Sample], g_feats, gallery: Sequence[S
         chosen = single_shot_gallery(gallery, SYSU_GALLERY_CAMERAS[mode], trial)
         g_pids, g_cams = _arrays([gallery[i] for i in chosen])
 
-        def cam3_skips_cam2(q: int, order: np.ndarray, g_cams=g_cams) -> np.ndarray:
-            return (q_cams[q] == SYSU_CAM3) & (g_cams[order] == SYSU_CAM2)
-
         results.append(evaluate_ranking(_distance(q_feats, g_feats[chosen], rerank), q_pids, g_pids,
-                                        cam3_skips_cam2, identity_level_cmc=True))
+                                        cam3_skips_cam2(q_cams, g_cams), identity_level_cmc=True))
     return _mean(results)
 
 
@@ -121,6 +133,31 @@ def evaluate_llcm(visible_feats, visible: Sequence[Sample], infrared_feats, infr
                                             identity_level_cmc=True))
         out[direction] = _mean(results)
     return out
+
+
+def headline_ranking(dataset: ReIDDataset, query_feats: np.ndarray, gallery_feats: np.ndarray,
+                     trial: int = 0) -> list[np.ndarray]:
+    """Per query, indices into ``dataset.gallery`` best first, in the headline setting of
+    :func:`score` (SYSU all-search, RegDB/LLCM infrared to visible; trial ``trial`` of the
+    single-shot galleries), after the protocol's removals."""
+    q_pids, q_cams = _arrays(dataset.query)
+    if dataset.name in MARKET_STYLE or dataset.name == "regdb":
+        chosen = list(range(len(dataset.gallery)))
+    elif dataset.name == "sysu_mm01":
+        chosen = single_shot_gallery(dataset.gallery, SYSU_GALLERY_CAMERAS["all"], trial)
+    elif dataset.name == "llcm":
+        chosen = single_shot_gallery(dataset.gallery, sorted({s.camid for s in dataset.gallery}), trial)
+    else:
+        raise ValueError(f"no evaluation protocol for dataset {dataset.name!r}")
+    g_pids, g_cams = _arrays([dataset.gallery[i] for i in chosen])
+    if dataset.name == "sysu_mm01":
+        remove = cam3_skips_cam2(q_cams, g_cams)
+    elif dataset.name == "regdb":
+        remove = remove_nothing
+    else:
+        remove = same_pid_same_camera(q_pids, g_pids, q_cams, g_cams)
+    chosen = np.asarray(chosen)
+    return [chosen[ranked] for ranked in ranked_lists(cosine_distance(query_feats, gallery_feats[chosen]), remove)]
 
 
 def score(dataset: ReIDDataset, query_feats: np.ndarray, gallery_feats: np.ndarray, rerank: bool = False,

@@ -143,14 +143,10 @@ class HAResformer(nn.Module):
         hgae: bool = True,
         pooling: str = "gem",
         cnn_weights: str | None = None,
-        metric_feature: str = "pooled",
     ):
         super().__init__()
         self.image_size = tuple(image_size)
         self.use_cffm, self.use_dsa, self.use_add, self.use_hgae = cffm, dsa, add, hgae
-        if metric_feature not in ("pooled", "bn"):
-            raise ValueError(f"metric_feature must be 'pooled' or 'bn', got {metric_feature!r}")
-        self.metric_feature = metric_feature
         self.dsa_stages = tuple(dsa_stages)
         self.re = ResNetEncoder(cnn, cnn_weights)
         widths = self.re.widths
@@ -192,11 +188,7 @@ class HAResformer(nn.Module):
         """``camids`` is accepted for a uniform model interface and not used."""
         features = self._forward_features(images)
         if self.training:
-            normalized = self.neck.bn(features["final"])
-            logits = {"final": self.neck.classifier(normalized)}
-            if self.metric_feature == "bn":
-                features["final"] = normalized
-            return TrainOutput(features=features, logits=logits)
+            return TrainOutput(features=features, logits={"final": self.neck(features["final"])})
         parts = [self.neck.bn(features["final"])]
         if self.use_hgae:
             parts.append(features["hgae"])

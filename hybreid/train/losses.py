@@ -142,44 +142,29 @@ class HAResformerWeights:
 
 class HAResformerLoss(nn.Module):
     """Eq. 13: ``L_ID + l1 L_HC-Tri + l2 L_MMD + l3 sum L_AL``, L_AL = HC-Tri on the
-    supervised stages' class tokens and on the HGAE feature.
-
-    ``metric_warmup_epochs`` (0 = off, the paper) ramps ``l1``, ``l2`` and ``l3`` linearly
-    from 0 over the first epochs (the trainer calls :meth:`set_epoch`). From random
-    weights the hetero-center terms are cheapest to lower by shrinking every feature
-    towards one point, which the scale-invariant ID loss behind the BNNeck does not
-    resist; the paper starts from ImageNet weights, whose features are already spread.
-    """
+    supervised stages' class tokens and on the HGAE feature."""
 
     def __init__(self, weights: HAResformerWeights = HAResformerWeights(), hc_margin: float = 0.3,
                  mmd_margin: float = 1.4, use_hc_tri: bool = True, use_mmd: bool = True, use_auxiliary: bool = True,
-                 hc_reduction: str = "mean", metric_warmup_epochs: int = 0):
+                 hc_reduction: str = "mean"):
         super().__init__()
         self.weights = weights
         self.hc_tri = HeteroCenterTripletLoss(hc_margin, hc_reduction)
         self.mmd = MarginMMDLoss(mmd_margin)
         self.use_hc_tri, self.use_mmd, self.use_auxiliary = use_hc_tri, use_mmd, use_auxiliary
-        self.metric_warmup_epochs = metric_warmup_epochs
-        self.metric_scale = 1.0 if metric_warmup_epochs <= 0 else 0.0
-
-    def set_epoch(self, epoch: int) -> None:
-        """Set the warm-up scale of the metric terms for ``epoch`` (0-based)."""
-        if self.metric_warmup_epochs > 0:
-            self.metric_scale = min(1.0, epoch / self.metric_warmup_epochs)
 
     def forward(self, output: TrainOutput, labels: torch.Tensor, modalities: torch.Tensor):
         final = output.features["final"].float()
         terms = {"id": F.cross_entropy(output.logits["final"].float(), labels)}
-        scale = self.metric_scale
         if self.use_hc_tri:
-            terms["hc_tri"] = scale * self.weights.hc_tri * self.hc_tri(final, labels, modalities)
+            terms["hc_tri"] = self.weights.hc_tri * self.hc_tri(final, labels, modalities)
         if self.use_mmd:
-            terms["mmd"] = scale * self.weights.mmd * self.mmd(final, labels, modalities)
+            terms["mmd"] = self.weights.mmd * self.mmd(final, labels, modalities)
         if self.use_auxiliary:
             names = [f"stage{s}" for s in self.weights.auxiliary_stages] + ["hgae"]
             for name in names:
                 if name in output.features:
-                    terms[f"al/{name}"] = scale * self.weights.auxiliary * self.hc_tri(
+                    terms[f"al/{name}"] = self.weights.auxiliary * self.hc_tri(
                         output.features[name].float(), labels, modalities)
         return sum(terms.values()), terms
 

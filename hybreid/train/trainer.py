@@ -247,8 +247,6 @@ class Trainer:
     def train_epoch(self, epoch: int) -> dict:
         self.model.train()
         self.sampler.set_epoch(epoch)
-        if hasattr(self.loss, "set_epoch"):
-            self.loss.set_epoch(epoch)
         lr = self._set_lr(epoch)
         totals: dict[str, float] = {}
         steps = 0
