@@ -313,7 +313,7 @@ def _cmd_viz(args: argparse.Namespace) -> None:
     dataset = load_dataset(args.dataset, args.root)
     Path(args.out).mkdir(parents=True, exist_ok=True)
     if args.viz_command == "gradcam":
-        result = commands.run_gradcam(model, dataset, args.out, count=args.count)
+        result = commands.run_gradcam(model, dataset, args.out, count=args.count, method=args.method)
     elif args.viz_command == "attention":
         result = commands.run_attention(model, dataset, args.out, index=args.index)
     elif args.viz_command == "retrieval":
@@ -568,6 +568,8 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--out", default="viz", help="folder for the PNG and its JSON")
         if name == "gradcam":
             command.add_argument("--count", type=int, default=4, help="query images (rows)")
+            command.add_argument("--method", choices=["hirescam", "gradcam"], default="hirescam",
+                                 help="element-wise gradient x activation (default) or channel-averaged Grad-CAM")
         elif name == "attention":
             command.add_argument("--index", type=int, default=0, help="which probe image")
         elif name == "retrieval":

@@ -43,3 +43,37 @@ def test_malformed_override_is_one_clear_sentence():
     result = run("bench", "flops", "--model", "fusionreid_tiny", "depth")
     assert result.returncode == 2
     assert "key=value" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_deployment_commands_chain_through_the_cli(tmp_path, capsys):
+    """data synth -> export onnx -> calibrate threshold -> bundle create/verify, and the
+    matcher's query and purge on the gallery, as the README shows them (in-process)."""
+    from hybreid.cli import main
+
+    data, onnx_path = tmp_path / "sysu", tmp_path / "model.onnx"
+    assert main(["data", "synth", "--layout", "sysu_mm01", "--out", str(data), "--train-ids", "2", "--test-ids", "3",
+                 "--images-per-camera", "1"]) == 0
+    assert (data / "exp" / "test_id.txt").exists()
+    assert main(["export", "onnx", "--model", "haresformer_tiny", "--out", str(onnx_path)]) == 0
+    thresholds = tmp_path / "thresholds.json"
+    assert main(["calibrate", "threshold", "--onnx", str(onnx_path), "--dataset", "sysu_mm01", "--root", str(data),
+                 "--fmr", "0.1", "--out", str(thresholds)]) == 0
+    saved = json.loads(thresholds.read_text())
+    assert -1 <= saved["cross_modality"]["threshold"] <= 1 and saved["target_false_match_rate"] == 0.1
+    bundle = tmp_path / "site.tar.gz"
+    assert main(["bundle", "create", "--onnx", str(onnx_path), "--out", str(bundle)]) == 0
+    assert main(["bundle", "verify", str(bundle)]) == 0
+    db = tmp_path / "gallery.sqlite"
+    capsys.readouterr()
+    assert main(["matcher", "query", "--db", str(db), "--camera", "cam-01", "--since", "0"]) == 0
+    answer = json.loads(capsys.readouterr().out)
+    assert answer["camera"] == "cam-01" and answer["sightings"] == []
+    assert main(["matcher", "purge", "--db", str(db), "--older-than-days", "30"]) == 0
+
+
+def test_edge_scenes_writes_videos_and_ground_truth(tmp_path):
+    result = run("edge", "scenes", "--out", str(tmp_path), "--people", "1", "--fps", "5")
+    assert result.returncode == 0, result.stderr
+    truth = json.loads((tmp_path / "ground_truth.json").read_text())
+    assert {c["modality"] for c in truth["cameras"]} == {"visible", "infrared"}
+    assert all((tmp_path / c["video"]).stat().st_size > 0 for c in truth["cameras"])

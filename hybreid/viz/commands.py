@@ -51,16 +51,17 @@ def probe_pairs(dataset: ReIDDataset, count: int, seed: int = 0) -> list[tuple[S
     return pairs
 
 
-def run_gradcam(model, dataset: ReIDDataset, out: str | Path, count: int = 4) -> dict:
+def run_gradcam(model, dataset: ReIDDataset, out: str | Path, count: int = 4, method: str = "hirescam") -> dict:
     pairs = probe_pairs(dataset, count)
     queries, _ = model_input(model, [q for q, _ in pairs])
     references, _ = model_input(model, [r for _, r in pairs])
     _, shown = model_input(model, [q for q, _ in pairs])
     with torch.no_grad():
         reference = model.eval()(references)
-    heatmaps = similarity_gradcam(model, queries, reference)
+    heatmaps = similarity_gradcam(model, queries, reference, method=method)
     kinds = sorted({f"{q.modality}->{r.modality}" for q, r in pairs})
-    title = (f"{model.model_name}: Grad-CAM of cos(embedding, reference embedding of the same person "
+    name = "HiResCAM" if method == "hirescam" else "Grad-CAM"
+    title = (f"{model.model_name}: {name} of cos(embedding, reference embedding of the same person "
              f"in another {'modality' if any(q.modality != r.modality for q, r in pairs) else 'camera'}) "
              f"({', '.join(kinds)})")
     path = figures.gradcam_figure(shown, heatmaps, Path(out) / "gradcam.png", title)

@@ -1,0 +1,80 @@
+"""Every `hybreid` command in the README is one the CLI accepts; the cheap ones run here,
+the rest run in the tests named in EXERCISED_BY (or in the demo)."""
+
+from __future__ import annotations
+
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hybreid.cli import build_parser
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+# Subcommand -> where it is exercised beyond parsing.
+# Subcommand -> the test that runs it through the CLI ("code:" = through the functions it
+# calls; the command itself is a thin argument parser over them, or needs a GPU).
+EXERCISED_BY = {
+    "models": "test_readme", "bench flops": "test_readme", "data synth": "test_cli", "train": "test_trainer",
+    "eval": "code: test_trainer", "export onnx": "test_cli", "export engine": "code: test_export (no GPU)",
+    "calibrate int8": "code: test_calibration", "calibrate threshold": "test_cli", "bundle create": "test_cli",
+    "bundle verify": "test_cli", "bundle install": "code: test_export", "edge scenes": "test_cli",
+    "edge run": "test_edge_e2e", "matcher run": "test_matcher", "matcher query": "test_cli",
+    "matcher purge": "test_cli", "bench latency": "code: test_benchmarks", "bench train": "code: test_viz (its recipe)",
+    "bench pipeline": "code: test_benchmarks", "bench matcher": "code: test_benchmarks",
+    "bench identities": "code: test_demo", "bench fidelity": "code: test_benchmarks", "viz gradcam": "code: test_viz",
+    "viz attention": "test_viz", "viz retrieval": "code: test_viz", "viz distribution": "code: test_viz",
+    "demo": "code: test_demo",
+}
+CHEAP = {"models", "bench flops"}
+
+
+def readme_commands() -> list[list[str]]:
+    """`hybreid ...` lines of the README's bash blocks, continuation lines joined."""
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", README.read_text(), flags=re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            line = line.split("#", 1)[0].strip()
+            if line.startswith("torchrun"):
+                line = "hybreid " + line.split("hybreid.cli", 1)[1]
+            if line.startswith("hybreid "):
+                commands.append(shlex.split(line)[1:])
+    return commands
+
+
+def subcommand(argv: list[str]) -> str:
+    words = [a for a in argv if not a.startswith("-")][:2]
+    return " ".join(words) if " ".join(words) in EXERCISED_BY else words[0]
+
+
+def test_readme_has_commands_for_every_part():
+    names = {subcommand(argv) for argv in readme_commands()}
+    for required in ("train", "eval", "export onnx", "calibrate int8", "bundle create", "edge run", "matcher run",
+                     "bench flops", "demo", "viz gradcam"):
+        assert required in names, f"README shows no `hybreid {required}`"
+
+
+@pytest.mark.parametrize("argv", readme_commands(), ids=lambda argv: " ".join(argv)[:60])
+def test_readme_command_parses(argv):
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse exits on an unknown option or subcommand
+        pytest.fail(f"README command `hybreid {' '.join(argv)}` is rejected by the CLI ({exc})")
+    assert callable(args.func)
+    assert subcommand(argv) in EXERCISED_BY, f"no test exercises `hybreid {subcommand(argv)}`"
+
+
+# `bench flops --paper` counts every paper-size model (minutes); test_flops covers it.
+@pytest.mark.parametrize("argv", [a for a in readme_commands() if subcommand(a) in CHEAP and "--paper" not in a],
+                         ids=lambda argv: " ".join(argv)[:60])
+def test_cheap_readme_commands_run(argv, tmp_path):
+    extra = ["--out", str(tmp_path / "flops.json")] if subcommand(argv) == "bench flops" else []
+    result = subprocess.run([sys.executable, "-m", "hybreid.cli", *argv, *extra], capture_output=True, text=True,
+                            cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip()
