@@ -156,3 +156,23 @@ class TestThresholds:
         (tmp_path / "bad.json").write_text("{}")
         with pytest.raises(UserError, match="not a thresholds file"):
             load_thresholds(tmp_path / "bad.json")
+
+
+def test_layers_fed_by_a_concatenation_stay_float(tmp_path):
+    """HAResformer's CFFM convolutions and HGAE read concatenations: kept float by default."""
+    torch.manual_seed(0)
+    path = export_onnx(build("haresformer_tiny", image_size=(64, 32)).eval(), tmp_path / "h.onnx",
+                       "haresformer_tiny", {})
+    calibration = np.random.default_rng(0).standard_normal((8, 3, 64, 32)).astype(np.float32)
+    result = quantize(path, tmp_path / "h.int8.onnx", calibration, QuantizationConfig(target="tensorrt"))
+    model = onnx.load(str(result.path))
+    producers, _ = _graph_maps(model)
+    fed_by_concat = {n.name for n in onnx.load(str(path)).graph.node
+                     if n.op_type in ("Conv", "Gemm") and ("cffm" in n.name or "hgae" in n.name)}
+    assert len(fed_by_concat) == 5  # four CFFM convolutions and the HGAE projection
+    for node in model.graph.node:
+        if node.name in fed_by_concat:
+            assert not any(_dequantized_inputs(node, producers)[:2]), f"{node.name} is quantised"
+            assert "concatenation" in result.unquantized[node.name]
+    quantised_convs = [n for n in model.graph.node if n.op_type == "Conv" and n.name not in fed_by_concat]
+    assert quantised_convs and all(all(_dequantized_inputs(n, producers)[:2]) for n in quantised_convs)

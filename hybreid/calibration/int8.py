@@ -11,7 +11,11 @@ Made with ONNX Runtime's static quantiser (Q/DQ format, per-channel weights):
 Only the compute-heavy ops are quantised (Conv, MatMul, Gemm): Softmax, LayerNorm and
 GELU stay float, and so do the attention MatMuls around the Softmax (``Q K^T`` and
 ``attention x V``, the MFU's single-query cross-attention included), unless
-``quantize_attention`` is set (for the comparison run).
+``quantize_attention`` is set (for the comparison run). A Conv/MatMul/Gemm whose input
+is a concatenation stays float too (``quantize_concat_inputs`` overrides): one
+per-tensor activation scale cannot serve tensors of different ranges side by side, as
+in HAResformer's CFFM (a ReLU map next to LayerNorm-ed tokens) and HGAE (four stages'
+class tokens); quantising them cost the trained tiny HAResformer 0.05 of cosine to FP32.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ class QuantizationConfig:
     op_types: tuple[str, ...] = ("Conv", "MatMul", "Gemm")
     exclude_nodes: tuple[str, ...] = ()
     quantize_attention: bool = False
+    quantize_concat_inputs: bool = False
 
     def __post_init__(self):
         if self.target not in TARGETS:
@@ -66,6 +71,13 @@ def unquantized_nodes(model, config: QuantizationConfig) -> dict[str, str]:
     keep = {} if config.quantize_attention else dict(attention_matmuls(model))
     for name in config.exclude_nodes:
         keep[name] = "excluded by name"
+    if not config.quantize_concat_inputs:
+        producers = {output: node for node in model.graph.node for output in node.output}
+        for node in model.graph.node:
+            source = producers.get(node.input[0]) if node.input else None
+            if node.op_type in config.op_types and source is not None and source.op_type == "Concat":
+                keep.setdefault(node.name, "input is a concatenation (one activation scale for tensors of "
+                                           "different ranges)")
     for node in model.graph.node:
         if node.op_type not in config.op_types and node.op_type in ("Softmax", "LayerNormalization", "Erf"):
             keep.setdefault(node.name, f"{node.op_type} (not a quantised op type)")
