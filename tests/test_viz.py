@@ -36,7 +36,7 @@ def sysu(tmp_path_factory):
 def trained_fusionreid(tmp_path_factory):
     """The tiny FusionReID trained briefly on synthetic Market people (the benchmark's recipe)."""
     root = tmp_path_factory.mktemp("market")
-    write_market1501(root, train_ids=30, test_ids=10, images_per_camera=4, progress=False)
+    write_market1501(root, train_ids=30, test_ids=24, images_per_camera=4, progress=False)
     config = merge(merge(DEFAULTS, BENCHMARKS["fusionreid_tiny"]["config"]), {
         "model": "fusionreid_tiny", "dataset": {"name": "market1501", "root": str(root)},
         "output": str(tmp_path_factory.mktemp("run")), "optim": {"epochs": 4}, "eval": {"every": 0},
@@ -137,7 +137,7 @@ def test_gradcam_is_faithful_on_a_trained_model(trained_fusionreid):
     layers) lowers the explained similarity more than blanking the fifth it ranks
     lowest, on most images."""
     model, dataset, _, _ = trained_fusionreid
-    pairs = probe_pairs(dataset, 10)
+    pairs = probe_pairs(dataset, 24)
     queries, _ = model_input(model, [q for q, _ in pairs])
     references, _ = model_input(model, [r for _, r in pairs])
     with torch.no_grad():
