@@ -12,6 +12,7 @@ from hybreid.calibration.int8 import (
     QuantizationConfig,
     activation_scales,
     attention_matmuls,
+    output_layers,
     quantize,
     read_calibration_cache,
     write_calibration_cache,
@@ -53,6 +54,9 @@ def test_default_placement_keeps_attention_core_in_float(fp32_model):
     original = onnx.load(str(path))
     attention = set(attention_matmuls(original))
     assert len(attention) == 2 * 10  # scores and values MatMul of every attention block
+    last = set(output_layers(original, ("Conv", "MatMul", "Gemm")))
+    assert "/model/dmf/lru_cnn/pointwise/pointwise.0/Conv" in last  # LRU -> BN -> GeM -> embedding
+    assert not any("/vit/blocks" in name for name in last)  # the residual stream ends in a LayerNorm
     model = onnx.load(str(results[("tensorrt", False)].path))
     producers, _ = _graph_maps(model)
     for node in model.graph.node:
@@ -61,6 +65,8 @@ def test_default_placement_keeps_attention_core_in_float(fp32_model):
             assert not any(fed), f"{node.name} ({node.op_type}) is quantised"
         elif node.name in attention:
             assert not any(fed[:2]), f"{node.name} (attention MatMul) is quantised"
+        elif node.name in last:
+            assert not any(fed[:2]), f"{node.name} (writes the embedding) is quantised"
         elif node.op_type == "Conv" or (node.op_type == "MatMul" and node.name not in attention):
             assert all(fed[:2]), f"{node.name} ({node.op_type}) is left in float"
     assert set(results[("tensorrt", False)].unquantized) >= attention
@@ -174,5 +180,30 @@ def test_layers_fed_by_a_concatenation_stay_float(tmp_path):
         if node.name in fed_by_concat:
             assert not any(_dequantized_inputs(node, producers)[:2]), f"{node.name} is quantised"
             assert "concatenation" in result.unquantized[node.name]
-    quantised_convs = [n for n in model.graph.node if n.op_type == "Conv" and n.name not in fed_by_concat]
-    assert quantised_convs and all(all(_dequantized_inputs(n, producers)[:2]) for n in quantised_convs)
+    others = [n for n in model.graph.node if n.op_type == "Conv" and n.name not in result.unquantized]
+    assert len(others) > 10 and all(all(_dequantized_inputs(n, producers)[:2]) for n in others)
+
+
+def test_layers_that_write_the_embedding_stay_float(tmp_path):
+    """The last quantisable layer on every path to the output is kept float; the layers
+    before them are quantised."""
+    torch.manual_seed(0)
+    path = export_onnx(build("haresformer_tiny", image_size=(64, 32)).eval(), tmp_path / "h.onnx",
+                       "haresformer_tiny", {})
+    original = onnx.load(str(path))
+    last = set(output_layers(original, ("Conv", "MatMul", "Gemm")))
+    # ResNet stage 4: the second conv of both blocks and the shortcut conv feed the output
+    # through Add/ReLU/GeM/BN only; so do the CFFM 4 conv and the HGAE projection.
+    assert {n for n in last if "/stages.3/" in n} == {
+        "/model/stages.3/stages.3.0/conv2/Conv", "/model/stages.3/stages.3.0/downsample/downsample.0/Conv",
+        "/model/stages.3/stages.3.1/conv2/Conv"}
+    assert "/model/cffm.3/pointwise/Conv" in last and "/model/hgae/fc/Gemm" in last
+    assert "/model/stages.3/stages.3.1/conv1/Conv" not in last
+    calibration = np.random.default_rng(0).standard_normal((8, 3, 64, 32)).astype(np.float32)
+    result = quantize(path, tmp_path / "h.int8.onnx", calibration, QuantizationConfig(target="cpu"))
+    model = onnx.load(str(result.path))
+    producers, _ = _graph_maps(model)
+    by_name = {n.name: n for n in model.graph.node}
+    for name in last:
+        assert not any(_dequantized_inputs(by_name[name], producers)[:2]), f"{name} is quantised"
+    assert all(_dequantized_inputs(by_name["/model/stages.3/stages.3.1/conv1/Conv"], producers)[:2])
