@@ -207,3 +207,29 @@ def test_layers_that_write_the_embedding_stay_float(tmp_path):
     for name in last:
         assert not any(_dequantized_inputs(by_name[name], producers)[:2]), f"{name} is quantised"
     assert all(_dequantized_inputs(by_name["/model/stages.3/stages.3.1/conv1/Conv"], producers)[:2])
+
+
+def _activation_scales(path) -> dict[str, float]:
+    model = onnx.load(str(path))
+    initializers = {i.name: i for i in model.graph.initializer}
+    return {node.input[0]: float(numpy_helper.to_array(initializers[node.input[1]]).ravel()[0])
+            for node in model.graph.node if node.op_type == "QuantizeLinear" and node.input[1] in initializers}
+
+
+def test_entropy_calibration_clips_where_minmax_does_not(tmp_path):
+    """Entropy searches 2048-bin histograms for the best 128-bin range: narrower than
+    MinMax where a few outliers stretch the range (a small network keeps the KL search,
+    which runs per tensor, quick)."""
+    torch.manual_seed(0)
+    network = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.Conv2d(8, 8, 3),
+                                  torch.nn.Flatten(), torch.nn.Linear(8 * 12 * 12, 16)).eval()
+    path = tmp_path / "small.onnx"
+    torch.onnx.export(network, (torch.randn(1, 3, 16, 16),), str(path), dynamo=False, input_names=["images"],
+                      dynamic_axes={"images": {0: "batch"}})
+    calibration = np.random.default_rng(0).standard_normal((32, 3, 16, 16)).astype(np.float32)
+    calibration[0, :, 0, 0] = 40.0  # a few outliers
+    scales = {method: _activation_scales(quantize(path, tmp_path / f"{method}.onnx", calibration,
+                                                  QuantizationConfig(target="tensorrt", method=method)).path)
+              for method in ("minmax", "entropy")}
+    assert scales["minmax"].keys() == scales["entropy"].keys() and len(scales["minmax"]) >= 3
+    assert scales["entropy"]["images"] < 0.5 * scales["minmax"]["images"]  # the outliers are clipped

@@ -167,6 +167,27 @@ class _BatchReader:
         self._iterator = None
 
 
+def _entropy_ranges(model_path: Path, op_types: tuple[str, ...], reader: _BatchReader, path: Path) -> None:
+    """Entropy (KL) ranges with TensorRT's histogram: 2048 bins searched for the best 128.
+
+    ``quantize_static`` builds ONNX Runtime's entropy calibrator with 128 bins for 128
+    quantised bins, where the search has a single candidate, the full range, so it gives
+    exactly MinMax. The same calibrator with 2048 bins is run here and its ranges reach
+    ``quantize_static`` through its calibration cache.
+    """
+    import tempfile
+
+    from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator, save_tensors_data
+
+    with tempfile.TemporaryDirectory(prefix="hybreid-entropy-") as work:
+        calibrator = create_calibrator(model_path, list(op_types), augmented_model_path=str(Path(work) / "aug.onnx"),
+                                       calibrate_method=CalibrationMethod.Entropy,
+                                       extra_options={"num_bins": 2048, "num_quantized_bins": 128})
+        calibrator.collect_data(reader)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_tensors_data(calibrator.compute_data(), path)
+
+
 def quantize(onnx_path: str | Path, out_path: str | Path, calibration: np.ndarray, config: QuantizationConfig,
              cache_dir: str | Path | None = None) -> QuantizationResult:
     """Write the Q/DQ model of ``onnx_path`` calibrated on ``calibration`` (preprocessed input batch).
@@ -195,12 +216,16 @@ def quantize(onnx_path: str | Path, out_path: str | Path, calibration: np.ndarra
     method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
               "percentile": CalibrationMethod.Percentile}[config.method]
     tensorrt = config.target == "tensorrt"
-    cache = None
-    if cache_dir:
-        digest = hashlib.sha256(onnx_path.read_bytes()[:1 << 24])
-        digest.update(calibration.tobytes())
-        digest.update(json.dumps([config.method, config.target, sorted(keep)]).encode())
-        cache = Path(cache_dir) / f"ranges-{config.method}-{config.target}-{digest.hexdigest()[:16]}.json"
+    digest = hashlib.sha256(onnx_path.read_bytes()[:1 << 24])
+    digest.update(calibration.tobytes())
+    digest.update(json.dumps([config.method, config.target, sorted(keep)]).encode())
+    ranges_name = f"ranges-{config.method}-{config.target}-{digest.hexdigest()[:16]}.json"
+    cache = Path(cache_dir) / ranges_name if cache_dir else None
+    if config.method == "entropy":
+        cache = cache or out_path.with_name(ranges_name)
+        if not cache.exists():
+            _entropy_ranges(prepared, config.op_types, _BatchReader(input_name, calibration), cache)
+    if cache:
         cache.parent.mkdir(parents=True, exist_ok=True)
     quantize_static(
         str(prepared), str(out_path), _BatchReader(input_name, calibration),
@@ -217,6 +242,8 @@ def quantize(onnx_path: str | Path, out_path: str | Path, calibration: np.ndarra
         calibration_cache_path=str(cache) if cache else None,
     )
     prepared.unlink(missing_ok=True)
+    if config.method == "entropy" and not cache_dir:
+        cache.unlink(missing_ok=True)
     quantized = onnx.load(str(out_path))
     del quantized.metadata_props[:]
     for key, value in {**meta, "hybreid.precision": f"int8-{config.target}-{config.method}"}.items():
