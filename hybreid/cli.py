@@ -193,8 +193,11 @@ def _cmd_calibrate_int8(args: argparse.Namespace) -> None:
 
     dataset = load_dataset(args.eval_dataset, args.eval_root) if args.eval_dataset else None
     methods = ("minmax", "entropy", "percentile") if args.method == "all" else (args.method,)
+    placement = {"exclude_nodes": tuple(args.exclude), "quantize_concat_inputs": args.quantize_concat_inputs,
+                 "quantize_output_layers": args.quantize_output_layers}
     run_int8(args.onnx, args.out, target=args.target, methods=methods, source=args.source, count=args.count,
-             eval_dataset=dataset, compare_attention=not args.no_attention_comparison, threads=args.threads)
+             eval_dataset=dataset, compare_attention=not args.no_attention_comparison, threads=args.threads,
+             placement=placement)
 
 
 def _cmd_calibrate_threshold(args: argparse.Namespace) -> None:
@@ -473,6 +476,12 @@ def build_parser() -> argparse.ArgumentParser:
                       help="skip the comparison run that also quantises the attention MatMuls")
     int8.add_argument("--threads", type=int)
     int8.add_argument("--out", default="int8")
+    int8.add_argument("--exclude", action="append", default=[], metavar="NODE",
+                      help="keep this node in float (repeatable)")
+    int8.add_argument("--quantize-concat-inputs", action="store_true",
+                      help="also quantise layers that read a concatenation (kept float by default)")
+    int8.add_argument("--quantize-output-layers", action="store_true",
+                      help="also quantise the layers that write the embedding (kept float by default)")
     int8.set_defaults(func=_cmd_calibrate_int8)
     threshold = calibrate_commands.add_parser("threshold", help="match thresholds for a target false-match rate")
     threshold.add_argument("--onnx", required=True, help="exported model (ONNX or engine)")

@@ -77,3 +77,22 @@ def test_edge_scenes_writes_videos_and_ground_truth(tmp_path):
     truth = json.loads((tmp_path / "ground_truth.json").read_text())
     assert {c["modality"] for c in truth["cameras"]} == {"visible", "infrared"}
     assert all((tmp_path / c["video"]).stat().st_size > 0 for c in truth["cameras"])
+
+
+def test_calibrate_int8_placement_options_reach_the_quantiser(tmp_path):
+    from hybreid.cli import main
+
+    onnx_path = tmp_path / "model.onnx"
+    assert main(["export", "onnx", "--model", "haresformer_tiny", "--out", str(onnx_path)]) == 0
+    reasons = {}
+    for label, flags in (("default", []), ("all", ["--quantize-concat-inputs", "--quantize-output-layers",
+                                                   "--exclude", "/model/stem/stem.0/Conv"])):
+        out = tmp_path / label
+        assert main(["calibrate", "int8", "--onnx", str(onnx_path), "--target", "tensorrt", "--method", "minmax",
+                     "--count", "8", "--no-attention-comparison", "--out", str(out), *flags]) == 0
+        (run,) = json.loads((out / "quantization_report.json").read_text())["runs"]
+        reasons[label] = run["unquantized_nodes"]
+    assert any("concatenation" in r for r in reasons["default"].values())
+    assert any("writes the embedding" in r for r in reasons["default"].values())
+    assert not any("concatenation" in r or "writes the embedding" in r for r in reasons["all"].values())
+    assert reasons["all"]["/model/stem/stem.0/Conv"] == "excluded by name"

@@ -78,7 +78,13 @@ def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def run_int8(onnx_path: str | Path, out_dir: str | Path, target: str = "tensorrt",
              methods: tuple[str, ...] = ("minmax", "entropy", "percentile"), source: str = "synthetic",
              count: int = 256, eval_dataset: ReIDDataset | None = None, compare_attention: bool = True,
-             throughput_batch: int = 8, repeats: int = 5, threads: int | None = None) -> dict:
+             throughput_batch: int = 8, repeats: int = 5, threads: int | None = None,
+             placement: dict | None = None) -> dict:
+    """Quantise ``onnx_path`` with each method and report what INT8 costs.
+
+    ``placement``: extra :class:`QuantizationConfig` fields (``exclude_nodes``,
+    ``quantize_concat_inputs``, ``quantize_output_layers``) for every run.
+    """
     onnx_path, out_dir = Path(onnx_path), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     fp32 = OnnxRuntimeEmbedder(onnx_path, providers=["CPUExecutionProvider"], threads=threads)
@@ -102,7 +108,7 @@ def run_int8(onnx_path: str | Path, out_dir: str | Path, target: str = "tensorrt
         runs.append((methods[0], True))
     report["runs"] = []
     for method, attention in runs:
-        config = QuantizationConfig(target=target, method=method, quantize_attention=attention)
+        config = QuantizationConfig(target=target, method=method, quantize_attention=attention, **(placement or {}))
         suffix = f"{method}{'-attention' if attention else ''}"
         result = quantize(onnx_path, out_dir / f"{onnx_path.stem}.int8.{target}.{suffix}.onnx", calibration,
                           config, cache_dir=out_dir / "calibration-cache")
