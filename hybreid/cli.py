@@ -479,7 +479,8 @@ def build_parser() -> argparse.ArgumentParser:
     int8.add_argument("--exclude", action="append", default=[], metavar="NODE",
                       help="keep this node in float (repeatable)")
     int8.add_argument("--quantize-concat-inputs", action="store_true",
-                      help="also quantise layers that read a concatenation (kept float by default)")
+                      help="quantise layers that read a concatenation as they are, one scale for all parts "
+                           "(by default they are split into one op per part)")
     int8.add_argument("--quantize-output-layers", action="store_true",
                       help="also quantise the layers that write the embedding (kept float by default)")
     int8.set_defaults(func=_cmd_calibrate_int8)

@@ -15,6 +15,7 @@ from hybreid.calibration.int8 import (
     output_layers,
     quantize,
     read_calibration_cache,
+    split_concatenated_inputs,
     write_calibration_cache,
 )
 from hybreid.calibration.threshold import calibrate_thresholds, choose_threshold, load_thresholds, save_thresholds
@@ -164,24 +165,38 @@ class TestThresholds:
             load_thresholds(tmp_path / "bad.json")
 
 
-def test_layers_fed_by_a_concatenation_stay_float(tmp_path):
-    """HAResformer's CFFM convolutions and HGAE read concatenations: kept float by default."""
+def test_concatenation_readers_are_split_into_exact_per_part_ops(tmp_path):
+    """HAResformer's CFFM convolutions and HGAE read concatenations: each becomes one op per
+    part, summed, which computes the same embedding and lets every part have its own scale."""
+    import onnxruntime as ort
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
     torch.manual_seed(0)
     path = export_onnx(build("haresformer_tiny", image_size=(64, 32)).eval(), tmp_path / "h.onnx",
                        "haresformer_tiny", {})
+    prepared = tmp_path / "prepared.onnx"
+    quant_pre_process(str(path), str(prepared), skip_optimization=True, skip_symbolic_shape=True)
+    model = onnx.load(str(prepared))
+    split = split_concatenated_inputs(model)
+    assert sorted(split) == sorted([f"/model/cffm.{i}/pointwise/Conv" for i in range(4)] + ["/model/hgae/fc/Gemm"])
+    assert not any(n.op_type == "Concat" and "cffm" in n.name for n in model.graph.node)
+    onnx.checker.check_model(model)
+    images = np.random.default_rng(0).standard_normal((3, 3, 64, 32)).astype(np.float32)
+    before = ort.InferenceSession(str(path)).run(None, {"images": images})[0]
+    after = ort.InferenceSession(model.SerializeToString()).run(None, {"images": images})[0]
+    np.testing.assert_allclose(after, before, atol=1e-5)
+
     calibration = np.random.default_rng(0).standard_normal((8, 3, 64, 32)).astype(np.float32)
     result = quantize(path, tmp_path / "h.int8.onnx", calibration, QuantizationConfig(target="tensorrt"))
-    model = onnx.load(str(result.path))
-    producers, _ = _graph_maps(model)
-    fed_by_concat = {n.name for n in onnx.load(str(path)).graph.node
-                     if n.op_type in ("Conv", "Gemm") and ("cffm" in n.name or "hgae" in n.name)}
-    assert len(fed_by_concat) == 5  # four CFFM convolutions and the HGAE projection
-    for node in model.graph.node:
-        if node.name in fed_by_concat:
-            assert not any(_dequantized_inputs(node, producers)[:2]), f"{node.name} is quantised"
-            assert "concatenation" in result.unquantized[node.name]
-    others = [n for n in model.graph.node if n.op_type == "Conv" and n.name not in result.unquantized]
-    assert len(others) > 10 and all(all(_dequantized_inputs(n, producers)[:2]) for n in others)
+    quantized = onnx.load(str(result.path))
+    producers, _ = _graph_maps(quantized)
+    parts = [n for n in quantized.graph.node if "/cffm.1/pointwise/Conv__part" in n.name]
+    assert len(parts) == 2 and all(all(_dequantized_inputs(n, producers)[:2]) for n in parts)
+    scales = [producers[n.input[0]].input[1] for n in parts]  # each part has its own activation scale
+    assert scales[0] != scales[1]
+    as_is = quantize(path, tmp_path / "as_is.onnx", calibration,
+                     QuantizationConfig(target="tensorrt", quantize_concat_inputs=True))
+    assert not any("__part" in n.name for n in onnx.load(str(as_is.path)).graph.node)
 
 
 def test_layers_that_write_the_embedding_stay_float(tmp_path):
@@ -204,8 +219,9 @@ def test_layers_that_write_the_embedding_stay_float(tmp_path):
     model = onnx.load(str(result.path))
     producers, _ = _graph_maps(model)
     by_name = {n.name: n for n in model.graph.node}
-    for name in last:
-        assert not any(_dequantized_inputs(by_name[name], producers)[:2]), f"{name} is quantised"
+    for name in last:  # the CFFM 4 and HGAE ops are split into parts (see the test above); all stay float
+        for node in [by_name[name]] if name in by_name else [n for n in model.graph.node if n.name.startswith(name)]:
+            assert not any(_dequantized_inputs(node, producers)[:2]), f"{node.name} is quantised"
     assert all(_dequantized_inputs(by_name["/model/stages.3/stages.3.1/conv1/Conv"], producers)[:2])
 
 

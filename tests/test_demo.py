@@ -25,7 +25,8 @@ def test_summary_accounts_for_every_message_and_person(small_demo):
     assert messages["sent"] > 0
     assert messages["lost"] == 0 and messages["stored"] == messages["sent"]
     assert messages["rejected"] == {}
-    assert summary["people"] == 3  # every person in the videos was tracked and published
+    assert summary["people"] == 3
+    assert summary["people_seen"] == 3  # every person in the videos was tracked and published
     assert 1 <= summary["identities"] <= messages["stored"]
     assert 0 < summary["purity"] <= 1
     assert summary["edge"]["frames"] > 0 and summary["edge"]["crops"] > 0

@@ -11,15 +11,17 @@ Made with ONNX Runtime's static quantiser (Q/DQ format, per-channel weights):
 Only the compute-heavy ops are quantised (Conv, MatMul, Gemm): Softmax, LayerNorm and
 GELU stay float, and so do the attention MatMuls around the Softmax (``Q K^T`` and
 ``attention x V``, the MFU's single-query cross-attention included), unless
-``quantize_attention`` is set (for the comparison run). A Conv/MatMul/Gemm whose input
-is a concatenation stays float too (``quantize_concat_inputs`` overrides): one
-per-tensor activation scale cannot serve tensors of different ranges side by side, as
-in HAResformer's CFFM (a ReLU map next to LayerNorm-ed tokens) and HGAE (four stages'
-class tokens); quantising them cost the trained tiny HAResformer 0.05 of cosine to FP32.
-The layers that write the embedding (no other Conv/MatMul/Gemm between them and the
-output) stay float as well (``quantize_output_layers`` overrides): their error reaches
-the embedding unfiltered, cubed by GeM and scaled up channel by channel by the BNNeck;
-keeping them float took the tiny HAResformer from 0.978 to 0.991.
+``quantize_attention`` is set (for the comparison run). A 1x1 Conv or Gemm that reads a
+concatenation is split into one op per concatenated tensor, summed (the same function
+and FLOPs), so each part gets its own activation scale: one per-tensor scale cannot
+serve tensors of different ranges side by side, as in HAResformer's CFFM (a ReLU map
+next to LayerNorm-ed tokens) and HGAE (four stages' class tokens). A concatenation
+reader that cannot be split stays float; ``quantize_concat_inputs`` quantises them as
+they are instead. The layers that write the embedding (no other Conv/MatMul/Gemm
+between them and the output) stay float as well (``quantize_output_layers``
+overrides): their error reaches the embedding unfiltered, cubed by GeM and scaled up
+channel by channel by the BNNeck. On the trained tiny HAResformer: quantised as they
+are, 0.934 mean cosine to FP32; split, with the embedding writers float, 0.991.
 """
 
 from __future__ import annotations
@@ -118,6 +120,84 @@ def unquantized_nodes(model, config: QuantizationConfig) -> dict[str, str]:
     return keep
 
 
+def split_concatenated_inputs(model) -> list[str]:
+    """Rewrite each 1x1 Conv or Gemm that reads a channel concatenation as one such op per
+    concatenated tensor, summed: ``W [a; b] + c = W_a a + W_b b + c`` (same FLOPs).
+
+    Each part then gets its own INT8 activation scale instead of one scale for tensors of
+    different ranges (HAResformer's CFFM reads a ReLU map next to LayerNorm-ed tokens,
+    its HGAE four stages' class tokens). Needs shape-inferred ``value_info`` for the
+    parts' widths; ops it cannot split are left alone (and stay float, see
+    ``quantize_concat_inputs``). Returns the names of the ops it split.
+    """
+    from onnx import helper, numpy_helper
+
+    producers = {output: node for node in model.graph.node for output in node.output}
+    readers: dict[str, int] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            readers[name] = readers.get(name, 0) + 1
+    initializers = {i.name: i for i in model.graph.initializer}
+    widths = {}
+    for info in [*model.graph.value_info, *model.graph.input]:
+        dims = info.type.tensor_type.shape.dim
+        if len(dims) >= 2 and dims[1].HasField("dim_value"):
+            widths[info.name] = dims[1].dim_value
+    split = []
+    for node in list(model.graph.node):
+        if node.op_type not in ("Conv", "Gemm") or len(node.input) < 2:
+            continue
+        source = producers.get(node.input[0])
+        if source is None or source.op_type != "Concat" or node.input[1] not in initializers:
+            continue
+        attributes = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        axis = next((a.i for a in source.attribute if a.name == "axis"), None)
+        if node.op_type == "Conv":
+            pointwise = (list(attributes.get("kernel_shape", [])) == [1, 1] and attributes.get("group", 1) == 1
+                         and set(attributes.get("pads", [0])) == {0} and set(attributes.get("strides", [1])) == {1})
+            if not pointwise or axis != 1:
+                continue
+            weight_axis = 1
+        elif node.op_type == "Gemm":
+            if axis not in (1, -1) or attributes.get("transA", 0) or attributes.get("alpha", 1.0) != 1.0:
+                continue
+            weight_axis = 1 if attributes.get("transB", 0) else 0
+        parts = list(source.input)
+        if any(p not in widths or p in initializers for p in parts) or readers[node.input[1]] != 1:
+            continue
+        weight = numpy_helper.to_array(initializers[node.input[1]])
+        bounds = np.cumsum([0] + [widths[p] for p in parts])
+        if bounds[-1] != weight.shape[weight_axis]:
+            continue
+        position = list(model.graph.node).index(node)
+        new_nodes, partial_outputs = [], []
+        for index, part in enumerate(parts):
+            piece = np.take(weight, range(bounds[index], bounds[index + 1]), axis=weight_axis)
+            piece_name = f"{node.input[1]}__part{index}"
+            model.graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(piece), piece_name))
+            inputs = [part, piece_name] + (list(node.input[2:3]) if index == 0 else [])
+            output = f"{node.output[0]}__part{index}"
+            kept = {k: v for k, v in attributes.items() if node.op_type == "Conv" or k != "beta" or index == 0}
+            new_nodes.append(helper.make_node(node.op_type, inputs, [output], name=f"{node.name}__part{index}",
+                                              **kept))
+            partial_outputs.append(output)
+        total = partial_outputs[0]
+        for index, output in enumerate(partial_outputs[1:], start=1):
+            target = node.output[0] if index == len(partial_outputs) - 1 else f"{node.output[0]}__sum{index}"
+            new_nodes.append(helper.make_node("Add", [total, output], [target], name=f"{node.name}__sum{index}"))
+            total = target
+        model.graph.node.remove(node)
+        initializers.pop(node.input[1])
+        model.graph.initializer.remove(next(i for i in model.graph.initializer if i.name == node.input[1]))
+        for offset, new_node in enumerate(new_nodes):
+            model.graph.node.insert(position + offset, new_node)
+        readers[source.output[0]] -= 1
+        if readers[source.output[0]] == 0:
+            model.graph.node.remove(source)
+        split.append(node.name)
+    return split
+
+
 def _isolate_quantized_inputs(model, float_nodes: set[str]) -> None:
     """Route a tensor that feeds both a quantised op and a float op (the MFU's key tokens
     feed a LayerNorm and the value MatMul) to the quantised op through an Identity.
@@ -206,6 +286,8 @@ def quantize(onnx_path: str | Path, out_path: str | Path, calibration: np.ndarra
     quant_pre_process(str(onnx_path), str(prepared), skip_optimization=True, skip_onnx_shape=False,
                       skip_symbolic_shape=True)
     model = onnx.load(str(prepared))
+    if not config.quantize_concat_inputs:
+        split_concatenated_inputs(model)
     keep = unquantized_nodes(model, config)
     floats = set(keep) | {n.name for n in model.graph.node if n.op_type not in config.op_types}
     unshare_initializers(model, floats)

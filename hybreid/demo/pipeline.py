@@ -167,7 +167,8 @@ def summarize(config: DemoConfig, site: dict, int8_report: dict, threshold_resul
     return {
         "model": int8_report["model"],
         "edge_precision": config.edge_precision,
-        "people": len({pid for pid in site["labels"].values() if pid >= 0}),
+        "people": len({passage["pid"] for camera in site["truth"]["cameras"] for passage in camera["passages"]}),
+        "people_seen": scores["people"],  # people with at least one sighting at the matcher
         "identities": scores["identities"],
         "purity": scores["purity"],
         "pairwise_f1": scores["pairwise"]["f1"],
@@ -192,7 +193,7 @@ def format_summary(summary: dict) -> str:
     messages, edge, accuracy, links = summary["messages"], summary["edge"], summary["accuracy"], \
         summary["cross_modality_links"]
     rows = [
-        ["people in the videos", summary["people"]],
+        ["people in the videos / seen by the matcher", f"{summary['people']} / {summary['people_seen']}"],
         ["identities found", summary["identities"]],
         ["identity purity", f"{summary['purity']:.3f}"],
         ["pairwise ID-F1", f"{summary['pairwise_f1']:.3f}"],
