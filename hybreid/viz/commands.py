@@ -53,9 +53,8 @@ def probe_pairs(dataset: ReIDDataset, count: int, seed: int = 0) -> list[tuple[S
 
 def run_gradcam(model, dataset: ReIDDataset, out: str | Path, count: int = 4, method: str = "hirescam") -> dict:
     pairs = probe_pairs(dataset, count)
-    queries, _ = model_input(model, [q for q, _ in pairs])
+    queries, shown = model_input(model, [q for q, _ in pairs])
     references, _ = model_input(model, [r for _, r in pairs])
-    _, shown = model_input(model, [q for q, _ in pairs])
     with torch.no_grad():
         reference = model.eval()(references)
     heatmaps = similarity_gradcam(model, queries, reference, method=method)
