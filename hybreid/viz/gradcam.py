@@ -58,7 +58,7 @@ def tokens_to_map(tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
 
 def resolve_grids(model: nn.Module, recorder: Recorder, taps: list[Tap]) -> dict[str, tuple[int, int]]:
     """Grid of every name a token tap refers to: static ones and recorded map shapes."""
-    grids = dict(token_grids(model, model.image_size))
+    grids = dict(token_grids(model))
     for tap in taps:
         if not tap.tokens:
             output = recorder.output(tap)

@@ -71,7 +71,7 @@ def attention_taps(model: nn.Module) -> list[Tap]:
     raise ValueError(f"no visualisation taps for {family}")
 
 
-def token_grids(model: nn.Module, image_size: tuple[int, int]) -> dict[str, tuple[int, int]]:
+def token_grids(model: nn.Module) -> dict[str, tuple[int, int]]:
     """Grids of the token sequences, keyed by the names taps refer to."""
     family = type(model).__name__
     if family == "FusionReID":
