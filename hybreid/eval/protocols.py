@@ -87,17 +87,33 @@ def cam3_skips_cam2(q_cams: np.ndarray, g_cams: np.ndarray) -> RemoveRule:
     return rule
 
 
+def sysu_setting(query: Sequence[Sample], gallery: Sequence[Sample], mode: str,
+                 trial: int) -> tuple[np.ndarray, RemoveRule]:
+    """SYSU-MM01 trial ``trial``: the single-shot gallery (indices into ``gallery``) and its removal rule."""
+    chosen = np.asarray(single_shot_gallery(gallery, SYSU_GALLERY_CAMERAS[mode], trial), dtype=int)
+    _, q_cams = _arrays(query)
+    _, g_cams = _arrays([gallery[i] for i in chosen])
+    return chosen, cam3_skips_cam2(q_cams, g_cams)
+
+
+def llcm_setting(query: Sequence[Sample], gallery: Sequence[Sample], trial: int) -> tuple[np.ndarray, RemoveRule]:
+    """LLCM trial ``trial``: a single-shot gallery over every camera and Market's removal rule."""
+    chosen = np.asarray(single_shot_gallery(gallery, sorted({s.camid for s in gallery}), trial), dtype=int)
+    q_pids, q_cams = _arrays(query)
+    g_pids, g_cams = _arrays([gallery[i] for i in chosen])
+    return chosen, same_pid_same_camera(q_pids, g_pids, q_cams, g_cams)
+
+
 def evaluate_sysu(q_feats, query: Sequence[Sample], g_feats, gallery: Sequence[Sample],
                   mode: str = "all", trials: int = 10, rerank: bool = False) -> dict:
     """SYSU-MM01 single-shot, ``mode`` = ``all`` or ``indoor``, averaged over trials 0..trials-1."""
-    q_pids, q_cams = _arrays(query)
+    q_pids, _ = _arrays(query)
+    g_pids, _ = _arrays(gallery)
     results = []
     for trial in range(trials):
-        chosen = single_shot_gallery(gallery, SYSU_GALLERY_CAMERAS[mode], trial)
-        g_pids, g_cams = _arrays([gallery[i] for i in chosen])
-
-        results.append(evaluate_ranking(_distance(q_feats, g_feats[chosen], rerank), q_pids, g_pids,
-                                        cam3_skips_cam2(q_cams, g_cams), identity_level_cmc=True))
+        chosen, remove = sysu_setting(query, gallery, mode, trial)
+        results.append(evaluate_ranking(_distance(q_feats, g_feats[chosen], rerank), q_pids, g_pids[chosen],
+                                        remove, identity_level_cmc=True))
     return _mean(results)
 
 
@@ -122,14 +138,12 @@ def evaluate_llcm(visible_feats, visible: Sequence[Sample], infrared_feats, infr
         "visible_to_infrared": (visible_feats, visible, infrared_feats, infrared),
         "infrared_to_visible": (infrared_feats, infrared, visible_feats, visible),
     }.items():
-        q_pids, q_cams = _arrays(qs)
-        cameras = sorted({s.camid for s in gs})
+        q_pids, _ = _arrays(qs)
+        g_pids, _ = _arrays(gs)
         results = []
         for trial in range(trials):
-            chosen = single_shot_gallery(gs, cameras, trial)
-            g_pids, g_cams = _arrays([gs[i] for i in chosen])
-            results.append(evaluate_ranking(_distance(qf, gf[chosen], rerank), q_pids, g_pids,
-                                            same_pid_same_camera(q_pids, g_pids, q_cams, g_cams),
+            chosen, remove = llcm_setting(qs, gs, trial)
+            results.append(evaluate_ranking(_distance(qf, gf[chosen], rerank), q_pids, g_pids[chosen], remove,
                                             identity_level_cmc=True))
         out[direction] = _mean(results)
     return out
@@ -140,23 +154,19 @@ def headline_ranking(dataset: ReIDDataset, query_feats: np.ndarray, gallery_feat
     """Per query, indices into ``dataset.gallery`` best first, in the headline setting of
     :func:`score` (SYSU all-search, RegDB/LLCM infrared to visible; trial ``trial`` of the
     single-shot galleries), after the protocol's removals."""
-    q_pids, q_cams = _arrays(dataset.query)
-    if dataset.name in MARKET_STYLE or dataset.name == "regdb":
-        chosen = list(range(len(dataset.gallery)))
-    elif dataset.name == "sysu_mm01":
-        chosen = single_shot_gallery(dataset.gallery, SYSU_GALLERY_CAMERAS["all"], trial)
+    query, gallery = dataset.query, dataset.gallery
+    if dataset.name == "sysu_mm01":
+        chosen, remove = sysu_setting(query, gallery, "all", trial)
     elif dataset.name == "llcm":
-        chosen = single_shot_gallery(dataset.gallery, sorted({s.camid for s in dataset.gallery}), trial)
+        chosen, remove = llcm_setting(query, gallery, trial)
+    elif dataset.name == "regdb":
+        chosen, remove = np.arange(len(gallery)), remove_nothing
+    elif dataset.name in MARKET_STYLE:
+        q_pids, q_cams = _arrays(query)
+        g_pids, g_cams = _arrays(gallery)
+        chosen, remove = np.arange(len(gallery)), same_pid_same_camera(q_pids, g_pids, q_cams, g_cams)
     else:
         raise ValueError(f"no evaluation protocol for dataset {dataset.name!r}")
-    g_pids, g_cams = _arrays([dataset.gallery[i] for i in chosen])
-    if dataset.name == "sysu_mm01":
-        remove = cam3_skips_cam2(q_cams, g_cams)
-    elif dataset.name == "regdb":
-        remove = remove_nothing
-    else:
-        remove = same_pid_same_camera(q_pids, g_pids, q_cams, g_cams)
-    chosen = np.asarray(chosen)
     return [chosen[ranked] for ranked in ranked_lists(cosine_distance(query_feats, gallery_feats[chosen]), remove)]
 
 
