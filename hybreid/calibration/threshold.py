@@ -28,12 +28,14 @@ class Threshold:
 
 
 def pair_scores(embeddings: np.ndarray, pids: np.ndarray, modalities: np.ndarray,
-                cross_modality: bool) -> tuple[np.ndarray, np.ndarray]:
-    """(genuine scores, impostor scores) over all pairs i < j of the chosen kind."""
+                cross_modality: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(genuine scores, impostor scores) over the pairs i < j of the chosen kind
+    (``None``: every pair) of L2-normalised ``embeddings``."""
     similarity = embeddings @ embeddings.T
     i, j = np.triu_indices(len(embeddings), k=1)
-    kind = (modalities[i] != modalities[j]) if cross_modality else (modalities[i] == modalities[j])
-    i, j = i[kind], j[kind]
+    if cross_modality is not None:
+        kind = (modalities[i] != modalities[j]) if cross_modality else (modalities[i] == modalities[j])
+        i, j = i[kind], j[kind]
     same = pids[i] == pids[j]
     return similarity[i, j][same], similarity[i, j][~same]
 

@@ -13,7 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
+from hybreid.calibration.threshold import pair_scores
 from hybreid.data.datasets import Sample
+from hybreid.inference.contract import l2_normalize
 
 
 def _pyplot():
@@ -104,15 +106,6 @@ def retrieval_figure(query: list[Sample], gallery: list[Sample], rankings: list[
     return _save(fig, path)
 
 
-def similarity_split(features: np.ndarray, pids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Cosine similarities of all pairs i < j: (same identity, different identities)."""
-    normed = features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
-    similarity = normed @ normed.T
-    i, j = np.triu_indices(len(features), k=1)
-    same = pids[i] == pids[j]
-    return similarity[i, j][same], similarity[i, j][~same]
-
-
 def tsne(features: np.ndarray, seed: int = 0) -> np.ndarray:
     from sklearn.manifold import TSNE
 
@@ -124,7 +117,7 @@ def distribution_figure(features: np.ndarray, pids: np.ndarray, modalities: np.n
                         title: str, seed: int = 0) -> dict:
     """Histograms and t-SNE; returns the means drawn and the figure's path."""
     plt = _pyplot()
-    intra, inter = similarity_split(features, pids)
+    intra, inter = pair_scores(l2_normalize(features), pids, modalities)
     points = tsne(features, seed)
     fig, (ax_hist, ax_tsne) = plt.subplots(1, 2, figsize=(11, 4.2))
     bins = np.linspace(-1, 1, 81)
