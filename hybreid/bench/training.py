@@ -15,7 +15,6 @@ crops.
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from pathlib import Path
 
@@ -23,7 +22,7 @@ import torch
 
 from hybreid.config import merge
 from hybreid.data.datasets import load_dataset
-from hybreid.data.synthetic_datasets import write_market1501, write_sysu_mm01
+from hybreid.data.synthetic_datasets import write_market1501, write_once, write_sysu_mm01
 from hybreid.eval.evaluate import evaluate
 from hybreid.models import build
 from hybreid.tables import format_table
@@ -52,15 +51,9 @@ SYNTHETIC = {"train_ids": 150, "test_ids": 100, "images_per_camera": 4, "seed": 
 
 
 def synthetic_root(workdir: Path, dataset: str) -> Path:
-    """Synthetic data for ``dataset``, written once per workdir (a marker file records it)."""
-    root = workdir / f"synthetic_{dataset}"
-    marker = root / ".complete"
-    if not marker.exists():
-        shutil.rmtree(root, ignore_errors=True)
-        writer = next(spec["writer"] for spec in BENCHMARKS.values() if spec["dataset"] == dataset)
-        writer(root, **SYNTHETIC)
-        marker.write_text(json.dumps(SYNTHETIC))
-    return root
+    """Synthetic data for ``dataset``, written once per workdir."""
+    writer = next(spec["writer"] for spec in BENCHMARKS.values() if spec["dataset"] == dataset)
+    return write_once(writer, workdir / f"synthetic_{dataset}", **SYNTHETIC)
 
 
 def run_one(name: str, out: Path, workdir: Path) -> dict:

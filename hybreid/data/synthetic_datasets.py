@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -85,4 +88,17 @@ def write_sysu_mm01(root: str | Path, train_ids: int = 200, test_ids: int = 100,
     (exp / "train_id.txt").write_text(",".join(str(p) for p in train[:-split]))
     (exp / "val_id.txt").write_text(",".join(str(p) for p in train[-split:]))
     (exp / "test_id.txt").write_text(",".join(str(p) for p in range(train_ids + 1, total + 1)))
+    return root
+
+
+def write_once(writer: Callable, root: str | Path, **settings) -> Path:
+    """``writer(root, **settings)`` unless ``root`` already holds a complete copy written
+    with the same settings (a marker file records them); returns ``root``."""
+    root = Path(root)
+    marker = root / ".complete"
+    if marker.exists() and json.loads(marker.read_text()) == settings:
+        return root
+    shutil.rmtree(root, ignore_errors=True)
+    writer(root, **settings)
+    marker.write_text(json.dumps(settings))
     return root

@@ -65,19 +65,10 @@ class _Step:
 
 
 def synthetic_dataset(config: DemoConfig) -> Path:
-    from hybreid.data.synthetic_datasets import write_sysu_mm01
+    from hybreid.data.synthetic_datasets import write_once, write_sysu_mm01
 
-    root = config.out / "data" / "synthetic_sysu_mm01"
-    marker = root / ".complete"
-    settings = {"train_ids": config.train_ids, "test_ids": config.test_ids,
-                "images_per_camera": config.images_per_camera, "seed": config.seed}
-    if marker.exists() and json.loads(marker.read_text()) == settings:
-        print(f"reusing {root}")
-        return root
-    shutil.rmtree(root, ignore_errors=True)
-    write_sysu_mm01(root, **settings)
-    marker.write_text(json.dumps(settings))
-    return root
+    return write_once(write_sysu_mm01, config.out / "data" / "synthetic_sysu_mm01", train_ids=config.train_ids,
+                      test_ids=config.test_ids, images_per_camera=config.images_per_camera, seed=config.seed)
 
 
 def train(config: DemoConfig, root: Path) -> Path:
