@@ -1,10 +1,11 @@
 """Synthetic people seen by several cameras in visible light and in thermal infrared.
 
 Stands in for the real datasets in tests, the demo and accuracy benchmarks (nothing
-can be downloaded here). Each identity has clothing colours and patterns, materials,
-body proportions, hair and accessories; each image varies pose (walking phase, view),
-scale, crop, background, illumination, blur and noise. Cameras differ in colour cast,
-brightness and background.
+can be downloaded here). Each identity has clothing in fabrics dyed in their usual
+colours, patterns, panels of other fabrics (yokes, bands, pockets), body proportions,
+hair and accessories; each image varies pose (walking phase, view), scale, crop,
+background, illumination, blur and noise. Cameras differ in colour cast, brightness and
+background.
 
 The infrared image is computed from physics, not from the visible one: every material
 has an emissivity and a surface temperature (skin is warm, a thick coat is near the
@@ -27,13 +28,30 @@ VISIBLE, INFRARED = "visible", "infrared"
 
 # Part labels drawn into the label map, in drawing order.
 BACKGROUND, SKIN, HAIR, TOP, PATTERN, BOTTOM, SHOES, BAG, HAT = range(9)
+MAX_PANELS = 4
+PANEL_LABELS = tuple(range(9, 9 + MAX_PANELS))
+NUM_LABELS = 9 + MAX_PANELS
 
-# Visible palettes are small on purpose: many identities share a colour, so colour
-# alone does not identify a person and an untrained model scores low.
-CLOTH_COLOURS = np.array([
-    [0.85, 0.10, 0.10], [0.10, 0.20, 0.75], [0.10, 0.55, 0.20], [0.90, 0.85, 0.80], [0.08, 0.08, 0.10],
-    [0.55, 0.55, 0.58], [0.90, 0.75, 0.15], [0.45, 0.25, 0.60], [0.95, 0.50, 0.10], [0.40, 0.25, 0.12],
-])
+# Each fabric comes in the colours it is usually dyed in (denim is blue or black, leather
+# black or brown, sportswear nylon loud): in real clothing a colour says something about
+# the fabric, and the fabric decides the infrared image. That correlation is the bridge
+# a model can learn across the modality gap; the palettes overlap, so it is not a lookup.
+# The palettes are small on purpose: many identities share a colour, so colour alone does
+# not identify a person and an untrained model scores low.
+MATERIAL_COLOURS = {
+    "cotton": [[0.85, 0.10, 0.10], [0.90, 0.85, 0.80], [0.90, 0.75, 0.15], [0.55, 0.75, 0.90], [0.95, 0.50, 0.10]],
+    "wool": [[0.55, 0.55, 0.58], [0.45, 0.12, 0.15], [0.15, 0.35, 0.20], [0.70, 0.60, 0.45], [0.15, 0.15, 0.35]],
+    "polyester": [[0.45, 0.25, 0.60], [0.08, 0.08, 0.10], [0.10, 0.55, 0.55], [0.85, 0.10, 0.10], [0.90, 0.85, 0.80]],
+    "denim": [[0.15, 0.25, 0.55], [0.35, 0.50, 0.75], [0.08, 0.08, 0.10]],
+    "leather": [[0.08, 0.08, 0.10], [0.40, 0.25, 0.12], [0.65, 0.45, 0.25]],
+    "nylon": [[0.95, 0.50, 0.10], [0.55, 0.85, 0.15], [0.10, 0.20, 0.75], [0.08, 0.08, 0.10]],
+    "metallic": [[0.75, 0.75, 0.78], [0.80, 0.68, 0.30]],
+}
+# Which fabric each garment is made of, by how common it is.
+TOP_MATERIALS = {"cotton": 0.35, "wool": 0.2, "polyester": 0.2, "nylon": 0.15, "leather": 0.1}
+BOTTOM_MATERIALS = {"denim": 0.45, "cotton": 0.2, "wool": 0.15, "polyester": 0.1, "leather": 0.1}
+ACCESSORY_MATERIALS = {"nylon": 0.35, "leather": 0.3, "polyester": 0.15, "metallic": 0.2}
+SHOE_MATERIALS = {"leather": 0.6, "nylon": 0.25, "cotton": 0.15}
 SKIN_TONES = np.array([[0.96, 0.80, 0.69], [0.87, 0.67, 0.52], [0.68, 0.48, 0.33], [0.45, 0.30, 0.20]])
 HAIR_COLOURS = np.array([[0.06, 0.05, 0.05], [0.30, 0.18, 0.08], [0.75, 0.60, 0.30], [0.55, 0.55, 0.55]])
 
@@ -42,7 +60,6 @@ MATERIALS = {
     "cotton": (0.80, 0.15), "wool": (0.92, 0.85), "polyester": (0.90, 0.40), "denim": (0.85, 0.60),
     "leather": (0.95, 0.90), "nylon": (0.50, 0.50), "metallic": (0.20, 0.95),
 }
-MATERIAL_NAMES = list(MATERIALS)
 SKIN_TEMPERATURE = 34.0
 
 
@@ -50,6 +67,24 @@ SKIN_TEMPERATURE = 34.0
 class Garment:
     colour: tuple[float, float, float]
     material: str
+
+
+@dataclass(frozen=True)
+class Panel:
+    """A piece of a garment cut from another fabric: a yoke, a band, a pocket, a logo.
+
+    Placed in the garment's own frame (0..1 across and down the torso or the legs), so it
+    sits at the same place on the body in every view and both modalities. Its fabric
+    differs from the garment's, so it also shows in infrared: this is the kind of
+    construction detail that survives the modality gap.
+    """
+
+    on: str  # top, bottom
+    x0: float
+    x1: float
+    y0: float
+    y1: float
+    garment: Garment
 
 
 @dataclass(frozen=True)
@@ -74,6 +109,8 @@ class Identity:
     height: float
     build: float
     head: float
+    panels: tuple[Panel, ...] = ()
+    top_length: float = 0.0  # how far a jacket or coat reaches below the hips, as a fraction of height
 
 
 @dataclass(frozen=True)
@@ -100,30 +137,31 @@ class Pose:
     dy: float = 0.0
 
 
-def _garment(rng: np.random.Generator, colours: np.ndarray = CLOTH_COLOURS) -> Garment:
-    colour = colours[rng.integers(len(colours))] * rng.uniform(0.85, 1.1)
-    return Garment(tuple(np.clip(colour, 0, 1).tolist()), MATERIAL_NAMES[rng.integers(len(MATERIAL_NAMES) - 1)])
+def _garment(rng: np.random.Generator, materials: dict[str, float], exclude: str | None = None) -> Garment:
+    """A garment of one of ``materials`` (drawn by their weights), dyed in one of its colours."""
+    names = [name for name in materials if name != exclude]
+    weights = np.array([materials[name] for name in names])
+    material = names[rng.choice(len(names), p=weights / weights.sum())]
+    palette = MATERIAL_COLOURS[material]
+    colour = np.array(palette[rng.integers(len(palette))]) * rng.uniform(0.85, 1.1)
+    return Garment(tuple(np.clip(colour, 0, 1).tolist()), material)
 
 
 def _pattern_garment(rng: np.random.Generator, top: Garment) -> Garment:
     """Most patterns are woven or sewn in another fibre (they show in infrared); one in
-    five is a print on the shirt's own fabric (it vanishes in infrared)."""
-    garment = _garment(rng)
-    if rng.random() < 0.2:
-        return Garment(garment.colour, top.material)
-    while garment.material == top.material:
-        garment = _garment(rng)
-    return garment
+    ten is a print on the shirt's own fabric (it vanishes in infrared)."""
+    if rng.random() < 0.1:
+        return Garment(_garment(rng, TOP_MATERIALS).colour, top.material)
+    return _garment(rng, TOP_MATERIALS, exclude=top.material)
 
 
 def make_identity(pid: int, seed: int = 0) -> Identity:
     """The identity ``pid`` of the population ``seed`` (deterministic)."""
     rng = np.random.default_rng([seed, pid])
     accessory = rng.choice(["none", "backpack", "shoulder_bag", "hat"], p=[0.4, 0.25, 0.2, 0.15])
-    accessory_garment = _garment(rng)
-    if rng.random() < 0.3:
-        accessory_garment = Garment(accessory_garment.colour, "metallic")
-    top = _garment(rng)
+    accessory_garment = _garment(rng, ACCESSORY_MATERIALS)
+    top = _garment(rng, TOP_MATERIALS)
+    bottom = _garment(rng, BOTTOM_MATERIALS)
     return Identity(
         pid=pid,
         skin=tuple(SKIN_TONES[rng.integers(len(SKIN_TONES))].tolist()),
@@ -131,19 +169,39 @@ def make_identity(pid: int, seed: int = 0) -> Identity:
         long_hair=bool(rng.random() < 0.35),
         top=top,
         long_sleeves=bool(rng.random() < 0.5),
-        pattern=str(rng.choice(["solid", "hstripes", "vstripes", "check", "patch"], p=[0.4, 0.15, 0.15, 0.1, 0.2])),
+        pattern=str(rng.choice(["solid", "hstripes", "vstripes", "check", "patch"], p=[0.2, 0.2, 0.2, 0.15, 0.25])),
         pattern_garment=_pattern_garment(rng, top),
-        pattern_period=float(rng.uniform(0.03, 0.08)),
+        pattern_period=float(rng.uniform(0.04, 0.1)),
         patch_offset=float(rng.uniform(-0.6, 0.6)),
-        bottom=_garment(rng),
+        bottom=bottom,
         bottom_kind=str(rng.choice(["trousers", "shorts", "skirt"], p=[0.65, 0.2, 0.15])),
-        shoes=_garment(rng, CLOTH_COLOURS[[3, 4, 5, 9]]),
+        shoes=_garment(rng, SHOE_MATERIALS),
         accessory=str(accessory),
         accessory_garment=accessory_garment,
         height=float(rng.uniform(0.86, 1.0)),
         build=float(rng.uniform(0.8, 1.25)),
         head=float(rng.uniform(0.9, 1.12)),
+        panels=_panels(rng, top, bottom),
+        top_length=float(rng.uniform(0.08, 0.25)) if rng.random() < 0.4 else 0.0,
     )
+
+
+def _panels(rng: np.random.Generator, top: Garment, bottom: Garment) -> tuple[Panel, ...]:
+    """Zero to MAX_PANELS panels: full-width bands (yokes, hems) or blocks (pockets, logos)."""
+    panels = []
+    for _ in range(rng.choice(MAX_PANELS + 1, p=[0.05, 0.2, 0.3, 0.25, 0.2])):
+        on = "top" if rng.random() < 0.7 else "bottom"
+        base = top if on == "top" else bottom
+        garment = _garment(rng, TOP_MATERIALS if on == "top" else BOTTOM_MATERIALS, exclude=base.material)
+        y0 = float(rng.uniform(0.0, 0.8))
+        y1 = min(1.0, y0 + float(rng.uniform(0.12, 0.3)))
+        if rng.random() < 0.5:
+            x0, x1 = 0.0, 1.0
+        else:
+            x0 = float(rng.uniform(0.0, 0.6))
+            x1 = min(1.0, x0 + float(rng.uniform(0.25, 0.45)))
+        panels.append(Panel(on, x0, x1, y0, y1, garment))
+    return tuple(panels)
 
 
 def random_pose(rng: np.random.Generator, camera: CameraStyle) -> Pose:
@@ -209,8 +267,10 @@ def draw_labels(identity: Identity, pose: Pose, height: int, width: int) -> np.n
     else:
         cv2.rectangle(label, (int(cx - hip_w), int(hip_y - 0.03 * h)), (int(cx + hip_w), int(hip_y + 0.04 * h)),
                       BOTTOM, -1)
+    hem_y = hip_y + identity.top_length * h
+    hem_w = hip_w * (1 + identity.top_length)
     torso = np.array([[cx - shoulder_w, shoulder_y], [cx + shoulder_w, shoulder_y],
-                      [cx + hip_w, hip_y], [cx - hip_w, hip_y]], np.int32)
+                      [cx + hem_w, hem_y], [cx - hem_w, hem_y]], np.int32)
     cv2.fillPoly(label, [torso], TOP)
     # Arms: the far arm is hidden behind the torso in a side view.
     for sign in ((-1, 1) if not side else (1,)):
@@ -239,8 +299,27 @@ def draw_labels(identity: Identity, pose: Pose, height: int, width: int) -> np.n
         for sign in (-1, 1):
             cv2.line(label, (int(cx + sign * shoulder_w * 0.55), int(shoulder_y)),
                      (int(cx + sign * hip_w * 0.7), int(hip_y - 0.08 * h)), BAG, max(1, int(0.02 * h)))
-    _apply_pattern(label, identity, pose, (cx, shoulder_y, hip_y, shoulder_w), h)
+    _apply_pattern(label, identity, pose, (cx, shoulder_y, hem_y, shoulder_w), h)
+    _apply_panels(label, identity, pose, (cx, shoulder_y, hem_y, foot_y, shoulder_w))
     return label
+
+
+def _apply_panels(label: np.ndarray, identity: Identity, pose: Pose, body) -> None:
+    cx, shoulder_y, hem_y, foot_y, shoulder_w = body
+    ys, xs = np.mgrid[0 : label.shape[0], 0 : label.shape[1]]
+    across = (xs - (cx - shoulder_w)) / (2 * shoulder_w)  # 0..1 over the shoulders
+    if pose.view == "back":
+        across = 1 - across  # the left side of the body is on the image's right
+    for index, panel in enumerate(identity.panels):
+        top, bottom = (shoulder_y, hem_y) if panel.on == "top" else (hem_y, foot_y)
+        down = (ys - top) / max(bottom - top, 1.0)
+        inside = (down >= panel.y0) & (down < panel.y1)
+        if pose.view in ("front", "back"):
+            inside &= (across >= panel.x0) & (across < panel.x1)
+        elif panel.x1 - panel.x0 < 1.0:
+            continue  # a block on the front or back is not seen from the side
+        garment_labels = (TOP, PATTERN) if panel.on == "top" else (BOTTOM,)
+        label[inside & np.isin(label, garment_labels)] = PANEL_LABELS[index]
 
 
 def _apply_pattern(label: np.ndarray, identity: Identity, pose: Pose, torso, h: float) -> None:
@@ -268,10 +347,11 @@ def _part_table(identity: Identity) -> dict[int, tuple[tuple[float, float, float
         SKIN: (identity.skin, None), HAIR: (identity.hair, "hair"), TOP: (identity.top.colour, identity.top.material),
         PATTERN: (identity.pattern_garment.colour, identity.pattern_garment.material),
         BOTTOM: (identity.bottom.colour, identity.bottom.material),
-        SHOES: (identity.shoes.colour, "leather"),
+        SHOES: (identity.shoes.colour, identity.shoes.material),
         BAG: (identity.accessory_garment.colour, identity.accessory_garment.material),
         HAT: (identity.accessory_garment.colour, identity.accessory_garment.material),
-    }
+    } | {PANEL_LABELS[index]: (panel.garment.colour, panel.garment.material)
+         for index, panel in enumerate(identity.panels)}
 
 
 def _radiance(temperature_c: np.ndarray | float) -> np.ndarray | float:
@@ -285,7 +365,7 @@ def person_layers(identity: Identity, pose: Pose, modality: str, air_temperature
     alpha = (label != BACKGROUND).astype(np.float32)
     parts = _part_table(identity)
     if modality == VISIBLE:
-        lut = np.zeros((9, 3), np.float32)
+        lut = np.zeros((NUM_LABELS, 3), np.float32)
         for part, (colour, _) in parts.items():
             lut[part] = colour
         image = lut[label]
@@ -293,7 +373,7 @@ def person_layers(identity: Identity, pose: Pose, modality: str, air_temperature
         shade = np.linspace(1.08, 0.82, height, dtype=np.float32)[:, None, None]
         image = image * shade
     else:
-        lut = np.zeros(9, np.float32)
+        lut = np.zeros(NUM_LABELS, np.float32)
         for part, (_, material) in parts.items():
             if material is None:  # skin
                 lut[part] = _radiance(SKIN_TEMPERATURE - 1.0)
