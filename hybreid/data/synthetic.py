@@ -26,7 +26,7 @@ import numpy as np
 
 VISIBLE, INFRARED = "visible", "infrared"
 
-# Part labels drawn into the label map, in drawing order.
+# Part labels drawn into the label map, in drawing order, then one label per panel.
 BACKGROUND, SKIN, HAIR, TOP, PATTERN, BOTTOM, SHOES, BAG, HAT = range(9)
 MAX_PANELS = 4
 PANEL_LABELS = tuple(range(9, 9 + MAX_PANELS))
@@ -299,7 +299,7 @@ def draw_labels(identity: Identity, pose: Pose, height: int, width: int) -> np.n
         for sign in (-1, 1):
             cv2.line(label, (int(cx + sign * shoulder_w * 0.55), int(shoulder_y)),
                      (int(cx + sign * hip_w * 0.7), int(hip_y - 0.08 * h)), BAG, max(1, int(0.02 * h)))
-    _apply_pattern(label, identity, pose, (cx, shoulder_y, hem_y, shoulder_w), h)
+    _apply_pattern(label, identity, pose, (cx, shoulder_y, shoulder_w), h)
     _apply_panels(label, identity, pose, (cx, shoulder_y, hem_y, foot_y, shoulder_w))
     return label
 
@@ -325,7 +325,7 @@ def _apply_panels(label: np.ndarray, identity: Identity, pose: Pose, body) -> No
 def _apply_pattern(label: np.ndarray, identity: Identity, pose: Pose, torso, h: float) -> None:
     if identity.pattern == "solid":
         return
-    cx, shoulder_y, hip_y, shoulder_w = torso
+    cx, shoulder_y, shoulder_w = torso
     ys, xs = np.mgrid[0 : label.shape[0], 0 : label.shape[1]]
     period = max(2, int(identity.pattern_period * h))
     if identity.pattern == "hstripes":
