@@ -29,8 +29,8 @@ VISIBLE, INFRARED = "visible", "infrared"
 # Part labels drawn into the label map, in drawing order, then one label per panel.
 BACKGROUND, SKIN, HAIR, TOP, PATTERN, BOTTOM, SHOES, BAG, HAT = range(9)
 MAX_PANELS = 4
-PANEL_LABELS = tuple(range(9, 9 + MAX_PANELS))
-NUM_LABELS = 9 + MAX_PANELS
+PANEL_LABELS = tuple(range(HAT + 1, HAT + 1 + MAX_PANELS))
+NUM_LABELS = PANEL_LABELS[-1] + 1
 
 # Each fabric comes in the colours it is usually dyed in (denim is blue or black, leather
 # black or brown, sportswear nylon loud): in real clothing a colour says something about
