@@ -64,9 +64,12 @@ def _cmd_data_synth(args: argparse.Namespace) -> None:
     from hybreid.data.datasets import load_dataset
     from hybreid.tables import format_table
 
-    writer = {"market1501": synthetic_datasets.write_market1501, "sysu_mm01": synthetic_datasets.write_sysu_mm01}
-    root = writer[args.layout](args.out, train_ids=args.train_ids, test_ids=args.test_ids,
-                               images_per_camera=args.images_per_camera, seed=args.seed)
+    settings = {"train_ids": args.train_ids, "test_ids": args.test_ids, "images_per_camera": args.images_per_camera,
+                "seed": args.seed}
+    if args.layout == "sysu_mm01":
+        root = synthetic_datasets.write_sysu_mm01(args.out, infrared_band=args.infrared_band, **settings)
+    else:
+        root = synthetic_datasets.write_market1501(args.out, **settings)
     dataset = load_dataset(args.layout, root)
     print(format_table(["split", "identities", "images", "cameras"], dataset.summary(),
                        title=f"synthetic {args.layout} written to {root}"))
@@ -228,7 +231,7 @@ def _cmd_edge_scenes(args: argparse.Namespace) -> None:
     from hybreid.edge_runtime.scenes import render_scenes
 
     truth = render_scenes(args.out, tuple(args.modality or ["visible", "infrared"]), args.people, args.fps,
-                          seed=args.seed)
+                          seed=args.seed, infrared_band=args.infrared_band)
     for camera in truth["cameras"]:
         print(f"{args.out}/{camera['video']}: {camera['modality']}, {truth['frames']} frames, "
               f"{len(camera['passages'])} passages")
@@ -414,6 +417,8 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--test-ids", type=int, default=100)
     synth.add_argument("--images-per-camera", type=int, default=4)
     synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--infrared-band", choices=["near_infrared", "thermal"], default="near_infrared",
+                       help="sysu_mm01: what the infrared cameras see (the real dataset's are near infrared)")
     synth.set_defaults(func=_cmd_data_synth)
 
     train = commands.add_parser("train", help="train a model (single process, or under torchrun)")
@@ -527,6 +532,7 @@ def build_parser() -> argparse.ArgumentParser:
     scenes.add_argument("--people", type=int, default=6)
     scenes.add_argument("--fps", type=int, default=10)
     scenes.add_argument("--seed", type=int, default=0)
+    scenes.add_argument("--infrared-band", choices=["near_infrared", "thermal"], default="near_infrared")
     scenes.set_defaults(func=_cmd_edge_scenes)
 
     matcher = commands.add_parser("matcher", help="central matcher: run, purge, query")

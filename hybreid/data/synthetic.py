@@ -1,4 +1,4 @@
-"""Synthetic people seen by several cameras in visible light and in thermal infrared.
+"""Synthetic people seen by several cameras in visible light and in infrared.
 
 Stands in for the real datasets in tests, the demo and accuracy benchmarks (nothing
 can be downloaded here). Each identity has clothing in fabrics dyed in their usual
@@ -7,12 +7,19 @@ hair and accessories; each image varies pose (walking phase, view), scale, crop,
 background, illumination, blur and noise. Cameras differ in colour cast, brightness and
 background.
 
-The infrared image is computed from physics, not from the visible one: every material
-has an emissivity and a surface temperature (skin is warm, a thick coat is near the
-air temperature, a metal buckle reflects the surroundings), and the sensor sees
-``emissivity * T^4 + (1 - emissivity) * T_env^4``. A red and a blue shirt of the same
-cotton look the same in infrared, a printed pattern disappears while a sewn-on patch of
-another fabric stays: the visible/infrared gap is real.
+The infrared image is computed from each material's emissivity, not from the visible
+image, in one of the two bands the real datasets use:
+
+- Near infrared (SYSU-MM01 and LLCM: cameras lit by their own ~850 nm illuminator). The
+  sensor sees reflected light; an opaque surface reflects ``1 - emissivity``, of the
+  fibre at 850 nm, times what the dye lets through. Dyes absorb in the near infrared
+  much as they do at the red end of the visible, so a black shirt is dark in both, while
+  a red and a white cotton shirt, far apart in colour, are both bright.
+- Thermal (RegDB's far infrared): the sensor sees emitted heat, ``emissivity * T^4 +
+  (1 - emissivity) * T_env^4``; skin is warm, a thick coat is near the air temperature,
+  a metal buckle reflects the surroundings. A red and a blue shirt of the same cotton
+  look the same, a printed pattern disappears while a sewn-on patch of another fabric
+  stays.
 
 Only numpy and OpenCV are used, so the edge side (synthetic scenes) can render too.
 """
@@ -24,7 +31,11 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
+# Raised whenever a change alters the images, so cached copies are written afresh.
+GENERATOR_VERSION = 2
+
 VISIBLE, INFRARED = "visible", "infrared"
+NEAR_INFRARED, THERMAL = "near_infrared", "thermal"  # the infrared bands
 
 # Part labels drawn into the label map, in drawing order, then one label per panel.
 BACKGROUND, SKIN, HAIR, TOP, PATTERN, BOTTOM, SHOES, BAG, HAT = range(9)
@@ -55,12 +66,18 @@ SHOE_MATERIALS = {"leather": 0.6, "nylon": 0.25, "cotton": 0.15}
 SKIN_TONES = np.array([[0.96, 0.80, 0.69], [0.87, 0.67, 0.52], [0.68, 0.48, 0.33], [0.45, 0.30, 0.20]])
 HAIR_COLOURS = np.array([[0.06, 0.05, 0.05], [0.30, 0.18, 0.08], [0.75, 0.60, 0.30], [0.55, 0.55, 0.55]])
 
-# Material: (emissivity, insulation). Surface temperature = T_air + (T_skin - T_air) * (1 - insulation).
+# Thermal band. Material: (emissivity, insulation).
+# Surface temperature = T_air + (T_skin - T_air) * (1 - insulation).
 MATERIALS = {
     "cotton": (0.80, 0.15), "wool": (0.92, 0.85), "polyester": (0.90, 0.40), "denim": (0.85, 0.60),
     "leather": (0.95, 0.90), "nylon": (0.50, 0.50), "metallic": (0.20, 0.95),
 }
 SKIN_TEMPERATURE = 34.0
+# Near-infrared band: the undyed fibre's emissivity at ~850 nm (reflectance = 1 - emissivity).
+NEAR_INFRARED_EMISSIVITY = {
+    "cotton": 0.25, "wool": 0.40, "polyester": 0.30, "denim": 0.35, "leather": 0.60, "nylon": 0.20, "metallic": 0.10,
+}
+SKIN_NEAR_INFRARED_REFLECTANCE = 0.45  # plus a little with lighter skin; melanin absorbs less here than in the visible
 
 
 @dataclass(frozen=True)
@@ -126,6 +143,7 @@ class CameraStyle:
     blur: float = 0.6
     noise: float = 0.02
     side_view_bias: float = 0.5
+    band: str = NEAR_INFRARED  # infrared cameras only: NEAR_INFRARED or THERMAL
 
 
 @dataclass
@@ -358,13 +376,13 @@ def _radiance(temperature_c: np.ndarray | float) -> np.ndarray | float:
     return ((np.asarray(temperature_c) + 273.15) / 310.0) ** 4
 
 
-def person_layers(identity: Identity, pose: Pose, modality: str, air_temperature: float, height: int,
+def person_layers(identity: Identity, pose: Pose, camera: CameraStyle, height: int,
                   width: int) -> tuple[np.ndarray, np.ndarray]:
-    """The person alone: (colour ``[H, W, 3]`` in [0, 1] or radiance ``[H, W]``, alpha ``[H, W]``)."""
+    """The person alone: (colour ``[H, W, 3]`` in [0, 1] or infrared signal ``[H, W]``, alpha ``[H, W]``)."""
     label = draw_labels(identity, pose, height, width)
     alpha = (label != BACKGROUND).astype(np.float32)
     parts = _part_table(identity)
-    if modality == VISIBLE:
+    if camera.modality == VISIBLE:
         lut = np.zeros((NUM_LABELS, 3), np.float32)
         for part, (colour, _) in parts.items():
             lut[part] = colour
@@ -372,30 +390,52 @@ def person_layers(identity: Identity, pose: Pose, modality: str, air_temperature
         # Soft vertical shading and a lit side give the figure volume.
         shade = np.linspace(1.08, 0.82, height, dtype=np.float32)[:, None, None]
         image = image * shade
-    else:
+    elif camera.band == THERMAL:
         lut = np.zeros(NUM_LABELS, np.float32)
         for part, (_, material) in parts.items():
-            if material is None:  # skin
-                lut[part] = _radiance(SKIN_TEMPERATURE - 1.0)
-            elif material == "hair":
-                lut[part] = 0.95 * _radiance(air_temperature + 0.45 * (SKIN_TEMPERATURE - air_temperature))
-            else:
-                emissivity, insulation = MATERIALS[material]
-                surface = air_temperature + (SKIN_TEMPERATURE - air_temperature) * (1 - insulation)
-                lut[part] = emissivity * _radiance(surface) + (1 - emissivity) * _radiance(air_temperature)
+            lut[part] = _thermal_radiance(material, camera.air_temperature)
         image = lut[label]
+    else:
+        lut = np.zeros(NUM_LABELS, np.float32)
+        for part, (colour, material) in parts.items():
+            lut[part] = _near_infrared_reflectance(colour, material)
+        # The illuminator sits by the lens and lights the head better than the feet.
+        image = lut[label] * np.linspace(1.05, 0.85, height, dtype=np.float32)[:, None]
     return image, alpha
 
 
-def thermal_to_grey(radiance: np.ndarray, air_temperature: float, gain: float = 1.0) -> np.ndarray:
-    """Automatic-gain style mapping of radiance to [0, 1] around the scene's air temperature."""
-    low = _radiance(air_temperature - 6.0)
+def _thermal_radiance(material: str | None, air_temperature: float) -> float:
+    if material is None:  # skin
+        return float(_radiance(SKIN_TEMPERATURE - 1.0))
+    if material == "hair":
+        return 0.95 * float(_radiance(air_temperature + 0.45 * (SKIN_TEMPERATURE - air_temperature)))
+    emissivity, insulation = MATERIALS[material]
+    surface = air_temperature + (SKIN_TEMPERATURE - air_temperature) * (1 - insulation)
+    return float(emissivity * _radiance(surface) + (1 - emissivity) * _radiance(air_temperature))
+
+
+def _near_infrared_reflectance(colour: tuple[float, float, float], material: str | None) -> float:
+    # A dye absorbs at ~850 nm about as it does at the visible's red end, and never all of it.
+    red_end = 0.7 * colour[0] + 0.2 * colour[1] + 0.1 * colour[2]
+    if material is None:  # skin
+        return SKIN_NEAR_INFRARED_REFLECTANCE + 0.2 * red_end
+    if material == "hair":
+        return 0.2 + 0.4 * red_end
+    return (1 - NEAR_INFRARED_EMISSIVITY[material]) * (0.15 + 0.85 * red_end)
+
+
+def infrared_to_grey(signal: np.ndarray, camera: CameraStyle, gain: float = 1.0) -> np.ndarray:
+    """The infrared camera's grey image in [0, 1]: near-infrared reflectance times the
+    gain, or thermal radiance mapped automatic-gain style around the air temperature."""
+    if camera.band != THERMAL:
+        return np.clip(signal * gain, 0, 1)
+    low = _radiance(camera.air_temperature - 6.0)
     high = _radiance(SKIN_TEMPERATURE + 2.0)
-    return np.clip((radiance - low) / (high - low) * gain, 0, 1)
+    return np.clip((signal - low) / (high - low) * gain, 0, 1)
 
 
 def background(camera: CameraStyle, rng: np.random.Generator, height: int, width: int) -> np.ndarray:
-    """A cluttered background: colour ``[H, W, 3]`` (visible) or radiance ``[H, W]`` (infrared)."""
+    """A cluttered background: colour ``[H, W, 3]`` (visible) or infrared signal ``[H, W]``."""
     if camera.modality == VISIBLE:
         # Each image's scene is drawn from one shared, muted distribution and only tinted
         # by its camera: a background colour must not identify the camera outright.
@@ -411,13 +451,17 @@ def background(camera: CameraStyle, rng: np.random.Generator, height: int, width
         floor = int(height * rng.uniform(0.75, 0.9))
         image[floor:] *= 0.8
         return image
-    base = _radiance(camera.air_temperature + rng.normal(0, 1.0))
+    if camera.band == THERMAL:
+        base = float(_radiance(camera.air_temperature + rng.normal(0, 1.0)))
+        clutter = [float(_radiance(camera.air_temperature + rng.normal(0, 6.0))) for _ in range(rng.integers(1, 5))]
+    else:  # reflectances of walls, floors and furniture
+        base = float(rng.uniform(0.25, 0.6))
+        clutter = [float(np.clip(base + rng.normal(0, 0.15), 0, 1)) for _ in range(rng.integers(1, 5))]
     image = np.full((height, width), base, np.float32)
-    for _ in range(rng.integers(1, 5)):
+    for value in clutter:
         x0, y0 = rng.integers(0, width), rng.integers(0, height)
-        temperature = camera.air_temperature + rng.normal(0, 6.0)
         cv2.rectangle(image, (int(x0), int(y0)), (int(x0 + rng.integers(4, width // 2)),
-                      int(y0 + rng.integers(4, height // 2))), float(_radiance(temperature)), -1)
+                      int(y0 + rng.integers(4, height // 2))), value, -1)
     return image
 
 
@@ -426,7 +470,7 @@ def finish(image: np.ndarray, camera: CameraStyle, rng: np.random.Generator) -> 
     if camera.modality == VISIBLE:
         image = image * np.array(camera.cast, np.float32) * camera.brightness * rng.uniform(0.8, 1.2)
     else:
-        image = np.repeat(thermal_to_grey(image, camera.air_temperature, rng.uniform(0.85, 1.15))[..., None], 3, 2)
+        image = np.repeat(infrared_to_grey(image, camera, rng.uniform(0.85, 1.15))[..., None], 3, 2)
     sigma = camera.blur * rng.uniform(0.6, 1.4)
     if sigma > 0.3:
         image = cv2.GaussianBlur(image, (0, 0), sigma)
@@ -441,7 +485,7 @@ def render_crop(identity: Identity, camera: CameraStyle, rng: np.random.Generato
     height, width = size
     render_h, render_w = height * 2, width * 2  # draw at 2x, then downsample: smoother edges
     pose = random_pose(rng, camera)
-    person, alpha = person_layers(identity, pose, camera.modality, camera.air_temperature, render_h, render_w)
+    person, alpha = person_layers(identity, pose, camera, render_h, render_w)
     scene = background(camera, rng, render_h, render_w)
     if camera.modality == VISIBLE:
         composite = scene * (1 - alpha[..., None]) + person * alpha[..., None]
@@ -458,7 +502,10 @@ class CameraSet:
     cameras: list[CameraStyle] = field(default_factory=list)
 
     @classmethod
-    def make(cls, modalities: list[str], seed: int = 0) -> CameraSet:
+    def make(cls, modalities: list[str], seed: int = 0, infrared_band: str = NEAR_INFRARED) -> CameraSet:
+        """Cameras with drawn styles; every infrared one works in ``infrared_band``."""
+        if infrared_band not in (NEAR_INFRARED, THERMAL):
+            raise ValueError(f"infrared_band must be {NEAR_INFRARED!r} or {THERMAL!r}, got {infrared_band!r}")
         rng = np.random.default_rng([seed, 7919])
         cameras = []
         for camid, modality in enumerate(modalities):
@@ -472,5 +519,6 @@ class CameraSet:
                 blur=float(rng.uniform(0.4, 1.2) if modality == VISIBLE else rng.uniform(0.7, 1.2)),
                 noise=float(rng.uniform(0.01, 0.04)),
                 side_view_bias=float(rng.uniform(0.2, 0.8)),
+                band=infrared_band,
             ))
         return cls(cameras)

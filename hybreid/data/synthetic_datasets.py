@@ -11,7 +11,15 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from hybreid.data.synthetic import INFRARED, VISIBLE, CameraSet, make_identity, render_crop
+from hybreid.data.synthetic import (
+    GENERATOR_VERSION,
+    INFRARED,
+    NEAR_INFRARED,
+    VISIBLE,
+    CameraSet,
+    make_identity,
+    render_crop,
+)
 
 SYSU_MODALITIES = [VISIBLE, VISIBLE, INFRARED, VISIBLE, VISIBLE, INFRARED]  # cam1..cam6
 
@@ -59,14 +67,16 @@ def write_market1501(root: str | Path, train_ids: int = 200, test_ids: int = 100
 
 
 def write_sysu_mm01(root: str | Path, train_ids: int = 200, test_ids: int = 100, images_per_camera: int = 4,
-                    seed: int = 0, size: tuple[int, int] = (128, 64), progress: bool = True) -> Path:
+                    seed: int = 0, size: tuple[int, int] = (128, 64), progress: bool = True,
+                    infrared_band: str = NEAR_INFRARED) -> Path:
     """SYSU-MM01 layout: ``cam1..cam6/<pid>/<n>.jpg`` and ``exp/{train,val,test}_id.txt``.
 
-    cam1, cam2, cam4, cam5 are visible, cam3 and cam6 infrared; every identity is seen
-    by at least one camera of each modality.
+    cam1, cam2, cam4, cam5 are visible, cam3 and cam6 infrared (near infrared, as the real
+    dataset's cameras; ``infrared_band="thermal"`` for far-infrared ones); every identity
+    is seen by at least one camera of each modality.
     """
     root = Path(root)
-    cameras = CameraSet.make(SYSU_MODALITIES, seed).cameras
+    cameras = CameraSet.make(SYSU_MODALITIES, seed, infrared_band).cameras
     visible = [i for i, m in enumerate(SYSU_MODALITIES) if m == VISIBLE]
     infrared = [i for i, m in enumerate(SYSU_MODALITIES) if m == INFRARED]
     rng = np.random.default_rng([seed, 2])
@@ -93,12 +103,14 @@ def write_sysu_mm01(root: str | Path, train_ids: int = 200, test_ids: int = 100,
 
 def write_once(writer: Callable, root: str | Path, **settings) -> Path:
     """``writer(root, **settings)`` unless ``root`` already holds a complete copy written
-    with the same settings (a marker file records them); returns ``root``."""
+    by this generator version with the same settings (a marker file records them);
+    returns ``root``."""
     root = Path(root)
     marker = root / ".complete"
-    if marker.exists() and json.loads(marker.read_text()) == settings:
+    record = {"generator": GENERATOR_VERSION, **settings}
+    if marker.exists() and json.loads(marker.read_text()) == record:
         return root
     shutil.rmtree(root, ignore_errors=True)
     writer(root, **settings)
-    marker.write_text(json.dumps(settings))
+    marker.write_text(json.dumps(record))
     return root

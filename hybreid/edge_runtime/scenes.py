@@ -17,13 +17,14 @@ import numpy as np
 
 from hybreid.data.synthetic import (
     INFRARED,
+    NEAR_INFRARED,
     VISIBLE,
     CameraSet,
     Pose,
     background,
+    infrared_to_grey,
     make_identity,
     person_layers,
-    thermal_to_grey,
 )
 
 
@@ -67,12 +68,12 @@ def _box(passage: Passage, frame: int, size: tuple[int, int]) -> tuple[int, int,
 
 def render_scenes(out_dir: str | Path, modalities: tuple[str, ...] = (VISIBLE, INFRARED), num_people: int = 6,
                   fps: int = 10, walk_seconds: float = 4.0, size: tuple[int, int] = (480, 270),
-                  seed: int = 0) -> dict:
+                  seed: int = 0, infrared_band: str = NEAR_INFRARED) -> dict:
     """Write ``cam<k>.mp4`` for each modality and ``ground_truth.json``; return the ground truth."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng([seed, 31])
-    cameras = CameraSet.make(list(modalities), seed).cameras
+    cameras = CameraSet.make(list(modalities), seed, infrared_band).cameras
     passages = plan_passages(num_people, len(cameras), fps, walk_seconds, rng)
     total = max(p.start_frame + p.frames for p in passages) + int(fps * 1.5)
     width, height = size
@@ -92,8 +93,7 @@ def render_scenes(out_dir: str | Path, modalities: tuple[str, ...] = (VISIBLE, I
                     continue
                 x, y, w, h = _box(passage, frame_index, size)
                 pose = Pose(phase=frame_index * 0.9, view="right" if passage.left_to_right else "left", scale=1.0)
-                person, alpha = person_layers(make_identity(passage.pid, seed), pose, camera.modality,
-                                              camera.air_temperature, h, w)
+                person, alpha = person_layers(make_identity(passage.pid, seed), pose, camera, h, w)
                 x0, y0, x1, y1 = max(0, x), max(0, y), min(width, x + w), min(height, y + h)
                 if x1 <= x0 or y1 <= y0:
                     continue
@@ -126,7 +126,7 @@ def _finish(image: np.ndarray, camera, rng) -> np.ndarray:
     if camera.modality == VISIBLE:
         image = image * np.array(camera.cast, np.float32) * camera.brightness
     else:
-        image = np.repeat(thermal_to_grey(image, camera.air_temperature)[..., None], 3, 2)
+        image = np.repeat(infrared_to_grey(image, camera)[..., None], 3, 2)
     image = image + rng.normal(0, 0.01, image.shape).astype(np.float32)
     return (np.clip(image, 0, 1) * 255).astype(np.uint8)
 
