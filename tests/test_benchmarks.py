@@ -47,3 +47,16 @@ def test_pipeline_benchmark_compares_with_the_embedder_alone(tmp_path, tiny_onnx
     assert result["pipeline_crops_per_s"] > 0 and result["embedder_alone_crops_per_s"] > 0
     assert result["ratio"] == result["pipeline_crops_per_s"] / result["embedder_alone_crops_per_s"]
     assert result["mqtt_acknowledged"] == result["tracklets"] and result["tracklet_purity"] > 0.8
+
+
+def test_latency_benchmark_times_a_plain_timm_reference_beside_our_model(tmp_path):
+    cells = latency.run(["haresformer_tiny"], [2], tmp_path, threads=1, repeats=2, warmup=1,
+                        references=("resnet10t",))
+    reference = [c for c in cells if c.model == "timm/resnet10t"]
+    assert {c.backend for c in reference} == {"torch", "onnxruntime-fp32"}
+    assert (tmp_path / "timm_resnet10t.onnx").is_file()
+    # A 224x224 ResNet costs far more per image than the 128x64 tiny HAResformer.
+    ours = next(c for c in cells if c.model == "haresformer_tiny")
+    assert reference[0].gflops_per_image > ours.gflops_per_image > 0
+    for cell in reference:
+        assert 0 < cell.roofline < 1.5

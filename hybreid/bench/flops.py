@@ -113,6 +113,11 @@ def _thop_counts(model: nn.Module, images: torch.Tensor) -> dict[str, tuple[floa
     return flat
 
 
+def full_gmacs(model: nn.Module, image_size: tuple[int, int]) -> float:
+    """Every multiply-accumulate of one image through ``model``, attention matmuls included."""
+    return _fvcore_counts(model.eval(), torch.randn(1, 3, *image_size))[""] / 1e9
+
+
 def _fvcore_counts(model: nn.Module, images: torch.Tensor) -> dict[str, float]:
     """MACs per module with every matmul counted (attention included)."""
     with warnings.catch_warnings():

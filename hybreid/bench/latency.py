@@ -7,7 +7,10 @@ calibrate int8``, when given) and TensorRT (when an engine is given and a GPU ex
 
 The roofline ratio is the model's FLOPs (every FLOP, attention matmuls included: 2 x
 fvcore's MACs) times the measured images/s, divided by the float32 matrix-multiply
-rate measured on this machine in the same run. Results: a table, JSON and a PNG.
+rate measured on this machine in the same run. With ``references`` plain timm models
+(by default ResNet-50 and ViT-B/16, at 224x224) run beside them, so a model's ratio can be read
+against what a plain CNN and a plain ViT reach on the same machine in the same run.
+Results: a table, JSON and a PNG.
 """
 
 from __future__ import annotations
@@ -66,6 +69,23 @@ def _time(fn, warmup: int, repeats: int) -> list[float]:
     return times
 
 
+REFERENCE_MODELS = ("resnet50", "vit_base_patch16_224")
+"""Plain timm models timed beside ours with ``references``; their names carry this prefix."""
+REFERENCE_PREFIX = "timm/"
+REFERENCE_SIZE = (224, 224)
+
+
+def _build_for_timing(spec: dict):
+    if spec["model"].startswith(REFERENCE_PREFIX):
+        import timm
+
+        return timm.create_model(spec["model"][len(REFERENCE_PREFIX):], pretrained=False).eval(), REFERENCE_SIZE
+    from hybreid.models import build
+
+    model = build(spec["model"], **spec.get("options", {})).eval()
+    return model, model.image_size
+
+
 def measure_cell(spec: dict) -> dict:
     """One (backend, batch) measurement; runs inside a fresh subprocess."""
     threads, batch = spec["threads"], spec["batch"]
@@ -73,15 +93,24 @@ def measure_cell(spec: dict) -> dict:
     if spec["backend"] == "torch":
         import torch
 
-        from hybreid.models import build
-
         torch.set_num_threads(threads)
-        model = build(spec["model"], **spec.get("options", {})).eval()
-        images = torch.randn(batch, 3, *model.image_size)
+        model, size = _build_for_timing(spec)
+        images = torch.randn(batch, 3, *size)
 
         def run():
             with torch.inference_mode():
                 model(images)
+    elif spec["model"].startswith(REFERENCE_PREFIX):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        session = ort.InferenceSession(spec["artifact"], options, providers=["CPUExecutionProvider"])
+        feed = {session.get_inputs()[0].name: np.random.default_rng(0).standard_normal(
+            (batch, 3, *REFERENCE_SIZE)).astype(np.float32)}
+
+        def run():
+            session.run(None, feed)
     else:
         from hybreid.inference.embedder import OnnxRuntimeEmbedder
 
@@ -115,27 +144,47 @@ def _run_in_subprocess(spec: dict) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+def _export_reference(name: str, path: Path) -> None:
+    """A plain timm model as ONNX with a dynamic batch (opset 17, as our exports)."""
+    import timm
+    import torch
+
+    model = timm.create_model(name, pretrained=False).eval()
+    torch.onnx.export(model, torch.randn(1, 3, *REFERENCE_SIZE), str(path), input_names=["images"],
+                      output_names=["logits"], dynamic_axes={"images": {0: "batch"}}, opset_version=17,
+                      dynamo=False)
+
+
 def run(models: list[str], batches: list[int], out: str | Path, threads: int = 2, repeats: int = 10,
         warmup: int = 2, int8: dict[str, str] | None = None, options: dict | None = None,
-        rounds: int = 1) -> list[Cell]:
+        rounds: int = 1, references: tuple[str, ...] = ()) -> list[Cell]:
     """Benchmark ``models`` (registry names, untrained weights: speed does not depend on them).
 
     With ``rounds > 1`` every cell is measured in each round, cells interleaved, and the
     GEMM rate is measured once per round: slow drifts of a shared machine then hit every
     backend alike instead of whichever cell ran during them.
     """
-    from hybreid.bench.flops import count_model
+    from hybreid.bench.flops import count_model, full_gmacs
     from hybreid.export.onnx_export import export_onnx
     from hybreid.models import build
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     specs, gflops = [], {}
-    for name in models:
-        gflops[name] = 2 * count_model(name, **(options or {})).full_gmacs
-        onnx_path = out / f"{name}.onnx"
-        if not onnx_path.is_file():
-            export_onnx(build(name, **(options or {})).eval(), onnx_path, name, options or {})
+    for name in list(models) + [REFERENCE_PREFIX + reference for reference in references]:
+        if name.startswith(REFERENCE_PREFIX):
+            import timm
+
+            timm_name = name[len(REFERENCE_PREFIX):]
+            gflops[name] = 2 * full_gmacs(timm.create_model(timm_name, pretrained=False), REFERENCE_SIZE)
+            onnx_path = out / f"timm_{timm_name}.onnx"
+            if not onnx_path.is_file():
+                _export_reference(timm_name, onnx_path)
+        else:
+            gflops[name] = 2 * count_model(name, **(options or {})).full_gmacs
+            onnx_path = out / f"{name}.onnx"
+            if not onnx_path.is_file():
+                export_onnx(build(name, **(options or {})).eval(), onnx_path, name, options or {})
         backends = {"torch": None, "onnxruntime-fp32": str(onnx_path)}
         if int8 and name in int8:
             backends["onnxruntime-int8"] = int8[name]
