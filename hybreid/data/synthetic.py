@@ -11,8 +11,8 @@ The infrared image is computed from each material's emissivity, not from the vis
 image, in one of the two bands the real datasets use:
 
 - Near infrared (SYSU-MM01 and LLCM: cameras lit by their own ~850 nm illuminator). The
-  sensor sees reflected light; an opaque surface reflects ``1 - emissivity``, of the
-  fibre at 850 nm, times what the dye lets through. Dyes absorb in the near infrared
+  sensor sees reflected light; an opaque surface reflects ``1 - emissivity`` (the
+  fibre's, at 850 nm) times what the dye lets through. Dyes absorb in the near infrared
   much as they do at the red end of the visible, so a black shirt is dark in both, while
   a red and a white cotton shirt, far apart in colour, are both bright.
 - Thermal (RegDB's far infrared): the sensor sees emitted heat, ``emissivity * T^4 +
