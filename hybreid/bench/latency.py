@@ -7,9 +7,10 @@ calibrate int8``, when given) and TensorRT (when an engine is given and a GPU ex
 
 The roofline ratio is the model's FLOPs (every FLOP, attention matmuls included: 2 x
 fvcore's MACs) times the measured images/s, divided by the float32 matrix-multiply
-rate measured on this machine in the same run. With ``references`` plain timm models
-(by default ResNet-50 and ViT-B/16, at 224x224) run beside them, so a model's ratio can be read
-against what a plain CNN and a plain ViT reach on the same machine in the same run.
+rate measured on this machine in the same run. With ``references`` (timm names;
+``--reference`` gives :data:`REFERENCE_MODELS`) plain timm models run beside them at
+224x224, so a model's ratio can be read against what a plain CNN and a plain ViT reach
+on the same machine in the same run.
 Results: a table, JSON and a PNG.
 """
 
@@ -69,9 +70,8 @@ def _time(fn, warmup: int, repeats: int) -> list[float]:
     return times
 
 
-REFERENCE_MODELS = ("resnet50", "vit_base_patch16_224")
-"""Plain timm models timed beside ours with ``references``; their names carry this prefix."""
-REFERENCE_PREFIX = "timm/"
+REFERENCE_MODELS = ("resnet50", "vit_base_patch16_224")  # a plain CNN and a plain ViT
+REFERENCE_PREFIX = "timm/"  # how reference models are named in cells and the JSON
 REFERENCE_SIZE = (224, 224)
 
 
