@@ -15,6 +15,8 @@ from hybreid.data.datasets import READERS
 from hybreid.errors import UserError
 
 DATASET_NAMES = sorted(READERS)
+# hybreid.data.synthetic's band names, spelled here so building the parser stays free of OpenCV.
+INFRARED_BANDS = ("near_infrared", "thermal")
 
 
 PAPER_MODELS = ("fusionreid_vitb16_s12", "haresformer_h1l1", "haresformer_h1l2", "haresformer_h2l1")
@@ -420,7 +422,7 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--test-ids", type=int, default=100)
     synth.add_argument("--images-per-camera", type=int, default=4)
     synth.add_argument("--seed", type=int, default=0)
-    synth.add_argument("--infrared-band", choices=["near_infrared", "thermal"], default="near_infrared",
+    synth.add_argument("--infrared-band", choices=INFRARED_BANDS, default=INFRARED_BANDS[0],
                        help="sysu_mm01: what the infrared cameras see (the real dataset's are near infrared)")
     synth.set_defaults(func=_cmd_data_synth)
 
@@ -535,7 +537,7 @@ def build_parser() -> argparse.ArgumentParser:
     scenes.add_argument("--people", type=int, default=6)
     scenes.add_argument("--fps", type=int, default=10)
     scenes.add_argument("--seed", type=int, default=0)
-    scenes.add_argument("--infrared-band", choices=["near_infrared", "thermal"], default="near_infrared")
+    scenes.add_argument("--infrared-band", choices=INFRARED_BANDS, default=INFRARED_BANDS[0])
     scenes.set_defaults(func=_cmd_edge_scenes)
 
     matcher = commands.add_parser("matcher", help="central matcher: run, purge, query")

@@ -96,3 +96,12 @@ def test_calibrate_int8_placement_options_reach_the_quantiser(tmp_path):
     assert any("__part" in name and "writes the embedding" in reason for name, reason in reasons["default"].items())
     assert not any("__part" in name or "writes the embedding" in reason for name, reason in reasons["all"].items())
     assert reasons["all"]["/model/stem/stem.0/Conv"] == "excluded by name"
+
+
+def test_the_infrared_band_choices_are_the_generators_bands():
+    from hybreid.cli import INFRARED_BANDS
+    from hybreid.data.synthetic import NEAR_INFRARED, THERMAL
+
+    assert INFRARED_BANDS == (NEAR_INFRARED, THERMAL)  # the first is the default, as in CameraSet.make
+    result = run("edge", "scenes", "--out", "unused", "--infrared-band", "ultraviolet")
+    assert result.returncode != 0 and "near_infrared" in result.stderr
