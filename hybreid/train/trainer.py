@@ -252,6 +252,7 @@ class Trainer:
         steps = 0
         limit = self.config["max_steps_per_epoch"]
         bar = tqdm(self.loader, desc=f"epoch {epoch + 1}/{self.config['optim']['epochs']}",
+                   total=min(len(self.loader), limit) if limit else None,
                    disable=not (self.progress and self.ctx.is_main), leave=False)
         for images, pids, camids, modalities in bar:
             images, pids = images.to(self.device, non_blocking=True), pids.to(self.device)
