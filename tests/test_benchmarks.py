@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 
-from hybreid.bench import fidelity, latency
+from hybreid.bench import fidelity, latency, training
 
 
 def test_latency_benchmark_writes_cells_json_and_png(tmp_path):
@@ -60,3 +61,14 @@ def test_latency_benchmark_times_a_plain_timm_reference_beside_our_model(tmp_pat
     assert reference[0].gflops_per_image > ours.gflops_per_image > 0
     for cell in reference:
         assert 0 < cell.roofline < 1.5
+
+
+def test_training_benchmark_writes_each_dataset_at_its_own_image_density(tmp_path, monkeypatch):
+    """SYSU-MM01 gets about as many images per identity and camera as the real one
+    (20), Market1501 keeps its sparser 4: the per-benchmark setting must reach the writer."""
+    monkeypatch.setattr(training, "SYNTHETIC", {"train_ids": 3, "test_ids": 2, "images_per_camera": 4, "seed": 0})
+    sysu = training.synthetic_root(tmp_path, "haresformer_tiny")
+    market = training.synthetic_root(tmp_path, "fusionreid_tiny")
+    assert {len(list(folder.glob("*.jpg"))) for folder in sysu.glob("cam*/*")} == {20}
+    per_identity_and_camera = Counter(path.name[:7] for path in (market / "bounding_box_train").glob("*.jpg"))
+    assert set(per_identity_and_camera.values()) == {4}
