@@ -144,12 +144,10 @@ def _run_in_subprocess(spec: dict) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def _export_reference(name: str, path: Path) -> None:
+def _export_reference(model, path: Path) -> None:
     """A plain timm model as ONNX with a dynamic batch (opset 17, as our exports)."""
-    import timm
     import torch
 
-    model = timm.create_model(name, pretrained=False).eval()
     torch.onnx.export(model, torch.randn(1, 3, *REFERENCE_SIZE), str(path), input_names=["images"],
                       output_names=["logits"], dynamic_axes={"images": {0: "batch"}}, opset_version=17,
                       dynamo=False)
@@ -176,10 +174,11 @@ def run(models: list[str], batches: list[int], out: str | Path, threads: int = 2
             import timm
 
             timm_name = name[len(REFERENCE_PREFIX):]
-            gflops[name] = 2 * full_gmacs(timm.create_model(timm_name, pretrained=False), REFERENCE_SIZE)
+            reference_model = timm.create_model(timm_name, pretrained=False).eval()
+            gflops[name] = 2 * full_gmacs(reference_model, REFERENCE_SIZE)
             onnx_path = out / f"timm_{timm_name}.onnx"
             if not onnx_path.is_file():
-                _export_reference(timm_name, onnx_path)
+                _export_reference(reference_model, onnx_path)
         else:
             gflops[name] = 2 * count_model(name, **(options or {})).full_gmacs
             onnx_path = out / f"{name}.onnx"
