@@ -54,6 +54,8 @@ class Subscriber:
     session so nothing is lost while the broker restarts."""
 
     def __init__(self, broker: Mosquitto, client_id: str = "test-subscriber"):
+        import threading
+
         import paho.mqtt.client as mqtt
 
         self.messages: list[tuple[str, bytes]] = []
@@ -61,9 +63,13 @@ class Subscriber:
         self.client.on_message = lambda client, userdata, message: self.messages.append(
             (message.topic, message.payload))
         self.client.on_connect = lambda client, *args: client.subscribe("hybreid/v1/#", qos=1)
+        subscribed = threading.Event()
+        self.client.on_subscribe = lambda *args: subscribed.set()
         self.client.reconnect_delay_set(min_delay=1, max_delay=2)
         self.client.connect("127.0.0.1", broker.port)
         self.client.loop_start()
+        # Until the broker's SUBACK, what an edge publishes would not reach this first-time subscriber.
+        assert subscribed.wait(10), "the test subscriber was not subscribed within 10 s"
 
     def features(self):
         from hybreid.protocol import decode_feature

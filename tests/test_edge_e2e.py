@@ -45,7 +45,6 @@ def wait_for(condition, timeout: float = 15.0) -> bool:
 def test_videos_to_broker_every_message_valid_and_tracklets_pure(tmp_path, scenes, tiny_onnx, mosquitto):
     scenes_dir, truth = scenes
     subscriber = Subscriber(mosquitto)
-    time.sleep(0.3)
     runtime = EdgeRuntime(SiteConfig.from_dict(site(tmp_path, scenes_dir, tiny_onnx, mosquitto.url)))
     summary = runtime.run()
     assert summary["flushed"] and summary["outbox_depth"] == 0
@@ -82,7 +81,6 @@ def test_broker_outage_and_killed_edge_lose_nothing(tmp_path, scenes, tiny_onnx,
     config_path = tmp_path / "site.yaml"
     config_path.write_text(yaml.safe_dump(config))
     subscriber = Subscriber(mosquitto, client_id="durable-subscriber")
-    time.sleep(0.3)
 
     edge = run_edge(config_path)
     time.sleep(4)

@@ -140,7 +140,7 @@ def test_hostile_stream_through_the_broker(tmp_path, mosquitto):
     gallery = Gallery(tmp_path / "g.sqlite")
     service = MatcherService(Matcher(gallery, MatchPolicy()), BrokerConfig(url=mosquitto.url, client_id="matcher"))
     service.start()
-    assert service.connected.wait(10)
+    assert service.subscribed.wait(10)
     valid = [feature("cam1", seq, seq, unit(seq), ts=100 + 50 * seq) for seq in range(6)]
     topic = protocol.features_topic("lab", "cam1")
     stream = [valid[0]]  # binds the gallery to model m@h1

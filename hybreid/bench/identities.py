@@ -36,9 +36,9 @@ def run_site(model: str | Path, scenes: Path, truth: dict, broker_url: str, poli
     gallery = Gallery(work / "gallery.sqlite")
     service = MatcherService(Matcher(gallery, policy), BrokerConfig(url=broker_url, client_id="hybreid-matcher"))
     service.start()
-    if not service.connected.wait(10):
+    if not service.subscribed.wait(10):
         service.stop()
-        raise UserError(f"the matcher cannot connect to the broker at {broker_url}")
+        raise UserError(f"the matcher could not subscribe at the broker at {broker_url}")
     config = SiteConfig.from_dict({
         "site": site,
         "cameras": [{"id": c["id"], "source": str(scenes / c["video"]), "modality": c["modality"]}

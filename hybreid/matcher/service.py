@@ -117,8 +117,11 @@ class MatcherService:
             broker.protocol = "5"
         self.client = make_client(broker, persistent_session=True)
         self.client.on_connect = self._on_connect
+        self.client.on_subscribe = self._on_subscribe
         self.client.on_message = self._on_message
-        self.connected = threading.Event()
+        # Set on the broker's SUBACK, not on CONNACK: a message published between the two
+        # would not reach a first-time subscriber.
+        self.subscribed = threading.Event()
         self._stopping = threading.Event()
         self.internal_errors = 0
 
@@ -132,7 +135,13 @@ class MatcherService:
             log.warning("broker refused the matcher: %s", reason_code)
             return
         client.subscribe(self.subscription, qos=1)
-        self.connected.set()
+
+    def _on_subscribe(self, client, userdata, mid, reason_codes, properties=None):
+        refused = [code for code in reason_codes if code.is_failure]
+        if refused:
+            log.warning("broker refused the matcher's subscription to %s: %s", self.subscription, refused[0])
+            return
+        self.subscribed.set()
 
     def _on_message(self, client, userdata, message):
         try:
