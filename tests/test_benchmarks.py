@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from collections import Counter
 
+import pytest
+
 from hybreid.bench import fidelity, latency, training
 
 
@@ -17,6 +19,9 @@ def test_latency_benchmark_writes_cells_json_and_png(tmp_path):
         assert cell.p90_ms >= cell.median_ms > 0
         assert cell.images_per_s == cell.batch / (cell.median_ms / 1000)
         assert 0 < cell.roofline < 1.5 and cell.peak_rss_mib > 10
+        # One round: the ratio is against the GEMM rate measured around this very cell.
+        assert cell.roofline == pytest.approx(cell.gflops_per_image * cell.images_per_s / cell.matmul_gflops)
+    assert len({cell.matmul_gflops for cell in cells}) == len(cells)  # measured anew around each cell
     assert (tmp_path / "latency.png").read_bytes()[:4] == b"\x89PNG"
 
 

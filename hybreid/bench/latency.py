@@ -7,7 +7,9 @@ calibrate int8``, when given) and TensorRT (when an engine is given and a GPU ex
 
 The roofline ratio is the model's FLOPs (every FLOP, attention matmuls included: 2 x
 fvcore's MACs) times the measured images/s, divided by the float32 matrix-multiply
-rate measured on this machine in the same run. With ``references`` (timm names;
+rate of this machine measured right before and right after that cell (their mean), so
+a shared machine that speeds up or slows down over the run moves both sides of the
+ratio alike. With ``references`` (timm names;
 ``--reference`` gives :data:`REFERENCE_MODELS`) plain timm models run beside them at
 224x224, so a model's ratio can be read against what a plain CNN and a plain ViT reach
 on the same machine in the same run.
@@ -40,7 +42,8 @@ class Cell:
     images_per_s: float
     peak_rss_mib: float
     gflops_per_image: float
-    roofline: float
+    matmul_gflops: float  # the machine's float32 GEMM rate around this cell (median over rounds)
+    roofline: float  # median over rounds of each round's ratio
 
 
 def matmul_rate(threads: int, size: int = 2048, repeats: int = 8) -> float:
@@ -158,9 +161,9 @@ def run(models: list[str], batches: list[int], out: str | Path, threads: int = 2
         rounds: int = 1, references: tuple[str, ...] = ()) -> list[Cell]:
     """Benchmark ``models`` (registry names, untrained weights: speed does not depend on them).
 
-    With ``rounds > 1`` every cell is measured in each round, cells interleaved, and the
-    GEMM rate is measured once per round: slow drifts of a shared machine then hit every
-    backend alike instead of whichever cell ran during them.
+    With ``rounds > 1`` every cell is measured in each round, cells interleaved: slow
+    drifts of a shared machine then hit every backend alike instead of whichever cell
+    ran during them.
     """
     from hybreid.bench.flops import count_model, full_gmacs
     from hybreid.export.onnx_export import export_onnx
@@ -192,31 +195,40 @@ def run(models: list[str], batches: list[int], out: str | Path, threads: int = 2
                 specs.append((backend, {"backend": "torch" if backend == "torch" else "onnxruntime",
                                         "artifact": artifact, "model": name, "options": options or {}, "batch": batch,
                                         "threads": threads, "repeats": repeats, "warmup": warmup}))
-    rates, times, rss = [], {i: [] for i in range(len(specs))}, {i: 0.0 for i in range(len(specs))}
+    times = {i: [] for i in range(len(specs))}
+    rss = dict.fromkeys(range(len(specs)), 0.0)
+    around = {i: [] for i in range(len(specs))}  # the GEMM rate around each round of a cell
+    ratios = {i: [] for i in range(len(specs))}
+    rates = [matmul_rate(threads)]
     progress = tqdm(total=rounds * len(specs), desc="latency cells")
     for _ in range(rounds):
-        rates.append(matmul_rate(threads))
         for index, (backend, spec) in enumerate(specs):
             progress.set_postfix_str(f"{spec['model']} {backend} batch {spec['batch']}")
             measured = _run_in_subprocess(spec)
+            rates.append(matmul_rate(threads))
+            rate_around = (rates[-2] + rates[-1]) / 2
             times[index] += measured["times"]
             rss[index] = max(rss[index], measured["peak_rss_mib"])
+            around[index].append(rate_around)
+            images_per_s = spec["batch"] / float(np.median(measured["times"]))
+            ratios[index].append(gflops[spec["model"]] * images_per_s / rate_around)
             progress.update()
     progress.close()
-    rate = float(np.median(rates))
     cells: list[Cell] = []
     for index, (backend, spec) in enumerate(specs):
         cell_times, batch = np.array(times[index]), spec["batch"]
-        per_s = batch / float(np.median(cell_times))
         cells.append(Cell(spec["model"], backend, batch, 1000 * float(np.median(cell_times)),
-                          1000 * float(np.percentile(cell_times, 90)), per_s, rss[index], gflops[spec["model"]],
-                          gflops[spec["model"]] * per_s / rate))
+                          1000 * float(np.percentile(cell_times, 90)), batch / float(np.median(cell_times)),
+                          rss[index], gflops[spec["model"]], float(np.median(around[index])),
+                          float(np.median(ratios[index]))))
     header = ["model", "backend", "batch", "median ms", "p90 ms", "images/s", "peak RSS MiB", "GFLOPs/img",
-              "roofline"]
+              "matmul GFLOP/s", "roofline"]
     print(format_table(header, [list(asdict(c).values()) for c in cells], floatfmt=".2f",
-                       title=f"latency on {threads} threads; measured float32 matmul rate {rate:.0f} GFLOP/s"))
-    (out / "latency.json").write_text(json.dumps({"matmul_gflops": rate, "threads": threads, "rounds": rounds,
-                                                  "cells": [asdict(c) for c in cells]}, indent=2))
+                       title=f"latency on {threads} threads; float32 matmul rate {min(rates):.0f}-{max(rates):.0f} "
+                             f"GFLOP/s over the run, each cell against the rate around it"))
+    summary = {"matmul_gflops": float(np.median(rates)), "matmul_gflops_measured": rates, "threads": threads,
+               "rounds": rounds, "cells": [asdict(c) for c in cells]}
+    (out / "latency.json").write_text(json.dumps(summary, indent=2))
     _plot(cells, out / "latency.png")
     print(f"saved {out / 'latency.json'} and {out / 'latency.png'}")
     return cells
