@@ -34,12 +34,18 @@ def test_transform(size: tuple[int, int], mean, std) -> T.Compose:
     return T.Compose([T.Resize(size, interpolation=T.InterpolationMode.BICUBIC), T.ToTensor(), T.Normalize(mean, std)])
 
 
-def modality_transforms(family: str, size, mean, std, train: bool) -> dict[str, T.Compose]:
-    """Transform per modality: HAResformer greys half of the visible training images."""
+def modality_transforms(family: str, size, mean, std, train: bool, pad: int = 10,
+                        erasing: float = 0.5) -> dict[str, T.Compose]:
+    """Transform per modality: HAResformer greys half of the visible training images.
+
+    ``pad`` and ``erasing`` default to both papers' values; ``pad`` is in pixels of the
+    input size, so an input smaller than the papers' needs a smaller one to shift the
+    person as much (10 px at 288x144 is about 2 px at 64x32).
+    """
     if not train:
         transform = test_transform(size, mean, std)
         return {"visible": transform, "infrared": transform}
-    plain = train_transform(size, mean, std)
+    plain = train_transform(size, mean, std, pad=pad, erasing=erasing)
     if family == "haresformer":
-        return {VISIBLE: train_transform(size, mean, std, grayscale=0.5), "infrared": plain}
+        return {VISIBLE: train_transform(size, mean, std, grayscale=0.5, pad=pad, erasing=erasing), "infrared": plain}
     return {VISIBLE: plain, "infrared": plain}

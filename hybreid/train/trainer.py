@@ -39,7 +39,8 @@ DEFAULTS: dict = {
     "model_options": {},
     "dataset": {"name": "market1501", "root": None, "trial": 1},
     "sampler": {"num_ids": 8, "num_instances": 16},
-    "data": {"workers": 0, "cache": False, "eval_batch_size": 64},
+    # pad (pixels, pad + random crop) and erasing (random erasing probability): both papers' values.
+    "data": {"workers": 0, "cache": False, "eval_batch_size": 64, "pad": 10, "erasing": 0.5},
     "optim": {
         "name": "sgd", "lr": 0.005, "momentum": 0.9, "weight_decay": 1e-4, "bias_lr_factor": 2.0,
         "epochs": 180, "schedule": "warmup_cosine", "warmup_epochs": 10, "warmup_start_lr": 5e-4,
@@ -189,7 +190,8 @@ class Trainer:
                                            self.ctx.world_size)
             per_rank = sampler_cfg["num_ids"] * sampler_cfg["num_instances"] // self.ctx.world_size
         transforms = modality_transforms(family, self.model.image_size, self.model.pixel_mean,
-                                         self.model.pixel_std, train=True)
+                                         self.model.pixel_std, train=True, pad=config["data"]["pad"],
+                                         erasing=config["data"]["erasing"])
         self.loader = DataLoader(ImageDataset(train, transforms, cache=config["data"]["cache"]),
                                  batch_size=per_rank, sampler=self.sampler, num_workers=config["data"]["workers"],
                                  drop_last=True, pin_memory=self.device.type == "cuda")
