@@ -45,6 +45,7 @@ def test_run_folder_holds_config_metrics_curves_and_model(market, tmp_path):
                                                         "rerank": False})
     history = Trainer(config, progress=False).fit()
     assert [h["epoch"] for h in history] == [1, 2]
+    assert all(h["seconds"] > 0 for h in history)  # each epoch's training time, apart from evaluation
     assert "mAP" in history[-1] and 0.0 <= history[-1]["mAP"] <= 1.0
     assert json.loads((tmp_path / "run/metrics.json").read_text())[-1]["epoch"] == 2
     assert (tmp_path / "run/curves.png").read_bytes()[:4] == b"\x89PNG"

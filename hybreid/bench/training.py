@@ -30,7 +30,9 @@ from hybreid.train.trainer import DEFAULTS, Trainer
 
 _SHORT_CPU_RUN = {
     "model_options": {"image_size": [64, 32]},
-    "data": {"cache": True},
+    # The papers pad 10 px at 256x128 and 288x144 before the random crop; at 64x32 the
+    # same shift of the person is about 2 px (10 px would move it by a third of its width).
+    "data": {"cache": True, "pad": 2},
     "optim": {"name": "adam", "lr": 1.0e-3, "weight_decay": 5.0e-4, "bias_lr_factor": 1.0,
               "schedule": "warmup_cosine", "warmup_epochs": 1, "warmup_start_lr": 1.0e-4},
     "eval": {"every": 5, "trials": 3},
@@ -51,11 +53,12 @@ BENCHMARKS = {
         "synthetic": {"images_per_camera": 20},
         # GeM pooling (the paper names none; GeM is this project's reading) learns far
         # slower from random weights than average pooling, so the short run averages.
-        # Twice the learning rate of the FusionReID run: 40 % instead of 33 % mAP in as
-        # many steps; four times it gave less again (38 %). No warm-up epoch: 44 % against 42 %.
+        # The model still underfits when the run ends, so no random erasing, a learning
+        # rate of 3e-3 and no warm-up epoch; the README lists the settings tried.
         "config": merge(_SHORT_CPU_RUN, {"model_options": {"pooling": "avg"},
+                                         "data": {"erasing": 0.0},
                                          "sampler": {"num_ids": 8, "num_instances": 4},
-                                         "optim": {"epochs": 15, "lr": 2.0e-3, "warmup_epochs": 0},
+                                         "optim": {"epochs": 20, "lr": 3.0e-3, "warmup_epochs": 0},
                                          "max_steps_per_epoch": 56}),
     },
 }
@@ -81,7 +84,7 @@ def run_one(name: str, out: Path, workdir: Path) -> dict:
     before = evaluate(untrained, dataset, use_camids=False, trials=config["eval"]["trials"])
     started = time.perf_counter()
     history = Trainer(config).fit()
-    seconds = time.perf_counter() - started
+    wall_seconds = time.perf_counter() - started
     after = history[-1]["eval"]
     return {
         "model": name,
@@ -89,7 +92,9 @@ def run_one(name: str, out: Path, workdir: Path) -> dict:
         "train_identities": dataset.num_train_pids,
         "test_identities": len({s.pid for s in dataset.query}),
         "epochs": config["optim"]["epochs"],
-        "train_seconds": seconds,
+        # Training steps only; the wall time adds the evaluations that draw the curves.
+        "train_seconds": sum(record["seconds"] for record in history),
+        "wall_seconds": wall_seconds,
         "untrained": before,
         "trained": after,
         "camera_ids_at_eval": use_camids,
@@ -102,12 +107,12 @@ def run(out: str | Path, models: list[str], workdir: str | Path | None = None) -
     workdir = Path(workdir) if workdir else out
     out.mkdir(parents=True, exist_ok=True)
     results = [run_one(name, out, workdir) for name in models]
-    rows = [[r["model"], r["dataset"], r["epochs"], r["train_seconds"] / 60, 100 * r["untrained"]["mAP"],
-             100 * r["trained"]["mAP"], 100 * r["trained"]["rank1"],
+    rows = [[r["model"], r["dataset"], r["epochs"], r["train_seconds"] / 60, r["wall_seconds"] / 60,
+             100 * r["untrained"]["mAP"], 100 * r["trained"]["mAP"], 100 * r["trained"]["rank1"],
              r["trained"]["mAP"] / max(r["untrained"]["mAP"], 1e-9)]
             for r in results]
-    print(format_table(["model", "data (held-out ids)", "epochs", "train min", "mAP untrained %", "mAP trained %",
-                        "Rank-1 trained %", "x untrained"], rows, floatfmt=".2f"))
+    print(format_table(["model", "data (held-out ids)", "epochs", "train min", "with evaluations min",
+                        "mAP untrained %", "mAP trained %", "Rank-1 trained %", "x untrained"], rows, floatfmt=".2f"))
     (out / "training.json").write_text(json.dumps(results, indent=2))
     print(f"saved {out / 'training.json'}; curves in {', '.join(r['run'] + '/curves.png' for r in results)}")
     return results
