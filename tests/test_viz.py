@@ -39,7 +39,7 @@ def trained_fusionreid(tmp_path_factory):
     write_market1501(root, train_ids=30, test_ids=24, images_per_camera=4, progress=False)
     config = merge(merge(DEFAULTS, BENCHMARKS["fusionreid_tiny"]["config"]), {
         "model": "fusionreid_tiny", "dataset": {"name": "market1501", "root": str(root)},
-        "output": str(tmp_path_factory.mktemp("run")), "optim": {"epochs": 4}, "eval": {"every": 0},
+        "output": str(tmp_path_factory.mktemp("run")), "optim": {"epochs": 6}, "eval": {"every": 0},
     })
     trainer = Trainer(config, progress=False)
     trainer.fit()
