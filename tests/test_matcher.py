@@ -129,6 +129,18 @@ def publish_all(port: int, messages: list[tuple[str, bytes]]) -> None:
     client.loop_stop()
 
 
+def wait_for_line(stream, marker: str, timeout: float = 15.0) -> bool:
+    """Read ``stream`` line by line until one holds ``marker``; False at its end or after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = stream.readline()
+        if not line:
+            return False
+        if marker in line:
+            return True
+    return False
+
+
 def wait_until(condition, timeout=15.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and not condition():
@@ -170,7 +182,8 @@ def test_killed_matcher_resumes_to_the_same_gallery(tmp_path, mosquitto):
     command = [sys.executable, "-m", "hybreid.cli", "matcher", "run", "--broker", mosquitto.url, "--db", str(db),
                "--client-id", "durable-matcher", "--report-every", "0.2"]
     matcher = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(2.0)  # connected and subscribed: the broker now keeps its session
+    # Once subscribed, the broker keeps the matcher's session through the kill below.
+    assert wait_for_line(matcher.stderr, "subscribed to"), "the matcher did not subscribe"
     publisher = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="slow-publisher")
     publisher.connect("127.0.0.1", mosquitto.port)
     publisher.loop_start()
@@ -233,3 +246,13 @@ def test_identity_scores_by_hand():
     # Pairs: (1,2) predicted same, truly different; (1,3) truly same, predicted different; (2,3) neither.
     assert scores["pairwise"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "true_links": 1, "predicted_links": 1}
     assert scores["cross_modality"]["true_links"] == 1 and scores["cross_modality"]["predicted_links"] == 0
+
+
+def test_waiting_for_a_subscription_without_a_broker_is_one_clear_error(tmp_path):
+    from hybreid.bench.broker import free_port
+
+    url = f"mqtt://127.0.0.1:{free_port()}"  # nothing listens there
+    service = MatcherService(Matcher(Gallery(tmp_path / "g.sqlite"), MatchPolicy()), BrokerConfig(url=url))
+    service.start()
+    with pytest.raises(UserError, match="could not subscribe at the broker at " + url):
+        service.wait_until_subscribed(timeout=1.0)

@@ -17,7 +17,6 @@ from hybreid.bench.broker import Mosquitto
 from hybreid.edge_runtime.publish import BrokerConfig
 from hybreid.edge_runtime.runtime import EdgeRuntime, SiteConfig
 from hybreid.edge_runtime.scenes import render_scenes, tracklet_ground_truth
-from hybreid.errors import UserError
 from hybreid.matcher.gallery import Gallery
 from hybreid.matcher.query import by_camera
 from hybreid.matcher.scoring import score_identities
@@ -36,9 +35,7 @@ def run_site(model: str | Path, scenes: Path, truth: dict, broker_url: str, poli
     gallery = Gallery(work / "gallery.sqlite")
     service = MatcherService(Matcher(gallery, policy), BrokerConfig(url=broker_url, client_id="hybreid-matcher"))
     service.start()
-    if not service.subscribed.wait(10):
-        service.stop()
-        raise UserError(f"the matcher could not subscribe at the broker at {broker_url}")
+    service.wait_until_subscribed()
     config = SiteConfig.from_dict({
         "site": site,
         "cameras": [{"id": c["id"], "source": str(scenes / c["video"]), "modality": c["modality"]}

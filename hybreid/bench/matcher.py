@@ -19,7 +19,6 @@ import paho.mqtt.client as mqtt
 
 from hybreid.bench.broker import Mosquitto
 from hybreid.edge_runtime.publish import BrokerConfig
-from hybreid.errors import UserError
 from hybreid.matcher.gallery import Gallery
 from hybreid.matcher.service import Matcher, MatcherService, MatchPolicy
 from hybreid.protocol import FeatureMessage, encode_feature
@@ -66,9 +65,7 @@ def run(sizes: list[int], out: str | Path, messages: int = 2000, dim: int = 1024
             matcher.handle = timed
             service = MatcherService(matcher, BrokerConfig(url=broker.url, client_id="bench-matcher"), site="bench")
             service.start()
-            if not service.subscribed.wait(10):
-                service.stop()
-                raise UserError(f"the matcher could not subscribe at the broker at {broker.url}")
+            service.wait_until_subscribed()
             payloads = []
             for seq in range(messages):
                 base = known[rng.integers(size)] if seq % 2 == 0 else rng.standard_normal(dim)

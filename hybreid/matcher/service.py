@@ -35,6 +35,7 @@ from pathlib import Path
 
 from hybreid import protocol
 from hybreid.edge_runtime.publish import BrokerConfig, make_client
+from hybreid.errors import UserError
 from hybreid.matcher.gallery import Gallery
 from hybreid.protocol import FeatureMessage, ProtocolError
 
@@ -141,6 +142,7 @@ class MatcherService:
         if refused:
             log.warning("broker refused the matcher's subscription to %s: %s", self.subscription, refused[0])
             return
+        log.info("subscribed to %s", self.subscription)
         self.subscribed.set()
 
     def _on_message(self, client, userdata, message):
@@ -172,6 +174,12 @@ class MatcherService:
     def stop(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
+
+    def wait_until_subscribed(self, timeout: float = 10.0) -> None:
+        """Block until the broker has acknowledged the subscription; stop and raise if it does not."""
+        if not self.subscribed.wait(timeout):
+            self.stop()
+            raise UserError(f"the matcher could not subscribe at the broker at {self.broker.url}")
 
     def run_forever(self, report_every: float = 60.0) -> None:
         self.start()
