@@ -19,15 +19,17 @@ def step_types(transform: T.Compose) -> list[type]:
     return [type(step) for step in transform.transforms]
 
 
+def step_of(transform: T.Compose, kind: type):
+    return next(step for step in transform.transforms if isinstance(step, kind))
+
+
 def test_haresformer_greys_only_visible_images_and_both_papers_erase_and_pad_by_default():
     haresformer = modality_transforms("haresformer", SIZE, MEAN, STD, train=True)
     assert T.RandomGrayscale in step_types(haresformer["visible"])
     assert T.RandomGrayscale not in step_types(haresformer["infrared"])
     fusionreid = modality_transforms("fusionreid", SIZE, MEAN, STD, train=True)
     for transform in (*haresformer.values(), *fusionreid.values()):
-        pad = next(step for step in transform.transforms if isinstance(step, T.Pad))
-        erasing = next(step for step in transform.transforms if isinstance(step, T.RandomErasing))
-        assert pad.padding == 10 and erasing.p == 0.5
+        assert step_of(transform, T.Pad).padding == 10 and step_of(transform, T.RandomErasing).p == 0.5
     evaluation = modality_transforms("haresformer", SIZE, MEAN, STD, train=False)
     assert T.RandomErasing not in step_types(evaluation["visible"]) and T.Pad not in step_types(evaluation["visible"])
 
@@ -63,5 +65,5 @@ def test_the_trainer_passes_the_data_settings_to_the_transforms(tmp_path):
                                    "data": {"pad": 3, "erasing": 0.0}})
     transforms = Trainer(config, progress=False).loader.dataset.transforms
     for transform in transforms.values():
-        assert next(step for step in transform.transforms if isinstance(step, T.Pad)).padding == 3
+        assert step_of(transform, T.Pad).padding == 3
         assert T.RandomErasing not in step_types(transform)
