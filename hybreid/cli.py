@@ -183,8 +183,8 @@ def _cmd_bench_latency(args: argparse.Namespace) -> None:
     int8 = dict(item.split("=", 1) for item in args.int8) if args.int8 else None
     latency.run(args.model or ["fusionreid_vitb16_s12", "haresformer_h1l1"], args.batch or [1, 8], args.out,
                 threads=args.threads, repeats=args.repeats, int8=int8, options=parse_overrides(args.overrides),
-                rounds=args.rounds,
-                references=latency.REFERENCE_MODELS if args.reference else ())
+                rounds=args.rounds, references=latency.REFERENCE_MODELS if args.reference else (),
+                openvino=args.openvino)
 
 
 def _cmd_bench_fidelity(args: argparse.Namespace) -> None:
@@ -379,6 +379,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="also time a Q/DQ INT8 model from `hybreid calibrate int8`")
     lat.add_argument("--reference", action="store_true",
                      help="also time plain timm ResNet-50 and ViT-B/16 (224x224): what this machine allows")
+    lat.add_argument("--openvino", action="store_true",
+                     help="also time ONNX Runtime's OpenVINO execution provider, FP32 (hybreid[openvino], Intel CPUs)")
     lat.add_argument("--out", default="benchmarks/latency")
     lat.add_argument("overrides", nargs="*", metavar="key=value", help="model options")
     lat.set_defaults(func=_cmd_bench_latency)

@@ -55,11 +55,13 @@ def test_pipeline_benchmark_compares_with_the_embedder_alone(tmp_path, tiny_onnx
     assert result["mqtt_acknowledged"] == result["tracklets"] and result["tracklet_purity"] > 0.8
 
 
-def test_latency_benchmark_times_a_plain_timm_reference_beside_our_model(tmp_path):
+def test_latency_benchmark_times_a_plain_timm_reference_and_openvino_beside_our_model(tmp_path):
     cells = latency.run(["haresformer_tiny"], [2], tmp_path, threads=1, repeats=2, warmup=1,
-                        references=("resnet10t",))
+                        references=("resnet10t",), openvino=True)
+    backends = {"torch", "onnxruntime-fp32", "onnxruntime-openvino-fp32"}
+    assert {c.backend for c in cells if c.model == "haresformer_tiny"} == backends
     reference = [c for c in cells if c.model == "timm/resnet10t"]
-    assert {c.backend for c in reference} == {"torch", "onnxruntime-fp32"}
+    assert {c.backend for c in reference} == backends
     assert (tmp_path / "timm_resnet10t.onnx").is_file()
     # A 224x224 ResNet costs far more per image than the 128x64 tiny HAResformer.
     ours = next(c for c in cells if c.model == "haresformer_tiny")

@@ -113,9 +113,12 @@ def test_broker_outage_and_killed_edge_lose_nothing(tmp_path, scenes, tiny_onnx,
 
 
 def test_edge_runtime_runs_without_torch_or_timm(tmp_path, scenes, tiny_onnx, mosquitto):
+    """A camera box has no torch; this one (an Intel box) embeds with OpenVINO."""
     scenes_dir, _ = scenes
     config_path = tmp_path / "site.yaml"
-    config_path.write_text(yaml.safe_dump(site(tmp_path, scenes_dir, tiny_onnx, mosquitto.url)))
+    config = site(tmp_path, scenes_dir, tiny_onnx, mosquitto.url)
+    config["model"].update(providers=["openvino"], threads=1)
+    config_path.write_text(yaml.safe_dump(config))
     script = tmp_path / "edge_without_torch.py"
     script.write_text(WITHOUT_TORCH + f"""
 from hybreid.cli import main
@@ -129,3 +132,4 @@ sys.exit(code)
     assert result.returncode == 0, result.stderr[-2000:]
     summary = json.loads(result.stdout[result.stdout.index("{"):])
     assert summary["tracklets_published"] >= 8 and summary["mqtt_acknowledged"] == summary["tracklets_published"]
+    assert summary["embed_backend"] == "onnxruntime:OpenVINOExecutionProvider"

@@ -66,6 +66,43 @@ def test_parity_with_pytorch_at_batches_1_3_17(exported, name):
 
 
 @pytest.mark.parametrize("name", TINY)
+def test_openvino_provider_matches_pytorch_at_batches_1_3_17(exported, name):
+    """Intel CPU boxes: ONNX Runtime's OpenVINO plugin, pinned to f32, on the same file."""
+    model, path, nhwc = exported[name]
+    embedder = OnnxRuntimeEmbedder(path, providers=["openvino"], threads=1)
+    assert embedder.backend == "onnxruntime:OpenVINOExecutionProvider"
+    for batch in (1, 3, 17):
+        images = torch.randn(batch, 3, *model.image_size, generator=torch.Generator().manual_seed(batch))
+        with torch.no_grad():
+            reference = model(images).numpy()
+        got = embedder.embed_preprocessed(images.numpy())
+        assert cosine(got, reference).min() >= 0.9999
+        # f32 arithmetic: bfloat16, OpenVINO's default on CPUs with AVX512-BF16, is off by ~1e-3.
+        assert np.abs(got - reference / np.linalg.norm(reference, axis=1, keepdims=True)).max() < 1e-5
+    crops = [np.random.default_rng(i).integers(0, 256, (90 + 7 * i, 40, 3), dtype=np.uint8) for i in range(3)]
+    in_graph = OnnxRuntimeEmbedder(nhwc, providers=["OpenVINOExecutionProvider"], threads=1).embed(crops)
+    assert cosine(in_graph, OnnxRuntimeEmbedder(nhwc, providers=["CPUExecutionProvider"]).embed(crops)).min() >= 0.9999
+
+
+def test_missing_openvino_plugin_is_one_clear_error(exported, tmp_path):
+    script = tmp_path / "no_openvino.py"
+    script.write_text(f"""
+import sys
+sys.modules['onnxruntime_ep_openvino'] = None  # as on a box without hybreid[openvino]
+from hybreid.errors import UserError
+from hybreid.inference import OnnxRuntimeEmbedder
+try:
+    OnnxRuntimeEmbedder({str(exported["fusionreid_tiny"][1])!r}, providers=["openvino"])
+except UserError as exc:
+    print(exc)
+""")
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "OpenVINO execution provider is not installed" in result.stdout
+    assert "hybreid[openvino]" in result.stdout
+
+
+@pytest.mark.parametrize("name", TINY)
 def test_preprocessing_in_the_graph_takes_uint8_crops(exported, name):
     model, _, nhwc = exported[name]
     embedder = load_embedder(nhwc)
@@ -227,6 +264,9 @@ class TestTensorRTDecisions:
         write_sidecar(engine, "k", "sha", self.device, BuildOptions("fp16"), contract)
         with pytest.raises(UserError, match="TensorRT is not installed"):
             load_embedder(engine)
+        # A site config written for the ONNX file (threads, providers) still loads an engine.
+        with pytest.raises(UserError, match="TensorRT is not installed"):
+            load_embedder(engine, threads=2, providers=["CPUExecutionProvider"])
 
 
 class TestBundles:

@@ -76,6 +76,7 @@ def _time(fn, warmup: int, repeats: int) -> list[float]:
 REFERENCE_MODELS = ("resnet50", "vit_base_patch16_224")  # a plain CNN and a plain ViT
 REFERENCE_PREFIX = "timm/"  # how reference models are named in cells and the JSON
 REFERENCE_SIZE = (224, 224)
+CPU = ["CPUExecutionProvider"]
 
 
 def _build_for_timing(spec: dict):
@@ -104,11 +105,9 @@ def measure_cell(spec: dict) -> dict:
             with torch.inference_mode():
                 model(images)
     elif spec["model"].startswith(REFERENCE_PREFIX):
-        import onnxruntime as ort
+        from hybreid.inference.embedder import onnxruntime_session
 
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        session = ort.InferenceSession(spec["artifact"], options, providers=["CPUExecutionProvider"])
+        session = onnxruntime_session(spec["artifact"], spec["providers"], threads)
         feed = {session.get_inputs()[0].name: np.random.default_rng(0).standard_normal(
             (batch, 3, *REFERENCE_SIZE)).astype(np.float32)}
 
@@ -117,7 +116,7 @@ def measure_cell(spec: dict) -> dict:
     else:
         from hybreid.inference.embedder import OnnxRuntimeEmbedder
 
-        embedder = OnnxRuntimeEmbedder(spec["artifact"], providers=["CPUExecutionProvider"], threads=threads)
+        embedder = OnnxRuntimeEmbedder(spec["artifact"], providers=spec["providers"], threads=threads)
         contract = embedder.contract
         images = np.random.default_rng(0).standard_normal((batch, 3, contract.height, contract.width)).astype(
             np.float32)
@@ -158,8 +157,11 @@ def _export_reference(model, path: Path) -> None:
 
 def run(models: list[str], batches: list[int], out: str | Path, threads: int = 2, repeats: int = 10,
         warmup: int = 2, int8: dict[str, str] | None = None, options: dict | None = None,
-        rounds: int = 1, references: tuple[str, ...] = ()) -> list[Cell]:
+        rounds: int = 1, references: tuple[str, ...] = (), openvino: bool = False) -> list[Cell]:
     """Benchmark ``models`` (registry names, untrained weights: speed does not depend on them).
+
+    ``openvino`` adds ONNX Runtime with the OpenVINO execution provider (FP32) beside its
+    default CPU provider.
 
     With ``rounds > 1`` every cell is measured in each round, cells interleaved: slow
     drifts of a shared machine then hit every backend alike instead of whichever cell
@@ -187,14 +189,17 @@ def run(models: list[str], batches: list[int], out: str | Path, threads: int = 2
             onnx_path = out / f"{name}.onnx"
             if not onnx_path.is_file():
                 export_onnx(build(name, **(options or {})).eval(), onnx_path, name, options or {})
-        backends = {"torch": None, "onnxruntime-fp32": str(onnx_path)}
+        backends = {"torch": (None, None), "onnxruntime-fp32": (str(onnx_path), CPU)}
+        if openvino:
+            backends["onnxruntime-openvino-fp32"] = (str(onnx_path), ["openvino"])
         if int8 and name in int8:
-            backends["onnxruntime-int8"] = int8[name]
-        for backend, artifact in backends.items():
+            backends["onnxruntime-int8"] = (int8[name], CPU)
+        for backend, (artifact, providers) in backends.items():
             for batch in batches:
                 specs.append((backend, {"backend": "torch" if backend == "torch" else "onnxruntime",
-                                        "artifact": artifact, "model": name, "options": options or {}, "batch": batch,
-                                        "threads": threads, "repeats": repeats, "warmup": warmup}))
+                                        "artifact": artifact, "providers": providers, "model": name,
+                                        "options": options or {}, "batch": batch, "threads": threads,
+                                        "repeats": repeats, "warmup": warmup}))
     times = {i: [] for i in range(len(specs))}
     rss = dict.fromkeys(range(len(specs)), 0.0)
     around = {i: [] for i in range(len(specs))}  # the GEMM rate around each round of a cell

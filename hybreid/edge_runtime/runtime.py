@@ -98,6 +98,7 @@ class Metrics:
             "track_ms_per_frame": 1000 * self.seconds["track"] / frames,
             "detections": self.detections,
             "crops": self.crops,
+            "embed_backend": runtime.embedder.backend,
             "embed_batches": worker.batches,
             "embed_batch_fill": worker.batch_fill,
             "embed_ms_per_crop": 1000 * worker.embed_seconds / max(worker.crops, 1),
@@ -123,7 +124,7 @@ class EdgeRuntime:
 
         self.config = config
         self.embedder = embedder or load_embedder(config.model["path"], **{k: v for k, v in config.model.items()
-                                                                           if k == "threads"})
+                                                                           if k in ("threads", "providers", "device")})
         self.contract = self.embedder.contract
         self.outbox = Outbox(**config.outbox)
         broker = BrokerConfig(**{"client_id": f"hybreid-edge-{config.site}-{config.box_id}", **config.broker})

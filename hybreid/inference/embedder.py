@@ -1,13 +1,15 @@
 """One ``Embedder``: numpy crops in, L2-normalised float32 embeddings out.
 
 The backend is chosen by the artifact: an ``.onnx`` file runs on ONNX Runtime (CPU, or
-the CUDA / TensorRT execution providers where installed); a TensorRT engine
+the CUDA / TensorRT execution providers where installed, or OpenVINO on Intel CPUs when
+asked for); a TensorRT engine
 (``.engine``/``.plan`` with its ``.json`` contract beside it) runs on TensorRT with
 pycuda. Torch-free.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -42,45 +44,99 @@ class Embedder:
         return l2_normalize(np.concatenate(outputs).astype(np.float32, copy=False))
 
 
+OPENVINO = "OpenVINOExecutionProvider"
+
+
+def _add_openvino_cpu(options, threads: int | None) -> None:
+    """Add OpenVINO's CPU device to ``options``.
+
+    OpenVINO reaches ONNX Runtime as a plugin execution provider (ORT >= 1.23): its library
+    is registered once per process, and it is chosen by device, not by name (a name in
+    ``providers`` would silently fall back to the CPU provider). The precision is pinned to
+    f32: on CPUs with AVX512-BF16 OpenVINO otherwise computes in bfloat16, which is another
+    model's numerics (and, without AMX, slower).
+    """
+    import onnxruntime as ort
+
+    if OPENVINO not in ort.get_available_providers():
+        try:
+            import onnxruntime_ep_openvino
+        except ImportError as exc:
+            raise UserError("the OpenVINO execution provider is not installed: `pip install 'hybreid[openvino]'` "
+                            "(x86-64), or leave it out of the providers") from exc
+        if not hasattr(ort, "register_execution_provider_library"):
+            raise UserError(f"onnxruntime {ort.__version__} cannot load plugin execution providers; OpenVINO "
+                            "needs onnxruntime >= 1.23")
+        ort.register_execution_provider_library("OpenVINO", onnxruntime_ep_openvino.get_library_path())
+    devices = [device for device in ort.get_ep_devices()
+               if device.ep_name == OPENVINO and device.device.type == ort.OrtHardwareDeviceType.CPU]
+    if not devices:
+        raise UserError("OpenVINO found no CPU device on this machine; use the CPU execution provider")
+    cpu = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
+    if threads:
+        cpu["INFERENCE_NUM_THREADS"] = str(threads)
+    options.add_provider_for_devices(devices[:1], {"load_config": json.dumps({"CPU": cpu})})
+
+
+def onnxruntime_session(path: str | Path, providers: Sequence[str] | None = None, threads: int | None = None,
+                        disable_qdq_fusion: bool = False):
+    """An ONNX Runtime session, or one clear error for a missing or damaged file.
+
+    ``providers`` defaults to TensorRT > CUDA > CPU, whichever exist. OpenVINO
+    (``"OpenVINOExecutionProvider"`` or ``"openvino"``) is used only when asked for, with
+    the CPU provider behind it for any node it does not take.
+    """
+    import onnxruntime as ort
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"model file {path} does not exist")
+    if providers is None:
+        preferred = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+        providers = [p for p in preferred if p in ort.get_available_providers()]
+    providers = [OPENVINO if p.lower() == "openvino" else p for p in providers]
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    if disable_qdq_fusion:
+        # Run Q/DQ as exact fake-quantisation: the numerics a GPU INT8 engine computes.
+        options.add_session_config_entry("session.disable_quant_qdq", "1")
+    if OPENVINO in providers:
+        _add_openvino_cpu(options, threads)
+        by_name = {}
+    else:
+        by_name = {"providers": list(providers)}
+    try:
+        return ort.InferenceSession(str(path), options, **by_name)
+    except Exception as exc:  # ORT raises InvalidProtobuf, Fail, ... for a damaged file
+        raise UserError(f"ONNX Runtime cannot load {path} ({exc.__class__.__name__}): the file is damaged "
+                        "or not an ONNX model; export it again") from exc
+
+
 class OnnxRuntimeEmbedder(Embedder):
-    """ONNX Runtime; ``providers`` defaults to TensorRT > CUDA > CPU, whichever exist."""
+    """ONNX Runtime, with the providers of :func:`onnxruntime_session`."""
 
     def __init__(self, path: str | Path, providers: Sequence[str] | None = None, threads: int | None = None,
                  disable_qdq_fusion: bool = False):
-        import onnxruntime as ort
-
-        path = Path(path)
-        if not path.is_file():
-            raise UserError(f"model file {path} does not exist")
-        available = ort.get_available_providers()
-        if providers is None:
-            preferred = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
-            providers = [p for p in preferred if p in available]
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
-        if disable_qdq_fusion:
-            # Run Q/DQ as exact fake-quantisation: the numerics a GPU INT8 engine computes.
-            options.add_session_config_entry("session.disable_quant_qdq", "1")
-        try:
-            self.session = ort.InferenceSession(str(path), options, providers=list(providers))
-        except Exception as exc:  # ORT raises InvalidProtobuf, Fail, ... for a damaged file
-            raise UserError(f"ONNX Runtime cannot load {path} ({exc.__class__.__name__}): the file is damaged "
-                            "or not an ONNX model; export it again") from exc
+        self.session = onnxruntime_session(path, providers, threads, disable_qdq_fusion)
         meta = self.session.get_modelmeta().custom_metadata_map
         self.contract = ModelContract.from_metadata(meta, str(path))
         self.backend = f"onnxruntime:{self.session.get_providers()[0]}"
-        self.path = path
+        self.path = Path(path)
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         return self.session.run([self.contract.output_name], {self.contract.input_name: batch})[0]
 
 
-def load_embedder(path: str | Path, **options) -> Embedder:
-    """The embedder for an artifact: ONNX file or TensorRT engine."""
+def load_embedder(path: str | Path, threads: int | None = None, providers: Sequence[str] | None = None,
+                  device: int = 0) -> Embedder:
+    """The embedder for an artifact: ONNX file or TensorRT engine.
+
+    ``threads`` and ``providers`` are ONNX Runtime's; ``device`` is the GPU of an engine.
+    """
     path = Path(path)
     if path.suffix in (".engine", ".plan", ".trt"):
         from hybreid.inference.tensorrt_backend import TensorRTEmbedder
 
-        return TensorRTEmbedder(path, **options)
-    return OnnxRuntimeEmbedder(path, **options)
+        return TensorRTEmbedder(path, device)
+    return OnnxRuntimeEmbedder(path, providers, threads)
