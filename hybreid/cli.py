@@ -181,10 +181,17 @@ def _cmd_bench_latency(args: argparse.Namespace) -> None:
     from hybreid.config import parse_overrides
 
     int8 = dict(item.split("=", 1) for item in args.int8) if args.int8 else None
+    engines = dict(item.split("=", 1) for item in args.engine) if args.engine else None
     latency.run(args.model or ["fusionreid_vitb16_s12", "haresformer_h1l1"], args.batch or [1, 8], args.out,
                 threads=args.threads, repeats=args.repeats, int8=int8, options=parse_overrides(args.overrides),
                 rounds=args.rounds, references=latency.REFERENCE_MODELS if args.reference else (),
-                openvino=args.openvino)
+                openvino=args.openvino, engines=engines)
+
+
+def _cmd_bench_profile(args: argparse.Namespace) -> None:
+    from hybreid.bench import profile
+
+    profile.run(args.onnx, args.out, batch=args.batch, threads=args.threads, runs=args.runs)
 
 
 def _cmd_bench_fidelity(args: argparse.Namespace) -> None:
@@ -369,7 +376,8 @@ def build_parser() -> argparse.ArgumentParser:
     train_bench.add_argument("--workdir", default=None, help="where to write the synthetic data (default: --out)")
     train_bench.set_defaults(func=_cmd_bench_train)
 
-    lat = bench_commands.add_parser("latency", help="torch eager vs ONNX Runtime (FP32, INT8) latency and roofline")
+    lat = bench_commands.add_parser(
+        "latency", help="torch eager vs ONNX Runtime (FP32, OpenVINO, INT8) and TensorRT: latency, roofline")
     lat.add_argument("--model", action="append", help="registry name (repeatable); default: both paper models")
     lat.add_argument("--batch", action="append", type=int, help="batch size (repeatable); default 1 and 8")
     lat.add_argument("--threads", type=int, default=2)
@@ -379,11 +387,21 @@ def build_parser() -> argparse.ArgumentParser:
                      help="also time a Q/DQ INT8 model from `hybreid calibrate int8`")
     lat.add_argument("--reference", action="store_true",
                      help="also time plain timm ResNet-50 and ViT-B/16 (224x224): what this machine allows")
+    lat.add_argument("--engine", action="append", metavar="MODEL=ENGINE",
+                     help="also time a TensorRT engine of that model (hybreid export engine; needs a GPU)")
     lat.add_argument("--openvino", action="store_true",
                      help="also time ONNX Runtime's OpenVINO execution provider, FP32 (hybreid[openvino], Intel CPUs)")
     lat.add_argument("--out", default="benchmarks/latency")
     lat.add_argument("overrides", nargs="*", metavar="key=value", help="model options")
     lat.set_defaults(func=_cmd_bench_latency)
+
+    prof = bench_commands.add_parser("profile", help="where an ONNX model's CPU time goes, operator by operator")
+    prof.add_argument("onnx", help="an exported model (hybreid export onnx)")
+    prof.add_argument("--batch", type=int, default=8)
+    prof.add_argument("--threads", type=int, default=2)
+    prof.add_argument("--runs", type=int, default=3, help="profiled runs after one warm-up")
+    prof.add_argument("--out", default="benchmarks/profile")
+    prof.set_defaults(func=_cmd_bench_profile)
 
     fid = bench_commands.add_parser("fidelity", help="ONNX parity with PyTorch and FP16 fidelity, no GPU needed")
     fid.add_argument("--model", action="append", help="registry name (repeatable); default: both paper models")

@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 from collections import Counter
 
+import numpy as np
 import pytest
 
 from hybreid.bench import fidelity, latency, training
+from hybreid.errors import UserError
 
 
 def test_latency_benchmark_writes_cells_json_and_png(tmp_path):
@@ -15,14 +17,23 @@ def test_latency_benchmark_writes_cells_json_and_png(tmp_path):
     assert {(c.backend, c.batch) for c in cells} == {(b, n) for b in ("torch", "onnxruntime-fp32") for n in (1, 2)}
     saved = json.loads((tmp_path / "latency.json").read_text())
     assert saved["matmul_gflops"] > 0 and len(saved["cells"]) == 4
-    for cell in cells:
+    # Before each of a cell's 2 timed runs and after the last, while the cell waits.
+    assert len(saved["matmul_gflops_measured"]) == 4 * 3
+    for cell, record in zip(cells, saved["cells"], strict=True):
         assert cell.p90_ms >= cell.median_ms > 0
         assert cell.images_per_s == cell.batch / (cell.median_ms / 1000)
         assert 0 < cell.roofline < 1.5 and cell.peak_rss_mib > 10
-        # One round: the ratio is against the GEMM rate measured around this very cell.
-        assert cell.roofline == pytest.approx(cell.gflops_per_image * cell.images_per_s / cell.matmul_gflops)
-    assert len({cell.matmul_gflops for cell in cells}) == len(cells)  # measured anew around each cell
+        # Each run against the mean of the GEMM rates measured right before and after it.
+        seconds, rates = np.array(record["run_seconds"]), np.array(record["run_matmul_gflops"])
+        assert len(seconds) == len(rates) == 2
+        assert cell.roofline == pytest.approx(np.median(cell.gflops_per_image * cell.batch / seconds / rates))
     assert (tmp_path / "latency.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_latency_benchmark_with_an_engine_and_no_tensorrt_is_one_clear_error(tmp_path):
+    with pytest.raises(UserError, match="TensorRT is not installed"):
+        latency.run(["haresformer_tiny"], [1], tmp_path, engines={"haresformer_tiny": str(tmp_path / "m.engine")})
+    assert not (tmp_path / "latency.json").exists()
 
 
 def test_fidelity_benchmark_reports_parity_and_fp16(tmp_path):
@@ -79,3 +90,27 @@ def test_training_benchmark_writes_each_dataset_at_its_own_image_density(tmp_pat
     assert {len(list(folder.glob("*.jpg"))) for folder in sysu.glob("cam*/*")} == {20}
     per_identity_and_camera = Counter(path.name[:7] for path in (market / "bounding_box_train").glob("*.jpg"))
     assert set(per_identity_and_camera.values()) == {4}
+
+
+def test_node_flops_count_multiply_adds_of_matmuls_and_convolutions():
+    from hybreid.bench.profile import node_flops
+
+    assert node_flops("MatMul", [[2, 3, 4]], [[2, 3, 5]], None, {}) == 2 * (2 * 3 * 5) * 4
+    assert node_flops("Gemm", [[4, 3]], [[3, 5]], [4, 5], {"transA": 1}) == 2 * 15 * 4
+    assert node_flops("FusedConv", [[1, 3, 8, 8]], [[1, 8, 4, 4]], [8, 3, 3, 3], {}) == 2 * (8 * 4 * 4) * 27
+    assert node_flops("Softmax", [[2, 5]], [[2, 5]], None, {}) == 0
+
+
+def test_profile_accounts_for_the_models_flops_and_time(tmp_path, tiny_onnx):
+    from hybreid.bench.flops import count_model
+    from hybreid.bench.profile import run
+
+    summary = run(tiny_onnx, tmp_path, batch=2, threads=1, runs=1)
+    assert sum(o["share"] for o in summary["operators"]) == pytest.approx(1.0)
+    assert 0 < summary["gemm_share"] < 1 and summary["gemm_gflops_per_s"] > 0
+    # What ONNX Runtime executed in matmuls and convolutions is the model's FLOP count
+    # (counted independently, on the PyTorch module), give or take the elementwise rest.
+    assert summary["gemm_gflop_per_image"] == pytest.approx(2 * count_model("haresformer_tiny").full_gmacs, rel=0.05)
+    assert {"MatMul", "Softmax"} <= {o["op"] for o in summary["operators"]}
+    assert json.loads((tmp_path / "profile.json").read_text())["batch"] == 2
+    assert (tmp_path / "profile.png").read_bytes()[:4] == b"\x89PNG"

@@ -2,14 +2,16 @@
 
 For each model the benchmark exports the ONNX files it needs, then runs every
 (backend, batch) cell in its own subprocess, so each cell's peak memory is its own:
-torch eager, ONNX Runtime FP32, ONNX Runtime INT8 (a Q/DQ model from ``hybreid
-calibrate int8``, when given) and TensorRT (when an engine is given and a GPU exists).
+torch eager, ONNX Runtime FP32, ONNX Runtime with the OpenVINO execution provider
+(FP32, when asked for) and ONNX Runtime INT8 (a Q/DQ model from ``hybreid calibrate
+int8``, when given).
 
 The roofline ratio is the model's FLOPs (every FLOP, attention matmuls included: 2 x
-fvcore's MACs) times the measured images/s, divided by the float32 matrix-multiply
-rate of this machine measured right before and right after that cell (their mean), so
-a shared machine that speeds up or slows down over the run moves both sides of the
-ratio alike. With ``references`` (timm names;
+fvcore's MACs) times images/s, divided by the float32 matrix-multiply rate of this
+machine (a 2048x2048 torch GEMM). Each timed run is paired with the rates measured right
+before and right after it (their mean), and a cell's ratio is the median over its runs,
+so a shared machine that speeds up or slows down moves both sides of the ratio alike.
+With ``references`` (timm names;
 ``--reference`` gives :data:`REFERENCE_MODELS`) plain timm models run beside them at
 224x224, so a model's ratio can be read against what a plain CNN and a plain ViT reach
 on the same machine in the same run.
@@ -18,6 +20,7 @@ Results: a table, JSON and a PNG.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -42,8 +45,8 @@ class Cell:
     images_per_s: float
     peak_rss_mib: float
     gflops_per_image: float
-    matmul_gflops: float  # the machine's float32 GEMM rate around this cell (median over rounds)
-    roofline: float  # median over rounds of each round's ratio
+    matmul_gflops: float  # the machine's float32 GEMM rate around this cell's runs (median)
+    roofline: float  # median over the cell's runs of each run's ratio
 
 
 def matmul_rate(threads: int, size: int = 2048, repeats: int = 8) -> float:
@@ -62,14 +65,17 @@ def matmul_rate(threads: int, size: int = 2048, repeats: int = 8) -> float:
     return 2 * size**3 / float(np.median(times)) / 1e9
 
 
-def _time(fn, warmup: int, repeats: int) -> list[float]:
+def _time(fn, warmup: int, repeats: int, handshake) -> list[float]:
+    """Time ``repeats`` runs of ``fn``; ``handshake`` is called before each and after the last."""
     for _ in range(warmup):
         fn()
     times = []
     for _ in range(repeats):
+        handshake()
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
+    handshake()
     return times
 
 
@@ -88,6 +94,12 @@ def _build_for_timing(spec: dict):
 
     model = build(spec["model"], **spec.get("options", {})).eval()
     return model, model.image_size
+
+
+def _wait_for_parent() -> None:
+    """Tell the parent this cell is idle, and wait while it measures the GEMM rate."""
+    print(READY, flush=True)
+    sys.stdin.readline()
 
 
 def measure_cell(spec: dict) -> dict:
@@ -113,18 +125,20 @@ def measure_cell(spec: dict) -> dict:
 
         def run():
             session.run(None, feed)
-    else:
-        from hybreid.inference.embedder import OnnxRuntimeEmbedder
+    else:  # an exported model: an ONNX file, or a TensorRT engine built from one
+        from hybreid.inference import load_embedder
 
-        embedder = OnnxRuntimeEmbedder(spec["artifact"], providers=spec["providers"], threads=threads)
+        embedder = load_embedder(spec["artifact"], threads=threads, providers=spec["providers"])
         contract = embedder.contract
-        images = np.random.default_rng(0).standard_normal((batch, 3, contract.height, contract.width)).astype(
-            np.float32)
+        rng = np.random.default_rng(0)
+        images = (rng.integers(0, 256, (batch, contract.height, contract.width, 3), dtype=np.uint8)
+                  if contract.preprocess_in_graph
+                  else rng.standard_normal((batch, 3, contract.height, contract.width)).astype(np.float32))
 
         def run():
             embedder.run(images)
 
-    times = _time(run, spec["warmup"], spec["repeats"])
+    times = _time(run, spec["warmup"], spec["repeats"], _wait_for_parent)
     return {"times": times, "peak_rss_mib": peak_rss_mib()}
 
 
@@ -137,13 +151,39 @@ def peak_rss_mib() -> float:
     return float("nan")
 
 
+READY = "ready"  # a cell's line to the parent: idle now, measure the GEMM rate
+
+
 def _run_in_subprocess(spec: dict) -> dict:
+    """Run one cell in a fresh process, measuring this machine's GEMM rate before each
+    timed run and after the last, while the cell waits.
+
+    A shared machine's speed drifts by tens of percent within seconds; pairing every run
+    with the rates measured right around it keeps both sides of the roofline ratio in
+    the same state of the machine. Measuring in the parent keeps the GEMM library out of
+    the cell's memory.
+    """
     code = "import json,sys; from hybreid.bench.latency import measure_cell; " \
            "print(json.dumps(measure_cell(json.loads(sys.argv[1]))))"
-    result = subprocess.run([sys.executable, "-c", code, json.dumps(spec)], capture_output=True, text=True)
-    if result.returncode != 0:
-        raise RuntimeError(f"latency cell {spec['backend']} batch {spec['batch']} failed:\n{result.stderr[-2000:]}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    child = subprocess.Popen([sys.executable, "-c", code, json.dumps(spec)], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    rates, last = [], ""
+    for line in child.stdout:
+        last = line.strip()
+        if last == READY:
+            time.sleep(IDLE_BEFORE_GEMM_S)
+            rates.append(matmul_rate(spec["threads"], repeats=4))
+            child.stdin.write("go\n")
+            child.stdin.flush()
+    stderr = child.stderr.read()
+    if child.wait() != 0:
+        raise RuntimeError(f"latency cell {spec['backend']} batch {spec['batch']} failed:\n{stderr[-2000:]}")
+    return {**json.loads(last), "rates": rates}
+
+
+# The cell's runtime threads spin for a while after a run (OpenMP, ONNX Runtime's pool):
+# let them fall asleep before the GEMM, or they take its cores.
+IDLE_BEFORE_GEMM_S = 0.2
 
 
 def _export_reference(model, path: Path) -> None:
@@ -157,11 +197,13 @@ def _export_reference(model, path: Path) -> None:
 
 def run(models: list[str], batches: list[int], out: str | Path, threads: int = 2, repeats: int = 10,
         warmup: int = 2, int8: dict[str, str] | None = None, options: dict | None = None,
-        rounds: int = 1, references: tuple[str, ...] = (), openvino: bool = False) -> list[Cell]:
+        rounds: int = 1, references: tuple[str, ...] = (), openvino: bool = False,
+        engines: dict[str, str] | None = None) -> list[Cell]:
     """Benchmark ``models`` (registry names, untrained weights: speed does not depend on them).
 
     ``openvino`` adds ONNX Runtime with the OpenVINO execution provider (FP32) beside its
-    default CPU provider.
+    default CPU provider; ``engines`` maps a model to a TensorRT engine built from its
+    ONNX file (``hybreid export engine``), timed on the GPU.
 
     With ``rounds > 1`` every cell is measured in each round, cells interleaved: slow
     drifts of a shared machine then hit every backend alike instead of whichever cell
@@ -171,6 +213,10 @@ def run(models: list[str], batches: list[int], out: str | Path, threads: int = 2
     from hybreid.export.onnx_export import export_onnx
     from hybreid.models import build
 
+    if engines:
+        from hybreid.inference.tensorrt_backend import import_tensorrt
+
+        import_tensorrt()  # one clear error before any cell runs
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     specs, gflops = [], {}
@@ -194,6 +240,8 @@ def run(models: list[str], batches: list[int], out: str | Path, threads: int = 2
             backends["onnxruntime-openvino-fp32"] = (str(onnx_path), ["openvino"])
         if int8 and name in int8:
             backends["onnxruntime-int8"] = (int8[name], CPU)
+        if engines and name in engines:
+            backends["tensorrt"] = (engines[name], None)
         for backend, (artifact, providers) in backends.items():
             for batch in batches:
                 specs.append((backend, {"backend": "torch" if backend == "torch" else "onnxruntime",
@@ -202,37 +250,35 @@ def run(models: list[str], batches: list[int], out: str | Path, threads: int = 2
                                         "repeats": repeats, "warmup": warmup}))
     times = {i: [] for i in range(len(specs))}
     rss = dict.fromkeys(range(len(specs)), 0.0)
-    around = {i: [] for i in range(len(specs))}  # the GEMM rate around each round of a cell
-    ratios = {i: [] for i in range(len(specs))}
-    rates = [matmul_rate(threads)]
+    around = {i: [] for i in range(len(specs))}  # the GEMM rate around each timed run of a cell
+    rates = []
     progress = tqdm(total=rounds * len(specs), desc="latency cells")
     for _ in range(rounds):
         for index, (backend, spec) in enumerate(specs):
             progress.set_postfix_str(f"{spec['model']} {backend} batch {spec['batch']}")
             measured = _run_in_subprocess(spec)
-            rates.append(matmul_rate(threads))
-            rate_around = (rates[-2] + rates[-1]) / 2
+            rates += measured["rates"]
             times[index] += measured["times"]
+            around[index] += [(before + after) / 2 for before, after in itertools.pairwise(measured["rates"])]
             rss[index] = max(rss[index], measured["peak_rss_mib"])
-            around[index].append(rate_around)
-            images_per_s = spec["batch"] / float(np.median(measured["times"]))
-            ratios[index].append(gflops[spec["model"]] * images_per_s / rate_around)
             progress.update()
     progress.close()
     cells: list[Cell] = []
     for index, (backend, spec) in enumerate(specs):
         cell_times, batch = np.array(times[index]), spec["batch"]
+        ratios = gflops[spec["model"]] * batch / cell_times / np.array(around[index])
         cells.append(Cell(spec["model"], backend, batch, 1000 * float(np.median(cell_times)),
                           1000 * float(np.percentile(cell_times, 90)), batch / float(np.median(cell_times)),
                           rss[index], gflops[spec["model"]], float(np.median(around[index])),
-                          float(np.median(ratios[index]))))
+                          float(np.median(ratios))))
     header = ["model", "backend", "batch", "median ms", "p90 ms", "images/s", "peak RSS MiB", "GFLOPs/img",
               "matmul GFLOP/s", "roofline"]
     print(format_table(header, [list(asdict(c).values()) for c in cells], floatfmt=".2f",
                        title=f"latency on {threads} threads; float32 matmul rate {min(rates):.0f}-{max(rates):.0f} "
                              f"GFLOP/s over the run, each cell against the rate around it"))
     summary = {"matmul_gflops": float(np.median(rates)), "matmul_gflops_measured": rates, "threads": threads,
-               "rounds": rounds, "cells": [asdict(c) for c in cells]}
+               "rounds": rounds, "cells": [{**asdict(cell), "run_seconds": times[index], "run_matmul_gflops":
+                                            around[index]} for index, cell in enumerate(cells)]}
     (out / "latency.json").write_text(json.dumps(summary, indent=2))
     _plot(cells, out / "latency.png")
     print(f"saved {out / 'latency.json'} and {out / 'latency.png'}")

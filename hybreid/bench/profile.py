@@ -1,0 +1,148 @@
+"""Where an ONNX model's CPU time goes: ONNX Runtime's own per-node profile, grouped by
+operator type and by matrix-multiply shape, with the rate each GEMM-like node reaches.
+
+The roofline ratio of ``bench latency`` says how far a model is from this machine's
+matrix-multiply rate; this says which block keeps it there (slow small matmuls,
+memory-bound elementwise operators, layout reorders).
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from hybreid.tables import format_table
+
+MATMULS = ("MatMul", "FusedMatMul", "Gemm", "FusedGemm")
+CONVOLUTIONS = ("Conv", "FusedConv")
+
+
+def node_flops(op: str, inputs: list[list[int]], outputs: list[list[int]], weight: list[int] | None,
+               attributes: dict) -> int:
+    """Multiply-add FLOPs (2 per MAC) of one executed node, 0 for operators without a GEMM."""
+    if op in MATMULS:
+        transposed = attributes.get("transA", 0)
+        inner = inputs[0][-2] if transposed else inputs[0][-1]
+        return 2 * int(np.prod(outputs[0])) * int(inner)
+    if op in CONVOLUTIONS and weight is not None:
+        return 2 * int(np.prod(outputs[0])) * int(np.prod(weight[1:]))
+    return 0
+
+
+def _shapes(described: list[dict]) -> list[list[int]]:
+    return [next(iter(item.values())) for item in described]
+
+
+def run(onnx_path: str | Path, out: str | Path, batch: int = 8, threads: int = 2, runs: int = 3,
+        top: int = 12) -> dict:
+    """Profile ``runs`` timed runs (after one warm-up) of ``onnx_path`` at ``batch``."""
+    import onnx
+    import onnxruntime as ort
+
+    from hybreid.inference.embedder import onnxruntime_session
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as scratch:
+        # The optimised graph names the weights of fused convolutions; the profile does not.
+        optimized = Path(scratch) / "optimized.onnx"
+        probe = onnxruntime_session(onnx_path, ["CPUExecutionProvider"], threads)
+        feed_info = probe.get_inputs()[0]
+        del probe
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.enable_profiling = True
+        options.profile_file_prefix = str(Path(scratch) / "ort")
+        options.optimized_model_filepath = str(optimized)
+        session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+        shape = [batch, *feed_info.shape[1:]]
+        rng = np.random.default_rng(0)
+        feed = (rng.integers(0, 256, shape).astype(np.uint8) if "uint8" in feed_info.type
+                else rng.standard_normal(shape).astype(np.float32))
+        for _ in tqdm(range(1 + runs), desc=f"profile batch {batch}"):
+            session.run(None, {feed_info.name: feed})
+        events = json.loads(Path(session.end_profiling()).read_text())
+        graph = onnx.load(str(optimized), load_external_data=False).graph
+    initializers = {tensor.name: list(tensor.dims) for tensor in graph.initializer}
+    nodes = {node.name: node for node in graph.node}
+
+    by_op: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])  # microseconds, FLOPs
+    by_shape: dict[tuple, list[float]] = defaultdict(lambda: [0.0, 0.0])
+    seen: dict[str, int] = defaultdict(int)
+    for event in events:
+        if event.get("cat") != "Node" or not event["name"].endswith("_kernel_time"):
+            continue
+        name = event["name"][: -len("_kernel_time")]
+        seen[name] += 1
+        if seen[name] == 1:  # the warm-up run
+            continue
+        args, node = event["args"], nodes.get(name)
+        op = args["op_name"]
+        inputs, outputs = _shapes(args.get("input_type_shape", [])), _shapes(args.get("output_type_shape", []))
+        weights = [initializers[i] for i in node.input if i in initializers] if node is not None else []
+        attributes = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute} if node is not None else {}
+        flops = node_flops(op, inputs, outputs, weights[0] if weights else None, attributes)
+        by_op[op][0] += event["dur"]
+        by_op[op][1] += flops
+        if flops:
+            key = (op, tuple(inputs[0]), tuple(outputs[0]))
+            by_shape[key][0] += event["dur"]
+            by_shape[key][1] += flops
+    total_us = sum(us for us, _ in by_op.values())
+
+    def rate(us: float, flops: float) -> float | None:
+        return flops / us / 1e3 if flops else None  # FLOP per microsecond / 1e3 = GFLOP/s
+
+    operators = [{"op": op, "share": us / total_us, "ms_per_run": us / runs / 1e3, "gflops_per_s": rate(us, fl)}
+                 for op, (us, fl) in sorted(by_op.items(), key=lambda item: -item[1][0])]
+    shapes = [{"op": op, "input": list(inp), "output": list(outp), "share": us / total_us,
+               "gflops_per_s": rate(us, fl)}
+              for (op, inp, outp), (us, fl) in sorted(by_shape.items(), key=lambda item: -item[1][0])]
+    gemm_us = sum(by_op[op][0] for op in MATMULS + CONVOLUTIONS if op in by_op)
+    gemm_flops = sum(by_op[op][1] for op in MATMULS + CONVOLUTIONS if op in by_op)
+    summary = {"model": str(onnx_path), "batch": batch, "threads": threads, "runs": runs,
+               "ms_per_run": total_us / runs / 1e3, "gemm_share": gemm_us / total_us,
+               "gemm_gflop_per_image": gemm_flops / runs / batch / 1e9,
+               "gemm_gflops_per_s": rate(gemm_us, gemm_flops), "operators": operators, "shapes": shapes}
+    print(format_table(["operator", "time %", "ms / run", "GFLOP/s"],
+                       [[o["op"], 100 * o["share"], o["ms_per_run"], o["gflops_per_s"] or ""]
+                        for o in operators[:top]], floatfmt=".1f",
+                       title=f"{Path(onnx_path).name}, batch {batch}, {threads} threads: "
+                             f"{summary['ms_per_run']:.0f} ms of operator time per run, "
+                             f"{100 * summary['gemm_share']:.0f} % in matmuls and convolutions "
+                             f"at {summary['gemm_gflops_per_s'] or 0:.0f} GFLOP/s"))
+    print(format_table(["operator", "input", "output", "time %", "GFLOP/s"],
+                       [[s["op"], "x".join(map(str, s["input"])), "x".join(map(str, s["output"])),
+                         100 * s["share"], s["gflops_per_s"]] for s in shapes[:top]], floatfmt=".1f",
+                       title="slowest matrix multiplies and convolutions (share of all operator time)"))
+    (out / "profile.json").write_text(json.dumps(summary, indent=2))
+    _plot(operators[:top], out / "profile.png", summary)
+    print(f"saved {out / 'profile.json'} and {out / 'profile.png'}")
+    return summary
+
+
+def _plot(operators: list[dict], path: Path, summary: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 0.35 * len(operators) + 1.2))
+    names = [o["op"] for o in operators][::-1]
+    shares = [100 * o["share"] for o in operators][::-1]
+    bars = ax.barh(names, shares, color=["tab:blue" if o["gflops_per_s"] else "tab:orange"
+                                         for o in operators][::-1])
+    for bar, operator in zip(bars, operators[::-1], strict=True):
+        if operator["gflops_per_s"]:
+            ax.annotate(f" {operator['gflops_per_s']:.0f} GFLOP/s", (bar.get_width(), bar.get_y()), fontsize=8)
+    ax.set(xlabel="share of operator time (%)",
+           title=f"{Path(summary['model']).name}, batch {summary['batch']}: "
+                 f"{summary['ms_per_run']:.0f} ms per run")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
