@@ -101,16 +101,19 @@ def test_node_flops_count_multiply_adds_of_matmuls_and_convolutions():
     assert node_flops("Softmax", [[2, 5]], [[2, 5]], None, {}) == 0
 
 
-def test_profile_accounts_for_the_models_flops_and_time(tmp_path, tiny_onnx):
+def test_profile_accounts_for_the_models_flops_and_time(tmp_path, tiny_onnx, capsys):
     from hybreid.bench.flops import count_model
-    from hybreid.bench.profile import run
+    from hybreid.cli import main
 
-    summary = run(tiny_onnx, tmp_path, batch=2, threads=1, runs=1)
+    assert main(["bench", "profile", str(tiny_onnx), "--batch", "2", "--threads", "1", "--runs", "1",
+                 "--out", str(tmp_path)]) == 0
+    assert "slowest matrix multiplies and convolutions" in capsys.readouterr().out
+    summary = json.loads((tmp_path / "profile.json").read_text())
     assert sum(o["share"] for o in summary["operators"]) == pytest.approx(1.0)
     assert 0 < summary["gemm_share"] < 1 and summary["gemm_gflops_per_s"] > 0
     # What ONNX Runtime executed in matmuls and convolutions is the model's FLOP count
     # (counted independently, on the PyTorch module), give or take the elementwise rest.
     assert summary["gemm_gflop_per_image"] == pytest.approx(2 * count_model("haresformer_tiny").full_gmacs, rel=0.05)
     assert {"MatMul", "Softmax"} <= {o["op"] for o in summary["operators"]}
-    assert json.loads((tmp_path / "profile.json").read_text())["batch"] == 2
+    assert summary["batch"] == 2
     assert (tmp_path / "profile.png").read_bytes()[:4] == b"\x89PNG"

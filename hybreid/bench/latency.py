@@ -286,19 +286,26 @@ def run(models: list[str], batches: list[int], out: str | Path, threads: int = 2
 
 
 def _plot(cells: list[Cell], path: Path) -> None:
+    """Images/s (top) and roofline ratio (bottom) per model, one line per backend."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     models = sorted({c.model for c in cells})
-    fig, axes = plt.subplots(1, len(models), figsize=(5 * len(models), 3.8), squeeze=False)
-    for ax, model in zip(axes[0], models, strict=True):
+    fig, axes = plt.subplots(2, len(models), figsize=(5 * len(models), 6.5), squeeze=False, sharex="col")
+    for column, model in enumerate(models):
+        batches = sorted({c.batch for c in cells if c.model == model})
         for backend in sorted({c.backend for c in cells if c.model == model}):
             rows = [c for c in cells if c.model == model and c.backend == backend]
-            ax.plot([c.batch for c in rows], [c.images_per_s for c in rows], marker="o", label=backend)
-        ax.set(title=model, xlabel="batch", ylabel="images / s", xscale="log")
-        ax.legend()
+            for row, value in enumerate(("images_per_s", "roofline")):
+                axes[row][column].plot([c.batch for c in rows], [getattr(c, value) for c in rows], marker="o",
+                                       label=backend)
+        axes[0][column].set(title=model, ylabel="images / s")
+        axes[1][column].set(xlabel="batch", ylabel="roofline (of the GEMM rate)", xscale="log", xticks=batches,
+                            xticklabels=[str(b) for b in batches])
+        axes[1][column].minorticks_off()
+        axes[0][column].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
