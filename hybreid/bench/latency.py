@@ -25,6 +25,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -165,19 +166,22 @@ def _run_in_subprocess(spec: dict) -> dict:
     """
     code = "import json,sys; from hybreid.bench.latency import measure_cell; " \
            "print(json.dumps(measure_cell(json.loads(sys.argv[1]))))"
-    child = subprocess.Popen([sys.executable, "-c", code, json.dumps(spec)], stdin=subprocess.PIPE,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    rates, last = [], ""
-    for line in child.stdout:
-        last = line.strip()
-        if last == READY:
-            time.sleep(IDLE_BEFORE_GEMM_S)
-            rates.append(matmul_rate(spec["threads"], repeats=4))
-            child.stdin.write("go\n")
-            child.stdin.flush()
-    stderr = child.stderr.read()
-    if child.wait() != 0:
-        raise RuntimeError(f"latency cell {spec['backend']} batch {spec['batch']} failed:\n{stderr[-2000:]}")
+    # stderr goes to a file: a full pipe nobody reads would block the cell mid-run.
+    with tempfile.TemporaryFile("w+") as stderr:
+        child = subprocess.Popen([sys.executable, "-c", code, json.dumps(spec)], stdin=subprocess.PIPE,
+                                 stdout=subprocess.PIPE, stderr=stderr, text=True)
+        rates, last = [], ""
+        for line in child.stdout:
+            last = line.strip()
+            if last == READY:
+                time.sleep(IDLE_BEFORE_GEMM_S)
+                rates.append(matmul_rate(spec["threads"], repeats=4))
+                child.stdin.write("go\n")
+                child.stdin.flush()
+        if child.wait() != 0:
+            stderr.seek(0)
+            raise RuntimeError(f"latency cell {spec['backend']} batch {spec['batch']} failed:\n"
+                               f"{stderr.read()[-2000:]}")
     return {**json.loads(last), "rates": rates}
 
 

@@ -51,15 +51,12 @@ def run(onnx_path: str | Path, out: str | Path, batch: int = 8, threads: int = 2
     with tempfile.TemporaryDirectory() as scratch:
         # The optimised graph names the weights of fused convolutions; the profile does not.
         optimized = Path(scratch) / "optimized.onnx"
-        probe = onnxruntime_session(onnx_path, ["CPUExecutionProvider"], threads)
-        feed_info = probe.get_inputs()[0]
-        del probe
         options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
         options.enable_profiling = True
         options.profile_file_prefix = str(Path(scratch) / "ort")
         options.optimized_model_filepath = str(optimized)
-        session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+        session = onnxruntime_session(onnx_path, ["CPUExecutionProvider"], threads, options=options)
+        feed_info = session.get_inputs()[0]
         shape = [batch, *feed_info.shape[1:]]
         rng = np.random.default_rng(0)
         feed = (rng.integers(0, 256, shape).astype(np.uint8) if "uint8" in feed_info.type

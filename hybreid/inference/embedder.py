@@ -79,12 +79,13 @@ def _add_openvino_cpu(options, threads: int | None) -> None:
 
 
 def onnxruntime_session(path: str | Path, providers: Sequence[str] | None = None, threads: int | None = None,
-                        disable_qdq_fusion: bool = False):
+                        disable_qdq_fusion: bool = False, options=None):
     """An ONNX Runtime session, or one clear error for a missing or damaged file.
 
     ``providers`` defaults to TensorRT > CUDA > CPU, whichever exist. OpenVINO
     (``"OpenVINOExecutionProvider"`` or ``"openvino"``) is used only when asked for, with
-    the CPU provider behind it for any node it does not take.
+    the CPU provider behind it for any node it does not take. ``options`` (an
+    ``onnxruntime.SessionOptions``) carries anything else, e.g. profiling.
     """
     import onnxruntime as ort
 
@@ -95,7 +96,7 @@ def onnxruntime_session(path: str | Path, providers: Sequence[str] | None = None
         preferred = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
         providers = [p for p in preferred if p in ort.get_available_providers()]
     providers = [OPENVINO if p.lower() == "openvino" else p for p in providers]
-    options = ort.SessionOptions()
+    options = options or ort.SessionOptions()
     if threads:
         options.intra_op_num_threads = threads
     if disable_qdq_fusion:
