@@ -66,11 +66,16 @@ def test_pipeline_benchmark_compares_with_the_embedder_alone(tmp_path, tiny_onnx
     assert result["mqtt_acknowledged"] == result["tracklets"] and result["tracklet_purity"] > 0.8
 
 
-def test_latency_benchmark_times_a_plain_timm_reference_and_openvino_beside_our_model(tmp_path):
+def test_latency_benchmark_times_a_plain_timm_reference_and_openvino_beside_our_model(tmp_path, tiny_onnx):
+    from hybreid.calibration.int8 import QuantizationConfig, quantize
+
+    calibration = np.random.default_rng(0).standard_normal((8, 3, 128, 64)).astype(np.float32)
+    qdq = quantize(tiny_onnx, tmp_path / "tiny.int8.onnx", calibration, QuantizationConfig(target="cpu")).path
     cells = latency.run(["haresformer_tiny"], [2], tmp_path, threads=1, repeats=2, warmup=1,
-                        references=("resnet10t",), openvino=True)
+                        references=("resnet10t",), openvino=True, int8={"haresformer_tiny": str(qdq)})
     backends = {"torch", "onnxruntime-fp32", "onnxruntime-openvino-fp32"}
-    assert {c.backend for c in cells if c.model == "haresformer_tiny"} == backends
+    assert {c.backend for c in cells if c.model == "haresformer_tiny"} == backends | {
+        "onnxruntime-int8", "onnxruntime-openvino-int8"}
     reference = [c for c in cells if c.model == "timm/resnet10t"]
     assert {c.backend for c in reference} == backends
     assert (tmp_path / "timm_resnet10t.onnx").is_file()

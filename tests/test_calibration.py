@@ -112,6 +112,11 @@ def test_int8_embeddings_stay_close_to_fp32(fp32_model):
             embedder = OnnxRuntimeEmbedder(results[key].path, disable_qdq_fusion=exact)
             cos = (embedder.embed_preprocessed(calibration) * reference).sum(1)
             assert cos.min() >= 0.99, (key, exact, cos.min())
+    # OpenVINO runs the same Q/DQ file with its own INT8 kernels (an Intel CPU box).
+    openvino = OnnxRuntimeEmbedder(results[("cpu", False)].path, providers=["openvino"])
+    assert openvino.backend == "onnxruntime:OpenVINOExecutionProvider"
+    cos = (openvino.embed_preprocessed(calibration) * reference).sum(1)
+    assert cos.min() >= 0.99, ("openvino", cos.min())
     assert OnnxRuntimeEmbedder(results[("cpu", False)].path).contract.model == "fusionreid_tiny"
 
 

@@ -2,9 +2,9 @@
 
 For each model the benchmark exports the ONNX files it needs, then runs every
 (backend, batch) cell in its own subprocess, so each cell's peak memory is its own:
-torch eager, ONNX Runtime FP32, ONNX Runtime with the OpenVINO execution provider
-(FP32, when asked for) and ONNX Runtime INT8 (a Q/DQ model from ``hybreid calibrate
-int8``, when given).
+torch eager, ONNX Runtime FP32, ONNX Runtime INT8 (a Q/DQ model from ``hybreid calibrate
+int8``, when given), each of those two also with the OpenVINO execution provider (when
+asked for), and TensorRT engines (when given).
 
 The roofline ratio is the model's FLOPs (every FLOP, attention matmuls included: 2 x
 fvcore's MACs) times images/s, divided by the float32 matrix-multiply rate of this
@@ -205,9 +205,9 @@ def run(models: list[str], batches: list[int], out: str | Path, threads: int = 2
         engines: dict[str, str] | None = None) -> list[Cell]:
     """Benchmark ``models`` (registry names, untrained weights: speed does not depend on them).
 
-    ``openvino`` adds ONNX Runtime with the OpenVINO execution provider (FP32) beside its
-    default CPU provider; ``engines`` maps a model to a TensorRT engine built from its
-    ONNX file (``hybreid export engine``), timed on the GPU.
+    ``openvino`` adds ONNX Runtime with the OpenVINO execution provider (FP32, and INT8
+    for the ``int8`` models) beside its default CPU provider; ``engines`` maps a model to
+    a TensorRT engine built from its ONNX file (``hybreid export engine``), timed on the GPU.
 
     With ``rounds > 1`` every cell is measured in each round, cells interleaved: slow
     drifts of a shared machine then hit every backend alike instead of whichever cell
@@ -244,6 +244,8 @@ def run(models: list[str], batches: list[int], out: str | Path, threads: int = 2
             backends["onnxruntime-openvino-fp32"] = (str(onnx_path), ["openvino"])
         if int8 and name in int8:
             backends["onnxruntime-int8"] = (int8[name], CPU)
+            if openvino:
+                backends["onnxruntime-openvino-int8"] = (int8[name], ["openvino"])
         if engines and name in engines:
             backends["tensorrt"] = (engines[name], None)
         for backend, (artifact, providers) in backends.items():
