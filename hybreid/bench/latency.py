@@ -66,17 +66,29 @@ def matmul_rate(threads: int, size: int = 2048, repeats: int = 8) -> float:
     return 2 * size**3 / float(np.median(times)) / 1e9
 
 
-def _time(fn, warmup: int, repeats: int, handshake) -> list[float]:
-    """Time ``repeats`` runs of ``fn``; ``handshake`` is called before each and after the last."""
+READY = "ready"  # a cell's line to the parent: idle now, measure the GEMM rate
+# The cell's runtime threads spin for a while after a run (OpenMP, ONNX Runtime's pool):
+# let them fall asleep before the GEMM, or they take its cores.
+IDLE_BEFORE_GEMM_S = 0.2
+
+
+def _wait_for_parent() -> None:
+    """Tell the parent this cell is idle, and wait while it measures the GEMM rate."""
+    print(READY, flush=True)
+    sys.stdin.readline()
+
+
+def _time(fn, warmup: int, repeats: int) -> list[float]:
+    """Time ``repeats`` runs of ``fn``, the parent measuring the GEMM rate before each and after the last."""
     for _ in range(warmup):
         fn()
     times = []
     for _ in range(repeats):
-        handshake()
+        _wait_for_parent()
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
-    handshake()
+    _wait_for_parent()
     return times
 
 
@@ -95,12 +107,6 @@ def _build_for_timing(spec: dict):
 
     model = build(spec["model"], **spec.get("options", {})).eval()
     return model, model.image_size
-
-
-def _wait_for_parent() -> None:
-    """Tell the parent this cell is idle, and wait while it measures the GEMM rate."""
-    print(READY, flush=True)
-    sys.stdin.readline()
 
 
 def measure_cell(spec: dict) -> dict:
@@ -139,7 +145,7 @@ def measure_cell(spec: dict) -> dict:
         def run():
             embedder.run(images)
 
-    times = _time(run, spec["warmup"], spec["repeats"], _wait_for_parent)
+    times = _time(run, spec["warmup"], spec["repeats"])
     return {"times": times, "peak_rss_mib": peak_rss_mib()}
 
 
@@ -150,9 +156,6 @@ def peak_rss_mib() -> float:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     return float("nan")
-
-
-READY = "ready"  # a cell's line to the parent: idle now, measure the GEMM rate
 
 
 def _run_in_subprocess(spec: dict) -> dict:
@@ -184,10 +187,6 @@ def _run_in_subprocess(spec: dict) -> dict:
                                f"{stderr.read()[-2000:]}")
     return {**json.loads(last), "rates": rates}
 
-
-# The cell's runtime threads spin for a while after a run (OpenMP, ONNX Runtime's pool):
-# let them fall asleep before the GEMM, or they take its cores.
-IDLE_BEFORE_GEMM_S = 0.2
 
 
 def _export_reference(model, path: Path) -> None:
