@@ -188,7 +188,6 @@ def _run_in_subprocess(spec: dict) -> dict:
     return {**json.loads(last), "rates": rates}
 
 
-
 def _export_reference(model, path: Path) -> None:
     """A plain timm model as ONNX with a dynamic batch (opset 17, as our exports)."""
     import torch
