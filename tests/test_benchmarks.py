@@ -121,4 +121,14 @@ def test_profile_accounts_for_the_models_flops_and_time(tmp_path, tiny_onnx, cap
     assert summary["gemm_gflop_per_image"] == pytest.approx(2 * count_model("haresformer_tiny").full_gmacs, rel=0.05)
     assert {"MatMul", "Softmax"} <= {o["op"] for o in summary["operators"]}
     assert summary["batch"] == 2
+    # Linear layers and convolutions multiply by weights; the attention scores (Q K^T) and the
+    # attention-weighted values multiply two activations.
+    references = summary["matmul_2048_gflops_per_s"]
+    assert set(references) == {"torch", "onnxruntime_weights", "onnxruntime_activations"}
+    assert min(references.values()) > 0
+    operands = {(s["op"], s["right_operand"]) for s in summary["shapes"]}
+    assert {("Conv", "weights"), ("MatMul", "weights")} <= operands
+    assert any(operand == "activations" for _, operand in operands)
+    for shape in summary["shapes"]:
+        assert shape["roofline"] == pytest.approx(shape["gflops_per_s"] / references["torch"])
     assert (tmp_path / "profile.png").read_bytes()[:4] == b"\x89PNG"
