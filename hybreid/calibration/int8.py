@@ -22,6 +22,12 @@ between them and the output) stay float as well (``quantize_output_layers``
 overrides): their error reaches the embedding unfiltered, cubed by GeM and scaled up
 channel by channel by the BNNeck. On the trained tiny HAResformer: quantised as they
 are, 0.934 mean cosine to FP32; split, with the embedding writers float, 0.991.
+
+For ``--target cpu`` a patch embedding, whose tokens are concatenated with the float
+class token, stays float too: OpenVINO, which runs the same file on Intel CPUs,
+computes that concatenation wrongly from a quantised tensor (paper FusionReID: worst
+cosine 0.899 to FP32 under OpenVINO, 0.998 under ONNX Runtime's CPU kernels; 0.998 for
+both with the patch embedding float).
 """
 
 from __future__ import annotations
@@ -99,6 +105,24 @@ def output_layers(model, op_types: tuple[str, ...]) -> list[str]:
             if node.op_type in op_types and any(reaches_output(out) for out in node.output)]
 
 
+SHAPE_OPS = ("Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze")
+
+
+def token_writers(model, op_types: tuple[str, ...]) -> list[str]:
+    """Nodes of ``op_types`` whose output, only reshaped or transposed, is concatenated with
+    other tokens: a ViT's patch embedding next to its class token."""
+    consumers: dict[str, list] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+
+    def reaches_concat(tensor: str) -> bool:
+        return any(node.op_type == "Concat" or (node.op_type in SHAPE_OPS and reaches_concat(node.output[0]))
+                   for node in consumers.get(tensor, []))
+
+    return [node.name for node in model.graph.node if node.op_type in op_types and reaches_concat(node.output[0])]
+
+
 def unquantized_nodes(model, config: QuantizationConfig) -> dict[str, str]:
     """Every node left in float, with the reason."""
     keep = {} if config.quantize_attention else dict(attention_matmuls(model))
@@ -114,6 +138,10 @@ def unquantized_nodes(model, config: QuantizationConfig) -> dict[str, str]:
     if not config.quantize_output_layers:
         for name in output_layers(model, config.op_types):
             keep.setdefault(name, "writes the embedding (no quantised op between it and the output)")
+    if config.target == "cpu":
+        for name in token_writers(model, config.op_types):
+            keep.setdefault(name, "writes tokens concatenated with float ones (OpenVINO computes that "
+                                  "concatenation wrongly from a quantised tensor)")
     for node in model.graph.node:
         if node.op_type not in config.op_types and node.op_type in ("Softmax", "LayerNormalization", "Erf"):
             keep.setdefault(node.name, f"{node.op_type} (not a quantised op type)")
