@@ -7,7 +7,7 @@ memory-bound elementwise operators, layout reorders). Each shape gets its own ro
 against the same 2048 torch GEMM as ``bench latency``; beside it stands what ONNX
 Runtime's own kernel reaches on that square matmul, times weights (packed once, as in
 every linear layer) and times another activation (packed on every call, as in the
-attention scores), which is as far as the CPU provider can go.
+attention scores): a guide to how far the CPU provider's own kernel goes.
 """
 
 from __future__ import annotations
@@ -143,8 +143,8 @@ def run(onnx_path: str | Path, out: str | Path, batch: int = 8, threads: int = 2
         by_op[op][0] += event["dur"]
         by_op[op][1] += flops
         if flops:
-            against_weights = op in CONVOLUTIONS or bool(weights)
-            key = (op, tuple(inputs[0]), tuple(outputs[0]), "weights" if against_weights else "activations")
+            right_is_weight = op in CONVOLUTIONS or (node is not None and node.input[1] in initializers)
+            key = (op, tuple(inputs[0]), tuple(outputs[0]), "weights" if right_is_weight else "activations")
             by_shape[key][0] += event["dur"]
             by_shape[key][1] += flops
     total_us = sum(us for us, _ in by_op.values())
