@@ -120,12 +120,11 @@ def test_int8_embeddings_stay_close_to_fp32(fp32_model):
     assert OnnxRuntimeEmbedder(results[("cpu", False)].path).contract.model == "fusionreid_tiny"
 
 
-def test_openvino_runs_the_cpu_int8_model_of_real_looking_crops_faithfully(tmp_path):
+def test_openvino_runs_the_cpu_int8_model_of_real_looking_crops_faithfully(fp32_model, tmp_path):
     from hybreid.calibration.report import calibration_crops
     from hybreid.inference.contract import preprocess
 
-    torch.manual_seed(0)
-    path = export_onnx(build("fusionreid_tiny", image_size=(64, 32)).eval(), tmp_path / "m.onnx", "fusionreid_tiny", {})
+    path, _, _ = fp32_model
     fp32 = OnnxRuntimeEmbedder(path)
     crops = preprocess(calibration_crops("synthetic", 32, seed=3), fp32.contract)
     result = quantize(path, tmp_path / "cpu.onnx", crops[:16], QuantizationConfig(target="cpu"))
