@@ -8,9 +8,10 @@ STAMP := $(VENV)/.installed
 
 install: $(STAMP)
 
-$(STAMP): setup.cfg pyproject.toml
+# constraints.txt pins every package to the versions the suite was tested with.
+$(STAMP): setup.cfg pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --progress-bar off -e '.[all]'
+	$(BIN)/python -m pip install --quiet --progress-bar off -c constraints.txt -e '.[all]'
 	@touch $(STAMP)
 
 # The broker the tests run against. Installed with apt when missing and we are root;

@@ -18,6 +18,18 @@ sys.meta_path.insert(0, Block())
 """
 
 
+def _openvino_unavailable() -> str | None:
+    from hybreid.inference.embedder import openvino_unavailable_reason
+
+    return openvino_unavailable_reason()
+
+
+OPENVINO_MISSING = _openvino_unavailable()
+# OpenVINO runs where its plugin offers this CPU (Intel CPUs); elsewhere the test is skipped
+# with the plugin's own reason, counted in the summary.
+requires_openvino = pytest.mark.skipif(OPENVINO_MISSING is not None, reason=f"needs OpenVINO: {OPENVINO_MISSING}")
+
+
 @pytest.fixture
 def mosquitto(tmp_path):
     """A real Mosquitto broker on a free loopback port."""

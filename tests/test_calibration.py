@@ -6,6 +6,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from conftest import requires_openvino
 from onnx import numpy_helper
 
 from hybreid.calibration.int8 import (
@@ -112,15 +113,23 @@ def test_int8_embeddings_stay_close_to_fp32(fp32_model):
             embedder = OnnxRuntimeEmbedder(results[key].path, disable_qdq_fusion=exact)
             cos = (embedder.embed_preprocessed(calibration) * reference).sum(1)
             assert cos.min() >= 0.99, (key, exact, cos.min())
-    # OpenVINO runs the same Q/DQ file with its own INT8 kernels (an Intel CPU box).
+    assert OnnxRuntimeEmbedder(results[("cpu", False)].path).contract.model == "fusionreid_tiny"
+
+
+@requires_openvino
+def test_openvino_runs_the_cpu_int8_model_close_to_fp32(fp32_model):
+    """OpenVINO runs the same Q/DQ file with its own INT8 kernels (an Intel CPU box)."""
+    path, calibration, results = fp32_model
+    reference = OnnxRuntimeEmbedder(path).embed_preprocessed(calibration)
     openvino = OnnxRuntimeEmbedder(results[("cpu", False)].path, providers=["openvino"])
     assert openvino.backend == "onnxruntime:OpenVINOExecutionProvider"
     cos = (openvino.embed_preprocessed(calibration) * reference).sum(1)
     assert cos.min() >= 0.99, ("openvino", cos.min())
-    assert OnnxRuntimeEmbedder(results[("cpu", False)].path).contract.model == "fusionreid_tiny"
 
 
-def test_openvino_runs_the_cpu_int8_model_of_real_looking_crops_faithfully(fp32_model, tmp_path):
+@pytest.mark.parametrize("providers", [None, pytest.param(["openvino"], marks=requires_openvino)],
+                         ids=["cpu", "openvino"])
+def test_cpu_int8_model_of_real_looking_crops_runs_faithfully(fp32_model, tmp_path, providers):
     from hybreid.calibration.report import calibration_crops
     from hybreid.inference.contract import preprocess
 
@@ -132,10 +141,9 @@ def test_openvino_runs_the_cpu_int8_model_of_real_looking_crops_faithfully(fp32_
     # cosine of 0.97 (0.90 on the paper model) where ONNX Runtime's CPU kernels gave 0.999.
     assert result.unquantized["/model/vit/embed/proj/Conv"].startswith("writes tokens concatenated")
     reference = fp32.embed_preprocessed(crops[16:])
-    for providers in (None, ["openvino"]):
-        embedder = OnnxRuntimeEmbedder(result.path, providers=providers)
-        cos = (embedder.embed_preprocessed(crops[16:]) * reference).sum(1)
-        assert cos.min() >= 0.99, (providers, cos.min())
+    embedder = OnnxRuntimeEmbedder(result.path, providers=providers)
+    cos = (embedder.embed_preprocessed(crops[16:]) * reference).sum(1)
+    assert cos.min() >= 0.99, (providers, cos.min())
 
 
 def test_calibration_cache_round_trips(fp32_model, tmp_path):

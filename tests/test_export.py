@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from conftest import WITHOUT_TORCH
+from conftest import WITHOUT_TORCH, requires_openvino
 
 from hybreid.errors import UserError
 from hybreid.export.bundle import create_bundle, install_bundle, verify_bundle
@@ -65,6 +65,7 @@ def test_parity_with_pytorch_at_batches_1_3_17(exported, name):
         print(f"{name} batch {batch}: max |diff| {np.abs(got - reference).max():.2e}")
 
 
+@requires_openvino
 @pytest.mark.parametrize("name", TINY)
 def test_openvino_provider_matches_pytorch_at_batches_1_3_17(exported, name):
     """Intel CPU boxes: ONNX Runtime's OpenVINO plugin, pinned to f32, on the same file."""

@@ -8,9 +8,10 @@ asked for), and TensorRT engines (when given).
 
 The roofline ratio is the model's FLOPs (every FLOP, attention matmuls included: 2 x
 fvcore's MACs) times images/s, divided by the float32 matrix-multiply rate of this
-machine (a 2048x2048 torch GEMM). Each timed run is paired with the rates measured right
-before and right after it (their mean), and a cell's ratio is the median over its runs,
-so a shared machine that speeds up or slows down moves both sides of the ratio alike.
+machine (the fastest of torch's and ONNX Runtime's 2048x2048 GEMMs, :mod:`.gemm`).
+Each timed run is paired with the rates measured right before and right after it (their
+mean), and a cell's ratio is the median over its runs, so a shared machine that speeds
+up or slows down moves both sides of the ratio alike.
 With ``references`` (timm names;
 ``--reference`` gives :data:`REFERENCE_MODELS`) plain timm models run beside them at
 224x224, so a model's ratio can be read against what a plain CNN and a plain ViT reach
@@ -33,6 +34,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from hybreid.bench.gemm import REFERENCE_KINDS, GemmRates, reference_rate
 from hybreid.tables import format_table
 
 
@@ -50,26 +52,7 @@ class Cell:
     roofline: float  # median over the cell's runs of each run's ratio
 
 
-def matmul_rate(threads: int, size: int = 2048, repeats: int = 8) -> float:
-    """Measured float32 GEMM rate (GFLOP/s) of this machine with ``threads`` threads."""
-    import torch
-
-    torch.set_num_threads(threads)
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    for _ in range(2):
-        a @ b
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        a @ b
-        times.append(time.perf_counter() - start)
-    return 2 * size**3 / float(np.median(times)) / 1e9
-
-
 READY = "ready"  # a cell's line to the parent: idle now, measure the GEMM rate
-# The cell's runtime threads spin for a while after a run (OpenMP, ONNX Runtime's pool):
-# let them fall asleep before the GEMM, or they take its cores.
-IDLE_BEFORE_GEMM_S = 0.2
 
 
 def _wait_for_parent() -> None:
@@ -158,7 +141,7 @@ def peak_rss_mib() -> float:
     return float("nan")
 
 
-def _run_in_subprocess(spec: dict) -> dict:
+def _run_in_subprocess(spec: dict, gemm: GemmRates) -> dict:
     """Run one cell in a fresh process, measuring this machine's GEMM rate before each
     timed run and after the last, while the cell waits.
 
@@ -177,8 +160,7 @@ def _run_in_subprocess(spec: dict) -> dict:
         for line in child.stdout:
             last = line.strip()
             if last == READY:
-                time.sleep(IDLE_BEFORE_GEMM_S)
-                rates.append(matmul_rate(spec["threads"], repeats=4))
+                rates.append(gemm.measure())
                 child.stdin.write("go\n")
                 child.stdin.flush()
         if child.wait() != 0:
@@ -219,6 +201,13 @@ def run(models: list[str], batches: list[int], out: str | Path, threads: int = 2
         from hybreid.inference.tensorrt_backend import import_tensorrt
 
         import_tensorrt()  # one clear error before any cell runs
+    if openvino:
+        from hybreid.inference.embedder import openvino_unavailable_reason
+
+        missing = openvino_unavailable_reason()
+        if missing:
+            print(f"OpenVINO cells left out: {missing}")
+            openvino = False
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     specs, gflops = [], {}
@@ -252,18 +241,21 @@ def run(models: list[str], batches: list[int], out: str | Path, threads: int = 2
                                         "artifact": artifact, "providers": providers, "model": name,
                                         "options": options or {}, "batch": batch, "threads": threads,
                                         "repeats": repeats, "warmup": warmup}))
+    gemm = GemmRates(threads)
     times = {i: [] for i in range(len(specs))}
     rss = dict.fromkeys(range(len(specs)), 0.0)
     around = {i: [] for i in range(len(specs))}  # the GEMM rate around each timed run of a cell
-    rates = []
+    rates, by_kind = [], []
     progress = tqdm(total=rounds * len(specs), desc="latency cells")
     for _ in range(rounds):
         for index, (backend, spec) in enumerate(specs):
             progress.set_postfix_str(f"{spec['model']} {backend} batch {spec['batch']}")
-            measured = _run_in_subprocess(spec)
-            rates += measured["rates"]
+            measured = _run_in_subprocess(spec, gemm)
+            by_kind += measured["rates"]
+            references = [reference_rate(measured_rates) for measured_rates in measured["rates"]]
+            rates += references
             times[index] += measured["times"]
-            around[index] += [(before + after) / 2 for before, after in itertools.pairwise(measured["rates"])]
+            around[index] += [(before + after) / 2 for before, after in itertools.pairwise(references)]
             rss[index] = max(rss[index], measured["peak_rss_mib"])
             progress.update()
     progress.close()
@@ -275,12 +267,15 @@ def run(models: list[str], batches: list[int], out: str | Path, threads: int = 2
                           1000 * float(np.percentile(cell_times, 90)), batch / float(np.median(cell_times)),
                           rss[index], gflops[spec["model"]], float(np.median(around[index])),
                           float(np.median(ratios))))
+    median_by_kind = ", ".join(f"{kind} {np.median([r[kind] for r in by_kind]):.0f}" for kind in REFERENCE_KINDS)
     header = ["model", "backend", "batch", "median ms", "p90 ms", "images/s", "peak RSS MiB", "GFLOPs/img",
               "matmul GFLOP/s", "roofline"]
     print(format_table(header, [list(asdict(c).values()) for c in cells], floatfmt=".2f",
                        title=f"latency on {threads} threads; float32 matmul rate {min(rates):.0f}-{max(rates):.0f} "
-                             f"GFLOP/s over the run, each cell against the rate around it"))
-    summary = {"matmul_gflops": float(np.median(rates)), "matmul_gflops_measured": rates, "threads": threads,
+                             f"GFLOP/s over the run (the faster of {median_by_kind}), each cell against the "
+                             "rate around it"))
+    summary = {"matmul_gflops": float(np.median(rates)), "matmul_gflops_measured": rates,
+               "matmul_gflops_by_runtime": by_kind, "threads": threads,
                "rounds": rounds, "cells": [{**asdict(cell), "run_seconds": times[index], "run_matmul_gflops":
                                             around[index]} for index, cell in enumerate(cells)]}
     (out / "latency.json").write_text(json.dumps(summary, indent=2))

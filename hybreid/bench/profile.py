@@ -4,23 +4,23 @@ operator type and by matrix-multiply shape, with the rate each GEMM-like node re
 The roofline ratio of ``bench latency`` says how far a model is from this machine's
 matrix-multiply rate; this says which block keeps it there (slow small matmuls,
 memory-bound elementwise operators, layout reorders). Each shape gets its own roofline,
-against the same 2048 torch GEMM as ``bench latency``; beside it stands what ONNX
-Runtime's own kernel reaches on that square matmul, times weights (packed once, as in
-every linear layer) and times another activation (packed on every call, as in the
-attention scores): a guide to how far the CPU provider's own kernel goes.
+against the same reference as ``bench latency`` (the fastest 2048 GEMM, :mod:`.gemm`);
+beside it stand torch's rate and what ONNX Runtime's own kernel reaches on that square
+matmul, times weights (packed once, as in every linear layer) and times another
+activation (packed on every call, as in the attention scores).
 """
 
 from __future__ import annotations
 
 import json
 import tempfile
-import time
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
+from hybreid.bench.gemm import ALL_KINDS, GemmRates, reference_rate
 from hybreid.tables import format_table
 
 MATMULS = ("MatMul", "FusedMatMul", "Gemm", "FusedGemm")
@@ -39,55 +39,6 @@ def node_flops(op: str, inputs: list[list[int]], outputs: list[list[int]], weigh
     return 0
 
 
-def matmul_rates(threads: int, size: int = 2048, repeats: int = 5) -> dict[str, float]:
-    """GFLOP/s of ``size`` x ``size`` float32 matmuls, median of ``repeats``: ``torch`` (the
-    roofline's reference), and ONNX Runtime's CPU MatMul with its right operand an initializer
-    (``onnxruntime_weights``) or fed (``onnxruntime_activations``).
-
-    The three are timed in turn within each repeat, so that a change in the machine's speed
-    (other tenants) reaches all of them rather than one. Each waits for the threads of the
-    one before to fall asleep, and runs once untimed to wake its own.
-    """
-    import onnx
-    import onnxruntime as ort
-    import torch
-    from onnx import TensorProto, helper
-
-    from hybreid.bench.latency import IDLE_BEFORE_GEMM_S
-
-    rng = np.random.default_rng(0)
-    left, right = (rng.standard_normal((size, size)).astype(np.float32) for _ in range(2))
-    square = [size, size]
-    torch.set_num_threads(threads)
-    torch_left, torch_right = torch.from_numpy(left), torch.from_numpy(right)
-    candidates = {"torch": lambda: torch_left @ torch_right}
-    for kind in ("weights", "activations"):
-        inputs = [helper.make_tensor_value_info("a", TensorProto.FLOAT, square)]
-        initializers = []
-        feed = {"a": left}
-        if kind == "weights":
-            initializers.append(onnx.numpy_helper.from_array(right, "b"))
-        else:
-            inputs.append(helper.make_tensor_value_info("b", TensorProto.FLOAT, square))
-            feed["b"] = right
-        graph = helper.make_graph([helper.make_node("MatMul", ["a", "b"], ["c"])], "matmul", inputs,
-                                  [helper.make_tensor_value_info("c", TensorProto.FLOAT, square)], initializers)
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-        candidates[f"onnxruntime_{kind}"] = lambda session=session, feed=feed: session.run(None, feed)
-    seconds: dict[str, list[float]] = {name: [] for name in candidates}
-    for _ in range(repeats):
-        for name, multiply in candidates.items():
-            time.sleep(IDLE_BEFORE_GEMM_S)
-            multiply()
-            start = time.perf_counter()
-            multiply()
-            seconds[name].append(time.perf_counter() - start)
-    return {name: 2 * size**3 / float(np.median(times)) / 1e9 for name, times in seconds.items()}
-
-
 def _shapes(described: list[dict]) -> list[list[int]]:
     return [next(iter(item.values())) for item in described]
 
@@ -102,7 +53,8 @@ def run(onnx_path: str | Path, out: str | Path, batch: int = 8, threads: int = 2
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    before = matmul_rates(threads)
+    gemm = GemmRates(threads, ALL_KINDS)
+    before = gemm.measure(repeats=5)
     with tempfile.TemporaryDirectory() as scratch:
         # The optimised graph names the weights of fused convolutions; the profile does not.
         optimized = Path(scratch) / "optimized.onnx"
@@ -119,7 +71,7 @@ def run(onnx_path: str | Path, out: str | Path, batch: int = 8, threads: int = 2
         for _ in tqdm(range(1 + runs), desc=f"profile batch {batch}"):
             session.run(None, {feed_info.name: feed})
         events = json.loads(Path(session.end_profiling()).read_text())
-        after = matmul_rates(threads)
+        after = gemm.measure(repeats=5)
         graph = onnx.load(str(optimized), load_external_data=False).graph
     initializers = {tensor.name: list(tensor.dims) for tensor in graph.initializer}
     nodes = {node.name: node for node in graph.node}
@@ -151,6 +103,7 @@ def run(onnx_path: str | Path, out: str | Path, batch: int = 8, threads: int = 2
     # The machine's rate drifts within minutes (other tenants): of the rates measured on both
     # sides of the runs, the higher is what this machine can reach, and no shape is flattered.
     references = {kind: max(speed, after[kind]) for kind, speed in before.items()}
+    reference = reference_rate(references)
 
     def rate(us: float, flops: float) -> float | None:
         return flops / us / 1e3 if flops else None  # FLOP per microsecond / 1e3 = GFLOP/s
@@ -158,7 +111,7 @@ def run(onnx_path: str | Path, out: str | Path, batch: int = 8, threads: int = 2
     operators = [{"op": op, "share": us / total_us, "ms_per_run": us / runs / 1e3, "gflops_per_s": rate(us, fl)}
                  for op, (us, fl) in sorted(by_op.items(), key=lambda item: -item[1][0])]
     shapes = [{"op": op, "input": list(inp), "output": list(outp), "right_operand": operand, "share": us / total_us,
-               "gflops_per_s": rate(us, fl), "roofline": rate(us, fl) / references["torch"]}
+               "gflops_per_s": rate(us, fl), "roofline": rate(us, fl) / reference}
               for (op, inp, outp, operand), (us, fl) in sorted(by_shape.items(), key=lambda item: -item[1][0])]
     gemm_us = sum(by_op[op][0] for op in MATMULS + CONVOLUTIONS if op in by_op)
     gemm_flops = sum(by_op[op][1] for op in MATMULS + CONVOLUTIONS if op in by_op)
@@ -174,15 +127,15 @@ def run(onnx_path: str | Path, out: str | Path, batch: int = 8, threads: int = 2
                              f"{summary['ms_per_run']:.0f} ms of operator time per run, "
                              f"{100 * summary['gemm_share']:.0f} % in matmuls and convolutions "
                              f"at {summary['gemm_gflops_per_s'] or 0:.0f} GFLOP/s"))
-    torch_rate = references["torch"]
     print(format_table(["operator", "input", "output", "times", "time %", "GFLOP/s", "roofline"],
                        [[s["op"], "x".join(map(str, s["input"])), "x".join(map(str, s["output"])),
                          s["right_operand"], 100 * s["share"], s["gflops_per_s"], s["roofline"]]
                         for s in shapes[:top]], floatfmt=("", "", "", "", ".1f", ".1f", ".2f"),
                        title="slowest matrix multiplies and convolutions (share of all operator time); "
-                             f"2048 matmul: torch {torch_rate:.0f} GFLOP/s (the roofline's reference), ONNX "
-                             f"Runtime {references['onnxruntime_weights'] / torch_rate:.2f} of it times weights, "
-                             f"{references['onnxruntime_activations'] / torch_rate:.2f} times activations"))
+                             f"2048 matmul GFLOP/s: torch {references['torch']:.0f}, ONNX Runtime "
+                             f"{references['onnxruntime_weights']:.0f} times weights, "
+                             f"{references['onnxruntime_activations']:.0f} times activations; the roofline "
+                             f"against the fastest reference ({reference:.0f})"))
     (out / "profile.json").write_text(json.dumps(summary, indent=2))
     _plot(operators[:top], out / "profile.png", summary)
     print(f"saved {out / 'profile.json'} and {out / 'profile.png'}")

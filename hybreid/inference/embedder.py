@@ -45,20 +45,21 @@ class Embedder:
 
 
 OPENVINO = "OpenVINOExecutionProvider"
+_openvino_registered = False  # a plugin library registers once per process
 
 
-def _add_openvino_cpu(options, threads: int | None) -> None:
-    """Add OpenVINO's CPU device to ``options``.
+def _openvino_cpu_devices() -> list:
+    """OpenVINO's CPU devices as ONNX Runtime sees them, registering the plugin once per process.
 
-    OpenVINO reaches ONNX Runtime as a plugin execution provider (ORT >= 1.23): its library
-    is registered once per process, and it is chosen by device, not by name (a name in
-    ``providers`` would silently fall back to the CPU provider). The precision is pinned to
-    f32: on CPUs with AVX512-BF16 OpenVINO otherwise computes in bfloat16, which is another
-    model's numerics (and, without AMX, slower).
+    OpenVINO reaches ONNX Runtime as a plugin execution provider (ORT >= 1.23), chosen by
+    device, not by name (a name in ``providers`` would silently fall back to the CPU
+    provider). On an AMD EPYC the plugin offers no device at all, although the
+    ``openvino`` package's own runtime lists and runs that CPU.
     """
     import onnxruntime as ort
 
-    if OPENVINO not in ort.get_available_providers():
+    global _openvino_registered
+    if OPENVINO not in ort.get_available_providers() and not _openvino_registered:
         try:
             import onnxruntime_ep_openvino
         except ImportError as exc:
@@ -68,10 +69,45 @@ def _add_openvino_cpu(options, threads: int | None) -> None:
             raise UserError(f"onnxruntime {ort.__version__} cannot load plugin execution providers; OpenVINO "
                             "needs onnxruntime >= 1.23")
         ort.register_execution_provider_library("OpenVINO", onnxruntime_ep_openvino.get_library_path())
-    devices = [device for device in ort.get_ep_devices()
-               if device.ep_name == OPENVINO and device.device.type == ort.OrtHardwareDeviceType.CPU]
+        _openvino_registered = True
+    return [device for device in ort.get_ep_devices()
+            if device.ep_name == OPENVINO and device.device.type == ort.OrtHardwareDeviceType.CPU]
+
+
+def openvino_unavailable_reason() -> str | None:
+    """None where ONNX Runtime's OpenVINO provider can run on this CPU, else the reason in one sentence."""
+    try:
+        devices = _openvino_cpu_devices()
+    except UserError as exc:
+        return str(exc)
+    if devices:
+        return None
+    return (f"ONNX Runtime's OpenVINO plugin offers no device for this CPU ({cpu_model_name()}); use the CPU "
+            "execution provider")
+
+
+def cpu_model_name() -> str:
+    """The processor's name, as /proc/cpuinfo gives it (or the platform's answer elsewhere)."""
+    import platform
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _add_openvino_cpu(options, threads: int | None) -> None:
+    """Add OpenVINO's CPU device to ``options``.
+
+    The precision is pinned to f32: on CPUs with AVX512-BF16 OpenVINO otherwise computes in
+    bfloat16, which is another model's numerics (and, without AMX, slower).
+    """
+    devices = _openvino_cpu_devices()
     if not devices:
-        raise UserError("OpenVINO found no CPU device on this machine; use the CPU execution provider")
+        raise UserError(openvino_unavailable_reason())
     cpu = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
     if threads:
         cpu["INFERENCE_NUM_THREADS"] = str(threads)
