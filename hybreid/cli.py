@@ -150,22 +150,28 @@ def _cmd_bundle(args: argparse.Namespace) -> None:
     from hybreid.export import bundle
     from hybreid.inference.engine_cache import BuildOptions
 
-    if args.bundle_command == "create":
+    if args.bundle_command == "keygen":
+        private, public = bundle.generate_key(args.out)
+        print(f"signing key {private} (keep it secret); public key {public} (give it to the devices)")
+    elif args.bundle_command == "create":
         precision = "int8" if args.int8_qdq else "fp16" if args.fp16 else "fp32"
         options = BuildOptions(args.precision or precision, args.min_batch, args.opt_batch, args.max_batch)
-        path = bundle.create_bundle(args.out, args.onnx, args.fp16, args.int8_qdq, args.calibration_cache, options)
-        print(f"bundle {path}")
+        path = bundle.create_bundle(args.out, args.onnx, args.fp16, args.int8_qdq, args.calibration_cache, options,
+                                    sign=args.sign)
+        print(f"bundle {path}" + (" (signed)" if args.sign else " (unsigned)"))
     elif args.bundle_command == "verify":
-        manifest = bundle.verify_bundle(args.bundle)
+        manifest = bundle.verify_bundle(args.bundle, args.trust)
+        signature = (f"signed by trusted key {manifest['signed_by']}" if manifest["signed_by"]
+                     else "signed, signature not checked (give --trust)" if manifest["signed"] else "unsigned")
         print(f"bundle {args.bundle} is intact: {manifest['model']}@{manifest['weights_sha256']}, "
-              f"files {', '.join(f['name'] for f in manifest['files'].values())}")
+              f"files {', '.join(f['name'] for f in manifest['files'].values())}; {signature}")
     else:
-        folder = bundle.install_bundle(args.bundle, args.dir)
+        folder = bundle.install_bundle(args.bundle, args.dir, args.trust)
         print(f"installed into {folder}")
         if args.build_engine:
             from hybreid.export.tensorrt_build import build_engine
 
-            manifest = bundle.verify_bundle(args.bundle)
+            manifest = json.loads((folder / bundle.MANIFEST).read_text())  # verified by the install
             options = BuildOptions(**manifest["build"])
             source = {"int8": "model.int8.qdq.onnx", "fp16": "model.fp16.onnx"}.get(options.precision, "model.onnx")
             if not (folder / source).is_file():
@@ -535,13 +541,19 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--opt-batch", type=int, default=8)
     create.add_argument("--max-batch", type=int, default=32)
     create.add_argument("--out", required=True, help="bundle file (.tar.gz)")
-    verify = bundle_commands.add_parser("verify", help="check a bundle's manifest and hashes")
+    create.add_argument("--sign", metavar="KEY", help="Ed25519 private key (from `bundle keygen`) to sign with")
+    verify = bundle_commands.add_parser("verify", help="check a bundle's members, manifest, hashes and signature")
     verify.add_argument("bundle")
     install = bundle_commands.add_parser("install", help="verify and unpack a bundle on this device")
     install.add_argument("bundle")
     install.add_argument("--dir", required=True, help="models folder on the device")
     install.add_argument("--build-engine", action="store_true", help="then build the TensorRT engine here")
-    for sub in (create, verify, install):
+    for sub in (verify, install):
+        sub.add_argument("--trust", metavar="PUBKEY", action="append",
+                         help="accept only a bundle signed by this Ed25519 public key (repeatable)")
+    keygen = bundle_commands.add_parser("keygen", help="a new Ed25519 signing key and its public key (KEY.pub)")
+    keygen.add_argument("--out", required=True, help="private key file to write (mode 0600)")
+    for sub in (create, verify, install, keygen):
         sub.set_defaults(func=_cmd_bundle)
 
     edge = commands.add_parser("edge", help="edge runtime: run, scenes")

@@ -1,28 +1,80 @@
-"""Device bundles: what a camera box needs to build its engine and run, with hashes.
+"""Device bundles: what a camera box needs to build its engine and run, with hashes and a signature.
 
 A bundle is one ``.tar.gz`` holding the ONNX model, its FP16 and Q/DQ INT8 variants and
 the INT8 calibration cache when present, and ``manifest.json``: file hashes, the model
-contract, the intended engine build options and the toolkit version. A device verifies
-the bundle, installs it and builds its engine on first start: engines are built on the
-target, never copied between devices. Torch-free (runs on the device).
+contract, the intended engine build options and the toolkit version. Signed with
+``--sign KEY`` it also holds ``manifest.sig``, an Ed25519 signature of the manifest's
+exact bytes; since the manifest names every file's SHA-256, the signature covers them all.
+
+A bundle is untrusted input until verified. Verification reads only what it expects:
+every member must be a regular file with one of the known names (no paths, no ``..``,
+no links, no duplicates), the manifest must pass its schema (the model name and hash end
+up in a folder name), every file must match its hash, and with ``--trust PUBKEY`` the
+signature must verify against a trusted key. A device installs the bundle and builds
+its engine on first start: engines are built on the target, never copied between
+devices. Torch-free (runs on the device).
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
+import os
 import tarfile
 import time
 from dataclasses import asdict
 from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from hybreid import __version__
 from hybreid.errors import UserError
 from hybreid.inference.engine_cache import BuildOptions, file_sha256
 
 MANIFEST = "manifest.json"
+SIGNATURE = "manifest.sig"
+FORMAT = "hybreid-bundle-v1"
 ROLES = {"onnx": "model.onnx", "fp16": "model.fp16.onnx", "int8_qdq": "model.int8.qdq.onnx",
          "calibration_cache": "calibration.cache"}
+MEMBERS = {MANIFEST, SIGNATURE, *ROLES.values()}
+MAX_MANIFEST_BYTES = 1 << 20
+
+Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+# The model name and weights hash form the install folder's name: no separators, no dots first.
+SafeName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class FileEntry(_Strict):
+    name: str
+    sha256: Sha256
+    bytes: int = Field(ge=0)
+
+
+class BuildSettings(_Strict):
+    precision: Literal["fp32", "fp16", "int8"]
+    min_batch: int = Field(default=1, ge=1, le=4096)
+    opt_batch: int = Field(default=8, ge=1, le=4096)
+    max_batch: int = Field(default=32, ge=1, le=4096)
+    workspace_mib: int = Field(default=2048, ge=1, le=1 << 20)
+    strongly_typed: bool = False
+
+
+class Manifest(_Strict):
+    format: Literal["hybreid-bundle-v1"]
+    created: str
+    toolkit: str
+    model: SafeName
+    weights_sha256: SafeName
+    contract: dict[str, str]
+    build: BuildSettings
+    files: dict[Literal["onnx", "fp16", "int8_qdq", "calibration_cache"], FileEntry]
+    engine: str = ""
 
 
 def _onnx_contract(path: Path) -> dict[str, str]:
@@ -33,15 +85,69 @@ def _onnx_contract(path: Path) -> dict[str, str]:
     except Exception as exc:  # protobuf raises several types for a damaged file
         raise UserError(f"{path} is not a readable ONNX file; export it again") from exc
     meta = {p.key: p.value for p in model.metadata_props if p.key.startswith("hybreid.")}
-    if "hybreid.model" not in meta:
+    if "hybreid.model" not in meta or "hybreid.weights_sha256" not in meta:
         raise UserError(f"{path} has no hybreid contract; export it with `hybreid export onnx`")
     return meta
 
 
+# -- keys and signatures (Ed25519, from the cryptography package) ---------------------------
+
+def generate_key(private_path: str | Path) -> tuple[Path, Path]:
+    """Write a new Ed25519 private key (PEM, mode 0600) and its public key beside it (``.pub``)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    private_path = Path(private_path)
+    public_path = private_path.with_name(private_path.name + ".pub")
+    for path in (private_path, public_path):
+        if path.exists():
+            raise UserError(f"{path} exists already; choose another name or move it aside")
+    key = Ed25519PrivateKey.generate()
+    private_path.parent.mkdir(parents=True, exist_ok=True)
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption())
+    descriptor = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "wb") as handle:
+        handle.write(pem)
+    public_path.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
+                                                          serialization.PublicFormat.SubjectPublicKeyInfo))
+    return private_path, public_path
+
+
+def _load_key(path: str | Path, private: bool):
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+    path = Path(path)
+    kind = "private" if private else "public"
+    if not path.is_file():
+        raise UserError(f"{kind} key {path} does not exist")
+    data = path.read_bytes()
+    try:
+        key = (serialization.load_pem_private_key(data, password=None) if private
+               else serialization.load_pem_public_key(data))
+    except (ValueError, TypeError) as exc:
+        raise UserError(f"{path} is not a PEM {kind} key without a passphrase ({exc})") from exc
+    expected = Ed25519PrivateKey if private else Ed25519PublicKey
+    if not isinstance(key, expected):
+        raise UserError(f"{path} is not an Ed25519 {kind} key; make one with `hybreid bundle keygen`")
+    return key
+
+
+def key_fingerprint(public_key) -> str:
+    from cryptography.hazmat.primitives import serialization
+
+    raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return hashlib.sha256(raw).hexdigest()[:16]
+
+
+# -- create -----------------------------------------------------------------------------------
+
 def create_bundle(out: str | Path, onnx: str | Path, fp16: str | Path | None = None,
                   int8_qdq: str | Path | None = None, calibration_cache: str | Path | None = None,
-                  build: BuildOptions | None = None) -> Path:
+                  build: BuildOptions | None = None, sign: str | Path | None = None) -> Path:
     out = Path(out)
+    signer = _load_key(sign, private=True) if sign else None
     sources = {"onnx": onnx, "fp16": fp16, "int8_qdq": int8_qdq, "calibration_cache": calibration_cache}
     files = {}
     for role, source in sources.items():
@@ -54,7 +160,7 @@ def create_bundle(out: str | Path, onnx: str | Path, fp16: str | Path | None = N
     contract = _onnx_contract(Path(onnx))
     build = build or BuildOptions(precision="int8" if int8_qdq else "fp16" if fp16 else "fp32")
     manifest = {
-        "format": "hybreid-bundle-v1",
+        "format": FORMAT,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "toolkit": f"hybreid {__version__}",
         "model": contract["hybreid.model"],
@@ -64,15 +170,31 @@ def create_bundle(out: str | Path, onnx: str | Path, fp16: str | Path | None = N
         "files": files,
         "engine": "built on the target device at install or first start; never copied between devices",
     }
+    try:
+        Manifest.model_validate(manifest)
+    except ValidationError as exc:
+        raise UserError(f"cannot bundle {onnx}: {_first_problem(exc)}") from exc
+    data = json.dumps(manifest, indent=2).encode()
+    members = [(MANIFEST, data)]
+    if signer is not None:
+        members.append((SIGNATURE, signer.sign(data)))
     out.parent.mkdir(parents=True, exist_ok=True)
     with tarfile.open(out, "w:gz", compresslevel=1) as tar:  # weights barely compress; be fast
-        data = json.dumps(manifest, indent=2).encode()
-        info = tarfile.TarInfo(MANIFEST)
-        info.size, info.mtime = len(data), int(time.time())
-        tar.addfile(info, io.BytesIO(data))
+        for name, payload in members:
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime, info.mode = len(payload), int(time.time()), 0o644
+            tar.addfile(info, io.BytesIO(payload))
         for role, entry in files.items():
             tar.add(str(sources[role]), arcname=entry["name"])
     return out
+
+
+# -- verify and install -----------------------------------------------------------------------
+
+def _first_problem(exc: ValidationError) -> str:
+    error = exc.errors()[0]
+    where = ".".join(str(part) for part in error["loc"]) or "top level"
+    return f"{where}: {error['msg']}"
 
 
 def _open(bundle: Path) -> tarfile.TarFile:
@@ -84,39 +206,118 @@ def _open(bundle: Path) -> tarfile.TarFile:
         raise UserError(f"bundle {bundle} is damaged or not a hybreid bundle ({exc}); copy it again") from exc
 
 
-def verify_bundle(bundle: str | Path) -> dict:
-    """Check the manifest and every file's hash; returns the manifest."""
-    import hashlib
+def _members(tar: tarfile.TarFile, bundle: Path) -> dict[str, tarfile.TarInfo]:
+    """The bundle's members by name, refusing anything but regular files with known names."""
+    members: dict[str, tarfile.TarInfo] = {}
+    for member in tar.getmembers():
+        if member.name not in MEMBERS:
+            raise UserError(f"bundle {bundle} holds {member.name!r}, which is not a bundle file (only "
+                            f"{', '.join(sorted(MEMBERS))}); refusing it")
+        if not member.isreg():
+            raise UserError(f"bundle {bundle}: {member.name} is a link or special file, not a regular file; "
+                            "refusing it")
+        if member.name in members:
+            raise UserError(f"bundle {bundle} holds {member.name} twice; refusing it")
+        members[member.name] = member
+    if MANIFEST not in members:
+        raise UserError(f"bundle {bundle} has no {MANIFEST}; it is not a hybreid bundle")
+    return members
 
-    bundle = Path(bundle)
+
+def _check_signature(bundle: Path, manifest_bytes: bytes, signature: bytes | None,
+                     trust: list[str | Path]) -> str:
+    from cryptography.exceptions import InvalidSignature
+
+    if signature is None:
+        raise UserError(f"bundle {bundle} is not signed, and --trust asks for a signed bundle")
+    keys = [_load_key(path, private=False) for path in trust]
+    for key in keys:
+        try:
+            key.verify(signature, manifest_bytes)
+        except InvalidSignature:
+            continue
+        return key_fingerprint(key)
+    raise UserError(f"bundle {bundle}: its signature matches none of the {len(keys)} trusted key(s); it was "
+                    "signed by someone else or altered")
+
+
+def _verify_open(tar: tarfile.TarFile, bundle: Path, trust: list[str | Path] | None) -> dict:
+    members = _members(tar, bundle)
+    if members[MANIFEST].size > MAX_MANIFEST_BYTES:
+        raise UserError(f"bundle {bundle}: its manifest is over {MAX_MANIFEST_BYTES} bytes; refusing it")
+    manifest_bytes = tar.extractfile(members[MANIFEST]).read()
+    signature = tar.extractfile(members[SIGNATURE]).read() if SIGNATURE in members else None
+    signed_by = _check_signature(bundle, manifest_bytes, signature, trust) if trust else None
+    try:
+        manifest = Manifest.model_validate_json(manifest_bytes).model_dump()
+    except ValidationError as exc:
+        raise UserError(f"bundle {bundle}: its manifest is not valid ({_first_problem(exc)})") from exc
+    for role, entry in manifest["files"].items():
+        if entry["name"] != ROLES[role]:
+            raise UserError(f"bundle {bundle}: the manifest names {entry['name']!r} for {role}, "
+                            f"expected {ROLES[role]}")
+        if entry["name"] not in members:
+            raise UserError(f"bundle {bundle} lacks {entry['name']}, which its manifest lists")
+        member = tar.extractfile(members[entry["name"]])
+        digest = hashlib.sha256()
+        for chunk in iter(lambda member=member: member.read(1 << 20), b""):
+            digest.update(chunk)
+        if digest.hexdigest() != entry["sha256"]:
+            raise UserError(f"bundle {bundle}: {entry['name']} ({role}) does not match its hash; "
+                            "the bundle was altered or damaged in transit")
+    unlisted = set(members) - {MANIFEST, SIGNATURE} - {entry["name"] for entry in manifest["files"].values()}
+    if unlisted:
+        raise UserError(f"bundle {bundle} holds {', '.join(sorted(unlisted))}, which its manifest does "
+                        "not list; refusing it")
+    return {**manifest, "signed": signature is not None, "signed_by": signed_by}
+
+
+def _with_bundle(bundle: Path, work):
+    """Run ``work(tar)`` on the opened bundle, a damaged archive becoming one clear error."""
+    import zlib
+
     with _open(bundle) as tar:
         try:
-            manifest = json.loads(tar.extractfile(MANIFEST).read())
-            if manifest.get("format") != "hybreid-bundle-v1":
-                raise ValueError("unknown format")
-            for role, entry in manifest["files"].items():
-                member = tar.extractfile(entry["name"])
-                digest = hashlib.sha256()
-                for chunk in iter(lambda member=member: member.read(1 << 20), b""):
-                    digest.update(chunk)
-                if digest.hexdigest() != entry["sha256"]:
-                    raise UserError(f"bundle {bundle}: {entry['name']} ({role}) does not match its hash; "
-                                    "the bundle was altered or damaged in transit")
+            return work(tar)
         except UserError:
             raise
-        except (KeyError, ValueError, tarfile.TarError, OSError, EOFError, AttributeError) as exc:
+        except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
             raise UserError(f"bundle {bundle} is damaged or incomplete ({exc.__class__.__name__}: {exc}); "
                             "copy it again") from exc
-    return manifest
 
 
-def install_bundle(bundle: str | Path, target: str | Path) -> Path:
-    """Verify, then unpack into ``target/<model>-<weights hash>/``; returns that folder."""
-    manifest = verify_bundle(bundle)
-    folder = Path(target) / f"{manifest['model']}-{manifest['weights_sha256']}"
-    folder.mkdir(parents=True, exist_ok=True)
-    with _open(Path(bundle)) as tar:
-        names = [MANIFEST] + [entry["name"] for entry in manifest["files"].values()]
+def verify_bundle(bundle: str | Path, trust: list[str | Path] | None = None) -> dict:
+    """Check members, manifest schema, every file's hash and, with ``trust``, the signature.
+
+    Returns the manifest, with ``signed`` and ``signed_by`` (the trusted key's fingerprint,
+    when ``trust`` was given).
+    """
+    bundle = Path(bundle)
+    return _with_bundle(bundle, lambda tar: _verify_open(tar, bundle, trust))
+
+
+def install_bundle(bundle: str | Path, target: str | Path, trust: list[str | Path] | None = None) -> Path:
+    """Verify, then unpack into ``target/<model>-<weights hash>/``; returns that folder.
+
+    Verification and unpacking read the same open file, so a bundle swapped on disk in
+    between cannot slip past the check.
+    """
+    bundle = Path(bundle)
+    target = Path(target).resolve()
+
+    def install(tar: tarfile.TarFile) -> Path:
+        manifest = _verify_open(tar, bundle, trust)
+        folder = target / f"{manifest['model']}-{manifest['weights_sha256']}"
+        if folder.parent != target:  # the schema already refuses separators; this is the last word
+            raise UserError(f"bundle {bundle} names a folder outside {target}; refusing it")
+        folder.mkdir(parents=True, exist_ok=True)
+        names = [MANIFEST] + ([SIGNATURE] if manifest["signed"] else []) + \
+            [entry["name"] for entry in manifest["files"].values()]
         for name in names:
-            (folder / name).write_bytes(tar.extractfile(name).read())
-    return folder
+            destination = folder / name
+            partial = destination.with_name(destination.name + ".partial")
+            partial.write_bytes(tar.extractfile(name).read())
+            partial.replace(destination)  # a reader never sees half a model
+        return folder
+
+    return _with_bundle(bundle, install)

@@ -1,0 +1,187 @@
+"""Device bundles as an attacker would hand them over: member names, links, manifests, signatures."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from hybreid.cli import main
+from hybreid.export.bundle import create_bundle, generate_key, install_bundle, verify_bundle
+from hybreid.inference.engine_cache import BuildOptions
+
+
+@pytest.fixture(scope="module")
+def onnx_file(tmp_path_factory) -> Path:
+    """A small ONNX graph carrying a hybreid contract: what a bundle checks, without 68 MB of weights."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Identity", ["images"], ["embeddings"])], "tiny",
+                              [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["batch", 4])],
+                              [helper.make_tensor_value_info("embeddings", TensorProto.FLOAT, ["batch", 4])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    helper.set_model_props(model, {"hybreid.model": "tiny_identity", "hybreid.weights_sha256": "0123456789abcdef"})
+    path = tmp_path_factory.mktemp("bundle_model") / "m.onnx"
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory) -> dict[str, tuple[Path, Path]]:
+    folder = tmp_path_factory.mktemp("keys")
+    return {name: generate_key(folder / name) for name in ("ours", "theirs")}
+
+
+def _members(bundle: Path) -> dict[str, bytes]:
+    with tarfile.open(bundle) as tar:
+        return {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
+
+
+def _write(path: Path, members: list[tuple[str, bytes | None, str]]) -> Path:
+    """A .tar.gz of (name, data, kind) members; kind is file, symlink, hardlink or dir."""
+    with tarfile.open(path, "w:gz", compresslevel=1) as tar:
+        for name, data, kind in members:
+            info = tarfile.TarInfo(name)
+            if kind == "file":
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+                continue
+            info.type = {"symlink": tarfile.SYMTYPE, "hardlink": tarfile.LNKTYPE, "dir": tarfile.DIRTYPE}[kind]
+            info.linkname = "/etc/passwd" if kind != "dir" else ""
+            tar.addfile(info)
+    return path
+
+
+def _tree(root: Path) -> set[Path]:
+    return set(root.rglob("*"))
+
+
+def _manifest_variant(original: dict[str, bytes], **changes) -> list[tuple[str, bytes, str]]:
+    manifest = json.loads(original["manifest.json"])
+    for key, value in changes.items():
+        manifest[key] = value
+    return [("manifest.json", json.dumps(manifest).encode(), "file")] + [
+        (name, data, "file") for name, data in original.items() if name != "manifest.json"]
+
+
+def hostile_bundles(good: Path, onnx_bytes: bytes) -> dict[str, list[tuple[str, bytes | None, str]]]:
+    """Each a bundle that must be refused, keyed by what is wrong with it."""
+    original = _members(good)
+    manifest = json.loads(original["manifest.json"])
+    digest = hashlib.sha256(b"pwned").hexdigest()
+    traversal = dict(manifest, files={"onnx": {"name": "../../pwned", "sha256": digest, "bytes": 5}})
+    absolute = dict(manifest, files={"onnx": {"name": "/tmp/pwned", "sha256": digest, "bytes": 5}})
+    return {
+        "manifest names ../../pwned": [("manifest.json", json.dumps(traversal).encode(), "file"),
+                                       ("../../pwned", b"pwned", "file")],
+        "manifest names an absolute path": [("manifest.json", json.dumps(absolute).encode(), "file"),
+                                            ("/tmp/pwned", b"pwned", "file")],
+        "member with a dot-dot path": [*_manifest_variant(original), ("../escape.onnx", b"x", "file")],
+        "member in a sub-folder": [*_manifest_variant(original), ("sub/model.onnx", b"x", "file")],
+        "model.onnx is a symlink": [("manifest.json", original["manifest.json"], "file"),
+                                    ("model.onnx", None, "symlink")],
+        "model.onnx is a hard link": [("manifest.json", original["manifest.json"], "file"),
+                                      ("model.onnx", None, "hardlink")],
+        "a directory member": [*_manifest_variant(original), ("model.fp16.onnx", None, "dir")],
+        "model.onnx twice": [*_manifest_variant(original), ("model.onnx", b"second copy", "file")],
+        "model name with ../": _manifest_variant(original, model="../../evil"),
+        "model name with a slash": _manifest_variant(original, model="a/b"),
+        "model name starting with a dot": _manifest_variant(original, model=".."),
+        "weights hash with a slash": _manifest_variant(original, weights_sha256="x/../../y"),
+        "unknown manifest key": _manifest_variant(original, surprise=1),
+        "unknown build option": _manifest_variant(original, build=dict(manifest["build"], turbo=True)),
+        "build precision a list": _manifest_variant(original, build=dict(manifest["build"], precision=["fp16"])),
+        "max batch a string": _manifest_variant(original, build=dict(manifest["build"], max_batch="32")),
+        "unknown format": _manifest_variant(original, format="hybreid-bundle-v9"),
+        "manifest without model": [("manifest.json", json.dumps({k: v for k, v in manifest.items()
+                                                                 if k != "model"}).encode(), "file"),
+                                   ("model.onnx", onnx_bytes, "file")],
+        "files an array": _manifest_variant(original, files=[]),
+        "unknown role": _manifest_variant(original, files={"weights": manifest["files"]["onnx"]}),
+        "role under another file's name": _manifest_variant(
+            original, files={"onnx": dict(manifest["files"]["onnx"], name="model.fp16.onnx")}),
+        "hash not hex": _manifest_variant(original, files={"onnx": dict(manifest["files"]["onnx"], sha256="z" * 64)}),
+        "negative size": _manifest_variant(original, files={"onnx": dict(manifest["files"]["onnx"], bytes=-1)}),
+        "manifest not JSON": [("manifest.json", b"{not json", "file"), ("model.onnx", onnx_bytes, "file")],
+        "manifest a list": [("manifest.json", b"[]", "file"), ("model.onnx", onnx_bytes, "file")],
+        "no manifest": [("model.onnx", onnx_bytes, "file")],
+        "listed file missing": [("manifest.json", original["manifest.json"], "file")],
+        "unlisted calibration cache": [*_manifest_variant(original), ("calibration.cache", b"TRT-1\n", "file")],
+        "model altered": [("manifest.json", original["manifest.json"], "file"),
+                          ("model.onnx", onnx_bytes[:-4] + b"XXXX", "file")],
+        "huge manifest": [("manifest.json", b" " * (2 << 20), "file"), ("model.onnx", onnx_bytes, "file")],
+    }
+
+
+def test_hostile_bundles_are_refused_and_nothing_lands_outside(onnx_file, tmp_path):
+    good = create_bundle(tmp_path / "good.tar.gz", onnx_file)
+    cases = hostile_bundles(good, onnx_file.read_bytes())
+    assert len(cases) >= 30
+    device = tmp_path / "sandbox" / "device"
+    device.mkdir(parents=True)
+    bundle = tmp_path.parent / f"{tmp_path.name}-bad.tar.gz"
+    before = _tree(tmp_path)
+    for name, members in cases.items():
+        _write(bundle, members)
+        assert main(["bundle", "install", str(bundle), "--dir", str(device)]) == 2, name
+        assert main(["bundle", "verify", str(bundle)]) == 2, name
+    assert _tree(tmp_path) == before
+    assert not list(device.iterdir())
+    assert not Path("/tmp/pwned").exists()
+
+
+def test_unsigned_and_wrongly_signed_bundles_are_refused_with_trust(onnx_file, keys, tmp_path, capsys):
+    (ours, ours_public), (theirs, _) = keys["ours"], keys["theirs"]
+    signed = create_bundle(tmp_path / "signed.tar.gz", onnx_file, sign=ours)
+    unsigned = create_bundle(tmp_path / "unsigned.tar.gz", onnx_file)
+    foreign = create_bundle(tmp_path / "foreign.tar.gz", onnx_file, sign=theirs)
+    manifest = verify_bundle(signed, trust=[ours_public])
+    assert manifest["signed_by"] and manifest["signed"]
+    assert verify_bundle(signed)["signed_by"] is None  # without --trust the signature is not checked
+    folder = install_bundle(signed, tmp_path / "device", trust=[ours_public])
+    assert (folder / "model.onnx").read_bytes() == onnx_file.read_bytes() and (folder / "manifest.sig").is_file()
+
+    # The manifest re-signed by nobody: altered after signing, hashes updated to match a new model.
+    members = _members(signed)
+    altered_manifest = json.loads(members["manifest.json"])
+    altered_manifest["build"]["max_batch"] = 64
+    tampered = _write(tmp_path / "tampered.tar.gz", [("manifest.json", json.dumps(altered_manifest).encode(), "file"),
+                                                      ("manifest.sig", members["manifest.sig"], "file"),
+                                                      ("model.onnx", members["model.onnx"], "file")])
+    for bundle, reason in ((unsigned, "is not signed"), (foreign, "matches none"), (tampered, "matches none")):
+        capsys.readouterr()
+        assert main(["bundle", "install", str(bundle), "--dir", str(tmp_path / "other"),
+                     "--trust", str(ours_public)]) == 2
+        assert reason in capsys.readouterr().err
+    assert not (tmp_path / "other").exists()
+    assert main(["bundle", "verify", str(signed), "--trust", str(ours_public)]) == 0
+    assert "signed by trusted key" in capsys.readouterr().out
+
+
+def test_keys_and_signing_refuse_bad_key_files(onnx_file, keys, tmp_path, capsys):
+    ours, ours_public = keys["ours"]
+    assert ours.stat().st_mode & 0o777 == 0o600
+    not_a_key = tmp_path / "notakey.pem"
+    not_a_key.write_text("hello")
+    cases = [
+        ["bundle", "keygen", "--out", str(ours)],  # exists already
+        ["bundle", "create", "--onnx", str(onnx_file), "--out", str(tmp_path / "b.tar.gz"), "--sign", str(ours_public)],
+        ["bundle", "create", "--onnx", str(onnx_file), "--out", str(tmp_path / "b.tar.gz"), "--sign", str(not_a_key)],
+        ["bundle", "create", "--onnx", str(onnx_file), "--out", str(tmp_path / "b.tar.gz"),
+         "--sign", str(tmp_path / "missing")],
+        ["bundle", "verify", str(tmp_path / "missing.tar.gz")],
+    ]
+    signed = create_bundle(tmp_path / "s.tar.gz", onnx_file, build=BuildOptions("fp32"), sign=ours)
+    cases += [["bundle", "verify", str(signed), "--trust", str(ours)],  # a private key is not a public key
+              ["bundle", "verify", str(signed), "--trust", str(not_a_key)]]
+    for argv in cases:
+        capsys.readouterr()
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.startswith("hybreid: error: ") and err.count("\n") == 1, (argv, err)
+    assert not (tmp_path / "b.tar.gz").exists()
