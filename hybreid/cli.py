@@ -260,10 +260,27 @@ def _cmd_bench_pipeline(args: argparse.Namespace) -> None:
     pipeline.run(args.onnx, args.out, people=args.people, max_batch=args.batch, threads=args.threads)
 
 
-def _matcher_gallery(args: argparse.Namespace):
+def _matcher_gallery(args: argparse.Namespace, create: bool = False):
+    """The gallery of ``--db``; only ``matcher run`` may create one (a mistyped path elsewhere
+    would silently query or purge an empty gallery)."""
     from hybreid.matcher.gallery import Gallery
 
+    if not create and not Path(args.db).is_file():
+        raise UserError(f"gallery {args.db} does not exist; give the --db of the running matcher")
     return Gallery(args.db, index=getattr(args, "index", "flat"))
+
+
+def _broker_password(args: argparse.Namespace) -> str | None:
+    """The MQTT password from --password-file or HYBREID_MQTT_PASSWORD: never a flag, which
+    every user of the machine could read in the process list."""
+    import os
+
+    if args.password_file:
+        try:
+            return Path(args.password_file).read_text().strip()
+        except OSError as exc:
+            raise UserError(f"password file {args.password_file} cannot be read ({exc.strerror})") from exc
+    return os.environ.get("HYBREID_MQTT_PASSWORD")
 
 
 def _cmd_matcher_run(args: argparse.Namespace) -> None:
@@ -276,8 +293,9 @@ def _cmd_matcher_run(args: argparse.Namespace) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     policy = MatchPolicy.from_thresholds_file(args.thresholds) if args.thresholds else MatchPolicy()
     broker = BrokerConfig(url=args.broker, client_id=args.client_id, username=args.username,
-                          password=args.password, ca_certs=args.ca_certs, protocol=args.protocol)
-    service = MatcherService(Matcher(_matcher_gallery(args), policy), broker, site=args.site,
+                          password=_broker_password(args), ca_certs=args.ca_certs, protocol=args.protocol)
+    broker.endpoint()  # a malformed URL is one clear error before anything starts
+    service = MatcherService(Matcher(_matcher_gallery(args, create=True), policy), broker, site=args.site,
                              shared_group=args.shared_group)
     signal.signal(signal.SIGTERM, service.request_stop)
     signal.signal(signal.SIGINT, service.request_stop)
@@ -291,7 +309,8 @@ def _cmd_matcher_purge(args: argparse.Namespace) -> None:
         import time
 
         args.until = time.time() - 86400 * args.older_than_days
-    deleted = gallery.purge(identity=args.identity, camera=args.camera, since=args.since, until=args.until)
+    deleted = gallery.purge(identity=args.identity, camera=args.camera, since=args.since, until=args.until,
+                            site=args.site)
     print(json.dumps({"deleted_sightings": deleted, **gallery.stats()}))
 
 
@@ -322,7 +341,7 @@ def _cmd_bench_identities(args: argparse.Namespace) -> None:
     from hybreid.matcher.service import MatchPolicy
 
     policy = MatchPolicy.from_thresholds_file(args.thresholds) if args.thresholds else \
-        MatchPolicy(same_modality=args.same, cross_modality=args.cross)
+        MatchPolicy.checked(same_modality=args.same, cross_modality=args.cross)
     identities.run(args.onnx, args.out, people=args.people, policy=policy)
 
 
@@ -583,7 +602,7 @@ def build_parser() -> argparse.ArgumentParser:
     m_run.add_argument("--shared-group", help="MQTT v5 shared subscription group (several matchers, one gallery)")
     m_run.add_argument("--client-id", default="hybreid-matcher")
     m_run.add_argument("--username")
-    m_run.add_argument("--password")
+    m_run.add_argument("--password-file", help="file holding the MQTT password (or set HYBREID_MQTT_PASSWORD)")
     m_run.add_argument("--ca-certs")
     m_run.add_argument("--protocol", choices=["3.1.1", "5"], default="3.1.1")
     m_run.add_argument("--report-every", type=float, default=60.0)
@@ -591,6 +610,7 @@ def build_parser() -> argparse.ArgumentParser:
     m_purge = matcher_commands.add_parser("purge", help="delete sightings (biometric data) for good")
     m_purge.add_argument("--db", default="gallery.sqlite")
     m_purge.add_argument("--identity", type=int)
+    m_purge.add_argument("--site")
     m_purge.add_argument("--camera")
     m_purge.add_argument("--since", type=float, help="epoch seconds")
     m_purge.add_argument("--until", type=float, help="epoch seconds")

@@ -24,11 +24,13 @@ from __future__ import annotations
 
 import base64
 import json
-import math
 import re
+import time
 from dataclasses import asdict, dataclass, field
+from typing import Annotated, Literal
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 VERSION = 1
 TOPIC_ROOT = "hybreid/v1"
@@ -36,7 +38,12 @@ MODALITIES = ("visible", "infrared")
 DTYPES = {"float32": np.dtype("<f4"), "float16": np.dtype("<f2")}
 MAX_PAYLOAD_BYTES = 64 * 1024
 MAX_DIM = 8192
-_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+MAX_TIMESTAMP = 4102444800.0  # 2100-01-01
+NAME_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+_NAME = re.compile(NAME_PATTERN)
+# A camera (or a box's MQTT user) named like a topic level of the site would match that
+# level in the broker's ACL pattern hybreid/v1/<site>/<camera>/#.
+RESERVED_CAMERA_IDS = frozenset({"events", "status", "features", "box"})
 
 
 def features_topic(site: str, camera_id: str) -> str:
@@ -109,82 +116,113 @@ def encode_feature(message: FeatureMessage) -> bytes:
     return json.dumps(payload, separators=(",", ":")).encode("utf-8")
 
 
-def _require(payload: dict, key: str, kind, reason: str = "schema"):
-    value = payload.get(key)
-    if isinstance(value, bool) and kind is not bool:
-        raise ProtocolError(reason, f"{key} must be {kind}")
-    if not isinstance(value, kind):
-        raise ProtocolError(reason, f"{key} missing or not {kind}")
-    return value
+# The schema of a feature message. Strict: no type coercion (a string is not a number,
+# true is not 1), no unknown fields, every number finite and in range, every name in the
+# topic alphabet; a new field cannot skip validation.
+Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
+ModelText = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.@+-]{1,128}$")]
+Int64 = Annotated[int, Field(ge=0, le=2**63 - 1)]  # SQLite's and PostgreSQL's integers
+Finite = Annotated[float, Field(allow_inf_nan=False, ge=-1e9, le=1e9)]
+Timestamp = Annotated[float, Field(allow_inf_nan=False, ge=0.0, le=MAX_TIMESTAMP)]
 
 
-def decode_feature(data: bytes, topic: str | None = None, max_bytes: int = MAX_PAYLOAD_BYTES) -> FeatureMessage:
+class _Schema(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class ModelIdentity(_Schema):
+    name: ModelText
+    hash: ModelText
+
+
+class FeaturePayload(_Schema):
+    v: Literal[1]
+    site: Name
+    camera_id: Name
+    modality: Literal["visible", "infrared"]
+    ts: Timestamp
+    seq: Int64
+    track_id: Int64
+    box: Annotated[list[Finite], Field(min_length=4, max_length=4)]
+    score: Finite = 0.0
+    quality: Annotated[float, Field(allow_inf_nan=False, ge=0.0, le=1.0)] = 1.0
+    frames: Annotated[int, Field(ge=1, le=10**7)] = 1
+    first_ts: Timestamp | None = None
+    final: bool = True
+    model: ModelIdentity
+    dim: Annotated[int, Field(ge=1, le=MAX_DIM)]
+    dtype: Literal["float32", "float16"]
+    embedding: Annotated[str, StringConstraints(max_length=4 * MAX_PAYLOAD_BYTES // 3 + 4)]
+
+
+_RANGE_ERRORS = {"greater_than", "greater_than_equal", "less_than", "less_than_equal"}
+
+
+def _reason(error: dict) -> str:
+    """A counter name for pydantic's first complaint."""
+    kind, where = error["type"], error["loc"]
+    if kind == "json_invalid":
+        return "invalid_json"
+    if where and where[0] == "v":
+        return "version"
+    if kind == "finite_number":
+        return "non_finite"
+    if where and where[0] == "dim" and kind in _RANGE_ERRORS:
+        return "dimension"
+    if kind in _RANGE_ERRORS:
+        return "out_of_range"
+    return "schema"
+
+
+def decode_feature(data: bytes, topic: str | None = None, max_bytes: int = MAX_PAYLOAD_BYTES,
+                   now: float | None = None, max_clock_skew_s: float = 86400.0) -> FeatureMessage:
     """Parse and validate one feature message; raise :class:`ProtocolError` with a reason.
 
     Reasons: ``too_large``, ``not_utf8``, ``invalid_json``, ``version``, ``schema``,
-    ``dimension``, ``non_finite``, ``topic_mismatch``.
+    ``out_of_range``, ``dimension``, ``non_finite``, ``topic_mismatch``, ``clock_skew``
+    (dated more than ``max_clock_skew_s`` after ``now``; a far-future record would outlive
+    every retention).
     """
     if len(data) > max_bytes:
         raise ProtocolError("too_large", f"{len(data)} bytes > {max_bytes}")
     try:
-        text = data.decode("utf-8")
+        data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ProtocolError("not_utf8", str(exc)) from exc
     try:
-        payload = json.loads(text)
-    except ValueError as exc:
-        raise ProtocolError("invalid_json", str(exc)) from exc
-    if not isinstance(payload, dict):
-        raise ProtocolError("schema", "top level is not an object")
-    if payload.get("v") != VERSION:
-        raise ProtocolError("version", f"v={payload.get('v')!r}, expected {VERSION}")
-    site = _require(payload, "site", str)
-    camera_id = _require(payload, "camera_id", str)
-    if not _NAME.match(site) or not _NAME.match(camera_id):
-        raise ProtocolError("schema", "site or camera_id is not [A-Za-z0-9_-]{1,64}")
-    if topic is not None and topic != features_topic(site, camera_id):
-        raise ProtocolError("topic_mismatch", f"payload says {site}/{camera_id}, topic is {topic}")
-    modality = _require(payload, "modality", str)
-    if modality not in MODALITIES:
-        raise ProtocolError("schema", f"modality {modality!r}")
-    ts = float(_require(payload, "ts", (int, float)))
-    seq = _require(payload, "seq", int)
-    track_id = _require(payload, "track_id", int)
-    if seq < 0:
-        raise ProtocolError("schema", "seq < 0")
-    box = _require(payload, "box", list)
-    if len(box) != 4 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in box):
-        raise ProtocolError("schema", "box must be [x, y, w, h]")
-    model = _require(payload, "model", dict)
-    model_name, model_hash = model.get("name"), model.get("hash")
-    if not isinstance(model_name, str) or not isinstance(model_hash, str):
-        raise ProtocolError("schema", "model needs name and hash")
-    dtype = _require(payload, "dtype", str)
-    if dtype not in DTYPES:
-        raise ProtocolError("schema", f"dtype {dtype!r}")
-    dim = _require(payload, "dim", int)
-    if not 0 < dim <= MAX_DIM:
-        raise ProtocolError("dimension", f"dim {dim}")
+        payload = FeaturePayload.model_validate_json(data)
+    except ValidationError as exc:
+        error = exc.errors(include_url=False)[0]
+        where = ".".join(str(part) for part in error["loc"]) or "top level"
+        raise ProtocolError(_reason(error), f"{where}: {error['msg']}") from None
+    if topic is not None and topic != features_topic(payload.site, payload.camera_id):
+        raise ProtocolError("topic_mismatch", f"payload says {payload.site}/{payload.camera_id}, topic is {topic}")
+    if payload.camera_id in RESERVED_CAMERA_IDS:
+        raise ProtocolError("schema", f"camera_id {payload.camera_id!r} is reserved")
+    first_ts = payload.first_ts if payload.first_ts is not None else payload.ts
+    if first_ts > payload.ts:
+        raise ProtocolError("out_of_range", "first_ts is after ts")
+    latest = (time.time() if now is None else now) + max_clock_skew_s
+    if payload.ts > latest:
+        raise ProtocolError("clock_skew", f"ts {payload.ts} is more than {max_clock_skew_s:.0f} s in the future")
     try:
-        raw = base64.b64decode(_require(payload, "embedding", str), validate=True)
+        raw = base64.b64decode(payload.embedding, validate=True)
     except ValueError as exc:
         raise ProtocolError("schema", "embedding is not base64") from exc
-    if len(raw) != dim * DTYPES[dtype].itemsize:
-        raise ProtocolError("dimension", f"{len(raw)} bytes for dim {dim} {dtype}")
-    vector = np.frombuffer(raw, dtype=DTYPES[dtype]).astype(np.float32)
-    numbers = [ts, float(payload.get("score", 0.0)), float(payload.get("quality", 1.0)), *map(float, box)]
-    if not np.isfinite(vector).all() or not all(math.isfinite(v) for v in numbers):
-        raise ProtocolError("non_finite", "NaN or infinity in the message")
+    if len(raw) != payload.dim * DTYPES[payload.dtype].itemsize:
+        raise ProtocolError("dimension", f"{len(raw)} bytes for dim {payload.dim} {payload.dtype}")
+    # float64: float32 values near its maximum are finite, but their norm is not.
+    vector = np.frombuffer(raw, dtype=DTYPES[payload.dtype]).astype(np.float64)
+    if not np.isfinite(vector).all():
+        raise ProtocolError("non_finite", "NaN or infinity in the embedding")
     norm = float(np.linalg.norm(vector))
     if norm == 0.0:
         raise ProtocolError("non_finite", "zero embedding")
-    first_ts = payload.get("first_ts", ts)
     return FeatureMessage(
-        site=site, camera_id=camera_id, modality=modality, ts=ts, seq=seq, track_id=track_id,
-        box=tuple(float(v) for v in box), score=float(payload.get("score", 0.0)), model_name=model_name,
-        model_hash=model_hash, embedding=vector / norm, quality=float(payload.get("quality", 1.0)),
-        frames=int(payload.get("frames", 1)), first_ts=float(first_ts) if first_ts is not None else ts,
-        final=bool(payload.get("final", True)), dtype=dtype,
+        site=payload.site, camera_id=payload.camera_id, modality=payload.modality, ts=payload.ts, seq=payload.seq,
+        track_id=payload.track_id, box=tuple(payload.box), score=payload.score, model_name=payload.model.name,
+        model_hash=payload.model.hash, embedding=(vector / norm).astype(np.float32), quality=payload.quality,
+        frames=payload.frames, first_ts=first_ts, final=payload.final, dtype=payload.dtype,
     )
 
 
@@ -193,7 +231,8 @@ def encode_status(state: str, camera_id: str, ts: float, **details) -> bytes:
 
 
 def encode_event(event: dict) -> bytes:
-    return json.dumps({"v": VERSION, **event}, separators=(",", ":")).encode()
+    """An event as JSON; NaN or infinity raise ValueError rather than go out as invalid JSON."""
+    return json.dumps({"v": VERSION, **event}, separators=(",", ":"), allow_nan=False).encode()
 
 
 def message_summary(message: FeatureMessage) -> dict:

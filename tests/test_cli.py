@@ -64,6 +64,12 @@ def test_deployment_commands_chain_through_the_cli(tmp_path, capsys):
     assert main(["bundle", "create", "--onnx", str(onnx_path), "--out", str(bundle)]) == 0
     assert main(["bundle", "verify", str(bundle)]) == 0
     db = tmp_path / "gallery.sqlite"
+    # Only `matcher run` creates a gallery: a mistyped --db is an error, not an empty answer.
+    assert main(["matcher", "query", "--db", str(db), "--camera", "cam-01"]) == 2
+    assert not db.exists()
+    from hybreid.matcher.gallery import Gallery
+
+    Gallery(db).close()
     capsys.readouterr()
     assert main(["matcher", "query", "--db", str(db), "--camera", "cam-01", "--since", "0"]) == 0
     answer = json.loads(capsys.readouterr().out)

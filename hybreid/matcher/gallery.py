@@ -1,10 +1,13 @@
 """The matcher's gallery: SQLite (WAL) of sightings and identities, and a FAISS index.
 
-Sightings are keyed by ``(camera_id, seq)``, so a redelivered message changes nothing.
+Sightings are keyed by ``(site, camera_id, seq)``, so a redelivered message changes
+nothing and two sites may use the same camera ids.
 Identities carry an L2-normalised prototype; the FAISS index over the prototypes is
 rebuilt from SQLite at start (exact inner product by default; IVF or HNSW for large
 galleries). Embeddings are biometric data: retention by age and purges by identity,
-camera or time range delete them for good.
+camera or time range delete them for good. A purge bumps the gallery's generation; a
+matcher running beside it sees the new generation before its next message and reloads
+its index, so purged identities are never matched again.
 """
 
 from __future__ import annotations
@@ -19,15 +22,18 @@ import numpy as np
 from hybreid.errors import UserError
 from hybreid.protocol import FeatureMessage
 
-SCHEMA = """
+SIGHTINGS = """
 CREATE TABLE IF NOT EXISTS sightings (
     camera_id TEXT NOT NULL, seq INTEGER NOT NULL, site TEXT NOT NULL, track_id INTEGER NOT NULL,
     modality TEXT NOT NULL, first_ts REAL NOT NULL, ts REAL NOT NULL, box TEXT NOT NULL, score REAL,
     quality REAL, frames INTEGER, final INTEGER, identity_id INTEGER NOT NULL, similarity REAL,
-    embedding BLOB NOT NULL, PRIMARY KEY (camera_id, seq));
+    embedding BLOB NOT NULL, decision TEXT NOT NULL DEFAULT 'match', PRIMARY KEY (site, camera_id, seq));
+"""
+SCHEMA = SIGHTINGS + """
 CREATE INDEX IF NOT EXISTS sightings_identity ON sightings (identity_id);
 CREATE INDEX IF NOT EXISTS sightings_time ON sightings (ts);
-CREATE INDEX IF NOT EXISTS sightings_track ON sightings (camera_id, track_id);
+DROP INDEX IF EXISTS sightings_track;
+CREATE INDEX IF NOT EXISTS sightings_site_track ON sightings (site, camera_id, track_id);
 CREATE TABLE IF NOT EXISTS identities (
     id INTEGER PRIMARY KEY, created REAL NOT NULL, last_seen REAL NOT NULL, sightings INTEGER NOT NULL,
     modalities TEXT NOT NULL, prototype BLOB NOT NULL);
@@ -57,12 +63,50 @@ class Gallery:
             self.db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
+            self._migrate()
             self.db.executescript(SCHEMA)
         except sqlite3.DatabaseError as exc:
             raise UserError(f"gallery {self.path} is not a usable SQLite file ({exc})") from exc
         self.index: faiss.Index | None = None
         self.prototypes: dict[int, np.ndarray] = {}
+        self.generation = self._stored_generation()
         self.rebuild_index()
+
+    def _migrate(self) -> None:
+        """Galleries written before sightings were keyed by site: re-key them in one transaction."""
+        row = self.db.execute("SELECT sql FROM sqlite_master WHERE name = 'sightings'").fetchone()
+        if row is None or "PRIMARY KEY (site, camera_id, seq)" in row[0]:
+            return
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            self.db.execute("ALTER TABLE sightings RENAME TO sightings_by_camera")
+            self.db.execute(SIGHTINGS)
+            self.db.execute("INSERT INTO sightings SELECT *, 'match' FROM sightings_by_camera")
+            self.db.execute("DROP TABLE sightings_by_camera")
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+
+    def _stored_generation(self) -> int:
+        row = self.db.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()
+        return int(row[0]) if row else 0
+
+    def refresh(self) -> bool:
+        """Reload the index if another process purged since (True when it did)."""
+        with self.lock:
+            stored = self._stored_generation()
+            if stored == self.generation:
+                return False
+            self.generation = stored
+            self.rebuild_index()
+            return True
+
+    @property
+    def dim(self) -> int | None:
+        """The embedding dimension of the stored prototypes (None while the gallery is empty)."""
+        with self.lock:
+            return next(iter(self.prototypes.values())).size if self.prototypes else None
 
     # -- model identity --------------------------------------------------------------
 
@@ -89,30 +133,32 @@ class Gallery:
 
     # -- sightings and identities -------------------------------------------------------
 
-    def has_sighting(self, camera_id: str, seq: int) -> bool:
+    def stored_decision(self, site: str, camera_id: str, seq: int) -> tuple[int, float, str] | None:
+        """``(identity_id, similarity, decision)`` of a sighting already stored, else None."""
         with self.lock:
-            return self.db.execute("SELECT 1 FROM sightings WHERE camera_id = ? AND seq = ?",
-                                   (camera_id, seq)).fetchone() is not None
+            return self.db.execute("SELECT identity_id, similarity, decision FROM sightings WHERE site = ? AND "
+                                   "camera_id = ? AND seq = ?", (site, camera_id, seq)).fetchone()
 
-    def identity_of_track(self, camera_id: str, track_id: int) -> int | None:
+    def identity_of_track(self, site: str, camera_id: str, track_id: int) -> int | None:
         with self.lock:
-            row = self.db.execute("SELECT identity_id FROM sightings WHERE camera_id = ? AND track_id = ? "
-                                  "ORDER BY seq DESC LIMIT 1", (camera_id, track_id)).fetchone()
+            row = self.db.execute("SELECT identity_id FROM sightings WHERE site = ? AND camera_id = ? AND "
+                                  "track_id = ? ORDER BY seq DESC LIMIT 1", (site, camera_id, track_id)).fetchone()
         return row[0] if row else None
 
-    def busy_elsewhere(self, identity_id: int, camera_id: str, first_ts: float, ts: float) -> bool:
+    def busy_elsewhere(self, identity_id: int, site: str, camera_id: str, first_ts: float, ts: float) -> bool:
         """Whether the identity was seen by another camera during [first_ts, ts]."""
         with self.lock:
             return self.db.execute(
-                "SELECT 1 FROM sightings WHERE identity_id = ? AND camera_id != ? AND first_ts < ? AND ts > ? LIMIT 1",
-                (identity_id, camera_id, ts, first_ts)).fetchone() is not None
+                "SELECT 1 FROM sightings WHERE identity_id = ? AND NOT (site = ? AND camera_id = ?) AND first_ts < ? "
+                "AND ts > ? LIMIT 1", (identity_id, site, camera_id, ts, first_ts)).fetchone() is not None
 
     def identity_modalities(self, identity_id: int) -> set[str]:
         with self.lock:
             row = self.db.execute("SELECT modalities FROM identities WHERE id = ?", (identity_id,)).fetchone()
         return set(row[0].split(",")) if row and row[0] else set()
 
-    def store(self, message: FeatureMessage, identity_id: int | None, similarity: float, prototype_rate: float) -> int:
+    def store(self, message: FeatureMessage, identity_id: int | None, similarity: float, prototype_rate: float,
+              decision: str = "match") -> int:
         """Insert the sighting (and a new identity when ``identity_id`` is None) in one
         transaction; update the prototype at a bounded rate. Returns the identity id."""
         import json
@@ -128,7 +174,7 @@ class Gallery:
                     identity_id = cursor.lastrowid
                     prototype = vector
                 else:
-                    old = self.prototypes[identity_id]
+                    old = self.prototypes[identity_id]  # present: the matcher refreshed before assigning
                     rows = self.db.execute("SELECT sightings FROM identities WHERE id = ?", (identity_id,)).fetchone()
                     rate = min(prototype_rate, 1.0 / (rows[0] + 1))
                     prototype = (1 - rate) * old + rate * vector
@@ -138,11 +184,11 @@ class Gallery:
                                 "modalities = ?, prototype = ? WHERE id = ?",
                                 (message.ts, ",".join(sorted(modalities - {""})), prototype.tobytes(), identity_id))
                 self.db.execute(
-                    "INSERT INTO sightings VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO sightings VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (message.camera_id, message.seq, message.site, message.track_id, message.modality,
                      message.first_ts if message.first_ts is not None else message.ts, message.ts,
                      json.dumps(list(message.box)), message.score, message.quality, message.frames,
-                     int(message.final), identity_id, similarity, vector.tobytes()))
+                     int(message.final), identity_id, similarity, vector.tobytes(), decision))
                 self.db.execute("COMMIT")
             except BaseException:
                 self.db.execute("ROLLBACK")
@@ -197,22 +243,31 @@ class Gallery:
     # -- retention ----------------------------------------------------------------------------
 
     def purge(self, identity: int | None = None, camera: str | None = None, since: float | None = None,
-              until: float | None = None) -> int:
+              until: float | None = None, site: str | None = None) -> int:
         """Delete sightings matching every given criterion, then identities left with none;
         returns the number of sightings deleted."""
         clauses, values = [], []
         for clause, value in (("identity_id = ?", identity), ("camera_id = ?", camera), ("ts >= ?", since),
-                              ("ts < ?", until)):
+                              ("ts < ?", until), ("site = ?", site)):
             if value is not None:
                 clauses.append(clause)
                 values.append(value)
         if not clauses:
-            raise UserError("purge needs at least one of identity, camera, since, until")
+            raise UserError("purge needs at least one of identity, site, camera, since, until")
         with self.lock:
-            deleted = self.db.execute(f"DELETE FROM sightings WHERE {' AND '.join(clauses)}", values).rowcount
-            self.db.execute("DELETE FROM identities WHERE id NOT IN (SELECT DISTINCT identity_id FROM sightings)")
-            self.db.execute("UPDATE identities SET sightings = (SELECT COUNT(*) FROM sightings "
-                            "WHERE identity_id = identities.id)")
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                deleted = self.db.execute(f"DELETE FROM sightings WHERE {' AND '.join(clauses)}", values).rowcount
+                self.db.execute("DELETE FROM identities WHERE id NOT IN (SELECT DISTINCT identity_id FROM sightings)")
+                self.db.execute("UPDATE identities SET sightings = (SELECT COUNT(*) FROM sightings "
+                                "WHERE identity_id = identities.id)")
+                self.db.execute("INSERT INTO meta VALUES ('generation', '1') ON CONFLICT(key) DO UPDATE SET "
+                                "value = CAST(value AS INTEGER) + 1")
+                self.db.execute("COMMIT")
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+            self.generation = self._stored_generation()
             self.rebuild_index()
         return deleted
 

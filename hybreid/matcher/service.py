@@ -15,7 +15,10 @@ Identity assignment for an accepted tracklet:
 3. otherwise a new identity.
 
 Prototypes move towards each new sighting at a bounded rate (``1/n``, at most
-``prototype_rate``). Decisions go out on ``hybreid/v1/{site}/events``.
+``prototype_rate``). Decisions go out on ``hybreid/v1/{site}/events``, at least once: a
+feature is acknowledged to the broker only after its event's PUBACK, and a feature
+delivered again (after a crash) re-emits the decision stored with it. Consumers
+de-duplicate events on ``(site, camera_id, seq)``.
 
 Scale-out: with ``shared_group`` the matcher subscribes through an MQTT v5 shared
 subscription (``$share/<group>/...``) and several matchers split the stream. The
@@ -30,8 +33,11 @@ import json
 import logging
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
+
+import paho.mqtt.client as mqtt
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from hybreid import protocol
 from hybreid.edge_runtime.publish import BrokerConfig, make_client
@@ -42,21 +48,58 @@ from hybreid.protocol import FeatureMessage, ProtocolError
 log = logging.getLogger("hybreid.matcher")
 
 
-@dataclass
-class MatchPolicy:
-    same_modality: float = 0.6
-    cross_modality: float = 0.45
-    top_k: int = 5
-    prototype_rate: float = 0.2
+# A match threshold is a cosine in [0, 1]: NaN or a negative one would merge everyone.
+Cosine = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
+
+
+def _first_problem(exc: ValidationError) -> str:
+    error = exc.errors(include_url=False)[0]
+    where = ".".join(str(part) for part in error["loc"]) or "top level"
+    return f"{where}: {error['msg']}"
+
+
+class MatchPolicy(BaseModel):
+    """The assignment's thresholds and search depth."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    same_modality: Cosine = 0.6
+    cross_modality: Cosine = 0.45
+    top_k: Annotated[int, Field(ge=1, le=1000)] = 5
+    prototype_rate: Annotated[float, Field(gt=0.0, le=1.0, allow_inf_nan=False)] = 0.2
 
     @classmethod
     def from_thresholds_file(cls, path: str | Path, **overrides) -> MatchPolicy:
-        from hybreid.calibration.threshold import load_thresholds
+        """The thresholds written by ``hybreid calibrate threshold``, validated here."""
+        path = Path(path)
+        try:
+            thresholds = ThresholdsFile.model_validate_json(path.read_bytes())
+        except OSError as exc:
+            raise UserError(f"thresholds file {path} cannot be read ({exc.strerror})") from exc
+        except ValidationError as exc:
+            raise UserError(f"{path} is not a valid thresholds file from `hybreid calibrate threshold` "
+                            f"({_first_problem(exc)})") from exc
+        same = thresholds.same_modality.threshold
+        cross = thresholds.cross_modality.threshold if thresholds.cross_modality else same
+        return cls.checked(same_modality=same, cross_modality=cross, **overrides)
 
-        data = load_thresholds(path)
-        same = data["same_modality"]["threshold"]
-        cross = data.get("cross_modality", {}).get("threshold", same)
-        return cls(same_modality=same, cross_modality=cross, **overrides)
+    @classmethod
+    def checked(cls, **values) -> MatchPolicy:
+        """A policy from user-given values; a bad one is one clear error."""
+        try:
+            return cls(**values)
+        except ValidationError as exc:
+            raise UserError(f"match policy: {_first_problem(exc)}") from exc
+
+
+class _Threshold(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True)  # the calibration's statistics ride along
+    threshold: Cosine
+
+
+class ThresholdsFile(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True)
+    same_modality: _Threshold
+    cross_modality: _Threshold | None = None
 
 
 class Matcher:
@@ -67,31 +110,49 @@ class Matcher:
         self.accepted = self.duplicates = 0
         self.lock = threading.Lock()
 
+    def _validate(self, topic: str, payload: bytes) -> FeatureMessage:
+        message = protocol.decode_feature(payload, topic, self.max_bytes)
+        expected = self.gallery.model
+        if expected is not None and message.model_identity != expected:
+            raise ProtocolError("model_mismatch", f"{message.model_identity} != gallery's {expected}")
+        dim = self.gallery.dim
+        if dim is not None and message.embedding.size != dim:
+            raise ProtocolError("dimension_mismatch", f"dim {message.embedding.size}, the gallery's is {dim}")
+        return message
+
     def handle(self, topic: str, payload: bytes) -> dict | None:
-        """Process one MQTT message; returns the event to publish, or None."""
+        """Process one MQTT message; returns the event to publish, or None for a rejected one.
+
+        A message already stored (redelivered after a crash or a lost acknowledgement)
+        returns its stored decision again, so an event lost with the crash goes out now.
+        """
         with self.lock:
             try:
-                message = protocol.decode_feature(payload, topic, self.max_bytes)
-                expected = self.gallery.model
-                if expected is not None and message.model_identity != expected:
-                    raise ProtocolError("model_mismatch", f"{message.model_identity} != gallery's {expected}")
+                message = self._validate(topic, payload)
             except ProtocolError as exc:
                 self.gallery.count_rejection(exc.reason)
                 log.warning("rejected a message on %s: %s", topic, exc)
                 return None
-            if self.gallery.has_sighting(message.camera_id, message.seq):
+            self.gallery.refresh()  # a purge by another process since the last message
+            stored = self.gallery.stored_decision(message.site, message.camera_id, message.seq)
+            if stored is not None:
                 self.duplicates += 1
-                return None
+                identity, similarity, decision = stored
+                return self._event(message, identity, similarity, decision)
             self.gallery.bind_model(message.model_identity)
-            identity, similarity, reason = self.assign(message)
-            identity = self.gallery.store(message, identity, similarity, self.policy.prototype_rate)
+            identity, similarity, decision = self.assign(message)
+            identity = self.gallery.store(message, identity, similarity, self.policy.prototype_rate, decision)
             self.accepted += 1
-            return {"type": reason, "identity": identity, "camera_id": message.camera_id, "seq": message.seq,
-                    "track_id": message.track_id, "modality": message.modality, "ts": message.ts,
-                    "similarity": similarity}
+            return self._event(message, identity, similarity, decision)
+
+    @staticmethod
+    def _event(message: FeatureMessage, identity: int, similarity: float, decision: str) -> dict:
+        return {"type": decision, "identity": identity, "site": message.site, "camera_id": message.camera_id,
+                "seq": message.seq, "track_id": message.track_id, "modality": message.modality, "ts": message.ts,
+                "similarity": similarity}
 
     def assign(self, message: FeatureMessage) -> tuple[int | None, float, str]:
-        track_identity = self.gallery.identity_of_track(message.camera_id, message.track_id)
+        track_identity = self.gallery.identity_of_track(message.site, message.camera_id, message.track_id)
         if track_identity is not None and track_identity in self.gallery.prototypes:
             similarity = float(self.gallery.prototypes[track_identity] @ message.embedding)
             return track_identity, similarity, "update"
@@ -101,7 +162,7 @@ class Matcher:
             threshold = self.policy.cross_modality if cross else self.policy.same_modality
             if similarity < threshold:
                 continue
-            if self.gallery.busy_elsewhere(identity, message.camera_id, first_ts, message.ts):
+            if self.gallery.busy_elsewhere(identity, message.site, message.camera_id, first_ts, message.ts):
                 continue
             return identity, similarity, "cross_modality_match" if cross else "match"
         return None, 0.0, "new"
@@ -117,9 +178,14 @@ class MatcherService:
         if shared_group:
             broker.protocol = "5"
         self.client = make_client(broker, persistent_session=True)
+        # A feature is acknowledged only once its event is at the broker (the event's PUBACK):
+        # a matcher killed in between gets the feature again and re-emits the stored decision.
+        self.client.manual_ack_set(True)
         self.client.on_connect = self._on_connect
         self.client.on_subscribe = self._on_subscribe
         self.client.on_message = self._on_message
+        self.client.on_publish = self._on_publish
+        self._awaiting_event_ack: dict[int, int] = {}  # event mid -> feature mid
         # Set on the broker's SUBACK, not on CONNACK: a message published between the two
         # would not reach a first-time subscriber.
         self.subscribed = threading.Event()
@@ -146,16 +212,27 @@ class MatcherService:
         self.subscribed.set()
 
     def _on_message(self, client, userdata, message):
+        # paho runs this on its network thread, which also reads the PUBACKs: the event's
+        # PUBACK cannot be handled before this returns and its mid is recorded.
         try:
             event = self.matcher.handle(message.topic, message.payload)
+            if event is not None:
+                info = client.publish(protocol.events_topic(event["site"]), protocol.encode_event(event), qos=1)
+                if info.rc == mqtt.MQTT_ERR_SUCCESS:
+                    self._awaiting_event_ack[info.mid] = message.mid
+                # Otherwise the connection is gone: the feature stays unacknowledged, the
+                # broker delivers it again after the reconnect, and its event goes out then.
+                return
         except Exception:  # a bug must not take the site down: count it, keep serving
             self.internal_errors += 1
             self.matcher.gallery.count_rejection("internal_error")
             log.exception("failed to process a message on %s", message.topic)
-            return
-        if event is not None:
-            site = message.topic.split("/")[2]
-            client.publish(protocol.events_topic(site), protocol.encode_event(event), qos=1)
+        client.ack(message.mid, message.qos)  # rejected (counted) or failed: redelivery would change nothing
+
+    def _on_publish(self, client, userdata, mid, reason_code=None, properties=None):
+        feature_mid = self._awaiting_event_ack.pop(mid, None)
+        if feature_mid is not None:
+            client.ack(feature_mid, 1)
 
     def start(self) -> None:
         host, port, _ = self.broker.endpoint()
