@@ -243,6 +243,15 @@ def _cmd_edge_run(args: argparse.Namespace) -> None:
     print(json.dumps(summary, indent=2))
 
 
+def _cmd_site_broker_acl(args: argparse.Namespace) -> None:
+    from hybreid.edge_runtime.broker_acl import write_broker_files
+
+    paths = write_broker_files(args.site_files, args.out, args.matcher_user, tuple(args.reader or ()),
+                               args.overwrite)
+    print(f"wrote {paths['acl']}, {paths['passwd']} and {paths['conf']} (include it in Mosquitto's "
+          f"configuration); each user's password is in {Path(args.out) / 'passwords'} (mode 0600)")
+
+
 def _cmd_edge_scenes(args: argparse.Namespace) -> None:
     from hybreid.edge_runtime.scenes import render_scenes
 
@@ -590,6 +599,17 @@ def build_parser() -> argparse.ArgumentParser:
     scenes.add_argument("--seed", type=int, default=0)
     scenes.add_argument("--infrared-band", choices=INFRARED_BANDS, default=INFRARED_BANDS[0])
     scenes.set_defaults(func=_cmd_edge_scenes)
+
+    site = commands.add_parser("site", help="a site's broker set-up from its site files")
+    site_commands = site.add_subparsers(dest="site_command", required=True)
+    acl = site_commands.add_parser("broker-acl", help="Mosquitto password file and ACL: each box writes only its "
+                                                      "own cameras, the matcher alone writes events")
+    acl.add_argument("site_files", nargs="+", metavar="SITE.yaml", help="one site file per camera box")
+    acl.add_argument("--out", required=True, help="folder for acl, passwd, mosquitto.conf and passwords/")
+    acl.add_argument("--matcher-user", default="matcher", help="the matcher's MQTT user")
+    acl.add_argument("--reader", action="append", help="a user that may read events and statuses (repeatable)")
+    acl.add_argument("--overwrite", action="store_true", help="replace the files of an earlier run in --out")
+    acl.set_defaults(func=_cmd_site_broker_acl)
 
     matcher = commands.add_parser("matcher", help="central matcher: run, purge, query")
     matcher_commands = matcher.add_subparsers(dest="matcher_command", required=True)

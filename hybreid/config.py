@@ -60,11 +60,17 @@ def merge(base: dict, overrides: dict) -> dict:
 def load_yaml(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"config file {path} does not exist")
+        raise UserError(f"config file {path} does not exist" if not path.exists() else
+                        f"config file {path} is not a file")
     try:
         data = yaml.safe_load(path.read_text()) or {}
+    except UnicodeDecodeError as exc:
+        raise UserError(f"config file {path} is not UTF-8 text") from exc
     except yaml.YAMLError as exc:
-        raise UserError(f"config file {path} is not valid YAML ({exc})") from exc
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or exc.__class__.__name__
+        raise UserError(f"config file {path} is not valid YAML: {problem}{where}") from exc
     if not isinstance(data, dict):
         raise UserError(f"config file {path} must hold a mapping of options at its top level")
     return _numbers(data)

@@ -23,7 +23,7 @@ EXERCISED_BY = {
     "eval": "code: test_trainer", "export onnx": "test_cli", "export engine": "code: test_export (no GPU)",
     "calibrate int8": "code: test_calibration", "calibrate threshold": "test_cli", "bundle create": "test_cli",
     "bundle verify": "test_cli", "bundle install": "test_bundles", "bundle keygen": "test_bundles",
-    "edge scenes": "test_cli",
+    "edge scenes": "test_cli", "site broker-acl": "test_broker_security",
     "edge run": "test_edge_e2e", "matcher run": "test_matcher", "matcher query": "test_cli",
     "matcher purge": "test_cli", "bench latency": "code: test_benchmarks",
     "bench profile": "test_benchmarks", "bench train": "code: test_viz (its recipe)",

@@ -35,7 +35,8 @@ def _prefill(gallery: Gallery, identities: int, dim: int, rng) -> np.ndarray:
             "INSERT INTO identities (id, created, last_seen, sightings, modalities, prototype) "
             "VALUES (?, 0, 0, 1, 'visible', ?)", [(i + 1, v.tobytes()) for i, v in enumerate(vectors)])
         gallery.db.executemany(
-            "INSERT INTO sightings VALUES (?, ?, 'bench', ?, 'visible', 0, 0, '[0,0,1,1]', 1, 1, 1, 1, ?, 1, ?)",
+            "INSERT INTO sightings VALUES (?, ?, 'bench', ?, 'visible', 0, 0, '[0,0,1,1]', 1, 1, 1, 1, ?, 1, ?, "
+            "'new')",
             [("prefill", i, i, i + 1, v.tobytes()) for i, v in enumerate(vectors)])
         gallery.db.execute("INSERT OR REPLACE INTO meta VALUES ('model', 'bench@0')")
         gallery.db.execute("COMMIT")

@@ -86,8 +86,8 @@ def run_int8(onnx_path: str | Path, out_dir: str | Path, target: str = "tensorrt
     ``quantize_concat_inputs``, ``quantize_output_layers``) for every run.
     """
     onnx_path, out_dir = Path(onnx_path), Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     fp32 = OnnxRuntimeEmbedder(onnx_path, providers=["CPUExecutionProvider"], threads=threads)
+    out_dir.mkdir(parents=True, exist_ok=True)  # only once the model is known to load
     calibration = preprocess(calibration_crops(source, count), fp32.contract)
     if eval_dataset is not None:
         paths = [s.path for s in eval_dataset.query] + [s.path for s in eval_dataset.gallery]

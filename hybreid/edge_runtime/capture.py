@@ -71,6 +71,7 @@ class CameraCapture(threading.Thread):
         self._stopping = threading.Event()
         self.finished = threading.Event()
         self.frames_read = self.frames_dropped = self.reconnects = 0
+        self.error: str | None = None  # why a video file could not be read
         self.modality = config.modality if config.modality != "auto" else None
 
     def stop(self) -> None:
@@ -102,6 +103,11 @@ class CameraCapture(threading.Thread):
         index = 0
         while not self._stopping.is_set():
             capture = open_capture(self.config.source, self.timeout_ms)
+            if not capture.isOpened() and self.config.is_file:
+                # A file that cannot be opened now will not open later: retrying would hide it.
+                self.error = f"camera {self.config.id}: cannot read the video file {self.config.source}"
+                log.error("%s", self.error)
+                break
             if not capture.isOpened():
                 self.reconnects += 1
                 log.warning("camera %s: cannot open %s; retrying in %.1f s", self.config.id, self.config.source,

@@ -8,6 +8,7 @@ queue behind its crops, so a tracklet is finalised only after all its crops are 
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 import time
@@ -16,6 +17,17 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from hybreid.edge_runtime.stages import Crop, TrackletFeature
+
+log = logging.getLogger("hybreid.edge.embed")
+
+
+class EmbedderFailed(RuntimeError):
+    """The embedding thread died; the box cannot publish anything more."""
+
+    def __init__(self, cause: BaseException):
+        detail = " ".join(str(cause).split())  # ONNX Runtime's messages span lines
+        super().__init__(f"{cause.__class__.__name__}: {detail[:300]}")
+        self.cause = cause
 
 
 @dataclass
@@ -87,13 +99,24 @@ class EmbedWorker(threading.Thread):
         self.max_batch, self.max_wait = max_batch, max_wait_ms / 1000
         self.queue: queue.Queue = queue.Queue(maxsize=queue_size)
         self._stopping = threading.Event()
+        self.error: BaseException | None = None  # what stopped the thread, if it failed
         self.batches = self.crops = 0
         self.embed_seconds = 0.0
         self.lock = threading.Lock()  # held while the aggregator changes (the runtime reads it)
 
     def submit(self, item: Crop | TrackEnd) -> None:
-        """Blocks when the queue is full: back-pressure slows capture rather than losing crops."""
-        self.queue.put(item)
+        """Blocks when the queue is full: back-pressure slows capture rather than losing crops.
+
+        Raises :class:`EmbedderFailed` once the thread has died, rather than wait for ever.
+        """
+        while True:
+            if self.error is not None:
+                raise EmbedderFailed(self.error)
+            try:
+                self.queue.put(item, timeout=0.2)
+                return
+            except queue.Full:
+                continue
 
     def _embed(self, batch: list[Crop]) -> None:
         start = time.perf_counter()
@@ -106,6 +129,13 @@ class EmbedWorker(threading.Thread):
                 self.aggregator.add(crop, embedding)
 
     def run(self) -> None:
+        try:
+            self._loop()
+        except Exception as exc:  # reported by the runtime, which stops the box with one sentence
+            self.error = exc
+            log.error("the embedder stopped: %s: %s", exc.__class__.__name__, exc)
+
+    def _loop(self) -> None:
         batch: list[Crop] = []
         deadline = None
         while True:
@@ -136,9 +166,10 @@ class EmbedWorker(threading.Thread):
             self.queue.task_done()
 
     def drain(self) -> None:
-        """Process everything queued, then stop."""
+        """Process everything queued, then stop (at once if the thread has failed)."""
         self._stopping.set()
-        self.join()
+        if self.is_alive():
+            self.join()
 
     @property
     def batch_fill(self) -> float:

@@ -1,11 +1,21 @@
 """Publishing: the outbox drained to an MQTT broker with QoS 1 (paho-mqtt 2.x).
 
-A record leaves the outbox only when the broker's PUBACK for it arrives. While the
-broker is away nothing is published; after reconnecting, every record still in the
-outbox is sent again (the matcher de-duplicates on ``(camera_id, seq)``). The camera
-box's status is retained on ``hybreid/v1/{site}/{camera}/status`` (``online``), with a
-last will that makes the broker publish ``offline`` if the box vanishes. TLS and
-username/password are supported; MQTT 3.1.1 or 5.
+A record leaves the outbox only when the broker's PUBACK for it arrives and says the
+broker took it. While the broker is away nothing is published; after reconnecting,
+every record still in the outbox is sent again (the matcher de-duplicates on
+``(site, camera_id, seq)``).
+
+A publish the broker refuses (its ACL, a quota) is answered under MQTT 5 by a PUBACK
+whose reason code says so ("Not authorized", 0x87): the record stays in the outbox, is
+counted (``mqtt_refused``) and logged, and is tried again after ``retry_refused_s``.
+Under MQTT 3.1.1 the broker answers a refused publish with a plain PUBACK, so the
+refusal cannot be known here: the record is deleted as if delivered. Use MQTT 5.
+
+Every camera has its own retained status on ``hybreid/v1/{site}/{camera}/status`` and
+its own last will: a small status connection per camera (client id
+``<client_id>-<camera>``), because MQTT allows one will per connection and a box's
+cameras must each go ``offline`` when the box vanishes. TLS and username/password are
+supported.
 """
 
 from __future__ import annotations
@@ -63,25 +73,64 @@ def make_client(config: BrokerConfig, will: tuple[str, bytes] | None = None,
     return client
 
 
+class CameraStatus:
+    """One camera's retained status and last will, on a connection of its own."""
+
+    def __init__(self, broker: BrokerConfig, site: str, camera: str):
+        self.topic, self.camera = protocol.status_topic(site, camera), camera
+        config = BrokerConfig(**{**broker.__dict__, "client_id": f"{broker.client_id}-{camera}"})
+        self.client = make_client(config, (self.topic, protocol.encode_status("offline", camera, time.time())))
+        self.client.on_connect = self._on_connect
+        self.connected = threading.Event()
+        self.broker = config
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties=None):
+        if reason_code.is_failure:
+            log.warning("broker refused camera %s's status connection: %s", self.camera, reason_code)
+            return
+        client.publish(self.topic, protocol.encode_status("online", self.camera, time.time()), qos=1, retain=True)
+        self.connected.set()
+
+    def start(self) -> None:
+        host, port, _ = self.broker.endpoint()
+        self.client.connect_async(host, port, keepalive=self.broker.keepalive)
+        self.client.loop_start()
+
+    def stop(self) -> None:
+        try:
+            if self.client.is_connected():
+                self.client.publish(self.topic, protocol.encode_status("offline", self.camera, time.time()), qos=1,
+                                    retain=True).wait_for_publish(2)
+        except (RuntimeError, ValueError):
+            pass  # the broker went away during shutdown; the last will says offline
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
 class Publisher(threading.Thread):
     def __init__(self, outbox: Outbox, broker: BrokerConfig, site: str, cameras: list[str],
-                 max_in_flight: int = 200):
+                 max_in_flight: int = 200, retry_refused_s: float = 60.0, report_unreachable_s: float = 10.0):
         super().__init__(name="publisher", daemon=True)
         self.outbox, self.broker, self.site, self.cameras = outbox, broker, site, cameras
-        self.max_in_flight = max_in_flight
-        will_camera = cameras[0] if cameras else "box"
-        self.client = make_client(broker, (protocol.status_topic(site, will_camera),
-                                           protocol.encode_status("offline", will_camera, time.time())))
+        self.max_in_flight, self.retry_refused_s = max_in_flight, retry_refused_s
+        self.report_unreachable_s = report_unreachable_s
+        self.client = make_client(broker)
+        self.statuses = [CameraStatus(broker, site, camera) for camera in cameras]
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_publish = self._on_publish
         # Never held while calling into paho: paho calls _on_publish holding its own lock.
         self._lock = threading.Lock()
         self._in_flight: dict[int, tuple[str, int]] = {}  # mid -> (camera_id, seq)
-        self._early_acks: dict[int, float] = {}  # PUBACKs that beat publish()'s return: mid -> time
+        # PUBACKs that beat publish()'s return: mid -> (time, refused)
+        self._early_acks: dict[int, tuple[float, bool]] = {}
+        self._refused: dict[tuple[str, int], float] = {}  # record -> when to try it again
         self._connected = threading.Event()
         self._stopping = threading.Event()
-        self.published = self.acknowledged = self.disconnects = 0
+        self.published = self.acknowledged = self.refused = self.disconnects = 0
+        if str(broker.protocol) != "5":
+            log.warning("MQTT 3.1.1 cannot tell a refused publish from a delivered one: a record the broker's "
+                        "ACL refuses is lost; set broker.protocol: \"5\"")
 
     # paho callbacks (VERSION2 signatures) ------------------------------------------
 
@@ -89,9 +138,6 @@ class Publisher(threading.Thread):
         if reason_code.is_failure:
             log.warning("broker refused the connection: %s", reason_code)
             return
-        for camera in self.cameras:
-            client.publish(protocol.status_topic(self.site, camera),
-                           protocol.encode_status("online", camera, time.time()), qos=1, retain=True)
         self._connected.set()
         log.info("connected to %s", self.broker.url)
 
@@ -106,16 +152,24 @@ class Publisher(threading.Thread):
             log.warning("disconnected from the broker (%s); records wait in the outbox", reason_code)
 
     def _on_publish(self, client, userdata, mid, reason_code=None, properties=None):
+        refused = reason_code is not None and reason_code.is_failure
         with self._lock:
             record = self._in_flight.pop(mid, None)
             if record is None:
-                self._early_acks[mid] = time.monotonic()
+                self._early_acks[mid] = (time.monotonic(), refused)
         if record is not None:
-            self._acknowledge(record)
+            self._settle(record, refused, reason_code)
 
-    def _acknowledge(self, record: tuple[str, int]) -> None:
-        self.outbox.ack(*record)
-        self.acknowledged += 1
+    def _settle(self, record: tuple[str, int], refused: bool, reason_code=None) -> None:
+        if not refused:
+            self.outbox.ack(*record)
+            self.acknowledged += 1
+            return
+        with self._lock:
+            self._refused[record] = time.monotonic() + self.retry_refused_s
+        self.refused += 1
+        log.warning("the broker refused record %s/%d (%s); it stays in the outbox, tried again in %.0f s",
+                    record[0], record[1], reason_code, self.retry_refused_s)
 
     # ----------------------------------------------------------------------------------
 
@@ -129,13 +183,25 @@ class Publisher(threading.Thread):
 
     def run(self) -> None:
         host, port, _ = self.broker.endpoint()
+        for status in self.statuses:
+            status.start()
         self.client.connect_async(host, port, keepalive=self.broker.keepalive)
         self.client.loop_start()
+        waiting_since, reported = time.monotonic(), 0.0
         while not self._stopping.is_set():
             if not self._connected.wait(0.2):
+                waited = time.monotonic() - waiting_since
+                if waited >= max(self.report_unreachable_s, 6 * reported):
+                    reported = waited
+                    log.warning("no connection to the broker at %s for %.0f s; %d records wait in the outbox",
+                                self.broker.url, waited, self.outbox.depth())
                 continue
+            waiting_since, reported = time.monotonic(), 0.0
+            now = time.monotonic()
             with self._lock:
-                busy = set(self._in_flight.values())
+                for record in [r for r, retry_at in self._refused.items() if retry_at <= now]:
+                    del self._refused[record]
+                busy = set(self._in_flight.values()) | set(self._refused)
             room = self.max_in_flight - len(busy)
             rows = self.outbox.pending(limit=room, exclude=busy) if room > 0 else []
             for camera_id, seq, topic, payload in rows:
@@ -146,15 +212,14 @@ class Publisher(threading.Thread):
                     continue
                 self.published += 1
                 with self._lock:
-                    acked_already = self._early_acks.pop(info.mid, None) is not None
-                    if not acked_already:
+                    early = self._early_acks.pop(info.mid, None)
+                    if early is None:
                         self._in_flight[info.mid] = (camera_id, seq)
-                    # Status messages' PUBACKs land in _early_acks too; let them age out.
                     stale = time.monotonic() - 60
-                    for mid in [m for m, t in self._early_acks.items() if t < stale]:
+                    for mid in [m for m, (t, _) in self._early_acks.items() if t < stale]:
                         del self._early_acks[mid]
-                if acked_already:
-                    self._acknowledge((camera_id, seq))
+                if early is not None:
+                    self._settle((camera_id, seq), early[1])
             if not rows:
                 self._stopping.wait(0.05)
 
@@ -171,13 +236,7 @@ class Publisher(threading.Thread):
         self._stopping.set()
         if self.is_alive():
             self.join(timeout=5)
-        try:
-            for camera in self.cameras:
-                if self._connected.is_set():
-                    self.client.publish(protocol.status_topic(self.site, camera),
-                                        protocol.encode_status("offline", camera, time.time()), qos=1,
-                                        retain=True).wait_for_publish(2)
-        except (RuntimeError, ValueError):
-            pass  # the broker went away during shutdown; the last will says offline
+        for status in self.statuses:
+            status.stop()
         self.client.disconnect()
         self.client.loop_stop()

@@ -22,9 +22,10 @@ from hybreid import protocol
 from hybreid.config import load_yaml
 from hybreid.edge_runtime.capture import CameraCapture, CameraConfig
 from hybreid.edge_runtime.detect import BoxFilter, make_detector
-from hybreid.edge_runtime.embed import EmbedWorker, TrackEnd, TrackletAggregator
+from hybreid.edge_runtime.embed import EmbedderFailed, EmbedWorker, TrackEnd, TrackletAggregator
 from hybreid.edge_runtime.outbox import Outbox
 from hybreid.edge_runtime.publish import BrokerConfig, Publisher
+from hybreid.edge_runtime.site import resolve_paths, validate_site
 from hybreid.edge_runtime.stages import Crop, Frame, TrackletFeature
 from hybreid.edge_runtime.track import IoUTracker
 from hybreid.errors import UserError
@@ -48,31 +49,26 @@ class SiteConfig:
     metrics: dict = field(default_factory=dict)
 
     @classmethod
-    def from_dict(cls, data: dict, base: Path = Path(".")) -> SiteConfig:
-        try:
-            cameras = [CameraConfig(**camera) for camera in data["cameras"]]
-            site, box_id, model = data["site"], data.get("box_id", "box"), dict(data["model"])
-        except (KeyError, TypeError) as exc:
-            raise UserError(f"site config needs site, cameras (id, source, modality) and model.path ({exc})") from exc
-        for camera in cameras:
-            if camera.modality not in ("visible", "infrared", "auto"):
-                raise UserError(f"camera {camera.id}: modality must be visible, infrared or auto")
-            if camera.is_file and not Path(str(camera.source)).is_absolute():
-                camera.source = str(base / str(camera.source))
-        if not Path(model["path"]).is_absolute():
-            model["path"] = str(base / model["path"])
-        rest = {k: data.get(k) or {} for k in ("box_filter", "tracker", "embed", "publish", "broker", "outbox",
-                                                "metrics")}
-        config = cls(site, box_id, cameras, model, data.get("detector") or {"kind": "background"}, **rest)
-        outbox_path = config.outbox.get("path", "outbox.sqlite")
-        if not Path(outbox_path).is_absolute():
-            config.outbox["path"] = str(base / outbox_path)
-        return config
+    def from_dict(cls, data: dict, base: Path = Path("."), source: str = "site config") -> SiteConfig:
+        """Validate ``data`` against the site schema (:mod:`.site`); relative paths are relative to ``base``."""
+        site = resolve_paths(validate_site(data, source), base)
+        broker = site.broker.model_dump(exclude_none=True)
+        password_file = broker.pop("password_file", None)
+        if password_file:
+            try:
+                broker["password"] = Path(password_file).read_text().strip()
+            except OSError as exc:
+                raise UserError(f"{source}: broker.password_file {password_file} cannot be read "
+                                f"({exc.strerror})") from exc
+        return cls(site.site, site.box_id, [CameraConfig(**camera.model_dump()) for camera in site.cameras],
+                   site.model.model_dump(exclude_none=True), site.detector.model_dump(),
+                   site.box_filter.model_dump(), site.tracker.model_dump(), site.embed.model_dump(),
+                   site.publish.model_dump(), broker, site.outbox.model_dump(), site.metrics.model_dump())
 
     @classmethod
     def load(cls, path: str | Path) -> SiteConfig:
         path = Path(path)
-        return cls.from_dict(load_yaml(path), path.parent)
+        return cls.from_dict(load_yaml(path), path.parent, source=f"site file {path}")
 
 
 class Metrics:
@@ -107,6 +103,7 @@ class Metrics:
             "outbox": outbox.stats(),
             "mqtt_published": publisher.published,
             "mqtt_acknowledged": publisher.acknowledged,
+            "mqtt_refused": publisher.refused,
             "mqtt_disconnects": publisher.disconnects,
             "frames_dropped": {c.config.id: c.frames_dropped for c in runtime.captures},
             "reconnects": {c.config.id: c.reconnects for c in runtime.captures},
@@ -126,6 +123,7 @@ class EdgeRuntime:
         self.embedder = embedder or load_embedder(config.model["path"], **{k: v for k, v in config.model.items()
                                                                            if k in ("threads", "providers", "device")})
         self.contract = self.embedder.contract
+        self._probe_embedder()
         self.outbox = Outbox(**config.outbox)
         broker = BrokerConfig(**{"client_id": f"hybreid-edge-{config.site}-{config.box_id}", **config.broker})
         self.publisher = Publisher(self.outbox, broker, config.site, [c.id for c in config.cameras])
@@ -144,6 +142,20 @@ class EdgeRuntime:
         # (camera, frame, track, box) of every confirmed track in every frame, for scoring
         # tracklets against ground truth (tests, benchmarks, the demo).
         self.track_log: list[tuple[str, int, int, tuple]] | None = [] if config.metrics.get("record_tracks") else None
+
+    def _probe_embedder(self) -> None:
+        """Embed one blank crop before any thread starts: a graph that does not run as its
+        contract says fails here, in one sentence, not later in the embedding thread."""
+        crop = np.zeros((self.contract.height, self.contract.width, 3), dtype=np.uint8)
+        try:
+            output = self.embedder.embed([crop])
+        except Exception as exc:  # ONNX Runtime and TensorRT raise their own types
+            raise UserError(f"model {self.config.model['path']} does not run on its own contract "
+                            f"({exc.__class__.__name__}: {' '.join(str(exc).split())[:300]}); export it again") \
+                from exc
+        if output.shape != (1, self.contract.embedding_dim):
+            raise UserError(f"model {self.config.model['path']} gives embeddings of shape {output.shape[1:]}, "
+                            f"its contract says {self.contract.embedding_dim}; export it again")
 
     # -- stages -------------------------------------------------------------------------
 
@@ -215,13 +227,18 @@ class EdgeRuntime:
         interval = self.config.metrics.get("interval_s", 30.0)
         next_report = time.monotonic() + interval
         deadline = None if max_seconds is None else time.monotonic() + max_seconds
+        failure = None
         while not self._stopping.is_set():
             idle = True
-            for capture in self.captures:
-                frame = capture.get(timeout=0.0)
-                if frame is not None:
-                    idle = False
-                    self.process(frame)
+            try:
+                for capture in self.captures:
+                    frame = capture.get(timeout=0.0)
+                    if frame is not None:
+                        idle = False
+                        self.process(frame)
+            except EmbedderFailed as exc:
+                failure = f"the embedder stopped ({exc}); nothing more can be published"
+                break
             if all(capture.done for capture in self.captures):
                 break
             if deadline is not None and time.monotonic() > deadline:
@@ -231,14 +248,21 @@ class EdgeRuntime:
             if time.monotonic() >= next_report:
                 log.info("edge metrics: %s", self.metrics.snapshot(self))
                 next_report += interval
-        return self.shutdown()
+        summary = self.shutdown()
+        failure = failure or next((capture.error for capture in self.captures if capture.error), None)
+        if failure:
+            raise UserError(f"{failure}; what was published is in the summary logged above")
+        return summary
 
     def shutdown(self) -> dict:
         for capture in self.captures:
             capture.stop()
         for camera_id, tracker in self.trackers.items():
             for track in tracker.flush():
-                self._end(camera_id, track.track_id)
+                try:
+                    self._end(camera_id, track.track_id)
+                except EmbedderFailed:
+                    break
         self.worker.drain()
         flushed = self.publisher.flush(self.config.publish.get("flush_timeout_s", 10.0))
         snapshot = self.metrics.snapshot(self)

@@ -39,7 +39,7 @@ class ModelContract:
     @classmethod
     def from_metadata(cls, meta: dict[str, str], source: str) -> ModelContract:
         try:
-            return cls(
+            contract = cls(
                 model=meta["hybreid.model"],
                 weights_sha256=meta["hybreid.weights_sha256"],
                 embedding_dim=int(meta["hybreid.embedding_dim"]),
@@ -53,9 +53,26 @@ class ModelContract:
                 preprocess_in_graph=meta["hybreid.preprocess_in_graph"] == "1",
                 config=json.loads(meta.get("hybreid.config", "{}")),
             )
-        except (KeyError, ValueError) as exc:
+        except (KeyError, ValueError, TypeError) as exc:
             raise UserError(f"{source} carries no hybreid contract ({exc}); export it with `hybreid export onnx`") \
                 from exc
+        problem = contract._problem()
+        if problem:
+            raise UserError(f"{source} carries a damaged hybreid contract ({problem}); export it again")
+        return contract
+
+    def _problem(self) -> str | None:
+        """What makes this contract unusable (a model file is untrusted input), or None."""
+        if not (0 < self.embedding_dim <= 8192 and 0 < self.height <= 4096 and 0 < self.width <= 4096):
+            return f"embedding_dim {self.embedding_dim}, input {self.height}x{self.width}"
+        if self.layout not in ("NCHW", "NHWC"):
+            return f"input layout {self.layout!r}"
+        for name, values in (("mean", self.mean), ("std", self.std)):
+            if len(values) != 3 or not all(isinstance(v, (int, float)) and np.isfinite(v) for v in values):
+                return f"{name} {list(values)!r}"
+        if min(self.std) <= 0:
+            return f"std {list(self.std)!r}"
+        return None
 
     def to_metadata(self) -> dict[str, str]:
         return {

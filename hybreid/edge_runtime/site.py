@@ -1,0 +1,180 @@
+"""The site file's schema: every section typed, bounded and closed to unknown keys.
+
+A site file is what an operator edits by hand on a camera box, so a typo must be one
+clear sentence ("unknown key tracker.max_ag; did you mean max_age?") before anything
+starts, never a traceback in a worker thread. Names that become MQTT topic levels are
+checked against the protocol's alphabet here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+from urllib.parse import urlparse
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
+
+from hybreid import protocol
+from hybreid.errors import UserError, validation_problem
+
+Name = Annotated[str, StringConstraints(pattern=protocol.NAME_PATTERN)]
+Seconds = Annotated[float, Field(ge=0.0, le=86400.0, allow_inf_nan=False)]
+Fraction = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class Camera(Section):
+    id: Name
+    source: Annotated[str, StringConstraints(min_length=1, max_length=4096)] | Annotated[int, Field(ge=0, le=64)]
+    modality: Literal["visible", "infrared", "auto"] = "visible"
+    realtime: bool | None = None
+    loop: bool = False
+    pace: bool = False
+
+    @model_validator(mode="after")
+    def _not_reserved(self) -> Camera:
+        if self.id in protocol.RESERVED_CAMERA_IDS:
+            raise ValueError(f"camera id {self.id!r} is reserved (it would match the site's "
+                             f"{', '.join(sorted(protocol.RESERVED_CAMERA_IDS))} topics)")
+        return self
+
+
+class Model(Section):
+    path: Annotated[str, StringConstraints(min_length=1)]
+    threads: Annotated[int, Field(ge=1, le=256)] | None = None
+    providers: list[str] | None = None
+    device: Annotated[int, Field(ge=0, le=64)] = 0
+
+
+class BackgroundDetector(Section):
+    kind: Literal["background"] = "background"
+    history: Annotated[int, Field(ge=1, le=100000)] = 200
+    var_threshold: Annotated[float, Field(gt=0, le=1000, allow_inf_nan=False)] = 25.0
+    min_area: Annotated[int, Field(ge=1)] = 400
+    scale: Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)] = 0.5
+
+
+class HogDetector(Section):
+    kind: Literal["hog"]
+
+
+class YoloDetector(Section):
+    kind: Literal["yolo"]
+    path: Annotated[str, StringConstraints(min_length=1)]
+    size: Annotated[int, Field(ge=32, le=4096)] = 640
+    person_class: Annotated[int, Field(ge=0)] = 0
+    score_threshold: Fraction = 0.25
+
+
+class BoxFilter(Section):
+    min_height: Annotated[int, Field(ge=0, le=10000)] = 48
+    min_aspect: Annotated[float, Field(ge=0, le=100, allow_inf_nan=False)] = 1.2
+    max_aspect: Annotated[float, Field(ge=0, le=100, allow_inf_nan=False)] = 5.0
+    min_score: Annotated[float, Field(ge=-1e6, le=1e6, allow_inf_nan=False)] = 0.3
+
+
+class Tracker(Section):
+    iou_threshold: Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)] = 0.3
+    n_init: Annotated[int, Field(ge=1, le=1000)] = 3
+    max_age: Annotated[int, Field(ge=0, le=100000)] = 15
+
+
+class Embed(Section):
+    max_batch: Annotated[int, Field(ge=1, le=1024)] = 16
+    max_wait_ms: Annotated[float, Field(ge=0, le=60000, allow_inf_nan=False)] = 50
+    crop_interval: Annotated[int, Field(ge=1, le=10000)] = 2
+    max_crops_per_track: Annotated[int, Field(ge=1, le=100000)] = 32
+
+
+class Publish(Section):
+    interval_s: Seconds = 10.0
+    flush_timeout_s: Seconds = 10.0
+
+
+class Broker(Section):
+    url: str = "mqtt://127.0.0.1:1883"
+    client_id: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.-]{1,128}$")] | None = None
+    username: Annotated[str, StringConstraints(min_length=1, max_length=256)] | None = None
+    password: str | None = None
+    password_file: str | None = None
+    ca_certs: str | None = None
+    certfile: str | None = None
+    keyfile: str | None = None
+    protocol: Literal["3.1.1", "5"] = "3.1.1"
+    keepalive: Annotated[int, Field(ge=5, le=3600)] = 30
+
+    @model_validator(mode="after")
+    def _mqtt_url(self) -> Broker:
+        parsed = urlparse(self.url)
+        if parsed.scheme not in ("mqtt", "mqtts") or not parsed.hostname:
+            raise ValueError(f"url must look like mqtt://host:1883 or mqtts://host:8883, got {self.url!r}")
+        try:
+            parsed.port  # noqa: B018 - raises on a port that is not a number in range
+        except ValueError as exc:
+            raise ValueError(f"url {self.url!r}: {exc}") from None
+        return self
+
+
+class Outbox(Section):
+    path: str = "outbox.sqlite"
+    max_messages: Annotated[int, Field(ge=1, le=100_000_000)] = 100_000
+    when_full: Literal["drop_oldest", "drop_newest"] = "drop_oldest"
+
+
+class Metrics(Section):
+    interval_s: Annotated[float, Field(gt=0, le=86400, allow_inf_nan=False)] = 30.0
+    record_tracks: bool = False
+
+
+class SiteFile(Section):
+    site: Name
+    box_id: Name = "box"
+    cameras: Annotated[list[Camera], Field(min_length=1, max_length=64)]
+    model: Model
+    detector: Annotated[BackgroundDetector | HogDetector | YoloDetector, Field(discriminator="kind")] = \
+        BackgroundDetector()
+    box_filter: BoxFilter = BoxFilter()
+    tracker: Tracker = Tracker()
+    embed: Embed = Embed()
+    publish: Publish = Publish()
+    broker: Broker = Broker()
+    outbox: Outbox = Outbox()
+    metrics: Metrics = Metrics()
+
+    @model_validator(mode="after")
+    def _distinct_cameras(self) -> SiteFile:
+        ids = [camera.id for camera in self.cameras]
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"camera ids must be distinct, got {ids}")
+        return self
+
+
+def validate_site(data: dict, source: str = "site config") -> SiteFile:
+    """The site file's contents, validated; one sentence naming the first problem otherwise."""
+    try:
+        return SiteFile.model_validate(data)
+    except ValidationError as exc:
+        raise UserError(f"{source}: {validation_problem(exc, SiteFile)}") from None
+
+
+def resolve_paths(site: SiteFile, base: Path) -> SiteFile:
+    """Relative file paths are relative to the site file's folder; video files must exist."""
+    def resolve(path: str | None) -> str | None:
+        return path if path is None or Path(path).is_absolute() else str(base / path)
+
+    for camera in site.cameras:
+        source = str(camera.source)
+        if isinstance(camera.source, str) and not (source.isdigit() or "://" in source or "!" in source):
+            camera.source = resolve(source)
+            if not Path(camera.source).is_file():
+                raise UserError(f"camera {camera.id}: video file {camera.source} does not exist")
+    site.model.path = resolve(site.model.path)
+    site.outbox.path = resolve(site.outbox.path)
+    if isinstance(site.detector, YoloDetector):
+        site.detector.path = resolve(site.detector.path)
+    for field in ("password_file", "ca_certs", "certfile", "keyfile"):
+        setattr(site.broker, field, resolve(getattr(site.broker, field)))
+    return site

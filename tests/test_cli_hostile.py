@@ -1,0 +1,261 @@
+"""Bad CLI inputs as a careless operator or an attacker gives them: files, archives, configs,
+URLs, models. Each must end in one sentence and exit status 2, write nothing outside its
+target, and an edge box whose embedder dies must stop with one sentence instead of hanging."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from hybreid.cli import main
+
+
+def _contract_graph(path: Path, reshape_to_batch_one: bool = False, output_dim: int = 3,
+                    **metadata_changes) -> Path:
+    """A small ONNX graph with a hybreid contract: images [N, 3, 16, 8] -> the per-channel mean
+    [N, 3]. ``reshape_to_batch_one`` hard-codes batch 1 (the classic export bug): batch 1
+    runs, batch 2 fails inside ONNX Runtime."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes = [helper.make_node("ReduceMean", ["images"], ["pooled"], axes=[2, 3], keepdims=0)]
+    initializers = []
+    if reshape_to_batch_one:
+        initializers.append(numpy_helper.from_array(np.array([1, 3], dtype=np.int64), "one_by_three"))
+        nodes.append(helper.make_node("Reshape", ["pooled", "one_by_three"], ["embeddings"]))
+    else:
+        nodes.append(helper.make_node("Identity", ["pooled"], ["embeddings"]))
+    graph = helper.make_graph(nodes, "contract", [helper.make_tensor_value_info("images", TensorProto.FLOAT,
+                                                                                ["batch", 3, 16, 8])],
+                              [helper.make_tensor_value_info("embeddings", TensorProto.FLOAT, None)], initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+    metadata = {"hybreid.model": "probe", "hybreid.weights_sha256": "00112233", "hybreid.embedding_dim":
+                str(output_dim), "hybreid.input_name": "images", "hybreid.output_name": "embeddings",
+                "hybreid.input_layout": "NCHW", "hybreid.input_height": "16", "hybreid.input_width": "8",
+                "hybreid.mean": "[0.5, 0.5, 0.5]", "hybreid.std": "[0.5, 0.5, 0.5]",
+                "hybreid.preprocess_in_graph": "0", **metadata_changes}
+    helper.set_model_props(model, metadata)
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, scenes):
+    """A valid site next to its model and video, and the files the bad inputs start from."""
+    folder = tmp_path_factory.mktemp("hostile_cli")
+    scenes_dir, truth = scenes
+    video = scenes_dir / truth["cameras"][0]["video"]
+    model = _contract_graph(folder / "model.onnx")
+    site = {"site": "lobby", "box_id": "box-01", "cameras": [{"id": "cam-01", "source": str(video)}],
+            "model": {"path": str(model)}, "broker": {"url": "mqtt://127.0.0.1:9"},
+            "outbox": {"path": str(folder / "outbox.sqlite")}}
+    (folder / "garbage.onnx").write_bytes(os.urandom(2000))
+    (folder / "not-a-db.sqlite").write_text("this is not SQLite " * 100)
+    (folder / "image.png").write_bytes(b"\x89PNG not really")
+    import onnx
+    from onnx import TensorProto, helper
+
+    foreign = helper.make_model(helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])], "foreign", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                                                                [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])]), ir_version=8,
+        opset_imports=[helper.make_opsetid("", 13)])
+    onnx.save(foreign, str(folder / "foreign.onnx"))
+    _contract_graph(folder / "damaged-contract.onnx", **{"hybreid.mean": "7"})
+    _contract_graph(folder / "huge-contract.onnx", **{"hybreid.input_height": "100000000"})
+    gallery = folder / "gallery.sqlite"
+    from hybreid.matcher.gallery import Gallery
+
+    Gallery(gallery).close()
+    return folder, site, gallery
+
+
+def _site_variant(folder: Path, site: dict, name: str, change) -> str:
+    data = json.loads(json.dumps(site))
+    change(data)
+    path = folder / f"site-{name}.yaml"
+    path.write_text(yaml.safe_dump(data) if isinstance(data, dict) else data)
+    return str(path)
+
+
+def _set(*path_and_value):
+    *path, value = path_and_value
+
+    def change(data):
+        target = data
+        for key in path[:-1]:
+            target = target[key]
+        target[path[-1]] = value
+    return change
+
+
+def _drop(key):
+    return lambda data: data.pop(key)
+
+
+SITE_CASES = {
+    "unknown top-level key": _set("sitee", "x"),
+    "typo in a section": _set("tracker", {"max_ag": 3}),
+    "site with a slash": _set("site", "lobby/x"),
+    "site with a wildcard": _set("site", "#"),
+    "camera id with a space": _set("cameras", [{"id": "cam 01", "source": 0}]),
+    "camera id events": _set("cameras", [{"id": "events", "source": 0}]),
+    "two cameras, one id": _set("cameras", [{"id": "c", "source": 0}, {"id": "c", "source": 1}]),
+    "no cameras": _set("cameras", []),
+    "cameras a mapping": _set("cameras", {"id": "c"}),
+    "outbox size a word": _set("outbox", {"max_messages": "lots"}),
+    "outbox size negative": _set("outbox", {"max_messages": -5}),
+    "outbox policy unknown": _set("outbox", {"when_full": "drop_all"}),
+    "modality thermal": _set("cameras", [{"id": "c", "source": 0, "modality": "thermal"}]),
+    "detector kind unknown": _set("detector", {"kind": "ssd"}),
+    "yolo without a path": _set("detector", {"kind": "yolo"}),
+    "detector option typo": _set("detector", {"kind": "background", "histroy": 3}),
+    "video file missing": _set("cameras", [{"id": "c", "source": "/nonexistent/video.avi"}]),
+    "broker url http": _set("broker", {"url": "http://127.0.0.1:1883"}),
+    "broker url without host": _set("broker", {"url": "mqtt://"}),
+    "broker protocol an integer": _set("broker", {"protocol": 5}),
+    "broker password file missing": _set("broker", {"password_file": "/nonexistent/password"}),
+    "model missing": _drop("model"),
+    "model file missing": _set("model", {"path": "/nonexistent/model.onnx"}),
+    "model file garbage": lambda data: data["model"].update(path=data["model"]["path"].replace("model.onnx",
+                                                                                               "garbage.onnx")),
+    "model without a contract": lambda data: data["model"].update(
+        path=data["model"]["path"].replace("model.onnx", "foreign.onnx")),
+    "model with a damaged contract": lambda data: data["model"].update(
+        path=data["model"]["path"].replace("model.onnx", "damaged-contract.onnx")),
+    "model with a huge input": lambda data: data["model"].update(
+        path=data["model"]["path"].replace("model.onnx", "huge-contract.onnx")),
+    "threads a word": _set("model", "threads", "two"),
+    "metrics interval zero": _set("metrics", {"interval_s": 0}),
+    "tracker iou above one": _set("tracker", {"iou_threshold": 3}),
+}
+
+
+def cli_cases(folder: Path, site: dict, gallery: Path) -> dict[str, list[str]]:
+    cases = {f"edge run: {name}": ["edge", "run", "--config", _site_variant(folder, site, str(i), change)]
+             for i, (name, change) in enumerate(SITE_CASES.items())}
+    (folder / "list.yaml").write_text("- just\n- a list\n")
+    (folder / "broken.yaml").write_text("site: [unclosed\n")
+    (folder / "thresholds-nan.json").write_text('{"same_modality": {"threshold": NaN}}')
+    cases.update({
+        "edge run: missing site file": ["edge", "run", "--config", str(folder / "nope.yaml")],
+        "edge run: site file a list": ["edge", "run", "--config", str(folder / "list.yaml")],
+        "edge run: site file not YAML": ["edge", "run", "--config", str(folder / "broken.yaml")],
+        "edge run: site file a directory": ["edge", "run", "--config", str(folder)],
+        "matcher query: missing gallery": ["matcher", "query", "--db", str(folder / "typo.sqlite"), "--identity", "1"],
+        "matcher purge: missing gallery": ["matcher", "purge", "--db", str(folder / "typo.sqlite"), "--camera", "c"],
+        "matcher purge: no criterion": ["matcher", "purge", "--db", str(gallery)],
+        "matcher query: not SQLite": ["matcher", "query", "--db", str(folder / "not-a-db.sqlite"), "--identity", "1"],
+        "matcher query: image without model": ["matcher", "query", "--db", str(gallery), "--image",
+                                               str(folder / "image.png")],
+        "matcher query: image not an image": ["matcher", "query", "--db", str(gallery), "--image",
+                                              str(folder / "image.png"), "--model", str(folder / "model.onnx")],
+        "matcher query: foreign ONNX": ["matcher", "query", "--db", str(gallery), "--image", str(folder / "image.png"),
+                                        "--model", str(folder / "foreign.onnx")],
+        "matcher run: thresholds missing": ["matcher", "run", "--db", str(gallery), "--thresholds",
+                                            str(folder / "nope.json")],
+        "matcher run: thresholds NaN": ["matcher", "run", "--db", str(gallery), "--thresholds",
+                                        str(folder / "thresholds-nan.json")],
+        "matcher run: broker url http": ["matcher", "run", "--db", str(gallery), "--broker", "http://x:1"],
+        "matcher run: password file missing": ["matcher", "run", "--db", str(gallery), "--password-file",
+                                               str(folder / "nope")],
+        "matcher run: gallery not SQLite": ["matcher", "run", "--db", str(folder / "not-a-db.sqlite")],
+        "bundle create: missing ONNX": ["bundle", "create", "--onnx", str(folder / "nope.onnx"), "--out",
+                                        str(folder / "out" / "b.tar.gz")],
+        "bundle create: foreign ONNX": ["bundle", "create", "--onnx", str(folder / "foreign.onnx"), "--out",
+                                        str(folder / "out" / "b.tar.gz")],
+        "bundle create: garbage ONNX": ["bundle", "create", "--onnx", str(folder / "garbage.onnx"), "--out",
+                                        str(folder / "out" / "b.tar.gz")],
+        "bundle create: batches out of order": ["bundle", "create", "--onnx", str(folder / "model.onnx"),
+                                                "--min-batch", "8", "--max-batch", "2", "--out",
+                                                str(folder / "out" / "b.tar.gz")],
+        "bundle verify: garbage archive": ["bundle", "verify", str(folder / "garbage.onnx")],
+        "bundle install: trust key missing": ["bundle", "install", str(folder / "garbage.onnx"), "--dir",
+                                              str(folder / "out"), "--trust", str(folder / "nope.pub")],
+        "calibrate threshold: missing ONNX": ["calibrate", "threshold", "--onnx", str(folder / "nope.onnx"),
+                                              "--dataset", "market1501", "--root", str(folder)],
+        "calibrate int8: garbage ONNX": ["calibrate", "int8", "--onnx", str(folder / "garbage.onnx"), "--out",
+                                         str(folder / "out" / "int8")],
+        "export onnx: unknown model": ["export", "onnx", "--model", "resnet9000", "--out",
+                                       str(folder / "out" / "m.onnx")],
+        "eval: missing checkpoint": ["eval", "--model", str(folder / "nope.pt"), "--dataset", "market1501", "--root",
+                                     str(folder)],
+        "train: missing config": ["train", "--config", str(folder / "nope.yaml")],
+    })
+    return cases
+
+
+def test_bad_cli_inputs_end_in_one_sentence_and_status_2(world, capsys):
+    folder, site, gallery = world
+    cases = cli_cases(folder, site, gallery)
+    assert len(cases) >= 50
+    before = {p: p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file()}
+    failures = []
+    for name, argv in cases.items():
+        capsys.readouterr()
+        code = main(argv)
+        err = capsys.readouterr().err
+        last = err.strip().splitlines()[-1] if err.strip() else ""
+        if code != 2 or not last.startswith("hybreid: error: ") or "Traceback" in err:
+            failures.append((name, code, err[-300:]))
+    assert not failures, failures
+    after = {p: p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file()}
+    changed = {p for p in after if before.get(p) != after[p]} - {p for p in after if p.name.startswith("site-")}
+    assert not changed, changed  # no gallery, outbox or model touched, nothing written under out/
+    assert not (folder / "out").exists() and not (folder / "typo.sqlite").exists()
+
+
+def test_the_probe_refuses_a_model_that_breaks_its_contract(world, capsys):
+    folder, site, _ = world
+    wrong_dim = _contract_graph(folder / "wrong-dim.onnx", output_dim=5)
+    config = _site_variant(folder, site, "wrong-dim", lambda data: data["model"].update(path=str(wrong_dim)))
+    assert main(["edge", "run", "--config", config]) == 2
+    assert "its contract says 5" in capsys.readouterr().err
+
+
+def test_an_embedder_that_dies_mid_run_stops_the_box_with_one_sentence(world, tmp_path):
+    """Batch 1 runs (the start-up probe passes), batch 2 fails in ONNX Runtime: the box must
+    stop with exit status 2 and say why, not publish nothing and exit 0, nor hang."""
+    folder, site, _ = world
+    batch_one = _contract_graph(tmp_path / "batch-one.onnx", reshape_to_batch_one=True)
+    data = json.loads(json.dumps(site))
+    data["model"]["path"] = str(batch_one)
+    data["outbox"]["path"] = str(tmp_path / "outbox.sqlite")
+    data["embed"] = {"max_batch": 8, "max_wait_ms": 200}
+    data["detector"] = {"kind": "background", "min_area": 50}
+    data["box_filter"] = {"min_height": 10, "min_aspect": 0.2, "min_score": 0.0}
+    config = tmp_path / "site.yaml"
+    config.write_text(yaml.safe_dump(data))
+    result = subprocess.run([sys.executable, "-m", "hybreid.cli", "edge", "run", "--config", str(config)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines()[-1].startswith("hybreid: error: the embedder stopped")
+
+
+def test_a_live_box_stops_by_itself_when_its_embedder_died(world, tmp_path):
+    folder, site, _ = world
+    batch_one = _contract_graph(tmp_path / "batch-one.onnx", reshape_to_batch_one=True)
+    data = json.loads(json.dumps(site))
+    data["model"]["path"] = str(batch_one)
+    data["outbox"]["path"] = str(tmp_path / "outbox.sqlite")
+    data["cameras"][0].update(loop=True, pace=True)  # a live camera: never ends by itself
+    data["embed"] = {"max_batch": 8, "max_wait_ms": 200}
+    data["box_filter"] = {"min_height": 10, "min_aspect": 0.2, "min_score": 0.0}
+    config = tmp_path / "site.yaml"
+    config.write_text(yaml.safe_dump(data))
+    box = subprocess.Popen([sys.executable, "-m", "hybreid.cli", "edge", "run", "--config", str(config)],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _, err = box.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        box.send_signal(signal.SIGTERM)
+        _, err = box.communicate(timeout=30)
+    assert box.returncode == 2 and "the embedder stopped" in err
