@@ -25,7 +25,22 @@ mosquitto:
 	  echo "mosquitto is not installed and this is not root: install it (apt-get install mosquitto) for the broker tests"; \
 	fi
 
-test: $(STAMP) mosquitto
+# Real pedestrian footage for the tests: OpenCV's vtest.avi (768x576, 10 fps, 795 frames),
+# shipped by Debian's opencv-doc package; extracted here, never committed.
+VTEST := .cache/vtest.avi
+$(VTEST):
+	@mkdir -p .cache
+	@if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	  echo "extracting vtest.avi from Debian's opencv-doc"; \
+	  rm -rf .cache/deb && mkdir -p .cache/deb && \
+	  (apt-get update -qq >/dev/null 2>&1; cd .cache/deb && apt-get download -qq opencv-doc >/dev/null 2>&1) && \
+	  dpkg-deb --fsys-tarfile .cache/deb/opencv-doc_*.deb | \
+	    tar x -O ./usr/share/doc/opencv-doc/examples/data/vtest.avi > $@.partial && mv $@.partial $@; \
+	  rm -rf .cache/deb $@.partial; \
+	fi
+	@test -s $@ || echo "vtest.avi could not be extracted (needs apt-get as root): the real-footage test will say so"
+
+test: $(STAMP) mosquitto $(VTEST)
 	$(BIN)/python -m pytest
 
 demo: $(STAMP)
