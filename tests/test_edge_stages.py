@@ -145,6 +145,32 @@ class TestTrack:
         _, ended = tracker.update([])  # the third miss exceeds max_age
         assert sorted(t.track_id for t in ended) == [100, 101]
 
+    def test_a_walker_keeps_the_track_through_missed_detections(self):
+        """12 px a frame, a 30 px wide box, 4 frames unseen: the last box seen no longer overlaps
+        where the person reappears, the predicted one does."""
+        ids = iter(range(100))
+        tracker = IoUTracker(lambda: next(ids), n_init=2, max_age=10)
+        ended_ids, seen_ids = [], set()
+        for frame in range(20):
+            detections = [] if 8 <= frame < 12 else [Detection((12.0 * frame, 40, 30, 80), 0.9)]
+            seen, ended = tracker.update(detections)
+            seen_ids |= {t.track_id for t in seen}
+            ended_ids += [t.track_id for t in ended]
+        assert seen_ids == {0} and ended_ids == []
+
+    def test_two_people_crossing_keep_their_tracks(self):
+        ids = iter(range(100))
+        tracker = IoUTracker(lambda: next(ids), n_init=2, max_age=5)
+        by_side: dict[str, set[int]] = {"left": set(), "right": set()}
+        for frame in range(30):
+            left = Detection((10.0 + 8 * frame, 40, 30, 80), 0.9)  # walks right
+            right = Detection((250.0 - 8 * frame, 44, 30, 80), 0.9)  # walks left, crossing at frame 15
+            seen, _ = tracker.update([left, right])
+            for track in seen:
+                side = "left" if track.box == left.box else "right"
+                by_side[side].add(track.track_id)
+        assert by_side["left"] == {0} and by_side["right"] == {1}
+
     def test_one_frame_false_alarms_never_confirm(self):
         ids = iter(range(100))
         tracker = IoUTracker(lambda: next(ids), n_init=2)

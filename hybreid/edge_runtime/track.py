@@ -1,4 +1,12 @@
-"""Tracking: an IoU tracker per camera, Hungarian assignment, ``n_init`` and ``max_age``.
+"""Tracking: an IoU tracker per camera with constant-velocity motion, ``n_init`` and ``max_age``.
+
+Each track predicts where its box is now from its smoothed velocity, and detections are
+assigned to the predicted boxes (Hungarian assignment on IoU). Tracks that found no box
+that way get a second chance by the distance of box centres, relative to the track's
+height: a person walking on through a few missed detections (occlusion, a shadow that
+merged two people into one blob) keeps the track instead of starting a new one.
+Without motion, 795 frames of real footage (OpenCV's vtest.avi) gave 120 tracklets with
+a median length of 12 frames.
 
 A track is confirmed after ``n_init`` consecutive matches (one-frame false alarms never
 reach the embedder) and ends after ``max_age`` frames without a match.
@@ -38,29 +46,66 @@ class Track:
     hits: int = 1
     misses: int = 0
     confirmed: bool = False
+    velocity: tuple[float, float] = (0.0, 0.0)  # of the box's top-left corner, pixels per frame
+
+    def predicted(self) -> tuple[float, float, float, float]:
+        """Where the box is now, ``misses + 1`` frames after it was last seen."""
+        steps = self.misses + 1
+        x, y, w, h = self.box
+        return x + self.velocity[0] * steps, y + self.velocity[1] * steps, w, h
+
+    def follow(self, detection: Detection, smoothing: float) -> None:
+        steps = self.misses + 1
+        dx, dy = (detection.box[0] - self.box[0]) / steps, (detection.box[1] - self.box[1]) / steps
+        if self.hits > 1 or self.misses:  # the first step has no velocity to smooth yet
+            dx = smoothing * self.velocity[0] + (1 - smoothing) * dx
+            dy = smoothing * self.velocity[1] + (1 - smoothing) * dy
+        self.velocity = (dx, dy)
+        self.box, self.score = detection.box, detection.score
 
 
 class IoUTracker:
-    def __init__(self, next_id: Callable[[], int], iou_threshold: float = 0.3, n_init: int = 3, max_age: int = 15):
+    def __init__(self, next_id: Callable[[], int], iou_threshold: float = 0.3, n_init: int = 3, max_age: int = 15,
+                 max_center_distance: float = 0.5, velocity_smoothing: float = 0.6):
         self.next_id, self.iou_threshold, self.n_init, self.max_age = next_id, iou_threshold, n_init, max_age
+        self.max_center_distance, self.velocity_smoothing = max_center_distance, velocity_smoothing
         self.tracks: list[Track] = []
+
+    def _assign(self, detections: list[Detection]) -> list[tuple[int, int]]:
+        """(track, detection) pairs: by IoU with the predicted boxes, then the tracks left over by
+        centre distance (in track heights) to the detections left over, of a similar height."""
+        boxes = np.array([d.box for d in detections], dtype=float).reshape(-1, 4)
+        predicted = np.array([t.predicted() for t in self.tracks], dtype=float).reshape(-1, 4)
+        iou = iou_matrix(predicted, boxes)
+        pairs = []
+        if iou.size:
+            rows, cols = linear_sum_assignment(-iou)
+            pairs = [(r, c) for r, c in zip(rows, cols, strict=True) if iou[r, c] >= self.iou_threshold]
+        left_tracks = [i for i in range(len(self.tracks)) if i not in {r for r, _ in pairs} and
+                       self.tracks[i].confirmed]
+        left_detections = [j for j in range(len(detections)) if j not in {c for _, c in pairs}]
+        if left_tracks and left_detections:
+            a, b = predicted[left_tracks], boxes[left_detections]
+            centre_a, centre_b = a[:, None, :2] + a[:, None, 2:] / 2, b[None, :, :2] + b[None, :, 2:] / 2
+            distance = np.linalg.norm(centre_a - centre_b, axis=2) / np.maximum(a[:, None, 3], 1.0)
+            height_ratio = b[None, :, 3] / np.maximum(a[:, None, 3], 1.0)
+            cost = np.where((height_ratio > 0.67) & (height_ratio < 1.5), distance, np.inf)
+            cost = np.where(cost <= self.max_center_distance, cost, 1e6)
+            rows, cols = linear_sum_assignment(cost)
+            pairs += [(left_tracks[r], left_detections[c]) for r, c in zip(rows, cols, strict=True)
+                      if cost[r, c] <= self.max_center_distance]
+        return pairs
 
     def update(self, detections: list[Detection]) -> tuple[list[Track], list[Track]]:
         """Match this frame's detections; returns (confirmed tracks seen now, tracks that ended)."""
-        boxes = np.array([d.box for d in detections], dtype=float).reshape(-1, 4)
-        track_boxes = np.array([t.box for t in self.tracks], dtype=float).reshape(-1, 4)
-        iou = iou_matrix(track_boxes, boxes)
         matched_tracks, matched_detections = set(), set()
-        if iou.size:
-            rows, cols = linear_sum_assignment(-iou)
-            for row, col in zip(rows, cols, strict=True):
-                if iou[row, col] >= self.iou_threshold:
-                    track, detection = self.tracks[row], detections[col]
-                    track.box, track.score = detection.box, detection.score
-                    track.hits, track.misses = track.hits + 1, 0
-                    track.confirmed = track.confirmed or track.hits >= self.n_init
-                    matched_tracks.add(row)
-                    matched_detections.add(col)
+        for row, col in self._assign(detections):
+            track = self.tracks[row]
+            track.follow(detections[col], self.velocity_smoothing)
+            track.hits, track.misses = track.hits + 1, 0
+            track.confirmed = track.confirmed or track.hits >= self.n_init
+            matched_tracks.add(row)
+            matched_detections.add(col)
         ended, alive = [], []
         for index, track in enumerate(self.tracks):
             if index not in matched_tracks:
