@@ -308,7 +308,7 @@ def _cmd_matcher_run(args: argparse.Namespace) -> None:
                              shared_group=args.shared_group)
     signal.signal(signal.SIGTERM, service.request_stop)
     signal.signal(signal.SIGINT, service.request_stop)
-    service.run_forever(report_every=args.report_every)
+    service.run_forever(report_every=args.report_every, reassociate_every=args.reassociate_every)
     print(json.dumps(service.status(), indent=2))
 
 
@@ -318,7 +318,8 @@ def _cmd_matcher_purge(args: argparse.Namespace) -> None:
         import time
 
         args.until = time.time() - 86400 * args.older_than_days
-    deleted = gallery.purge(identity=args.identity, camera=args.camera, since=args.since, until=args.until,
+    identity = gallery.resolve(args.identity) if args.identity is not None else None  # a merged id: its survivor
+    deleted = gallery.purge(identity=identity, camera=args.camera, since=args.since, until=args.until,
                             site=args.site)
     print(json.dumps({"deleted_sightings": deleted, **gallery.stats()}))
 
@@ -625,7 +626,9 @@ def build_parser() -> argparse.ArgumentParser:
     m_run.add_argument("--password-file", help="file holding the MQTT password (or set HYBREID_MQTT_PASSWORD)")
     m_run.add_argument("--ca-certs")
     m_run.add_argument("--protocol", choices=["3.1.1", "5"], default="3.1.1")
-    m_run.add_argument("--report-every", type=float, default=60.0)
+    m_run.add_argument("--report-every", type=float, default=60.0, help="seconds between status lines")
+    m_run.add_argument("--reassociate-every", type=float, default=10.0,
+                       help="seconds between re-associations of the recent tracklets (0: never)")
     m_run.set_defaults(func=_cmd_matcher_run)
     m_purge = matcher_commands.add_parser("purge", help="delete sightings (biometric data) for good")
     m_purge.add_argument("--db", default="gallery.sqlite")

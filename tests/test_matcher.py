@@ -181,7 +181,7 @@ def test_killed_matcher_resumes_to_the_same_gallery(tmp_path, mosquitto):
 
     db = tmp_path / "g.sqlite"
     command = [sys.executable, "-m", "hybreid.cli", "matcher", "run", "--broker", mosquitto.url, "--db", str(db),
-               "--client-id", "durable-matcher", "--report-every", "0.2"]
+               "--client-id", "durable-matcher", "--report-every", "0.2", "--reassociate-every", "0"]
     matcher = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     # Once subscribed, the broker keeps the matcher's session through the kill below.
     assert wait_for_line(matcher.stderr, "subscribed to"), "the matcher did not subscribe"

@@ -283,7 +283,7 @@ def test_events_survive_matcher_kills(tmp_path, mosquitto):
     events = EventLog(mosquitto.port)
     db = tmp_path / "g.sqlite"
     command = [sys.executable, "-m", "hybreid.cli", "matcher", "run", "--broker", mosquitto.url, "--db", str(db),
-               "--client-id", "durable-matcher", "--report-every", "0.2"]
+               "--client-id", "durable-matcher", "--report-every", "0.2", "--reassociate-every", "0"]
     matcher = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     assert wait_for_line(matcher.stderr, "subscribed to"), "the matcher did not subscribe"
     publisher = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="stream")

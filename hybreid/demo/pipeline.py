@@ -124,10 +124,9 @@ def calibrate_threshold(config: DemoConfig, model_path: Path, dataset) -> dict:
 
 
 def run_cameras(config: DemoConfig, model_path: Path, thresholds: Path) -> dict:
-    from hybreid.bench.identities import run_site
+    from hybreid.bench.identities import run_site, score_site
     from hybreid.demo.broker import EmbeddedBroker
     from hybreid.edge_runtime.scenes import render_scenes, tracklet_ground_truth
-    from hybreid.matcher.scoring import score_identities
     from hybreid.matcher.service import MatchPolicy
 
     scenes = config.out / "scenes"
@@ -145,7 +144,8 @@ def run_cameras(config: DemoConfig, model_path: Path, thresholds: Path) -> dict:
                             progress=config.progress)
     tracklets = tracklet_ground_truth(site["runtime"].track_log, truth)
     labels = {key: value["pid"] for key, value in tracklets.items()}
-    site["scores"] = score_identities(site["sightings"], labels)
+    by_method = score_site(site, truth)
+    site["scores"], site["scores_online"] = by_method["re-associated"], by_method["online"]
     site["truth"], site["labels"], site["scenes"] = truth, labels, scenes
     return site
 
@@ -161,6 +161,10 @@ def summarize(config: DemoConfig, site: dict, int8_report: dict, threshold_resul
         "people": len({passage["pid"] for camera in site["truth"]["cameras"] for passage in camera["passages"]}),
         "people_seen": scores["people"],  # people with at least one sighting at the matcher
         "identities": scores["identities"],
+        "identities_online": site["scores_online"]["identities"],
+        "idf1": scores["mtmc"]["idf1"],
+        "idf1_online": site["scores_online"]["mtmc"]["idf1"],
+        "merges": sum(event["type"] == "merge" for event in site["events"]),
         "purity": scores["purity"],
         "pairwise_f1": scores["pairwise"]["f1"],
         "cross_modality_links": {"true": scores["cross_modality"]["true_links"],
@@ -185,7 +189,9 @@ def format_summary(summary: dict) -> str:
         summary["cross_modality_links"]
     rows = [
         ["people in the videos / seen by the matcher", f"{summary['people']} / {summary['people_seen']}"],
-        ["identities found", summary["identities"]],
+        ["identities found (online -> re-associated)",
+         f"{summary['identities_online']} -> {summary['identities']} ({summary['merges']} merges)"],
+        ["multi-camera IDF1 (online -> re-associated)", f"{summary['idf1_online']:.3f} -> {summary['idf1']:.3f}"],
         ["identity purity", f"{summary['purity']:.3f}"],
         ["pairwise ID-F1", f"{summary['pairwise_f1']:.3f}"],
         ["cross-modality links (correct / true)",

@@ -20,6 +20,7 @@ import faiss
 import numpy as np
 
 from hybreid.errors import UserError
+from hybreid.matcher.reassociate import Plan, Tracklet
 from hybreid.protocol import FeatureMessage
 
 SIGHTINGS = """
@@ -38,6 +39,7 @@ CREATE TABLE IF NOT EXISTS identities (
     id INTEGER PRIMARY KEY, created REAL NOT NULL, last_seen REAL NOT NULL, sightings INTEGER NOT NULL,
     modalities TEXT NOT NULL, prototype BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS merges (old_id INTEGER PRIMARY KEY, into_id INTEGER NOT NULL, ts REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS rejections (reason TEXT PRIMARY KEY, count INTEGER NOT NULL);
 """
 
@@ -196,6 +198,94 @@ class Gallery:
             self._set_prototype(identity_id, prototype)
         return identity_id
 
+    # -- re-association ----------------------------------------------------------------------
+
+    def resolve(self, identity_id: int) -> int:
+        """The identity an old one was merged into (itself when it was never merged)."""
+        with self.lock:
+            row = self.db.execute("SELECT into_id FROM merges WHERE old_id = ?", (identity_id,)).fetchone()
+        return row[0] if row else identity_id
+
+    def merged_into(self, identity_id: int) -> list[int]:
+        with self.lock:
+            return [row[0] for row in self.db.execute("SELECT old_id FROM merges WHERE into_id = ? ORDER BY old_id",
+                                                      (identity_id,))]
+
+    def recent_tracklets(self, window_s: float) -> tuple[list[Tracklet], dict[int, int]]:
+        """The tracklets with a sighting in the last ``window_s`` seconds (of message time),
+        and each of their identities' sightings outside those tracklets."""
+        with self.lock:
+            latest = self.db.execute("SELECT MAX(ts) FROM sightings").fetchone()[0]
+            if latest is None:
+                return [], {}
+            rows = self.db.execute(
+                "SELECT s.site, s.camera_id, s.track_id, s.identity_id, s.modality, s.first_ts, s.ts, s.seq, "
+                "s.embedding FROM sightings s JOIN (SELECT DISTINCT site, camera_id, track_id FROM sightings "
+                "WHERE ts >= ?) w ON s.site = w.site AND s.camera_id = w.camera_id AND s.track_id = w.track_id "
+                "ORDER BY s.seq", (latest - window_s,)).fetchall()
+            grouped: dict[tuple[str, str, int], list] = {}
+            for row in rows:
+                grouped.setdefault((row[0], row[1], row[2]), []).append(row)
+            tracklets = []
+            for key, items in grouped.items():
+                mean = np.mean([np.frombuffer(item[8], dtype=np.float32) for item in items], axis=0)
+                tracklets.append(Tracklet(key, items[-1][3], items[-1][4], min(i[5] for i in items),
+                                          max(i[6] for i in items), mean / max(np.linalg.norm(mean), 1e-12),
+                                          len(items)))
+            identities = sorted({t.identity for t in tracklets})
+            inside = {i: sum(t.sightings for t in tracklets if t.identity == i) for i in identities}
+            totals = dict(self.db.execute(f"SELECT identity_id, COUNT(*) FROM sightings WHERE identity_id IN "
+                                          f"({','.join('?' * len(identities))}) GROUP BY identity_id",
+                                          identities).fetchall()) if identities else {}
+        return tracklets, {i: totals.get(i, 0) - inside[i] for i in identities}
+
+    def apply_reassociation(self, plan: Plan, ts: float) -> tuple[dict[int, int], dict[tuple[str, str, int], int]]:
+        """Move tracklets, create the new identities and record the merges in one transaction;
+        returns (merged: old -> surviving, moved: tracklet -> identity)."""
+        moved: dict[tuple[str, str, int], int] = {}
+        with self.lock:
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                for group in plan.new_groups:
+                    cursor = self.db.execute("INSERT INTO identities (created, last_seen, sightings, modalities, "
+                                             "prototype) VALUES (?, ?, 0, '', x'')", (ts, ts))
+                    moved.update(dict.fromkeys(group, cursor.lastrowid))
+                moved.update({key: target for key, target in plan.moves.items() if target is not None})
+                touched = set(moved.values())
+                for (site, camera, track), target in moved.items():
+                    touched |= {row[0] for row in self.db.execute(
+                        "SELECT DISTINCT identity_id FROM sightings WHERE site = ? AND camera_id = ? AND track_id = ?",
+                        (site, camera, track))}
+                    self.db.execute("UPDATE sightings SET identity_id = ? WHERE site = ? AND camera_id = ? AND "
+                                    "track_id = ?", (target, site, camera, track))
+                for old, survivor in plan.merged.items():
+                    self.db.execute("INSERT OR REPLACE INTO merges VALUES (?, ?, ?)", (old, survivor, ts))
+                    self.db.execute("UPDATE merges SET into_id = ? WHERE into_id = ?", (survivor, old))
+                for identity in touched:
+                    self._recompute_identity(identity)
+                self.db.execute("INSERT INTO meta VALUES ('generation', '1') ON CONFLICT(key) DO UPDATE SET "
+                                "value = CAST(value AS INTEGER) + 1")
+                self.db.execute("COMMIT")
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+            self.generation = self._stored_generation()
+            self.rebuild_index()
+        return dict(plan.merged), moved
+
+    def _recompute_identity(self, identity_id: int) -> None:
+        """Prototype, modalities, counts from the identity's sightings; delete it when it has none."""
+        rows = self.db.execute("SELECT embedding, modality, ts FROM sightings WHERE identity_id = ?",
+                               (identity_id,)).fetchall()
+        if not rows:
+            self.db.execute("DELETE FROM identities WHERE id = ?", (identity_id,))
+            return
+        mean = np.mean([np.frombuffer(row[0], dtype=np.float32) for row in rows], axis=0)
+        prototype = (mean / max(np.linalg.norm(mean), 1e-12)).astype(np.float32)
+        self.db.execute("UPDATE identities SET sightings = ?, modalities = ?, last_seen = ?, prototype = ? "
+                        "WHERE id = ?", (len(rows), ",".join(sorted({row[1] for row in rows})),
+                                         max(row[2] for row in rows), prototype.tobytes(), identity_id))
+
     # -- the index ---------------------------------------------------------------------------
 
     def _new_index(self, dim: int, training: np.ndarray | None) -> faiss.Index:
@@ -259,6 +349,7 @@ class Gallery:
             try:
                 deleted = self.db.execute(f"DELETE FROM sightings WHERE {' AND '.join(clauses)}", values).rowcount
                 self.db.execute("DELETE FROM identities WHERE id NOT IN (SELECT DISTINCT identity_id FROM sightings)")
+                self.db.execute("DELETE FROM merges WHERE into_id NOT IN (SELECT id FROM identities)")
                 self.db.execute("UPDATE identities SET sightings = (SELECT COUNT(*) FROM sightings "
                                 "WHERE identity_id = identities.id)")
                 self.db.execute("INSERT INTO meta VALUES ('generation', '1') ON CONFLICT(key) DO UPDATE SET "

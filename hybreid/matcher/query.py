@@ -25,7 +25,11 @@ def _rows(gallery: Gallery, where: str, values: tuple) -> list[dict]:
 
 
 def by_identity(gallery: Gallery, identity: int) -> dict:
-    return {"identity": identity, "sightings": _rows(gallery, "identity_id = ?", (identity,))}
+    """The sightings of ``identity``, following merges: an identity re-association merged
+    away answers with the one it was merged into."""
+    survivor = gallery.resolve(identity)
+    return {"identity": survivor, "asked": identity, "merged_from": gallery.merged_into(survivor),
+            "sightings": _rows(gallery, "identity_id = ?", (survivor,))}
 
 
 def by_camera(gallery: Gallery, camera: str | None, since: float | None, until: float | None) -> dict:

@@ -43,6 +43,7 @@ from hybreid import protocol
 from hybreid.edge_runtime.publish import BrokerConfig, make_client
 from hybreid.errors import UserError
 from hybreid.matcher.gallery import Gallery
+from hybreid.matcher.reassociate import MinTransit, cluster, plan
 from hybreid.protocol import FeatureMessage, ProtocolError
 
 log = logging.getLogger("hybreid.matcher")
@@ -66,6 +67,7 @@ class MatchPolicy(BaseModel):
     cross_modality: Cosine = 0.45
     top_k: Annotated[int, Field(ge=1, le=1000)] = 5
     prototype_rate: Annotated[float, Field(gt=0.0, le=1.0, allow_inf_nan=False)] = 0.2
+    window_s: Annotated[float, Field(ge=0.0, le=30 * 86400.0, allow_inf_nan=False)] = 600.0  # re-association
 
     @classmethod
     def from_thresholds_file(cls, path: str | Path, **overrides) -> MatchPolicy:
@@ -151,6 +153,28 @@ class Matcher:
                 "seq": message.seq, "track_id": message.track_id, "modality": message.modality, "ts": message.ts,
                 "similarity": similarity}
 
+    def reassociate(self, min_transit: MinTransit | None = None) -> list[dict]:
+        """Cluster the recent tracklets again (:mod:`.reassociate`); returns the ``reassign``
+        and ``merge`` events of what changed."""
+        with self.lock:
+            self.gallery.refresh()
+            tracklets, outside = self.gallery.recent_tracklets(self.policy.window_s)
+            clusters = cluster(tracklets, self.policy.same_modality, self.policy.cross_modality, min_transit)
+            changes = plan(tracklets, clusters, outside)
+            if not changes.moves and not changes.new_groups:
+                return []
+            now = max(t.last_ts for t in tracklets)
+            merged, moved = self.gallery.apply_reassociation(changes, now)
+        previous = {t.key: t.identity for t in tracklets}
+        events = [{"type": "reassign", "site": site, "camera_id": camera, "track_id": track,
+                   "from": previous[site, camera, track], "identity": identity, "ts": now}
+                  for (site, camera, track), identity in sorted(moved.items())]
+        for old, survivor in sorted(merged.items()):
+            sites = sorted({key[0] for key, identity in previous.items() if identity == old})
+            events += [{"type": "merge", "site": site, "from": old, "into": survivor, "ts": now} for site in sites]
+        log.info("re-association: %d tracklets moved, %d identities merged", len(moved), len(merged))
+        return events
+
     def assign(self, message: FeatureMessage) -> tuple[int | None, float, str]:
         track_identity = self.gallery.identity_of_track(message.site, message.camera_id, message.track_id)
         if track_identity is not None and track_identity in self.gallery.prototypes:
@@ -173,6 +197,7 @@ class MatcherService:
                  session_expiry: int = 24 * 3600):
         self.matcher, self.broker, self.site, self.shared_group = matcher, broker, site, shared_group
         self.session_expiry = session_expiry
+        self.min_transit: MinTransit | None = None  # the camera graph's minimum walking times
         # A persistent session: QoS 1 messages sent while the matcher is down wait at the
         # broker, and a message is acknowledged only after its sighting is committed.
         if shared_group:
@@ -258,11 +283,31 @@ class MatcherService:
             self.stop()
             raise UserError(f"the matcher could not subscribe at the broker at {self.broker.url}")
 
-    def run_forever(self, report_every: float = 60.0) -> None:
+    def reassociate(self) -> list[dict]:
+        """Re-associate now and publish the events (QoS 1)."""
+        events = self.matcher.reassociate(self.min_transit)
+        for event in events:
+            self.client.publish(protocol.events_topic(event["site"]), protocol.encode_event(event), qos=1)
+        return events
+
+    def run_forever(self, report_every: float = 60.0, reassociate_every: float = 10.0) -> None:
+        """Serve until asked to stop: report every ``report_every`` seconds, re-associate
+        every ``reassociate_every`` (0: never)."""
         self.start()
+        next_report = next_reassociation = time.monotonic()
         try:
-            while not self._stopping.wait(report_every):
-                log.info("matcher: %s", json.dumps(self.status()))
+            while not self._stopping.wait(0.2):
+                now = time.monotonic()
+                if reassociate_every and now >= next_reassociation + reassociate_every:
+                    next_reassociation = now
+                    try:
+                        self.reassociate()
+                    except Exception:  # a bug in re-association must not stop the online matching
+                        self.internal_errors += 1
+                        log.exception("re-association failed")
+                if now >= next_report + report_every:
+                    next_report = now
+                    log.info("matcher: %s", json.dumps(self.status()))
         finally:
             self.stop()
 

@@ -1,0 +1,156 @@
+"""Re-association: the matcher revisits its online decisions over a window of recent tracklets.
+
+The online assignment decides each tracklet once, as it arrives, against the identities
+known at that moment; a person whose first sighting was ambiguous gets a second identity,
+and later evidence that links the two is never used. Every ``reassociate_every_s`` the
+matcher therefore clusters the tracklets of the last ``window_s`` seconds again (all
+updates of one camera track are one tracklet: must-link) and maps the clusters back onto
+identities:
+
+- clusters grow by average linkage, the closest pair first, while their mean cosine
+  reaches the same-modality threshold; a pair of clusters with no modality in common
+  (visible only against infrared only) must reach the cross-modality threshold *and* be
+  each other's nearest such cluster (mutual nearest neighbours: a relative criterion
+  across the visible/infrared gap, where one absolute threshold merges the wrong people
+  as the gallery grows);
+- cannot-link: two tracklets of different cameras that overlap in time (one person is
+  not in two places at once), of one camera that overlap in time (two people in one
+  frame), or whose gap is shorter than the camera graph's minimum walking time between
+  their cameras;
+- each identity stays with the cluster that holds most of its sightings (ties: the
+  cluster of its first sighting); a cluster whose identities all stayed elsewhere gets a
+  new identity; an identity left without sightings is merged into the one that took them.
+
+scipy's and scikit-learn's agglomerative clustering take no cannot-link constraints, so
+the agglomeration is written here; a window holds tens to hundreds of tracklets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class Tracklet:
+    key: tuple[str, str, int]  # site, camera, track
+    identity: int
+    modality: str
+    first_ts: float
+    last_ts: float
+    embedding: np.ndarray  # L2-normalised mean of its sightings
+    sightings: int = 1
+    modalities: set[str] = field(default_factory=set)
+
+    @property
+    def camera(self) -> tuple[str, str]:
+        return self.key[0], self.key[1]
+
+
+# (site, camera a, camera b) -> minimum walking time in seconds, or None where the graph says nothing
+MinTransit = Callable[[str, str, str], float | None]
+
+
+def cannot_link(a: Tracklet, b: Tracklet, min_transit: MinTransit | None = None) -> bool:
+    overlap = a.first_ts < b.last_ts and b.first_ts < a.last_ts
+    if overlap:
+        return True  # different cameras: two places at once; one camera: two people in one frame
+    if min_transit is None or a.camera == b.camera or a.key[0] != b.key[0]:
+        return False
+    earlier, later = (a, b) if a.last_ts <= b.first_ts else (b, a)
+    least = min_transit(a.key[0], earlier.key[1], later.key[1])
+    return least is not None and later.first_ts - earlier.last_ts < least
+
+
+def cluster(tracklets: list[Tracklet], same_threshold: float, cross_threshold: float,
+            min_transit: MinTransit | None = None) -> list[list[int]]:
+    """Constrained average-linkage clusters of tracklet indices."""
+    count = len(tracklets)
+    if count == 0:
+        return []
+    vectors = np.stack([t.embedding for t in tracklets]).astype(np.float64)
+    similarity = vectors @ vectors.T
+    forbidden = np.array([[i != j and cannot_link(tracklets[i], tracklets[j], min_transit) for j in range(count)]
+                          for i in range(count)])
+    clusters: dict[int, list[int]] = {i: [i] for i in range(count)}
+    modalities = {i: {tracklets[i].modality} for i in range(count)}
+    while True:
+        ids = list(clusters)
+        best: tuple[float, int, int] | None = None
+        cross_candidates: dict[int, tuple[float, int]] = {}  # cluster -> its nearest cross-modality cluster
+        scores: dict[tuple[int, int], float] = {}
+        for x, a in enumerate(ids):
+            for b in ids[x + 1:]:
+                members_a, members_b = clusters[a], clusters[b]
+                if forbidden[np.ix_(members_a, members_b)].any():
+                    continue
+                score = float(similarity[np.ix_(members_a, members_b)].mean())
+                scores[a, b] = score
+                if modalities[a] & modalities[b]:
+                    if score >= same_threshold and (best is None or score > best[0]):
+                        best = (score, a, b)
+                else:
+                    for one, other in ((a, b), (b, a)):
+                        if score > cross_candidates.get(one, (-2.0, -1))[0]:
+                            cross_candidates[one] = (score, other)
+        for a, (score, b) in cross_candidates.items():
+            mutual = cross_candidates.get(b, (None, None))[1] == a
+            if mutual and a < b and score >= cross_threshold and (best is None or score > best[0]):
+                best = (score, a, b)
+        if best is None:
+            break
+        _, a, b = best
+        clusters[a] += clusters.pop(b)
+        modalities[a] |= modalities.pop(b)
+    return sorted(clusters.values(), key=min)
+
+
+@dataclass
+class Plan:
+    """What re-association changes: tracklets that move, identities merged away, clusters that need a
+    new identity (keyed by an index into ``new_groups``)."""
+
+    moves: dict[tuple[str, str, int], int | None]  # tracklet -> its new identity (None: a new one)
+    new_groups: list[list[tuple[str, str, int]]]
+    merged: dict[int, int]  # identity left without sightings -> the identity that took most of them
+
+
+def plan(tracklets: list[Tracklet], clusters: list[list[int]], sightings_outside: dict[int, int]) -> Plan:
+    """Map clusters back onto identities. ``sightings_outside``: each identity's sightings
+    before the window (they stay with it, and keep it alive)."""
+    held: dict[int, dict[int, int]] = {}  # identity -> cluster -> sightings
+    first_seen: dict[int, tuple[float, int]] = {}  # identity -> (first ts, cluster)
+    for index, members in enumerate(clusters):
+        for member in members:
+            tracklet = tracklets[member]
+            held.setdefault(tracklet.identity, {}).setdefault(index, 0)
+            held[tracklet.identity][index] += tracklet.sightings
+            if tracklet.identity not in first_seen or tracklet.first_ts < first_seen[tracklet.identity][0]:
+                first_seen[tracklet.identity] = (tracklet.first_ts, index)
+    home = {identity: max(by_cluster, key=lambda c, i=identity: (by_cluster[c], c == first_seen[i][1], -c))
+            for identity, by_cluster in held.items()}
+    owner: dict[int, int] = {}  # cluster -> the identity it keeps (the oldest, i.e. smallest id, at home there)
+    for identity in sorted(home):
+        owner.setdefault(home[identity], identity)
+    moves: dict[tuple[str, str, int], int | None] = {}
+    new_groups = []
+    for index, members in enumerate(clusters):
+        target = owner.get(index)
+        moving = [tracklets[m].key for m in members if tracklets[m].identity != target]
+        if target is None:
+            new_groups.append(moving)
+        for key in moving:
+            moves[key] = target
+    # An identity is merged away when none of its sightings stay with it: it had no
+    # sightings before the window and every tracklet of it moved to one cluster's owner.
+    merged: dict[int, int] = {}
+    for identity, by_cluster in held.items():
+        stays = sightings_outside.get(identity, 0) or any(owner.get(c) == identity for c in by_cluster)
+        if not stays:
+            takers = {owner.get(c) for c in by_cluster}
+            biggest = max(by_cluster, key=by_cluster.get)
+            if owner.get(biggest) is not None and len(takers) >= 1:
+                merged[identity] = owner[biggest]
+    return Plan(moves, new_groups, merged)

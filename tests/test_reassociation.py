@@ -1,0 +1,164 @@
+"""Re-association revisits online decisions: merges, cannot-links, the visible/infrared gap,
+merge events through Mosquitto and `matcher query` following merges."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import numpy as np
+import paho.mqtt.client as mqtt
+import pytest
+
+from hybreid import protocol
+from hybreid.cli import main
+from hybreid.edge_runtime.publish import BrokerConfig
+from hybreid.matcher.gallery import Gallery
+from hybreid.matcher.reassociate import Tracklet, cannot_link, cluster
+from hybreid.matcher.service import Matcher, MatcherService, MatchPolicy
+from hybreid.protocol import FeatureMessage, encode_feature
+
+POLICY = MatchPolicy(same_modality=0.6, cross_modality=0.45, window_s=3600)
+
+
+def vectors_with_cosines(gram: list[list[float]], dim: int = 16) -> list[np.ndarray]:
+    """Unit vectors whose pairwise cosines are exactly ``gram`` (a Cholesky factor's rows)."""
+    factor = np.linalg.cholesky(np.array(gram, dtype=np.float64))
+    padded = np.zeros((len(gram), dim))
+    padded[:, :len(gram)] = factor
+    return [row.astype(np.float32) for row in padded]
+
+
+# Q, and three sightings of P: P's first (p1) is nearer Q (0.5) than any identity may be
+# joined at (0.6), and p1 and p2 are too unlike (0.5) to join online; p3 links both (0.76,
+# 0.74). Online: Q -> 1, p1 -> 2, p2 -> 3, p3 -> 2. Average linkage: {p1, p3} first, then
+# p2 at (0.5 + 0.74) / 2 = 0.62 >= 0.6; Q stays apart at (0.5 + 0.2 + 0.2) / 3.
+GRAM = [[1.0, 0.5, 0.2, 0.2],
+        [0.5, 1.0, 0.5, 0.76],
+        [0.2, 0.5, 1.0, 0.74],
+        [0.2, 0.76, 0.74, 1.0]]
+Q, P1, P2, P3 = vectors_with_cosines(GRAM)
+
+
+def sighting(camera: str, seq: int, embedding: np.ndarray, start: float, modality: str = "visible",
+             site: str = "lab") -> tuple[str, bytes]:
+    message = FeatureMessage(site=site, camera_id=camera, modality=modality, ts=start + 10, seq=seq, track_id=1,
+                             box=(1, 2, 30, 80), score=0.9, model_name="m", model_hash="h1", embedding=embedding,
+                             first_ts=start)
+    return message.topic, encode_feature(message)
+
+
+STREAM = [sighting("cam1", 0, Q, 1000), sighting("cam2", 0, P1, 1100), sighting("cam3", 0, P2, 1200),
+          sighting("cam4", 0, P3, 1300)]
+
+
+def test_online_decisions_are_revisited_and_merged(tmp_path):
+    matcher = Matcher(Gallery(tmp_path / "g.sqlite"), POLICY)
+    online = [matcher.handle(*message)["identity"] for message in STREAM]
+    assert online == [1, 2, 3, 2]  # P split over identities 2 and 3
+    events = matcher.reassociate()
+    assert {"type": "merge", "site": "lab", "from": 3, "into": 2, "ts": 1310.0} in events
+    assert [(e["camera_id"], e["from"], e["identity"]) for e in events if e["type"] == "reassign"] == [
+        ("cam3", 3, 2)]
+    gallery = matcher.gallery
+    assert gallery.resolve(3) == 2 and gallery.resolve(1) == 1 and gallery.stats()["identities"] == 2
+    assert matcher.reassociate() == []  # nothing left to change
+    # A later sighting of P's track on cam3 stays with the surviving identity.
+    assert matcher.handle(*sighting("cam3", 1, P2, 1400))["identity"] == 2
+
+
+def test_a_cannot_link_keeps_people_apart_however_alike(tmp_path):
+    # p2 seen on cam3 while p1 is on cam2: two places at once, so never one person.
+    stream = [STREAM[0], STREAM[1], sighting("cam3", 0, P2, 1105), STREAM[3]]
+    matcher = Matcher(Gallery(tmp_path / "g.sqlite"), POLICY)
+    for message in stream:
+        matcher.handle(*message)
+    assert [e for e in matcher.reassociate() if e["type"] == "merge"] == []
+    assert matcher.gallery.stats()["identities"] == 3
+
+
+def test_the_camera_graph_forbids_a_walk_faster_than_its_minimum():
+    a = Tracklet(("lab", "cam1", 1), 1, "visible", 0.0, 10.0, np.ones(2) / np.sqrt(2))
+    b = Tracklet(("lab", "cam2", 1), 2, "visible", 15.0, 20.0, np.ones(2) / np.sqrt(2))
+    assert not cannot_link(a, b)
+    assert cannot_link(a, b, lambda site, x, y: 30.0)  # 5 s apart, the walk takes at least 30 s
+    assert not cannot_link(a, b, lambda site, x, y: 3.0)
+    assert cluster([a, b], 0.6, 0.45, lambda site, x, y: 30.0) == [[0], [1]]
+    assert cluster([a, b], 0.6, 0.45) == [[0, 1]]
+
+
+def test_cross_modality_links_need_mutual_nearest_neighbours():
+    # Two visible people (v1, v2) and two infrared sightings: ir is v1's nearest (0.62), ir2
+    # resembles v1 above the cross threshold too (0.5 >= 0.45) but v1 is nearer ir: an
+    # absolute threshold would give v1 both, the mutual criterion gives it ir only.
+    v1, v2, ir, ir2 = vectors_with_cosines([[1.0, 0.1, 0.62, 0.5], [0.1, 1.0, 0.1, 0.2],
+                                            [0.62, 0.1, 1.0, 0.1], [0.5, 0.2, 0.1, 1.0]])
+    tracklets = [Tracklet(("lab", f"cam{i}", 1), i, modality, 100.0 * i, 100.0 * i + 10, vector)
+                 for i, (modality, vector) in enumerate((("visible", v1), ("visible", v2), ("infrared", ir),
+                                                         ("infrared", ir2)))]
+    assert cluster(tracklets, 0.6, 0.45) == [[0, 2], [1], [3]]
+    assert cluster(tracklets, 0.6, 0.7) == [[0], [1], [2], [3]]  # nothing reaches a stricter threshold
+
+
+def test_merge_events_go_out_and_query_follows_the_merge(tmp_path, mosquitto, capsys):
+    db = tmp_path / "g.sqlite"
+    service = MatcherService(Matcher(Gallery(db), POLICY), BrokerConfig(url=mosquitto.url, client_id="m"))
+    received: list[dict] = []
+    subscribed = threading.Event()
+    listener = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="events")
+    listener.on_message = lambda c, u, message: received.append(json.loads(message.payload))
+    listener.on_subscribe = lambda *args: subscribed.set()
+    listener.on_connect = lambda client, *args: client.subscribe(protocol.events_topic("lab"), qos=1)
+    listener.connect("127.0.0.1", mosquitto.port)
+    listener.loop_start()
+    service.start()
+    assert service.subscribed.wait(10) and subscribed.wait(10)
+    publisher = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="edge")
+    publisher.connect("127.0.0.1", mosquitto.port)
+    publisher.loop_start()
+    for topic, payload in STREAM:
+        publisher.publish(topic, payload, qos=1).wait_for_publish(5)
+    deadline = time.monotonic() + 10
+    while service.matcher.accepted < 4 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    service.reassociate()
+    deadline = time.monotonic() + 10
+    while not any(e["type"] == "merge" for e in received) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for client in (publisher, listener):
+        client.disconnect()
+        client.loop_stop()
+    service.stop()
+    merges = [e for e in received if e["type"] == "merge"]
+    assert merges == [{"v": 1, "type": "merge", "site": "lab", "from": 3, "into": 2, "ts": 1310.0}]
+    capsys.readouterr()
+    assert main(["matcher", "query", "--db", str(db), "--identity", "3"]) == 0
+    answer = json.loads(capsys.readouterr().out)
+    assert answer["identity"] == 2 and answer["asked"] == 3 and answer["merged_from"] == [3]
+    assert sorted(s["camera_id"] for s in answer["sightings"]) == ["cam2", "cam3", "cam4"]
+
+
+@pytest.mark.parametrize("reassociate_every", [0.3])
+def test_the_running_matcher_reassociates_by_itself(tmp_path, mosquitto, reassociate_every):
+    service = MatcherService(Matcher(Gallery(tmp_path / "g.sqlite"), POLICY),
+                             BrokerConfig(url=mosquitto.url, client_id="m"))
+    runner = threading.Thread(target=service.run_forever, kwargs={"report_every": 60,
+                                                                  "reassociate_every": reassociate_every})
+    runner.start()
+    try:
+        assert service.subscribed.wait(10)
+        publisher = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="edge")
+        publisher.connect("127.0.0.1", mosquitto.port)
+        publisher.loop_start()
+        for topic, payload in STREAM:
+            publisher.publish(topic, payload, qos=1).wait_for_publish(5)
+        publisher.disconnect()
+        publisher.loop_stop()
+        deadline = time.monotonic() + 10
+        while service.matcher.gallery.resolve(3) != 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        service.request_stop()
+        runner.join(10)
+    assert Gallery(tmp_path / "g.sqlite").resolve(3) == 2 and service.internal_errors == 0
