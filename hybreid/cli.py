@@ -306,6 +306,10 @@ def _cmd_matcher_run(args: argparse.Namespace) -> None:
     broker.endpoint()  # a malformed URL is one clear error before anything starts
     service = MatcherService(Matcher(_matcher_gallery(args, create=True), policy), broker, site=args.site,
                              shared_group=args.shared_group)
+    if args.camera_graph:
+        from hybreid.matcher.camera_graph import CameraGraph
+
+        service.min_transit = CameraGraph.load(args.camera_graph).min_transit
     signal.signal(signal.SIGTERM, service.request_stop)
     signal.signal(signal.SIGINT, service.request_stop)
     service.run_forever(report_every=args.report_every, reassociate_every=args.reassociate_every)
@@ -629,6 +633,7 @@ def build_parser() -> argparse.ArgumentParser:
     m_run.add_argument("--report-every", type=float, default=60.0, help="seconds between status lines")
     m_run.add_argument("--reassociate-every", type=float, default=10.0,
                        help="seconds between re-associations of the recent tracklets (0: never)")
+    m_run.add_argument("--camera-graph", help="YAML of connected cameras and their minimum walking times")
     m_run.set_defaults(func=_cmd_matcher_run)
     m_purge = matcher_commands.add_parser("purge", help="delete sightings (biometric data) for good")
     m_purge.add_argument("--db", default="gallery.sqlite")

@@ -162,3 +162,23 @@ def test_the_running_matcher_reassociates_by_itself(tmp_path, mosquitto, reassoc
         service.request_stop()
         runner.join(10)
     assert Gallery(tmp_path / "g.sqlite").resolve(3) == 2 and service.internal_errors == 0
+
+
+def test_camera_graph_file(tmp_path):
+    from hybreid.errors import UserError
+    from hybreid.matcher.camera_graph import CameraGraph
+
+    path = tmp_path / "graph.yaml"
+    path.write_text("sites:\n  lab:\n    - {cameras: [cam1, cam2], min_s: 30, max_s: 300}\n")
+    graph = CameraGraph.load(path)
+    assert graph.min_transit("lab", "cam2", "cam1") == 30 and graph.min_transit("lab", "cam1", "cam3") is None
+    a = Tracklet(("lab", "cam1", 1), 1, "visible", 0.0, 10.0, np.ones(2) / np.sqrt(2))
+    b = Tracklet(("lab", "cam2", 1), 2, "visible", 15.0, 20.0, np.ones(2) / np.sqrt(2))
+    assert cannot_link(a, b, graph.min_transit)
+    for text, problem in (("sites:\n  lab:\n    - {cameras: [cam1, cam2], min_sec: 3}\n", "did you mean 'min_s'"),
+                          ("sites:\n  lab:\n    - {cameras: [cam1, cam1]}\n", "two different cameras"),
+                          ("sites:\n  lab:\n    - {cameras: [cam1, cam2], min_s: 9, max_s: 3}\n", "below min_s"),
+                          ("sites:\n  la/b: []\n", "sites.la/b")):
+        path.write_text(text)
+        with pytest.raises(UserError, match=problem):
+            CameraGraph.load(path)

@@ -1,0 +1,59 @@
+"""The camera graph: which cameras of a site connect, and how long the walk between them takes.
+
+Re-association uses the minimum walking time as a cannot-link: two tracklets on connected
+cameras closer in time than anyone can walk are two people. Without a graph, only time
+overlap constrains. A YAML file::
+
+    sites:
+      lobby:
+        - {cameras: [cam-01, cam-02], min_s: 5, max_s: 120}
+        - {cameras: [cam-02, cam-03], min_s: 20}
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
+
+from hybreid import protocol
+from hybreid.config import load_yaml
+from hybreid.errors import UserError, validation_problem
+
+Name = Annotated[str, StringConstraints(pattern=protocol.NAME_PATTERN)]
+Seconds = Annotated[float, Field(ge=0.0, le=86400.0, allow_inf_nan=False)]
+
+
+class Link(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    cameras: Annotated[list[Name], Field(min_length=2, max_length=2)]
+    min_s: Seconds = 0.0
+    max_s: Seconds | None = None
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Link:
+        if self.cameras[0] == self.cameras[1]:
+            raise ValueError("a link joins two different cameras")
+        if self.max_s is not None and self.max_s < self.min_s:
+            raise ValueError(f"max_s {self.max_s} is below min_s {self.min_s}")
+        return self
+
+
+class CameraGraph(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    sites: dict[Name, list[Link]]
+
+    def min_transit(self, site: str, camera_a: str, camera_b: str) -> float | None:
+        """The least walking time between two connected cameras, or None where the graph says nothing."""
+        for link in self.sites.get(site, []):
+            if {camera_a, camera_b} == set(link.cameras):
+                return link.min_s
+        return None
+
+    @classmethod
+    def load(cls, path: str | Path) -> CameraGraph:
+        try:
+            return cls.model_validate(load_yaml(path))
+        except ValidationError as exc:
+            raise UserError(f"camera graph {path}: {validation_problem(exc, cls)}") from None
