@@ -30,7 +30,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from hybreid import __version__
-from hybreid.errors import UserError
+from hybreid.errors import UserError, validation_problem
 from hybreid.inference.engine_cache import BuildOptions, file_sha256
 
 MANIFEST = "manifest.json"
@@ -173,7 +173,7 @@ def create_bundle(out: str | Path, onnx: str | Path, fp16: str | Path | None = N
     try:
         Manifest.model_validate(manifest)
     except ValidationError as exc:
-        raise UserError(f"cannot bundle {onnx}: {_first_problem(exc)}") from exc
+        raise UserError(f"cannot bundle {onnx}: {validation_problem(exc, Manifest)}") from exc
     data = json.dumps(manifest, indent=2).encode()
     members = [(MANIFEST, data)]
     if signer is not None:
@@ -190,12 +190,6 @@ def create_bundle(out: str | Path, onnx: str | Path, fp16: str | Path | None = N
 
 
 # -- verify and install -----------------------------------------------------------------------
-
-def _first_problem(exc: ValidationError) -> str:
-    error = exc.errors()[0]
-    where = ".".join(str(part) for part in error["loc"]) or "top level"
-    return f"{where}: {error['msg']}"
-
 
 def _open(bundle: Path) -> tarfile.TarFile:
     if not bundle.is_file():
@@ -251,7 +245,7 @@ def _verify_open(tar: tarfile.TarFile, bundle: Path, trust: list[str | Path] | N
     try:
         manifest = Manifest.model_validate_json(manifest_bytes).model_dump()
     except ValidationError as exc:
-        raise UserError(f"bundle {bundle}: its manifest is not valid ({_first_problem(exc)})") from exc
+        raise UserError(f"bundle {bundle}: its manifest is not valid ({validation_problem(exc, Manifest)})") from exc
     for role, entry in manifest["files"].items():
         if entry["name"] != ROLES[role]:
             raise UserError(f"bundle {bundle}: the manifest names {entry['name']!r} for {role}, "

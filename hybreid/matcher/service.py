@@ -41,7 +41,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from hybreid import protocol
 from hybreid.edge_runtime.publish import BrokerConfig, make_client
-from hybreid.errors import UserError
+from hybreid.errors import UserError, validation_problem
 from hybreid.matcher.gallery import Gallery
 from hybreid.matcher.reassociate import MinTransit, cluster, plan
 from hybreid.protocol import FeatureMessage, ProtocolError
@@ -51,12 +51,6 @@ log = logging.getLogger("hybreid.matcher")
 
 # A match threshold is a cosine in [0, 1]: NaN or a negative one would merge everyone.
 Cosine = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
-
-
-def _first_problem(exc: ValidationError) -> str:
-    error = exc.errors(include_url=False)[0]
-    where = ".".join(str(part) for part in error["loc"]) or "top level"
-    return f"{where}: {error['msg']}"
 
 
 class MatchPolicy(BaseModel):
@@ -79,7 +73,7 @@ class MatchPolicy(BaseModel):
             raise UserError(f"thresholds file {path} cannot be read ({exc.strerror})") from exc
         except ValidationError as exc:
             raise UserError(f"{path} is not a valid thresholds file from `hybreid calibrate threshold` "
-                            f"({_first_problem(exc)})") from exc
+                            f"({validation_problem(exc, ThresholdsFile)})") from exc
         same = thresholds.same_modality.threshold
         cross = thresholds.cross_modality.threshold if thresholds.cross_modality else same
         return cls.checked(same_modality=same, cross_modality=cross, **overrides)
@@ -90,7 +84,7 @@ class MatchPolicy(BaseModel):
         try:
             return cls(**values)
         except ValidationError as exc:
-            raise UserError(f"match policy: {_first_problem(exc)}") from exc
+            raise UserError(f"match policy: {validation_problem(exc, cls)}") from exc
 
 
 class _Threshold(BaseModel):
