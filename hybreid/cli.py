@@ -253,6 +253,16 @@ def _cmd_site_broker_acl(args: argparse.Namespace) -> None:
 
 
 def _cmd_edge_scenes(args: argparse.Namespace) -> None:
+    if args.site:
+        from hybreid.edge_runtime.site_scenes import SiteSpec, default_spec, render_site
+
+        spec = default_spec() if args.site == "default" else SiteSpec.load(args.site)
+        truth = render_site(args.out, spec)
+        for camera in truth["cameras"]:
+            print(f"{args.out}/{camera['video']}: {camera['modality']}, {truth['frames']} frames, "
+                  f"{len(camera['passages'])} passages, ground truth {args.out}/gt/{camera['id']}.txt")
+        print(f"ground truth and camera graph: {args.out}/ground_truth.json")
+        return
     from hybreid.edge_runtime.scenes import render_scenes
 
     truth = render_scenes(args.out, tuple(args.modality or ["visible", "infrared"]), args.people, args.fps,
@@ -348,6 +358,17 @@ def _cmd_bench_matcher(args: argparse.Namespace) -> None:
 
     matcher.run(args.identities or [1000, 10000, 100000], args.out, messages=args.messages, dim=args.dim,
                 index=args.index)
+
+
+def _cmd_bench_site(args: argparse.Namespace) -> None:
+    from hybreid.bench import site
+    from hybreid.edge_runtime.site_scenes import SiteSpec, default_spec
+    from hybreid.matcher.service import MatchPolicy
+
+    policies = [MatchPolicy.from_thresholds_file(path) for path in args.thresholds] if args.thresholds else \
+        [MatchPolicy() for _ in args.onnx]
+    spec = SiteSpec.load(args.spec) if args.spec else default_spec()
+    site.run(args.onnx, args.out, policies, spec, scenes=args.scenes)
 
 
 def _cmd_bench_identities(args: argparse.Namespace) -> None:
@@ -471,6 +492,15 @@ def build_parser() -> argparse.ArgumentParser:
     ident.add_argument("--cross", type=float, default=0.45, help="cross-modality threshold without --thresholds")
     ident.add_argument("--out", default="benchmarks/identities")
     ident.set_defaults(func=_cmd_bench_identities)
+
+    bsite = bench_commands.add_parser("site", help="a synthetic site (4+ cameras, minutes) -> edge -> broker -> "
+                                                   "matcher: IDF1 online and re-associated, timelines")
+    bsite.add_argument("--onnx", action="append", required=True, help="a site model (repeatable)")
+    bsite.add_argument("--thresholds", action="append", help="its thresholds JSON, in the order of --onnx")
+    bsite.add_argument("--spec", help="site spec YAML (default: 4 cameras, 30 people, 3 minutes)")
+    bsite.add_argument("--scenes", help="a folder `edge scenes --site` rendered from the same spec (reused)")
+    bsite.add_argument("--out", default="benchmarks/site")
+    bsite.set_defaults(func=_cmd_bench_site)
 
     data = commands.add_parser("data", help="datasets: write synthetic people")
     data_commands = data.add_subparsers(dest="data_command", required=True)
@@ -603,6 +633,9 @@ def build_parser() -> argparse.ArgumentParser:
     scenes.add_argument("--fps", type=int, default=10)
     scenes.add_argument("--seed", type=int, default=0)
     scenes.add_argument("--infrared-band", choices=INFRARED_BANDS, default=INFRARED_BANDS[0])
+    scenes.add_argument("--site", metavar="SPEC.yaml|default",
+                        help="a whole site instead: cameras, camera graph, people coming and going (see "
+                             "configs/site_scenes.yaml); the options above do not apply")
     scenes.set_defaults(func=_cmd_edge_scenes)
 
     site = commands.add_parser("site", help="a site's broker set-up from its site files")

@@ -28,7 +28,8 @@ EXERCISED_BY = {
     "matcher purge": "test_cli", "bench latency": "code: test_benchmarks",
     "bench profile": "test_benchmarks", "bench train": "code: test_viz (its recipe)",
     "bench pipeline": "code: test_benchmarks", "bench matcher": "code: test_benchmarks",
-    "bench identities": "code: test_demo", "bench fidelity": "code: test_benchmarks", "viz gradcam": "code: test_viz",
+    "bench identities": "code: test_demo", "bench site": "test_site_scenes",
+    "bench fidelity": "code: test_benchmarks", "viz gradcam": "code: test_viz",
     "viz attention": "test_viz", "viz retrieval": "code: test_viz", "viz distribution": "code: test_viz",
     "demo": "code: test_demo",
 }

@@ -20,13 +20,14 @@ from hybreid.edge_runtime.runtime import EdgeRuntime, SiteConfig
 from hybreid.edge_runtime.scenes import render_scenes, tracklet_ground_truth
 from hybreid.matcher.gallery import Gallery
 from hybreid.matcher.query import by_camera
+from hybreid.matcher.reassociate import MinTransit
 from hybreid.matcher.scoring import score_identities
 from hybreid.matcher.service import Matcher, MatcherService, MatchPolicy
 from hybreid.tables import format_table
 
 
 def run_site(model: str | Path, scenes: Path, truth: dict, broker_url: str, policy: MatchPolicy, work: Path,
-             site: str = "bench", progress: bool = False) -> dict:
+             site: str = "bench", progress: bool = False, min_transit: MinTransit | None = None) -> dict:
     """The edge runtime on every camera video of ``truth`` and a matcher, through the
     broker at ``broker_url``; waits until the matcher has every published tracklet.
 
@@ -35,6 +36,7 @@ def run_site(model: str | Path, scenes: Path, truth: dict, broker_url: str, poli
     """
     gallery = Gallery(work / "gallery.sqlite")
     service = MatcherService(Matcher(gallery, policy), BrokerConfig(url=broker_url, client_id="hybreid-matcher"))
+    service.min_transit = min_transit
     service.start()
     service.wait_until_subscribed()
     config = SiteConfig.from_dict({

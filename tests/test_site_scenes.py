@@ -1,0 +1,119 @@
+"""The synthetic site: its spec, the plan of who walks where, the rendered videos and ground
+truth, and the site benchmark end to end through Mosquitto."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+
+import cv2
+import numpy as np
+import pytest
+
+from hybreid.cli import main
+from hybreid.edge_runtime.site_scenes import SiteSpec, default_spec, plan_site
+from hybreid.errors import UserError
+from hybreid.eval.mtmc import read_mot
+
+SMALL = {"seconds": 24.0, "people": 6, "size": [192, 108], "pairs": 0.4, "one_camera": 0.3, "returning": 0.3,
+         "cameras": [{"id": "day", "modality": "visible"}, {"id": "night", "modality": "infrared"},
+                     {"id": "both", "modality": "day_night", "switch_at_s": 12.0}],
+         "graph": [{"cameras": ["day", "night"], "min_s": 2, "max_s": 4},
+                   {"cameras": ["night", "both"], "min_s": 2, "max_s": 4}]}
+
+
+def test_the_default_site_is_what_the_issue_asks_for():
+    spec = default_spec()
+    assert len(spec.cameras) >= 4 and spec.people >= 30 and spec.seconds >= 180
+    assert {c.modality for c in spec.cameras} == {"visible", "infrared", "day_night"}
+    plans = plan_site(spec)
+    cameras_of = defaultdict(set)
+    for camera, passage in plans:
+        cameras_of[passage.pid].add(camera)
+    assert len(cameras_of) == spec.people
+    assert any(len(c) == 1 for c in cameras_of.values()) and any(len(c) >= 3 for c in cameras_of.values())
+    visits = defaultdict(list)
+    for camera, passage in plans:
+        visits[passage.pid, camera].append(passage.start_frame)
+    assert any(len(starts) > 1 for starts in visits.values())  # someone comes back to a camera
+    # Consecutive visits of one person along the graph respect its walking times.
+    least = {frozenset(link.cameras): link.min_s for link in spec.graph}
+    by_person = defaultdict(list)
+    for camera, passage in plans:
+        by_person[passage.pid].append((passage.start_frame, camera, passage.frames))
+    for trips in by_person.values():
+        trips.sort()
+        for (start, camera, frames), (next_start, next_camera, _) in zip(trips, trips[1:], strict=False):
+            pair = frozenset((camera, next_camera))
+            if pair in least and next_start - (start + frames) < 30 * spec.fps:  # the same trip
+                assert next_start - (start + frames) >= least[pair] * spec.fps
+
+
+@pytest.mark.parametrize(("change", "problem"), [
+    ({"peopel": 3}, "did you mean 'people'"),
+    ({"cameras": [{"id": "a", "modality": "thermal"}]}, "cameras.0.modality"),
+    ({"graph": [{"cameras": ["cam1", "cam9"], "min_s": 1, "max_s": 2}]}, "unknown camera"),
+    ({"graph": [{"cameras": ["cam1", "cam2"], "min_s": 9, "max_s": 2}]}, "max_s is below min_s"),
+    ({"cameras": [{"id": "a b", "modality": "visible"}]}, "cameras.0.id"),
+    ({"seconds": -1}, "seconds"),
+])
+def test_bad_site_specs_are_one_clear_error(tmp_path, change, problem):
+    import yaml
+
+    data = default_spec().model_dump()
+    data.update(change)
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(UserError, match=problem):
+        SiteSpec.load(path)
+
+
+@pytest.fixture(scope="module")
+def small_site(tmp_path_factory):
+    import yaml
+
+    folder = tmp_path_factory.mktemp("site")
+    spec_path = folder / "spec.yaml"
+    spec_path.write_text(yaml.safe_dump(SMALL))
+    assert main(["edge", "scenes", "--site", str(spec_path), "--out", str(folder / "scenes")]) == 0
+    return folder, spec_path, json.loads((folder / "scenes" / "ground_truth.json").read_text())
+
+
+def test_rendered_site_has_videos_mot_ground_truth_and_a_day_night_switch(small_site):
+    folder, _, truth = small_site
+    assert truth["frames"] == 240 and [c["id"] for c in truth["cameras"]] == ["day", "night", "both"]
+    assert truth["graph"][0]["cameras"] == ["day", "night"]
+    for camera in truth["cameras"]:
+        video = cv2.VideoCapture(str(folder / "scenes" / camera["video"]))
+        frames = []
+        while True:
+            ok, frame = video.read()
+            if not ok:
+                break
+            frames.append(frame)
+        assert len(frames) == 240 and frames[0].shape == (108, 192, 3)
+        rows = read_mot(folder / "scenes" / "gt" / f"{camera['id']}.txt")
+        assert len(rows) == len(camera["boxes"]) and all(frame >= 1 for frame, _, _ in rows)
+        colour = [float(np.ptp(frame.astype(int), axis=2).mean()) for frame in (frames[10], frames[200])]
+        if camera["id"] == "both":  # colour by day, grey after the switch at 12 s
+            assert camera["modality"] == "auto" and camera["switch_frame"] == 120
+            assert colour[0] > 5 > colour[1]
+        elif camera["id"] == "night":
+            assert max(colour) < 5
+    people = {box["pid"] for camera in truth["cameras"] for box in camera["boxes"]}
+    assert people <= set(range(1, 7)) and len(people) >= 4
+
+
+def test_site_benchmark_scores_online_and_reassociated_with_a_timeline(small_site, tiny_onnx, tmp_path):
+    folder, spec_path, truth = small_site
+    out = tmp_path / "bench"
+    assert main(["bench", "site", "--onnx", str(tiny_onnx), "--spec", str(spec_path), "--scenes",
+                 str(folder / "scenes"), "--out", str(out)]) == 0
+    (result,) = json.loads((out / "site.json").read_text())
+    true_boxes = sum(len(camera["boxes"]) for camera in truth["cameras"])
+    for method in ("online", "re-associated"):
+        mtmc = result[method]["mtmc"]
+        assert mtmc["cameras"] == 3 and mtmc["idtp"] + mtmc["idfn"] == true_boxes
+        assert 0 <= mtmc["idf1"] <= 1 and mtmc["idtp"] + mtmc["idfp"] > 0
+    assert result["edge"]["frames"] == 3 * 240
+    assert (out / "timeline_haresformer_tiny.png").read_bytes()[:4] == b"\x89PNG"
