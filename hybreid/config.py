@@ -74,3 +74,16 @@ def load_yaml(path: str | Path) -> dict:
     if not isinstance(data, dict):
         raise UserError(f"config file {path} must hold a mapping of options at its top level")
     return _numbers(data)
+
+
+def load_typed(path: str | Path, schema, what: str):
+    """A YAML file validated against a pydantic ``schema``; one sentence naming ``what`` and the
+    first problem otherwise (an unknown key with the nearest known one)."""
+    from pydantic import ValidationError
+
+    from hybreid.errors import validation_problem
+
+    try:
+        return schema.model_validate(load_yaml(path))
+    except ValidationError as exc:
+        raise UserError(f"{what} {path}: {validation_problem(exc, schema)}") from None

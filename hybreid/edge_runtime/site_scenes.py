@@ -23,11 +23,11 @@ from typing import Annotated, Literal
 
 import cv2
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 from tqdm import tqdm
 
 from hybreid import protocol
-from hybreid.config import load_yaml
+from hybreid.config import load_typed
 from hybreid.data.synthetic import (
     INFRARED,
     NEAR_INFRARED,
@@ -39,7 +39,6 @@ from hybreid.data.synthetic import (
     person_layers,
 )
 from hybreid.edge_runtime.scenes import Passage, _box, _finish
-from hybreid.errors import UserError, validation_problem
 
 Name = Annotated[str, StringConstraints(pattern=protocol.NAME_PATTERN)]
 Share = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
@@ -91,10 +90,7 @@ class SiteSpec(_Spec):
 
     @classmethod
     def load(cls, path: str | Path) -> SiteSpec:
-        try:
-            return cls.model_validate(load_yaml(path))
-        except ValidationError as exc:
-            raise UserError(f"site spec {path}: {validation_problem(exc, cls)}") from None
+        return load_typed(path, cls, "site spec")
 
 
 def default_spec(**changes) -> SiteSpec:

@@ -15,11 +15,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from hybreid import protocol
-from hybreid.config import load_yaml
-from hybreid.errors import UserError, validation_problem
+from hybreid.config import load_typed
 
 Name = Annotated[str, StringConstraints(pattern=protocol.NAME_PATTERN)]
 Seconds = Annotated[float, Field(ge=0.0, le=86400.0, allow_inf_nan=False)]
@@ -53,7 +52,4 @@ class CameraGraph(BaseModel):
 
     @classmethod
     def load(cls, path: str | Path) -> CameraGraph:
-        try:
-            return cls.model_validate(load_yaml(path))
-        except ValidationError as exc:
-            raise UserError(f"camera graph {path}: {validation_problem(exc, cls)}") from None
+        return load_typed(path, cls, "camera graph")

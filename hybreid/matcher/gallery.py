@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 import faiss
@@ -89,6 +90,23 @@ class Gallery:
         except BaseException:
             self.db.execute("ROLLBACK")
             raise
+
+    @contextmanager
+    def _rewriting_identities(self):
+        """One transaction that rewrites identities other matcher processes hold in their
+        index: it bumps the generation they watch (:meth:`refresh`), then reloads ours."""
+        with self.lock:
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+                self.db.execute("INSERT INTO meta VALUES ('generation', '1') ON CONFLICT(key) DO UPDATE SET "
+                                "value = CAST(value AS INTEGER) + 1")
+                self.db.execute("COMMIT")
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+            self.generation = self._stored_generation()
+            self.rebuild_index()
 
     def _stored_generation(self) -> int:
         row = self.db.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()
@@ -243,34 +261,24 @@ class Gallery:
         """Move tracklets, create the new identities and record the merges in one transaction;
         returns (merged: old -> surviving, moved: tracklet -> identity)."""
         moved: dict[tuple[str, str, int], int] = {}
-        with self.lock:
-            self.db.execute("BEGIN IMMEDIATE")
-            try:
-                for group in plan.new_groups:
-                    cursor = self.db.execute("INSERT INTO identities (created, last_seen, sightings, modalities, "
-                                             "prototype) VALUES (?, ?, 0, '', x'')", (ts, ts))
-                    moved.update(dict.fromkeys(group, cursor.lastrowid))
-                moved.update({key: target for key, target in plan.moves.items() if target is not None})
-                touched = set(moved.values())
-                for (site, camera, track), target in moved.items():
-                    touched |= {row[0] for row in self.db.execute(
-                        "SELECT DISTINCT identity_id FROM sightings WHERE site = ? AND camera_id = ? AND track_id = ?",
-                        (site, camera, track))}
-                    self.db.execute("UPDATE sightings SET identity_id = ? WHERE site = ? AND camera_id = ? AND "
-                                    "track_id = ?", (target, site, camera, track))
-                for old, survivor in plan.merged.items():
-                    self.db.execute("INSERT OR REPLACE INTO merges VALUES (?, ?, ?)", (old, survivor, ts))
-                    self.db.execute("UPDATE merges SET into_id = ? WHERE into_id = ?", (survivor, old))
-                for identity in touched:
-                    self._recompute_identity(identity)
-                self.db.execute("INSERT INTO meta VALUES ('generation', '1') ON CONFLICT(key) DO UPDATE SET "
-                                "value = CAST(value AS INTEGER) + 1")
-                self.db.execute("COMMIT")
-            except BaseException:
-                self.db.execute("ROLLBACK")
-                raise
-            self.generation = self._stored_generation()
-            self.rebuild_index()
+        with self._rewriting_identities():
+            for group in plan.new_groups:
+                cursor = self.db.execute("INSERT INTO identities (created, last_seen, sightings, modalities, "
+                                         "prototype) VALUES (?, ?, 0, '', x'')", (ts, ts))
+                moved.update(dict.fromkeys(group, cursor.lastrowid))
+            moved.update({key: target for key, target in plan.moves.items() if target is not None})
+            touched = set(moved.values())
+            for (site, camera, track), target in moved.items():
+                touched |= {row[0] for row in self.db.execute(
+                    "SELECT DISTINCT identity_id FROM sightings WHERE site = ? AND camera_id = ? AND track_id = ?",
+                    (site, camera, track))}
+                self.db.execute("UPDATE sightings SET identity_id = ? WHERE site = ? AND camera_id = ? AND "
+                                "track_id = ?", (target, site, camera, track))
+            for old, survivor in plan.merged.items():
+                self.db.execute("INSERT OR REPLACE INTO merges VALUES (?, ?, ?)", (old, survivor, ts))
+                self.db.execute("UPDATE merges SET into_id = ? WHERE into_id = ?", (survivor, old))
+            for identity in touched:
+                self._recompute_identity(identity)
         return dict(plan.merged), moved
 
     def _recompute_identity(self, identity_id: int) -> None:
@@ -344,22 +352,12 @@ class Gallery:
                 values.append(value)
         if not clauses:
             raise UserError("purge needs at least one of identity, site, camera, since, until")
-        with self.lock:
-            self.db.execute("BEGIN IMMEDIATE")
-            try:
-                deleted = self.db.execute(f"DELETE FROM sightings WHERE {' AND '.join(clauses)}", values).rowcount
-                self.db.execute("DELETE FROM identities WHERE id NOT IN (SELECT DISTINCT identity_id FROM sightings)")
-                self.db.execute("DELETE FROM merges WHERE into_id NOT IN (SELECT id FROM identities)")
-                self.db.execute("UPDATE identities SET sightings = (SELECT COUNT(*) FROM sightings "
-                                "WHERE identity_id = identities.id)")
-                self.db.execute("INSERT INTO meta VALUES ('generation', '1') ON CONFLICT(key) DO UPDATE SET "
-                                "value = CAST(value AS INTEGER) + 1")
-                self.db.execute("COMMIT")
-            except BaseException:
-                self.db.execute("ROLLBACK")
-                raise
-            self.generation = self._stored_generation()
-            self.rebuild_index()
+        with self._rewriting_identities():
+            deleted = self.db.execute(f"DELETE FROM sightings WHERE {' AND '.join(clauses)}", values).rowcount
+            self.db.execute("DELETE FROM identities WHERE id NOT IN (SELECT DISTINCT identity_id FROM sightings)")
+            self.db.execute("DELETE FROM merges WHERE into_id NOT IN (SELECT id FROM identities)")
+            self.db.execute("UPDATE identities SET sightings = (SELECT COUNT(*) FROM sightings "
+                            "WHERE identity_id = identities.id)")
         return deleted
 
     def stats(self) -> dict:
