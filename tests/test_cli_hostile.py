@@ -259,3 +259,11 @@ def test_a_live_box_stops_by_itself_when_its_embedder_died(world, tmp_path):
         box.send_signal(signal.SIGTERM)
         _, err = box.communicate(timeout=30)
     assert box.returncode == 2 and "the embedder stopped" in err
+
+
+def test_the_mqtt_password_is_never_a_flag(world, capsys):
+    """A flag shows in every user's process list: the password comes from a file or the environment."""
+    _, _, gallery = world
+    with pytest.raises(SystemExit) as exit_status:
+        main(["matcher", "run", "--db", str(gallery), "--password", "secret"])
+    assert exit_status.value.code == 2 and "unrecognized arguments: --password" in capsys.readouterr().err
