@@ -230,7 +230,7 @@ def run_demo(config: DemoConfig) -> dict:
         site = run_cameras(config, edge_model, threshold_result["path"])
     with _Step(config, "report"):
         sheet = contact_sheet(site["sightings"], site["runtime"].track_log, site["labels"], site["scenes"],
-                              config.out / "contact_sheet.png")
+                              config.out / "contact_sheet.png", site["events"])
         curves = config.out / "train" / "curves.png"
         if curves.exists():
             shutil.copy(curves, config.out / "training_curves.png")

@@ -51,9 +51,15 @@ def read_crops(scenes: Path, wanted: dict[tuple[str, int], tuple[int, tuple]]) -
 
 
 def contact_sheet(sightings: list[dict], track_log, labels: dict[tuple[str, int], int], scenes: Path,
-                  path: Path) -> Path:
-    """Write the sheet to ``path`` (PNG) and return it."""
+                  path: Path, events: list[dict] = ()) -> Path:
+    """Write the sheet to ``path`` (PNG) and return it. ``events``: the matcher's re-association
+    events; an identity names the ones merged into it, a moved sighting the identity it left."""
     boxes = middle_boxes(track_log)
+    merged: dict[int, list[int]] = defaultdict(list)
+    for event in events:
+        if event["type"] == "merge" and event["from"] not in merged[event["into"]]:
+            merged[event["into"]].append(event["from"])
+    moved_from = {(e["camera_id"], e["track_id"]): e["from"] for e in events if e["type"] == "reassign"}
     members: dict[int, list[dict]] = defaultdict(list)
     for sighting in sightings:
         members[sighting["identity_id"]].append(sighting)
@@ -67,7 +73,8 @@ def contact_sheet(sightings: list[dict], track_log, labels: dict[tuple[str, int]
         majority = people.most_common(1)[0][0]
         row = np.full((height + 24, LABEL_WIDTH + MAX_PER_ROW * (width + 4), 3), 255, np.uint8)
         cameras = ",".join(sorted({s["camera_id"] for s in group}))
-        cv2.putText(row, f"identity {identity}", (6, 30), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1)
+        title = f"identity {identity}" + (f" (+{','.join(map(str, merged[identity]))})" if merged[identity] else "")
+        cv2.putText(row, title, (6, 30), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1)
         person = f"person {majority}" if majority >= 0 else "no person"
         cv2.putText(row, f"{person}, {len(group)} sightings", (6, 52), cv2.FONT_HERSHEY_SIMPLEX, 0.42, (60, 60, 60), 1)
         cv2.putText(row, cameras, (6, 74), cv2.FONT_HERSHEY_SIMPLEX, 0.42, (60, 60, 60), 1)
@@ -78,8 +85,8 @@ def contact_sheet(sightings: list[dict], track_log, labels: dict[tuple[str, int]
             cv2.rectangle(row, (x, 2), (x + width + 3, height + 5), colour, 2)
             if key in crops:
                 row[4 : 4 + height, x + 2 : x + 2 + width] = crops[key]
-            cv2.putText(row, sighting["camera_id"], (x + 2, height + 19), cv2.FONT_HERSHEY_SIMPLEX, 0.35,
-                        (0, 0, 0), 1)
+            caption = sighting["camera_id"] + (f" <{moved_from[key]}" if key in moved_from else "")
+            cv2.putText(row, caption, (x + 2, height + 19), cv2.FONT_HERSHEY_SIMPLEX, 0.35, (0, 0, 0), 1)
         rows.append(row)
     if not rows:
         rows = [np.full((60, 400, 3), 255, np.uint8)]
