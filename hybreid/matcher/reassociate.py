@@ -143,14 +143,9 @@ def plan(tracklets: list[Tracklet], clusters: list[list[int]], sightings_outside
             new_groups.append(moving)
         for key in moving:
             moves[key] = target
-    # An identity is merged away when none of its sightings stay with it: it had no
-    # sightings before the window and every tracklet of it moved to one cluster's owner.
-    merged: dict[int, int] = {}
-    for identity, by_cluster in held.items():
-        stays = sightings_outside.get(identity, 0) or any(owner.get(c) == identity for c in by_cluster)
-        if not stays:
-            takers = {owner.get(c) for c in by_cluster}
-            biggest = max(by_cluster, key=by_cluster.get)
-            if owner.get(biggest) is not None and len(takers) >= 1:
-                merged[identity] = owner[biggest]
+    # An identity none of whose sightings stay with it (none before the window, and its home
+    # cluster kept an older identity) is merged into that identity; a home cluster always
+    # has an owner, since the identity itself is at home there.
+    merged = {identity: owner[home[identity]] for identity in held
+              if not sightings_outside.get(identity, 0) and owner[home[identity]] != identity}
     return Plan(moves, new_groups, merged)
