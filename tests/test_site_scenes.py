@@ -115,5 +115,9 @@ def test_site_benchmark_scores_online_and_reassociated_with_a_timeline(small_sit
         mtmc = result[method]["mtmc"]
         assert mtmc["cameras"] == 3 and mtmc["idtp"] + mtmc["idfn"] == true_boxes
         assert 0 <= mtmc["idf1"] <= 1 and mtmc["idtp"] + mtmc["idfp"] > 0
+    # Every tracklet given its true person: the ceiling detection and tracking leave to association.
+    ceiling = result["true identities"]
+    assert ceiling["purity"] == 1.0 and ceiling["pairwise"]["precision"] in (0.0, 1.0)
+    assert ceiling["mtmc"]["idf1"] >= max(result[m]["mtmc"]["idf1"] for m in ("online", "re-associated"))
     assert result["edge"]["frames"] == 3 * 240
     assert (out / "timeline_haresformer_tiny.png").read_bytes()[:4] == b"\x89PNG"
