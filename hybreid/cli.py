@@ -404,9 +404,9 @@ def _cmd_viz(args: argparse.Namespace) -> None:
 def _cmd_demo(args: argparse.Namespace) -> None:
     from hybreid.demo.pipeline import DemoConfig, run_demo
 
-    run_demo(DemoConfig(out=Path(args.out), people=args.people, epochs=args.epochs, train_ids=args.train_ids,
-                        test_ids=args.test_ids, edge_precision=args.edge_precision, broker=args.broker,
-                        retrain=args.retrain, seed=args.seed))
+    run_demo(DemoConfig(out=Path(args.out), people=args.people, seconds=args.seconds, epochs=args.epochs,
+                        train_ids=args.train_ids, test_ids=args.test_ids, edge_precision=args.edge_precision,
+                        broker=args.broker, retrain=args.retrain, seed=args.seed))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -719,7 +719,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser(
         "demo", help="the whole chain on synthetic data: train, export, INT8, cameras -> MQTT -> matcher")
     demo.add_argument("--out", default="demo-report", help="report folder (a later run reuses its trained model)")
-    demo.add_argument("--people", type=int, default=6, help="people walking through the camera videos")
+    demo.add_argument("--people", type=int, default=demo_defaults.people, help="people walking through the site")
+    demo.add_argument("--seconds", type=float, default=demo_defaults.seconds, help="seconds of video per camera")
     demo.add_argument("--epochs", type=int, default=demo_defaults.epochs)
     demo.add_argument("--train-ids", type=int, default=demo_defaults.train_ids)
     demo.add_argument("--test-ids", type=int, default=demo_defaults.test_ids)

@@ -14,7 +14,7 @@ from hybreid.demo.pipeline import DemoConfig, format_summary, run_demo
 @pytest.fixture(scope="module")
 def small_demo(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
-    config = DemoConfig(out=out, people=3, train_ids=12, test_ids=8, images_per_camera=2, epochs=1,
+    config = DemoConfig(out=out, people=3, seconds=30.0, train_ids=12, test_ids=8, images_per_camera=2, epochs=1,
                         max_steps_per_epoch=2, calibration_images=16, progress=False)
     return out, run_demo(config)
 
@@ -60,7 +60,7 @@ def test_second_run_reuses_the_trained_model(small_demo, capsys):
     out, summary = small_demo
     model = out / "train" / "model.pt"
     before = model.stat().st_mtime_ns
-    config = DemoConfig(out=out, people=3, train_ids=12, test_ids=8, images_per_camera=2, epochs=1,
+    config = DemoConfig(out=out, people=3, seconds=30.0, train_ids=12, test_ids=8, images_per_camera=2, epochs=1,
                         max_steps_per_epoch=2, calibration_images=16, progress=False)
     again = run_demo(config)
     assert model.stat().st_mtime_ns == before

@@ -27,7 +27,8 @@ MODEL = "haresformer_tiny"
 @dataclass
 class DemoConfig:
     out: Path = Path("demo-report")
-    people: int = 6  # people walking through the camera videos
+    people: int = 10  # people walking through the site's cameras
+    seconds: float = 60.0  # of video per camera
     train_ids: int = 150
     test_ids: int = 50
     images_per_camera: int = 4
@@ -126,11 +127,14 @@ def calibrate_threshold(config: DemoConfig, model_path: Path, dataset) -> dict:
 def run_cameras(config: DemoConfig, model_path: Path, thresholds: Path) -> dict:
     from hybreid.bench.identities import run_site, score_site
     from hybreid.demo.broker import EmbeddedBroker
-    from hybreid.edge_runtime.scenes import render_scenes, tracklet_ground_truth
+    from hybreid.edge_runtime.scenes import tracklet_ground_truth
+    from hybreid.edge_runtime.site_scenes import default_spec, render_site
     from hybreid.matcher.service import MatchPolicy
 
     scenes = config.out / "scenes"
-    truth = render_scenes(scenes, num_people=config.people, seed=config.seed)
+    # A small version of the default site: four cameras (visible, infrared, visible, day/night).
+    truth = render_site(scenes, default_spec(site="demo", people=config.people, seconds=config.seconds,
+                                             seed=config.seed), progress=config.progress)
     work = config.out / "site"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
