@@ -182,3 +182,19 @@ def test_camera_graph_file(tmp_path):
         path.write_text(text)
         with pytest.raises(UserError, match=problem):
             CameraGraph.load(path)
+
+
+def test_an_online_merge_the_camera_graph_forbids_is_split(tmp_path):
+    """Online, two look-alikes 2 s apart on cameras a 30 s walk apart became one identity;
+    re-association with the camera graph gives the second its own."""
+    a, b = vectors_with_cosines([[1.0, 0.9], [0.9, 1.0]])
+    matcher = Matcher(Gallery(tmp_path / "g.sqlite"), POLICY)
+    first = matcher.handle(*sighting("cam1", 0, a, 1000))
+    second = matcher.handle(*sighting("cam2", 0, b, 1012))  # cam1 ends at 1010, cam2 starts at 1012
+    assert second["identity"] == first["identity"]
+    assert matcher.reassociate() == []  # without the graph nothing is wrong
+    events = matcher.reassociate(lambda site, x, y: 30.0)
+    (moved,) = [e for e in events if e["type"] == "reassign"]
+    assert moved["camera_id"] == "cam2" and moved["from"] == first["identity"] != moved["identity"]
+    assert matcher.gallery.stats()["identities"] == 2
+    assert matcher.gallery.resolve(moved["identity"]) == moved["identity"]
