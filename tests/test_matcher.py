@@ -130,6 +130,13 @@ def publish_all(port: int, messages: list[tuple[str, bytes]]) -> None:
     client.loop_stop()
 
 
+def matcher_command(broker_url: str, db) -> list[str]:
+    """`hybreid matcher run` as a process the tests can kill: a fixed client id keeps its broker
+    session across restarts; re-association is off so decisions compare with a plain Matcher's."""
+    return [sys.executable, "-m", "hybreid.cli", "matcher", "run", "--broker", broker_url, "--db", str(db),
+            "--client-id", "durable-matcher", "--report-every", "0.2", "--reassociate-every", "0"]
+
+
 def wait_for_line(stream, marker: str, timeout: float = 15.0) -> bool:
     """Read ``stream`` line by line until one holds ``marker``; False at its end or after ``timeout``."""
     deadline = time.monotonic() + timeout
@@ -180,8 +187,7 @@ def test_killed_matcher_resumes_to_the_same_gallery(tmp_path, mosquitto):
         reference.handle(topic, payload)
 
     db = tmp_path / "g.sqlite"
-    command = [sys.executable, "-m", "hybreid.cli", "matcher", "run", "--broker", mosquitto.url, "--db", str(db),
-               "--client-id", "durable-matcher", "--report-every", "0.2", "--reassociate-every", "0"]
+    command = matcher_command(mosquitto.url, db)
     matcher = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     # Once subscribed, the broker keeps the matcher's session through the kill below.
     assert wait_for_line(matcher.stderr, "subscribed to"), "the matcher did not subscribe"

@@ -7,14 +7,13 @@ import base64
 import json
 import signal
 import subprocess
-import sys
 import time
 from collections import Counter
 
 import numpy as np
 import paho.mqtt.client as mqtt
 import pytest
-from test_matcher import DIM, feature, publish_all, unit, wait_for_line, wait_until
+from test_matcher import DIM, feature, matcher_command, publish_all, unit, wait_for_line, wait_until
 
 from hybreid import protocol
 from hybreid.cli import main
@@ -282,8 +281,7 @@ def test_events_survive_matcher_kills(tmp_path, mosquitto):
                 for seq in range(240)]
     events = EventLog(mosquitto.port)
     db = tmp_path / "g.sqlite"
-    command = [sys.executable, "-m", "hybreid.cli", "matcher", "run", "--broker", mosquitto.url, "--db", str(db),
-               "--client-id", "durable-matcher", "--report-every", "0.2", "--reassociate-every", "0"]
+    command = matcher_command(mosquitto.url, db)
     matcher = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     assert wait_for_line(matcher.stderr, "subscribed to"), "the matcher did not subscribe"
     publisher = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="stream")
