@@ -52,7 +52,7 @@ class Model(Section):
 class BackgroundDetector(Section):
     kind: Literal["background"] = "background"
     history: Annotated[int, Field(ge=1, le=100000)] = 200
-    var_threshold: Annotated[float, Field(gt=0, le=1000, allow_inf_nan=False)] = 25.0
+    var_threshold: Annotated[float, Field(gt=0, le=1000, allow_inf_nan=False)] = 16.0
     min_area: Annotated[int, Field(ge=1)] = 400
     scale: Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)] = 0.5
 
@@ -72,7 +72,7 @@ class YoloDetector(Section):
 class BoxFilter(Section):
     min_height: Annotated[int, Field(ge=0, le=10000)] = 48
     min_aspect: Annotated[float, Field(ge=0, le=100, allow_inf_nan=False)] = 1.2
-    max_aspect: Annotated[float, Field(ge=0, le=100, allow_inf_nan=False)] = 5.0
+    max_aspect: Annotated[float, Field(ge=0, le=100, allow_inf_nan=False)] = 7.0
     min_score: Annotated[float, Field(ge=-1e6, le=1e6, allow_inf_nan=False)] = 0.3
 
 
