@@ -46,8 +46,11 @@ test: $(STAMP) mosquitto $(VTEST)
 demo: $(STAMP)
 	$(BIN)/hybreid demo
 
+# ruff, and the import contracts in setup.cfg ([importlinter]): no package imports
+# upward, and the edge side never imports torch or timm.
 lint: $(STAMP)
 	$(BIN)/ruff check hybreid tests
+	$(BIN)/lint-imports --config setup.cfg
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache

@@ -11,11 +11,12 @@ import json
 import sys
 from pathlib import Path
 
+from hybreid.contract import model_identity
 from hybreid.data.datasets import READERS
 from hybreid.errors import UserError
 
 DATASET_NAMES = sorted(READERS)
-# hybreid.data.synthetic's band names, spelled here so building the parser stays free of OpenCV.
+# hybreid.synthetic.people's band names, spelled here so building the parser stays free of OpenCV.
 INFRARED_BANDS = ("near_infrared", "thermal")
 
 
@@ -62,8 +63,8 @@ def _cmd_bench_flops(args: argparse.Namespace) -> None:
 
 
 def _cmd_data_synth(args: argparse.Namespace) -> None:
-    from hybreid.data import synthetic_datasets
     from hybreid.data.datasets import load_dataset
+    from hybreid.synthetic import datasets as synthetic_datasets
     from hybreid.tables import format_table
 
     settings = {"train_ids": args.train_ids, "test_ids": args.test_ids, "images_per_camera": args.images_per_camera,
@@ -163,7 +164,7 @@ def _cmd_bundle(args: argparse.Namespace) -> None:
         manifest = bundle.verify_bundle(args.bundle, args.trust)
         signature = (f"signed by trusted key {manifest['signed_by']}" if manifest["signed_by"]
                      else "signed, signature not checked (give --trust)" if manifest["signed"] else "unsigned")
-        print(f"bundle {args.bundle} is intact: {manifest['model']}@{manifest['weights_sha256']}, "
+        print(f"bundle {args.bundle} is intact: {model_identity(manifest['model'], manifest['weights_sha256'])}, "
               f"files {', '.join(f['name'] for f in manifest['files'].values())}; {signature}")
     else:
         folder = bundle.install_bundle(args.bundle, args.dir, args.trust)
@@ -254,7 +255,7 @@ def _cmd_site_broker_acl(args: argparse.Namespace) -> None:
 
 def _cmd_edge_scenes(args: argparse.Namespace) -> None:
     if args.site:
-        from hybreid.edge_runtime.site_scenes import SiteSpec, default_spec, render_site
+        from hybreid.synthetic.site import SiteSpec, default_spec, render_site
 
         spec = default_spec() if args.site == "default" else SiteSpec.load(args.site)
         truth = render_site(args.out, spec)
@@ -263,7 +264,7 @@ def _cmd_edge_scenes(args: argparse.Namespace) -> None:
                   f"{len(camera['passages'])} passages, ground truth {args.out}/gt/{camera['id']}.txt")
         print(f"ground truth and camera graph: {args.out}/ground_truth.json")
         return
-    from hybreid.edge_runtime.scenes import render_scenes
+    from hybreid.synthetic.scenes import render_scenes
 
     truth = render_scenes(args.out, tuple(args.modality or ["visible", "infrared"]), args.people, args.fps,
                           seed=args.seed, infrared_band=args.infrared_band)
@@ -306,8 +307,8 @@ def _cmd_matcher_run(args: argparse.Namespace) -> None:
     import logging
     import signal
 
-    from hybreid.edge_runtime.publish import BrokerConfig
     from hybreid.matcher.service import Matcher, MatcherService, MatchPolicy
+    from hybreid.mqtt import BrokerConfig
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     policy = MatchPolicy.from_thresholds_file(args.thresholds) if args.thresholds else MatchPolicy()
@@ -362,8 +363,8 @@ def _cmd_bench_matcher(args: argparse.Namespace) -> None:
 
 def _cmd_bench_site(args: argparse.Namespace) -> None:
     from hybreid.bench import site
-    from hybreid.edge_runtime.site_scenes import SiteSpec, default_spec
     from hybreid.matcher.service import MatchPolicy
+    from hybreid.synthetic.site import SiteSpec, default_spec
 
     policies = [MatchPolicy.from_thresholds_file(path) for path in args.thresholds] if args.thresholds else \
         [MatchPolicy() for _ in args.onnx]

@@ -32,6 +32,8 @@ from typing import Annotated, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
+from hybreid.contract import model_identity
+
 VERSION = 1
 TOPIC_ROOT = "hybreid/v1"
 MODALITIES = ("visible", "infrared")
@@ -92,7 +94,7 @@ class FeatureMessage:
 
     @property
     def model_identity(self) -> str:
-        return f"{self.model_name}@{self.model_hash}"
+        return model_identity(self.model_name, self.model_hash)
 
     @property
     def topic(self) -> str:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from hybreid.bench.broker import Mosquitto
+from hybreid.mqtt.mosquitto import Mosquitto
 
 # Prepended to a script run in a fresh interpreter: a camera box has no torch or timm.
 WITHOUT_TORCH = """import sys
@@ -55,7 +55,7 @@ def tiny_onnx(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def scenes(tmp_path_factory) -> tuple[Path, dict]:
     """Two synthetic camera videos (visible, infrared) with four people, and their ground truth."""
-    from hybreid.edge_runtime.scenes import render_scenes
+    from hybreid.synthetic.scenes import render_scenes
 
     folder = tmp_path_factory.mktemp("scenes")
     return folder, render_scenes(folder, num_people=4)

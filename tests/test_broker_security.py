@@ -17,10 +17,11 @@ import pytest
 import yaml
 
 from hybreid import protocol
-from hybreid.bench.broker import Mosquitto
 from hybreid.cli import main
 from hybreid.edge_runtime.outbox import Outbox
-from hybreid.edge_runtime.publish import BrokerConfig, Publisher
+from hybreid.edge_runtime.publish import Publisher
+from hybreid.mqtt import BrokerConfig
+from hybreid.mqtt.mosquitto import Mosquitto
 
 
 def _site_file(folder: Path, name: str, site: str, cameras: list[str], **extra) -> Path:
@@ -161,7 +162,8 @@ def test_a_refused_record_stays_in_the_outbox_under_mqtt5(secured, tmp_path):
 BOX = """
 import sys, time
 from hybreid.edge_runtime.outbox import Outbox
-from hybreid.edge_runtime.publish import BrokerConfig, Publisher
+from hybreid.edge_runtime.publish import Publisher
+from hybreid.mqtt import BrokerConfig
 config = BrokerConfig(url=sys.argv[1], client_id="box-a", username="box-a", password=sys.argv[2], protocol="5")
 publisher = Publisher(Outbox(sys.argv[3]), config, "lobby", ["cam-01", "cam-02"])
 publisher.start()
@@ -192,7 +194,7 @@ def test_every_camera_of_a_killed_box_goes_offline(secured, tmp_path):
 
 
 def test_a_broker_nobody_answers_is_reported(tmp_path, caplog):
-    from hybreid.bench.broker import free_port
+    from hybreid.mqtt.mosquitto import free_port
 
     url = f"mqtt://127.0.0.1:{free_port()}"  # nothing listens there
     outbox = Outbox(tmp_path / "outbox.sqlite")

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from hybreid.cli import main
+from hybreid.contract import ModelContract, set_metadata
 from hybreid.export.bundle import create_bundle, generate_key, install_bundle, verify_bundle
 from hybreid.inference.engine_cache import BuildOptions
 
@@ -25,7 +26,10 @@ def onnx_file(tmp_path_factory) -> Path:
                               [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["batch", 4])],
                               [helper.make_tensor_value_info("embeddings", TensorProto.FLOAT, ["batch", 4])])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-    helper.set_model_props(model, {"hybreid.model": "tiny_identity", "hybreid.weights_sha256": "0123456789abcdef"})
+    contract = ModelContract(model="tiny_identity", weights_sha256="0123456789abcdef", embedding_dim=4,
+                             input_name="images", output_name="embeddings", layout="NCHW", height=2, width=2,
+                             mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), preprocess_in_graph=False, config={})
+    set_metadata(model, contract)
     path = tmp_path_factory.mktemp("bundle_model") / "m.onnx"
     onnx.save(model, str(path))
     return path

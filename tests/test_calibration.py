@@ -131,7 +131,7 @@ def test_openvino_runs_the_cpu_int8_model_close_to_fp32(fp32_model):
                          ids=["cpu", "openvino"])
 def test_cpu_int8_model_of_real_looking_crops_runs_faithfully(fp32_model, tmp_path, providers):
     from hybreid.calibration.report import calibration_crops
-    from hybreid.inference.contract import preprocess
+    from hybreid.contract import preprocess
 
     path, _, _ = fp32_model
     fp32 = OnnxRuntimeEmbedder(path)

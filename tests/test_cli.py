@@ -106,7 +106,7 @@ def test_calibrate_int8_placement_options_reach_the_quantiser(tmp_path):
 
 def test_the_infrared_band_choices_are_the_generators_bands():
     from hybreid.cli import INFRARED_BANDS
-    from hybreid.data.synthetic import NEAR_INFRARED, THERMAL
+    from hybreid.synthetic.people import NEAR_INFRARED, THERMAL
 
     assert INFRARED_BANDS == (NEAR_INFRARED, THERMAL)  # the first is the default, as in CameraSet.make
     result = run("edge", "scenes", "--out", "unused", "--infrared-band", "ultraviolet")

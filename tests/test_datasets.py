@@ -110,7 +110,7 @@ def test_wrong_layout_names_what_is_missing(tmp_path):
 
 
 def test_synthetic_layouts_load_with_the_real_readers(tmp_path):
-    from hybreid.data.synthetic_datasets import write_market1501, write_sysu_mm01
+    from hybreid.synthetic.datasets import write_market1501, write_sysu_mm01
 
     market = load_dataset("market1501", write_market1501(tmp_path / "m", 6, 4, 2, distractors=3, junk=2,
                                                          progress=False))

@@ -16,7 +16,7 @@ import yaml
 from conftest import WITHOUT_TORCH, Subscriber, requires_openvino
 
 from hybreid.edge_runtime.runtime import EdgeRuntime, SiteConfig
-from hybreid.edge_runtime.scenes import tracklet_ground_truth, tracklet_purity
+from hybreid.synthetic.scenes import tracklet_ground_truth, tracklet_purity
 
 
 def site(folder: Path, scenes_dir: Path, model: Path, broker_url: str, **extra) -> dict:

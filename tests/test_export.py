@@ -12,9 +12,10 @@ import pytest
 import torch
 from conftest import WITHOUT_TORCH, requires_openvino
 
+from hybreid.contract import read_onnx_contract
 from hybreid.errors import UserError
 from hybreid.export.bundle import create_bundle, install_bundle, verify_bundle
-from hybreid.export.onnx_export import PreprocessingWrapper, export_onnx, read_contract, weights_hash
+from hybreid.export.onnx_export import PreprocessingWrapper, export_onnx, weights_hash
 from hybreid.export.precision import convert_to_fp16, fp32_nodes
 from hybreid.export.tensorrt_build import plan_build
 from hybreid.inference import OnnxRuntimeEmbedder, load_embedder
@@ -156,7 +157,7 @@ def test_graph_has_no_fixed_batch_and_explicit_attention(exported, name):
 
 def test_contract_and_identity_in_the_metadata(exported):
     model, path, nhwc = exported["fusionreid_tiny"]
-    meta, meta_nhwc = read_contract(path), read_contract(nhwc)
+    meta, meta_nhwc = read_onnx_contract(path).to_metadata(), read_onnx_contract(nhwc).to_metadata()
     assert meta["hybreid.model"] == "fusionreid_tiny"
     assert int(meta["hybreid.embedding_dim"]) == model.embedding_dim
     assert (meta["hybreid.input_layout"], meta["hybreid.input_dtype"]) == ("NCHW", "float32")
@@ -261,7 +262,7 @@ class TestTensorRTDecisions:
     def test_missing_tensorrt_is_one_clear_error(self, tmp_path, exported):
         engine = tmp_path / "m.engine"
         engine.write_bytes(b"plan")
-        contract = read_contract(exported["fusionreid_tiny"][1])
+        contract = read_onnx_contract(exported["fusionreid_tiny"][1]).to_metadata()
         write_sidecar(engine, "k", "sha", self.device, BuildOptions("fp16"), contract)
         with pytest.raises(UserError, match="TensorRT is not installed"):
             load_embedder(engine)

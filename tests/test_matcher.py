@@ -14,11 +14,11 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from hybreid import protocol
-from hybreid.edge_runtime.publish import BrokerConfig
 from hybreid.errors import UserError
 from hybreid.matcher.gallery import Gallery
 from hybreid.matcher.query import by_camera, by_identity
 from hybreid.matcher.service import Matcher, MatcherService, MatchPolicy
+from hybreid.mqtt import BrokerConfig
 from hybreid.protocol import FeatureMessage, encode_feature
 
 DIM = 16
@@ -256,7 +256,7 @@ def test_identity_scores_by_hand():
 
 
 def test_waiting_for_a_subscription_without_a_broker_is_one_clear_error(tmp_path):
-    from hybreid.bench.broker import free_port
+    from hybreid.mqtt.mosquitto import free_port
 
     url = f"mqtt://127.0.0.1:{free_port()}"  # nothing listens there
     service = MatcherService(Matcher(Gallery(tmp_path / "g.sqlite"), MatchPolicy()), BrokerConfig(url=url))

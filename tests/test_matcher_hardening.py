@@ -17,10 +17,10 @@ from test_matcher import DIM, feature, matcher_command, publish_all, unit, wait_
 
 from hybreid import protocol
 from hybreid.cli import main
-from hybreid.edge_runtime.publish import BrokerConfig
 from hybreid.errors import UserError
 from hybreid.matcher.gallery import Gallery
 from hybreid.matcher.service import Matcher, MatcherService, MatchPolicy
+from hybreid.mqtt import BrokerConfig
 
 TOPIC = protocol.features_topic("lab", "cam1")
 

@@ -13,10 +13,10 @@ import pytest
 
 from hybreid import protocol
 from hybreid.cli import main
-from hybreid.edge_runtime.publish import BrokerConfig
 from hybreid.matcher.gallery import Gallery
 from hybreid.matcher.reassociate import Tracklet, cannot_link, cluster
 from hybreid.matcher.service import Matcher, MatcherService, MatchPolicy
+from hybreid.mqtt import BrokerConfig
 from hybreid.protocol import FeatureMessage, encode_feature
 
 POLICY = MatchPolicy(same_modality=0.6, cross_modality=0.45, window_s=3600)

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from hybreid.cli import main
-from hybreid.edge_runtime.site_scenes import SiteSpec, default_spec, plan_site
 from hybreid.errors import UserError
 from hybreid.eval.mtmc import read_mot
+from hybreid.synthetic.site import SiteSpec, default_spec, plan_site
 
 SMALL = {"seconds": 24.0, "people": 6, "size": [192, 108], "pairs": 0.4, "one_camera": 0.3, "returning": 0.3,
          "cameras": [{"id": "day", "modality": "visible"}, {"id": "night", "modality": "infrared"},

@@ -5,8 +5,9 @@ from dataclasses import replace
 
 import numpy as np
 
-from hybreid.data import synthetic_datasets
-from hybreid.data.synthetic import (
+from hybreid.synthetic import datasets as synthetic_datasets
+from hybreid.synthetic.datasets import write_once
+from hybreid.synthetic.people import (
     INFRARED,
     NEAR_INFRARED,
     PANEL_LABELS,
@@ -22,7 +23,6 @@ from hybreid.data.synthetic import (
     make_identity,
     person_layers,
 )
-from hybreid.data.synthetic_datasets import write_once
 
 SIZE = (128, 64)
 FRONT = Pose(view="front", scale=0.95)

@@ -9,9 +9,9 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from hybreid.bench.broker import free_port
-from hybreid.data.synthetic_datasets import write_market1501
 from hybreid.errors import UserError
+from hybreid.mqtt.mosquitto import free_port
+from hybreid.synthetic.datasets import write_market1501
 from hybreid.train.checkpoint import load_model
 from hybreid.train.trainer import Trainer, resolve_config
 

@@ -7,8 +7,8 @@ import torch
 from PIL import Image
 from torchvision import transforms as T
 
-from hybreid.data.synthetic_datasets import write_market1501
 from hybreid.data.transforms import modality_transforms
+from hybreid.synthetic.datasets import write_market1501
 from hybreid.train.trainer import Trainer, resolve_config
 
 SIZE, MEAN, STD = (64, 32), (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)

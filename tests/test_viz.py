@@ -14,10 +14,10 @@ import torch.nn.functional as F
 from hybreid.bench.training import BENCHMARKS
 from hybreid.config import merge
 from hybreid.data.datasets import load_dataset
-from hybreid.data.synthetic_datasets import write_market1501, write_sysu_mm01
 from hybreid.eval.metrics import cosine_distance
 from hybreid.eval.protocols import headline_ranking, score
 from hybreid.models import build
+from hybreid.synthetic.datasets import write_market1501, write_sysu_mm01
 from hybreid.train.trainer import DEFAULTS, Trainer
 from hybreid.viz.attention import attention_maps
 from hybreid.viz.commands import model_input, probe_pairs, run_distribution, run_retrieval

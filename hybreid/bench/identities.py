@@ -14,15 +14,15 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from hybreid.bench.broker import Mosquitto
-from hybreid.edge_runtime.publish import BrokerConfig
 from hybreid.edge_runtime.runtime import EdgeRuntime, SiteConfig
-from hybreid.edge_runtime.scenes import render_scenes, tracklet_ground_truth
 from hybreid.matcher.gallery import Gallery
 from hybreid.matcher.query import by_camera
 from hybreid.matcher.reassociate import MinTransit
 from hybreid.matcher.scoring import score_identities
 from hybreid.matcher.service import Matcher, MatcherService, MatchPolicy
+from hybreid.mqtt import BrokerConfig
+from hybreid.mqtt.mosquitto import Mosquitto
+from hybreid.synthetic.scenes import render_scenes, tracklet_ground_truth
 from hybreid.tables import format_table
 
 

@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 import paho.mqtt.client as mqtt
 
-from hybreid.bench.broker import Mosquitto
-from hybreid.edge_runtime.publish import BrokerConfig
 from hybreid.matcher.gallery import Gallery
 from hybreid.matcher.service import Matcher, MatcherService, MatchPolicy
+from hybreid.mqtt import BrokerConfig
+from hybreid.mqtt.mosquitto import Mosquitto
 from hybreid.protocol import FeatureMessage, encode_feature
 from hybreid.tables import format_table
 

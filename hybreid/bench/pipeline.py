@@ -16,10 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-from hybreid.bench.broker import Mosquitto
 from hybreid.edge_runtime.runtime import EdgeRuntime, SiteConfig
-from hybreid.edge_runtime.scenes import render_scenes, tracklet_purity
 from hybreid.inference import load_embedder
+from hybreid.mqtt.mosquitto import Mosquitto
+from hybreid.synthetic.scenes import render_scenes, tracklet_purity
 from hybreid.tables import format_table
 
 

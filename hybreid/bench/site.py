@@ -1,4 +1,4 @@
-"""The site benchmark: a synthetic site (:mod:`hybreid.edge_runtime.site_scenes`) through the
+"""The site benchmark: a synthetic site (:mod:`hybreid.synthetic.site`) through the
 edge runtime, Mosquitto and the matcher, for each model; identities scored online and
 re-associated (multi-camera IDF1, visible/infrared links, pairwise F1); a table, JSON and
 a PNG timeline per model (one row per true person, each sighting coloured by the identity
@@ -11,13 +11,13 @@ import json
 import tempfile
 from pathlib import Path
 
-from hybreid.bench.broker import Mosquitto
 from hybreid.bench.identities import format_scores, run_site, score_site
-from hybreid.edge_runtime.scenes import tracklet_ground_truth
-from hybreid.edge_runtime.site_scenes import SiteSpec, default_spec, render_site
 from hybreid.errors import UserError
 from hybreid.matcher.camera_graph import CameraGraph
 from hybreid.matcher.service import MatchPolicy
+from hybreid.mqtt.mosquitto import Mosquitto
+from hybreid.synthetic.scenes import tracklet_ground_truth
+from hybreid.synthetic.site import SiteSpec, default_spec, render_site
 
 
 def run(models: list[str], out: str | Path, policies: list[MatchPolicy], spec: SiteSpec | None = None,

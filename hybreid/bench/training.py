@@ -22,9 +22,9 @@ import torch
 
 from hybreid.config import merge
 from hybreid.data.datasets import load_dataset
-from hybreid.data.synthetic_datasets import write_market1501, write_once, write_sysu_mm01
 from hybreid.eval.evaluate import evaluate
 from hybreid.models import build
+from hybreid.synthetic.datasets import write_market1501, write_once, write_sysu_mm01
 from hybreid.tables import format_table
 from hybreid.train.trainer import DEFAULTS, Trainer
 

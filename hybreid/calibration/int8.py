@@ -41,6 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hybreid.contract import ModelContract, metadata_of, set_metadata
 from hybreid.errors import UserError
 from hybreid.export.precision import unshare_initializers
 
@@ -321,8 +322,9 @@ def quantize(onnx_path: str | Path, out_path: str | Path, calibration: np.ndarra
     unshare_initializers(model, floats)
     _isolate_quantized_inputs(model, floats)
     onnx.save(model, str(prepared))
-    meta = {p.key: p.value for p in model.metadata_props}
-    input_name = meta.get("hybreid.input_name", model.graph.input[0].name)
+    meta = metadata_of(model)  # a plain ONNX file (no hybreid contract) quantizes too
+    contract = ModelContract.from_metadata(meta, str(onnx_path)) if meta else None
+    input_name = contract.input_name if contract else model.graph.input[0].name
     method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
               "percentile": CalibrationMethod.Percentile}[config.method]
     tensorrt = config.target == "tensorrt"
@@ -355,9 +357,8 @@ def quantize(onnx_path: str | Path, out_path: str | Path, calibration: np.ndarra
     if config.method == "entropy" and not cache_dir:
         cache.unlink(missing_ok=True)
     quantized = onnx.load(str(out_path))
-    del quantized.metadata_props[:]
-    for key, value in {**meta, "hybreid.precision": f"int8-{config.target}-{config.method}"}.items():
-        quantized.metadata_props.add(key=key, value=value)
+    if contract:
+        set_metadata(quantized, contract.with_precision(f"int8-{config.target}-{config.method}"))
     onnx.save(quantized, str(out_path))
     return QuantizationResult(out_path, config, keep)
 

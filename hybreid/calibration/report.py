@@ -21,10 +21,10 @@ from hybreid.calibration.int8 import (
     quantize,
     write_calibration_cache,
 )
+from hybreid.contract import preprocess, read_rgb
 from hybreid.data.datasets import ReIDDataset, load_dataset
 from hybreid.errors import UserError
 from hybreid.eval.protocols import score
-from hybreid.inference.contract import preprocess, read_rgb
 from hybreid.inference.embedder import OnnxRuntimeEmbedder
 from hybreid.tables import format_table
 
@@ -36,7 +36,7 @@ def calibration_crops(source: str, count: int = 256, seed: int = 0) -> list[np.n
     ``dataset:NAME:ROOT`` (its training split)."""
     rng = np.random.default_rng(seed)
     if source == "synthetic":
-        from hybreid.data.synthetic import CameraSet, make_identity, render_crop
+        from hybreid.synthetic.people import CameraSet, make_identity, render_crop
 
         cameras = CameraSet.make(["visible", "visible", "infrared"], seed).cameras
         return [render_crop(make_identity(int(rng.integers(1 << 20)), seed), cameras[i % 3], rng) for i in range(count)]

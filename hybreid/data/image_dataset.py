@@ -7,8 +7,8 @@ from collections.abc import Sequence
 from PIL import Image
 from torch.utils.data import Dataset
 
+from hybreid.contract import read_rgb
 from hybreid.data.datasets import VISIBLE, Sample
-from hybreid.inference.contract import read_rgb
 
 MODALITY_INDEX = {VISIBLE: 0, "infrared": 1}
 

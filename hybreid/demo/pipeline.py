@@ -66,7 +66,7 @@ class _Step:
 
 
 def synthetic_dataset(config: DemoConfig) -> Path:
-    from hybreid.data.synthetic_datasets import write_once, write_sysu_mm01
+    from hybreid.synthetic.datasets import write_once, write_sysu_mm01
 
     return write_once(write_sysu_mm01, config.out / "data" / "synthetic_sysu_mm01", train_ids=config.train_ids,
                       test_ids=config.test_ids, images_per_camera=config.images_per_camera, seed=config.seed)
@@ -126,10 +126,10 @@ def calibrate_threshold(config: DemoConfig, model_path: Path, dataset) -> dict:
 
 def run_cameras(config: DemoConfig, model_path: Path, thresholds: Path) -> dict:
     from hybreid.bench.identities import run_site, score_site
-    from hybreid.demo.broker import EmbeddedBroker
-    from hybreid.edge_runtime.scenes import tracklet_ground_truth
-    from hybreid.edge_runtime.site_scenes import default_spec, render_site
     from hybreid.matcher.service import MatchPolicy
+    from hybreid.mqtt.embedded import EmbeddedBroker
+    from hybreid.synthetic.scenes import tracklet_ground_truth
+    from hybreid.synthetic.site import default_spec, render_site
 
     scenes = config.out / "scenes"
     # A small version of the default site: four cameras (visible, infrared, visible, day/night).

@@ -24,11 +24,12 @@ from hybreid.edge_runtime.capture import CameraCapture, CameraConfig
 from hybreid.edge_runtime.detect import BoxFilter, make_detector
 from hybreid.edge_runtime.embed import EmbedderFailed, EmbedWorker, TrackEnd, TrackletAggregator
 from hybreid.edge_runtime.outbox import Outbox
-from hybreid.edge_runtime.publish import BrokerConfig, Publisher
+from hybreid.edge_runtime.publish import Publisher
 from hybreid.edge_runtime.site import resolve_paths, validate_site
 from hybreid.edge_runtime.stages import Crop, Frame, TrackletFeature
 from hybreid.edge_runtime.track import IoUTracker
 from hybreid.errors import UserError
+from hybreid.mqtt import BrokerConfig
 
 log = logging.getLogger("hybreid.edge")
 

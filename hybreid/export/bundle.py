@@ -30,6 +30,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from hybreid import __version__
+from hybreid.contract import read_onnx_contract
 from hybreid.errors import UserError, validation_problem
 from hybreid.inference.engine_cache import BuildOptions, file_sha256
 
@@ -75,19 +76,6 @@ class Manifest(_Strict):
     build: BuildSettings
     files: dict[Literal["onnx", "fp16", "int8_qdq", "calibration_cache"], FileEntry]
     engine: str = ""
-
-
-def _onnx_contract(path: Path) -> dict[str, str]:
-    import onnx
-
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:  # protobuf raises several types for a damaged file
-        raise UserError(f"{path} is not a readable ONNX file; export it again") from exc
-    meta = {p.key: p.value for p in model.metadata_props if p.key.startswith("hybreid.")}
-    if "hybreid.model" not in meta or "hybreid.weights_sha256" not in meta:
-        raise UserError(f"{path} has no hybreid contract; export it with `hybreid export onnx`")
-    return meta
 
 
 # -- keys and signatures (Ed25519, from the cryptography package) ---------------------------
@@ -157,15 +145,15 @@ def create_bundle(out: str | Path, onnx: str | Path, fp16: str | Path | None = N
         if not source.is_file():
             raise UserError(f"{role} file {source} does not exist")
         files[role] = {"name": ROLES[role], "sha256": file_sha256(source), "bytes": source.stat().st_size}
-    contract = _onnx_contract(Path(onnx))
+    contract = read_onnx_contract(Path(onnx))
     build = build or BuildOptions(precision="int8" if int8_qdq else "fp16" if fp16 else "fp32")
     manifest = {
         "format": FORMAT,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "toolkit": f"hybreid {__version__}",
-        "model": contract["hybreid.model"],
-        "weights_sha256": contract["hybreid.weights_sha256"],
-        "contract": contract,
+        "model": contract.model,
+        "weights_sha256": contract.weights_sha256,
+        "contract": contract.to_metadata(),
         "build": asdict(build),
         "files": files,
         "engine": "built on the target device at install or first start; never copied between devices",

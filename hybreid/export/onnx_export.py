@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from hybreid import __version__
-from hybreid.errors import UserError
+from hybreid.contract import ModelContract, set_metadata
 
 INPUT_NAME, OUTPUT_NAME = "images", "embeddings"
 DEFAULT_OPSET = 17  # LayerNormalization is a single op from opset 17; TensorRT 8.6+ parses it
@@ -79,31 +79,15 @@ def use_explicit_attention(model: nn.Module) -> int:
     return count
 
 
-def contract(model: nn.Module, name: str, config: dict, preprocess_in_graph: bool, opset: int) -> dict[str, str]:
-    """The metadata an exported file carries (all values are strings, as ONNX requires)."""
+def model_contract(model: nn.Module, name: str, config: dict, preprocess_in_graph: bool, opset: int) -> ModelContract:
+    """The contract an exported file carries (:mod:`hybreid.contract` writes it)."""
     height, width = model.image_size
-    layout = "NHWC" if preprocess_in_graph else "NCHW"
-    meta = {
-        "hybreid.format": "1",
-        "hybreid.version": __version__,
-        "hybreid.model": name,
-        "hybreid.config": json.dumps(config, sort_keys=True, default=list),
-        "hybreid.weights_sha256": weights_hash(model),
-        "hybreid.embedding_dim": str(model.embedding_dim),
-        "hybreid.input_name": INPUT_NAME,
-        "hybreid.output_name": OUTPUT_NAME,
-        "hybreid.input_layout": layout,
-        "hybreid.input_dtype": "uint8" if preprocess_in_graph else "float32",
-        "hybreid.input_height": str(height),
-        "hybreid.input_width": str(width),
-        "hybreid.channel_order": "RGB",
-        "hybreid.mean": json.dumps(list(model.pixel_mean)),
-        "hybreid.std": json.dumps(list(model.pixel_std)),
-        "hybreid.preprocess_in_graph": "1" if preprocess_in_graph else "0",
-        "hybreid.normalized_output": "1",
-        "hybreid.opset": str(opset),
-    }
-    return meta
+    return ModelContract(
+        model=name, weights_sha256=weights_hash(model), embedding_dim=model.embedding_dim,
+        input_name=INPUT_NAME, output_name=OUTPUT_NAME, layout="NHWC" if preprocess_in_graph else "NCHW",
+        height=height, width=width, mean=tuple(model.pixel_mean), std=tuple(model.pixel_std),
+        preprocess_in_graph=preprocess_in_graph, config=json.loads(json.dumps(config, default=list)),
+        opset=opset, version=__version__)
 
 
 def export_onnx(model: nn.Module, path: str | Path, name: str, config: dict | None = None,
@@ -132,22 +116,7 @@ def export_onnx(model: nn.Module, path: str | Path, name: str, config: dict | No
         import onnxslim
 
         graph = onnxslim.slim(graph)
-    meta = contract(model, name, config or {}, preprocess_in_graph, opset)
-    del graph.metadata_props[:]
-    for key, value in meta.items():
-        graph.metadata_props.add(key=key, value=value)
+    set_metadata(graph, model_contract(model, name, config or {}, preprocess_in_graph, opset))
     onnx.checker.check_model(graph, full_check=True)
     onnx.save(graph, str(path))
     return path
-
-
-def read_contract(path: str | Path) -> dict[str, str]:
-    """The ``hybreid.*`` metadata of an exported ONNX file (torch-free: onnx only)."""
-    import onnx
-
-    path = Path(path)
-    try:
-        graph = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:  # protobuf raises DecodeError and others for a damaged file
-        raise UserError(f"{path} is not a readable ONNX file ({exc.__class__.__name__}); re-export it") from exc
-    return {p.key: p.value for p in graph.metadata_props if p.key.startswith("hybreid.")}

@@ -19,6 +19,8 @@ import warnings
 from collections import defaultdict
 from pathlib import Path
 
+from hybreid.contract import ModelContract, metadata_of, set_metadata
+
 REASONS = {
     "LayerNormalization": "LayerNorm",
     "Softmax": "Softmax",
@@ -73,7 +75,10 @@ def convert_to_fp16(source: str | Path, target: str | Path, keep_fp32: bool = Tr
         warnings.simplefilter("ignore")  # one warning per weight clipped to FP16's range
         converted = float16.convert_float_to_float16(model, keep_io_types=True, node_block_list=list(keep),
                                                      disable_shape_infer=False)
-    converted.metadata_props.add(key="hybreid.precision", value="fp16" if keep_fp32 else "fp16-all")
+    meta = metadata_of(model)  # a plain ONNX file (no hybreid contract) converts too
+    if meta:
+        contract = ModelContract.from_metadata(meta, str(source))
+        set_metadata(converted, contract.with_precision("fp16" if keep_fp32 else "fp16-all"))
     onnx.save(converted, str(target))
     return keep
 

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from hybreid.contract import ModelContract, metadata_of
 from hybreid.errors import UserError
-from hybreid.inference.contract import ModelContract
 from hybreid.inference.engine_cache import (
     BuildOptions,
     cache_key,
@@ -58,8 +58,7 @@ def build_engine(onnx_path: str | Path, out_dir: str | Path, options: BuildOptio
     trt, cuda = import_tensorrt()
     device = device_info(trt, cuda)
     model = onnx.load(str(onnx_path))
-    meta = {p.key: p.value for p in model.metadata_props}
-    contract = ModelContract.from_metadata(meta, str(onnx_path))
+    contract = ModelContract.from_metadata(metadata_of(model), str(onnx_path))
     has_qdq = any(node.op_type == "QuantizeLinear" for node in model.graph.node)
     plan = plan_build(options.precision, device.tensorrt_version, has_qdq)
     options = BuildOptions(**{**options.__dict__, "strongly_typed": plan["strongly_typed"]})

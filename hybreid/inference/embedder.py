@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from hybreid.contract import ModelContract, l2_normalize, preprocess
 from hybreid.errors import UserError
-from hybreid.inference.contract import ModelContract, l2_normalize, preprocess
 
 
 class Embedder:
@@ -163,17 +163,3 @@ class OnnxRuntimeEmbedder(Embedder):
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         return self.session.run([self.contract.output_name], {self.contract.input_name: batch})[0]
-
-
-def load_embedder(path: str | Path, threads: int | None = None, providers: Sequence[str] | None = None,
-                  device: int = 0) -> Embedder:
-    """The embedder for an artifact: ONNX file or TensorRT engine.
-
-    ``threads`` and ``providers`` are ONNX Runtime's; ``device`` is the GPU of an engine.
-    """
-    path = Path(path)
-    if path.suffix in (".engine", ".plan", ".trt"):
-        from hybreid.inference.tensorrt_backend import TensorRTEmbedder
-
-        return TensorRTEmbedder(path, device)
-    return OnnxRuntimeEmbedder(path, providers, threads)

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from hybreid.contract import ModelContract
 from hybreid.errors import UserError
-from hybreid.inference.contract import ModelContract
 from hybreid.inference.embedder import Embedder
 from hybreid.inference.engine_cache import DeviceInfo, check_compatible, read_sidecar
 

@@ -43,8 +43,8 @@ def by_camera(gallery: Gallery, camera: str | None, since: float | None, until: 
 
 
 def by_image(gallery: Gallery, image_path: str, model_path: str, top_k: int = 5) -> dict:
+    from hybreid.contract import read_rgb
     from hybreid.inference import load_embedder
-    from hybreid.inference.contract import read_rgb
 
     image = read_rgb(image_path)
     embedder = load_embedder(model_path)

@@ -40,10 +40,10 @@ import paho.mqtt.client as mqtt
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from hybreid import protocol
-from hybreid.edge_runtime.publish import BrokerConfig, make_client
 from hybreid.errors import UserError, validation_problem
 from hybreid.matcher.gallery import Gallery
 from hybreid.matcher.reassociate import MinTransit, cluster, plan
+from hybreid.mqtt import BrokerConfig, make_client
 from hybreid.protocol import FeatureMessage, ProtocolError
 
 log = logging.getLogger("hybreid.matcher")

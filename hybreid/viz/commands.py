@@ -10,11 +10,11 @@ import cv2
 import numpy as np
 import torch
 
+from hybreid.contract import read_rgb
 from hybreid.data.datasets import ReIDDataset, Sample
 from hybreid.data.transforms import test_transform
 from hybreid.eval.evaluate import extract_features
 from hybreid.eval.protocols import headline_ranking
-from hybreid.inference.contract import read_rgb
 from hybreid.viz import figures
 from hybreid.viz.attention import attention_maps, upsample
 from hybreid.viz.gradcam import similarity_gradcam

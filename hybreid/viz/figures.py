@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from hybreid.calibration.threshold import pair_scores
+from hybreid.contract import l2_normalize
 from hybreid.data.datasets import Sample
-from hybreid.inference.contract import l2_normalize
 
 
 def _pyplot():

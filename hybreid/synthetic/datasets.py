@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from hybreid.data.synthetic import (
+from hybreid.synthetic.people import (
     GENERATOR_VERSION,
     INFRARED,
     NEAR_INFRARED,

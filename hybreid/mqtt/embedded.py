@@ -11,8 +11,8 @@ import asyncio
 import logging
 import threading
 
-from hybreid.bench.broker import free_port
 from hybreid.errors import UserError
+from hybreid.mqtt.mosquitto import free_port
 
 
 class EmbeddedBroker:

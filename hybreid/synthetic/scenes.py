@@ -15,7 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from hybreid.data.synthetic import (
+from hybreid.synthetic.people import (
     INFRARED,
     NEAR_INFRARED,
     VISIBLE,
@@ -54,7 +54,7 @@ def plan_passages(num_people: int, num_cameras: int, fps: int, walk_seconds: flo
     return passages
 
 
-def _box(passage: Passage, frame: int, size: tuple[int, int]) -> tuple[int, int, int, int]:
+def passage_box(passage: Passage, frame: int, size: tuple[int, int]) -> tuple[int, int, int, int]:
     width, height = size
     person_h = int(height * (0.78 if passage.lane == 0 else 0.58))
     person_w = int(person_h * 0.42)
@@ -91,7 +91,7 @@ def render_scenes(out_dir: str | Path, modalities: tuple[str, ...] = (VISIBLE, I
             for passage in sorted(mine, key=lambda p: -p.lane):  # far lane first, near lane on top
                 if not passage.start_frame <= frame_index < passage.start_frame + passage.frames:
                     continue
-                x, y, w, h = _box(passage, frame_index, size)
+                x, y, w, h = passage_box(passage, frame_index, size)
                 pose = Pose(phase=frame_index * 0.9, view="right" if passage.left_to_right else "left", scale=1.0)
                 person, alpha = person_layers(make_identity(passage.pid, seed), pose, camera, h, w)
                 x0, y0, x1, y1 = max(0, x), max(0, y), min(width, x + w), min(height, y + h)
@@ -110,7 +110,7 @@ def render_scenes(out_dir: str | Path, modalities: tuple[str, ...] = (VISIBLE, I
                     boxes.append({"frame": frame_index, "pid": passage.pid,
                                   "box": [int(x0 + xs.min()), int(y0 + ys.min()), int(xs.max() - xs.min() + 1),
                                           int(ys.max() - ys.min() + 1)]})
-            writer.write(cv2.cvtColor(_finish(image, camera, noise_rng), cv2.COLOR_RGB2BGR))
+            writer.write(cv2.cvtColor(finish_frame(image, camera, noise_rng), cv2.COLOR_RGB2BGR))
         writer.release()
         truth["cameras"].append({"id": camera_id, "modality": camera.modality, "video": f"{camera_id}.mp4",
                                  "boxes": boxes,
@@ -120,7 +120,7 @@ def render_scenes(out_dir: str | Path, modalities: tuple[str, ...] = (VISIBLE, I
     return truth
 
 
-def _finish(image: np.ndarray, camera, rng) -> np.ndarray:
+def finish_frame(image: np.ndarray, camera, rng) -> np.ndarray:
     """A fixed camera: steady colour cast and gain, light sensor noise (no per-frame jitter,
     which a background model would take for motion)."""
     if camera.modality == VISIBLE:

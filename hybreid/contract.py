@@ -1,19 +1,34 @@
-"""The preprocessing contract an exported model carries, and the numpy/OpenCV side of it.
+"""The model contract: every ``hybreid.*`` metadata key an exported model carries, and
+the numpy/OpenCV side of it (preprocessing, image reading).
 
-Torch-free: a camera box reads the contract from the ONNX metadata (through ONNX
-Runtime) or from the JSON file written beside a TensorRT engine.
+This module is the only place that names a metadata key, forms a model's identity
+(``name@hash``) or reads the metadata of an ONNX file. The exporter writes
+:meth:`ModelContract.to_metadata`; FP16 and INT8 copies rewrite it with their
+precision; bundles, the TensorRT build and the embedder read it back with
+:func:`read_onnx_contract` or :meth:`ModelContract.from_metadata` (a camera box reads
+it through ONNX Runtime, or from the JSON file written beside a TensorRT engine).
+Torch-free; OpenCV is imported only by the functions that touch pixels, so the
+matcher and the protocol can use the identity without it.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 
-import cv2
 import numpy as np
 
 from hybreid.errors import UserError
+
+PREFIX = "hybreid."
+FORMAT = "1"
+
+
+def model_identity(name: str, weights_sha256: str) -> str:
+    """``name@hash``: what the matcher compares before it accepts an embedding."""
+    return f"{name}@{weights_sha256}"
 
 
 @dataclass(frozen=True)
@@ -30,11 +45,20 @@ class ModelContract:
     std: tuple[float, float, float]
     preprocess_in_graph: bool
     config: dict
+    precision: str = "fp32"  # fp16, fp16-all, int8-<target>-<method> for the converted copies
+    opset: int = 0
+    version: str = ""  # of hybreid, at export
 
     @property
     def identity(self) -> str:
-        """``name@hash``: what the matcher compares before it accepts an embedding."""
-        return f"{self.model}@{self.weights_sha256}"
+        return model_identity(self.model, self.weights_sha256)
+
+    @property
+    def input_dtype(self) -> str:
+        return "uint8" if self.preprocess_in_graph else "float32"
+
+    def with_precision(self, precision: str) -> ModelContract:
+        return replace(self, precision=precision)
 
     @classmethod
     def from_metadata(cls, meta: dict[str, str], source: str) -> ModelContract:
@@ -52,6 +76,9 @@ class ModelContract:
                 std=tuple(json.loads(meta["hybreid.std"])),
                 preprocess_in_graph=meta["hybreid.preprocess_in_graph"] == "1",
                 config=json.loads(meta.get("hybreid.config", "{}")),
+                precision=meta.get("hybreid.precision", "fp32"),
+                opset=int(meta.get("hybreid.opset", "0")),
+                version=meta.get("hybreid.version", ""),
             )
         except (KeyError, ValueError, TypeError) as exc:
             raise UserError(f"{source} carries no hybreid contract ({exc}); export it with `hybreid export onnx`") \
@@ -75,15 +102,43 @@ class ModelContract:
         return None
 
     def to_metadata(self) -> dict[str, str]:
+        """Every key, as strings (ONNX metadata holds strings only)."""
         return {
+            "hybreid.format": FORMAT, "hybreid.version": self.version,
             "hybreid.model": self.model, "hybreid.weights_sha256": self.weights_sha256,
             "hybreid.embedding_dim": str(self.embedding_dim), "hybreid.input_name": self.input_name,
             "hybreid.output_name": self.output_name, "hybreid.input_layout": self.layout,
             "hybreid.input_height": str(self.height), "hybreid.input_width": str(self.width),
             "hybreid.mean": json.dumps(list(self.mean)), "hybreid.std": json.dumps(list(self.std)),
             "hybreid.preprocess_in_graph": "1" if self.preprocess_in_graph else "0",
-            "hybreid.config": json.dumps(self.config, sort_keys=True),
+            "hybreid.config": json.dumps(self.config, sort_keys=True, default=list),
+            "hybreid.input_dtype": self.input_dtype, "hybreid.channel_order": "RGB",
+            "hybreid.normalized_output": "1", "hybreid.opset": str(self.opset), "hybreid.precision": self.precision,
         }
+
+
+def metadata_of(model) -> dict[str, str]:
+    """The ``hybreid.*`` metadata of a loaded ONNX ``ModelProto``."""
+    return {p.key: p.value for p in model.metadata_props if p.key.startswith(PREFIX)}
+
+
+def set_metadata(model, contract: ModelContract) -> None:
+    """Replace the metadata of a ``ModelProto`` by ``contract``'s."""
+    del model.metadata_props[:]
+    for key, value in contract.to_metadata().items():
+        model.metadata_props.add(key=key, value=value)
+
+
+def read_onnx_contract(path: str | Path) -> ModelContract:
+    """The contract of an ONNX file, read without its weights (needs the ``onnx`` package)."""
+    import onnx
+
+    path = Path(path)
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf raises DecodeError and others for a damaged file
+        raise UserError(f"{path} is not a readable ONNX file ({exc.__class__.__name__}); export it again") from exc
+    return ModelContract.from_metadata(metadata_of(model), str(path))
 
 
 def preprocess(crops: Sequence[np.ndarray], contract: ModelContract) -> np.ndarray:
@@ -93,6 +148,8 @@ def preprocess(crops: Sequence[np.ndarray], contract: ModelContract) -> np.ndarr
     """
     if len(crops) == 0:
         raise ValueError("no crops to embed")
+    import cv2
+
     size = (contract.width, contract.height)
     resized = []
     for crop in crops:
@@ -109,6 +166,8 @@ def preprocess(crops: Sequence[np.ndarray], contract: ModelContract) -> np.ndarr
 
 def read_rgb(path) -> np.ndarray:
     """An image file as an RGB ``uint8`` array ``[H, W, 3]``, or one clear error."""
+    import cv2
+
     image = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if image is None:
         raise UserError(f"cannot read image {path} (missing or not an image file)")

@@ -1,6 +1,6 @@
 """A synthetic site: several cameras, a camera graph, and people who come and go for minutes.
 
-Where :func:`hybreid.edge_runtime.scenes.render_scenes` walks everyone once through each
+Where :func:`hybreid.synthetic.scenes.render_scenes` walks everyone once through each
 camera, a site spec (YAML, :class:`SiteSpec`) lays out what a real site looks like:
 visible, infrared and day/night cameras (a day/night camera switches from colour to
 infrared mid-video), which cameras connect and how long the walk between them takes;
@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from hybreid import protocol
 from hybreid.config import load_typed
-from hybreid.data.synthetic import (
+from hybreid.synthetic.people import (
     INFRARED,
     NEAR_INFRARED,
     VISIBLE,
@@ -38,7 +38,7 @@ from hybreid.data.synthetic import (
     make_identity,
     person_layers,
 )
-from hybreid.edge_runtime.scenes import Passage, _box, _finish
+from hybreid.synthetic.scenes import Passage, finish_frame, passage_box
 
 Name = Annotated[str, StringConstraints(pattern=protocol.NAME_PATTERN)]
 Share = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
@@ -181,7 +181,7 @@ def render_site(out_dir: str | Path, spec: SiteSpec | None = None, progress: boo
                     boxes.append({"frame": frame, "pid": passage.pid, "box": box, "modality": current.modality})
             if current.modality == VISIBLE and spec.lighting:
                 image = image * (1.0 + spec.lighting * math.sin(2 * math.pi * frame / max(total, 1)))
-            writer.write(cv2.cvtColor(_finish(image, current, noise_rng), cv2.COLOR_RGB2BGR))
+            writer.write(cv2.cvtColor(finish_frame(image, current, noise_rng), cv2.COLOR_RGB2BGR))
             bar.update()
         writer.release()
         write_mot(out_dir / "gt" / f"{camera.id}.txt", [(b["frame"] + 1, b["pid"], tuple(b["box"])) for b in boxes])
@@ -198,7 +198,7 @@ def render_site(out_dir: str | Path, spec: SiteSpec | None = None, progress: boo
 def _draw(image: np.ndarray, passage: Passage, frame: int, style, spec: SiteSpec) -> list[int] | None:
     """Paint one person into ``image``; returns the box of the visible silhouette."""
     width, height = spec.size
-    x, y, w, h = _box(passage, frame, (width, height))
+    x, y, w, h = passage_box(passage, frame, (width, height))
     pose = Pose(phase=frame * 0.9, view="right" if passage.left_to_right else "left", scale=1.0)
     person, alpha = person_layers(make_identity(passage.pid, spec.seed), pose, style, h, w)
     x0, y0, x1, y1 = max(0, x), max(0, y), min(width, x + w), min(height, y + h)
