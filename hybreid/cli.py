@@ -80,7 +80,8 @@ def _cmd_data_synth(args: argparse.Namespace) -> None:
 
 def _cmd_train(args: argparse.Namespace) -> None:
     from hybreid.config import parse_overrides
-    from hybreid.train.trainer import Trainer, resolve_config
+    from hybreid.train.config import resolve_config
+    from hybreid.train.trainer import Trainer
 
     config = resolve_config(args.config, parse_overrides(args.overrides))
     history = Trainer(config).fit()

@@ -13,6 +13,9 @@ import yaml
 
 from hybreid.errors import UserError
 
+# The configs shipped with the package; `configs/` in a source checkout links here.
+PACKAGED_CONFIGS = Path(__file__).parent / "configs"
+
 # YAML 1.1 reads "5e-4" (no dot) as a string; every config here means a number by it.
 _NUMBER = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
 
@@ -57,8 +60,19 @@ def merge(base: dict, overrides: dict) -> dict:
     return merged
 
 
-def load_yaml(path: str | Path) -> dict:
+def find_config(path: str | Path) -> Path:
+    """``path`` itself where it exists; otherwise the shipped config of that name
+    (``configs/train/x.yaml`` or ``train/x.yaml``), so they work from any directory."""
     path = Path(path)
+    if path.exists() or path.is_absolute():
+        return path
+    parts = path.parts[1:] if path.parts[:1] == ("configs",) else path.parts
+    packaged = PACKAGED_CONFIGS.joinpath(*parts) if parts else PACKAGED_CONFIGS
+    return packaged if packaged.is_file() else path
+
+
+def load_yaml(path: str | Path) -> dict:
+    path = find_config(path)
     if not path.is_file():
         raise UserError(f"config file {path} does not exist" if not path.exists() else
                         f"config file {path} is not a file")

@@ -35,7 +35,9 @@ def _field_names(model) -> set[str]:
 def validation_problem(exc, model=None) -> str:
     """The first complaint of a pydantic ``ValidationError`` as ``where: what``; an unknown
     key gets the nearest known name of ``model`` as a suggestion."""
-    error = exc.errors(include_url=False)[0]
+    errors = exc.errors(include_url=False)
+    # A typo of a key also makes that key "missing": the unknown key is the cause to name.
+    error = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
     location = [str(part) for part in error["loc"]]
     where = ".".join(location) or "top level"
     if error["type"] == "extra_forbidden":
@@ -43,3 +45,12 @@ def validation_problem(exc, model=None) -> str:
         hint = f"; did you mean {close[0]!r}?" if close else ""
         return f"unknown key {where!r}{hint}"
     return f"{where}: {error['msg']}"
+
+
+def check_options(given, known, what: str) -> None:
+    """Refuse option names not in ``known``, suggesting the nearest known one."""
+    for name in given:
+        if name not in known:
+            close = difflib.get_close_matches(name, sorted(known), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; known: {', '.join(sorted(known))}"
+            raise UserError(f"unknown option {name!r} for the {what}{hint}")

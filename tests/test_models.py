@@ -195,5 +195,9 @@ def test_registry_rejects_unknown_names_and_options():
         build("fusionreid_huge")
     with pytest.raises(UserError, match="unknown option"):
         build("fusionreid_tiny", not_an_option=1)
+    with pytest.raises(UserError, match="did you mean 'pooling'"):
+        build("fusionreid_tiny", poling="avg")
+    with pytest.raises(UserError, match="unknown option 'dims'"):  # a local variable of the constructor
+        build("fusionreid_tiny", dims=[8])
     with pytest.raises(UserError, match="HTM structure"):
         build("fusionreid_tiny", structure="mfu_mfu")

@@ -13,7 +13,8 @@ from hybreid.errors import UserError
 from hybreid.mqtt.mosquitto import free_port
 from hybreid.synthetic.datasets import write_market1501
 from hybreid.train.checkpoint import load_model
-from hybreid.train.trainer import Trainer, resolve_config
+from hybreid.train.config import resolve_config
+from hybreid.train.trainer import Trainer
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,8 @@ from torchvision import transforms as T
 
 from hybreid.data.transforms import modality_transforms
 from hybreid.synthetic.datasets import write_market1501
-from hybreid.train.trainer import Trainer, resolve_config
+from hybreid.train.config import resolve_config
+from hybreid.train.trainer import Trainer
 
 SIZE, MEAN, STD = (64, 32), (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
 PADDING = -1.0  # black padding after normalisation with mean = std = 0.5

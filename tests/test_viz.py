@@ -11,14 +11,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hybreid.bench.training import BENCHMARKS
-from hybreid.config import merge
 from hybreid.data.datasets import load_dataset
 from hybreid.eval.metrics import cosine_distance
 from hybreid.eval.protocols import headline_ranking, score
 from hybreid.models import build
 from hybreid.synthetic.datasets import write_market1501, write_sysu_mm01
-from hybreid.train.trainer import DEFAULTS, Trainer
+from hybreid.train.config import resolve_config
+from hybreid.train.trainer import Trainer
 from hybreid.viz.attention import attention_maps
 from hybreid.viz.commands import model_input, probe_pairs, run_distribution, run_retrieval
 from hybreid.viz.gradcam import similarity_gradcam
@@ -37,7 +36,7 @@ def trained_fusionreid(tmp_path_factory):
     """The tiny FusionReID trained briefly on synthetic Market people (the benchmark's recipe)."""
     root = tmp_path_factory.mktemp("market")
     write_market1501(root, train_ids=30, test_ids=24, images_per_camera=4, progress=False)
-    config = merge(merge(DEFAULTS, BENCHMARKS["fusionreid_tiny"]["config"]), {
+    config = resolve_config("configs/train/fusionreid_synthetic.yaml", {
         "model": "fusionreid_tiny", "dataset": {"name": "market1501", "root": str(root)},
         "output": str(tmp_path_factory.mktemp("run")), "optim": {"epochs": 6}, "eval": {"every": 0},
     })

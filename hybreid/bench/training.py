@@ -6,10 +6,9 @@ below and evaluates it again with the dataset's protocol (SYSU-MM01 all-search,
 cross-modality, for HAResformer). Results: a table, a JSON file and each run's
 loss/mAP curves.
 
-The settings are not the papers' recipes (those are ``configs/train/*.yaml``, 120-180
-epochs from ImageNet weights on a GPU): these models start from random weights and
-must learn in minutes on two CPU cores, so they use Adam, a short schedule and 64x32
-crops, and HAResformer pools by averaging.
+The recipes are ``configs/train/*_synthetic.yaml``, not the papers' (120-180 epochs from
+ImageNet weights on a GPU): these models start from random weights and must learn in
+minutes on two CPU cores.
 """
 
 from __future__ import annotations
@@ -20,47 +19,25 @@ from pathlib import Path
 
 import torch
 
-from hybreid.config import merge
 from hybreid.data.datasets import load_dataset
 from hybreid.eval.evaluate import evaluate
 from hybreid.models import build
 from hybreid.synthetic.datasets import write_market1501, write_once, write_sysu_mm01
 from hybreid.tables import format_table
-from hybreid.train.trainer import DEFAULTS, Trainer
+from hybreid.train.config import resolve_config
+from hybreid.train.trainer import Trainer
 
-_SHORT_CPU_RUN = {
-    "model_options": {"image_size": [64, 32]},
-    # The papers pad 10 px at 256x128 and 288x144 before the random crop; at 64x32 the
-    # same shift of the person is about 2 px (10 px would move it by a third of its width).
-    "data": {"cache": True, "pad": 2},
-    "optim": {"name": "adam", "lr": 1.0e-3, "weight_decay": 5.0e-4, "bias_lr_factor": 1.0,
-              "schedule": "warmup_cosine", "warmup_epochs": 1, "warmup_start_lr": 1.0e-4},
-    "eval": {"every": 5, "trials": 3},
-}
-
+# The training recipe of each model is a shipped config (``configs/train/*_synthetic.yaml``),
+# the same one ``hybreid train --config`` and the demo use; here only the data it is written for.
 BENCHMARKS = {
-    "fusionreid_tiny": {
-        "dataset": "market1501", "writer": write_market1501,
-        "config": merge(_SHORT_CPU_RUN, {"sampler": {"num_ids": 16, "num_instances": 4},
-                                         "optim": {"epochs": 15}, "loss": {"squared_triplet": False}}),
-    },
-    "haresformer_tiny": {
-        "dataset": "sysu_mm01", "writer": write_sysu_mm01,
-        # As many images per identity and camera as the real SYSU-MM01 has (about 20:
-        # 22,258 visible and 11,909 infrared training images of 395 identities). A full
-        # pass over them would not fit the time, so an epoch stops after 56 steps, the
-        # length of an epoch at 4 images per camera.
-        "synthetic": {"images_per_camera": 20},
-        # GeM pooling (the paper names none; GeM is this project's reading) learns far
-        # slower from random weights than average pooling, so the short run averages.
-        # The model still underfits when the run ends, so no random erasing, a learning
-        # rate of 3e-3 and no warm-up epoch; the README lists the settings tried.
-        "config": merge(_SHORT_CPU_RUN, {"model_options": {"pooling": "avg"},
-                                         "data": {"erasing": 0.0},
-                                         "sampler": {"num_ids": 8, "num_instances": 4},
-                                         "optim": {"epochs": 20, "lr": 3.0e-3, "warmup_epochs": 0},
-                                         "max_steps_per_epoch": 56}),
-    },
+    "fusionreid_tiny": {"dataset": "market1501", "writer": write_market1501,
+                        "recipe": "configs/train/fusionreid_synthetic.yaml"},
+    "haresformer_tiny": {"dataset": "sysu_mm01", "writer": write_sysu_mm01,
+                         "recipe": "configs/train/haresformer_synthetic.yaml",
+                         # As many images per identity and camera as the real SYSU-MM01 has
+                         # (about 20: 22,258 visible and 11,909 infrared training images of
+                         # 395 identities).
+                         "synthetic": {"images_per_camera": 20}},
 }
 SYNTHETIC = {"train_ids": 150, "test_ids": 100, "images_per_camera": 4, "seed": 0}
 
@@ -76,7 +53,7 @@ def run_one(name: str, out: Path, workdir: Path) -> dict:
     spec = BENCHMARKS[name]
     root = synthetic_root(workdir, name)
     run_options = {"model": name, "dataset": {"name": spec["dataset"], "root": str(root)}, "output": str(out / name)}
-    config = merge(merge(DEFAULTS, spec["config"]), run_options)
+    config = resolve_config(spec["recipe"], run_options)
     dataset = load_dataset(spec["dataset"], root)
     torch.manual_seed(config["seed"])
     untrained = build(name, num_classes=dataset.num_train_pids, **config["model_options"])

@@ -22,6 +22,7 @@ from pathlib import Path
 from hybreid.tables import format_table
 
 MODEL = "haresformer_tiny"
+RECIPE = "configs/train/haresformer_synthetic.yaml"  # the benchmark's recipe, shortened by the demo's settings
 
 
 @dataclass
@@ -74,9 +75,8 @@ def synthetic_dataset(config: DemoConfig) -> Path:
 
 def train(config: DemoConfig, root: Path) -> Path:
     """The trained model file; a previous run with the same settings is reused."""
-    from hybreid.bench.training import BENCHMARKS
-    from hybreid.config import merge
-    from hybreid.train.trainer import DEFAULTS, Trainer
+    from hybreid.train.config import resolve_config
+    from hybreid.train.trainer import Trainer
 
     run = config.out / "train"
     model_file, marker = run / "model.pt", run / "demo-settings.json"
@@ -85,7 +85,7 @@ def train(config: DemoConfig, root: Path) -> Path:
         print(f"reusing the model trained by a previous demo: {model_file} (--retrain trains again)")
         return model_file
     shutil.rmtree(run, ignore_errors=True)
-    trainer_config = merge(merge(DEFAULTS, BENCHMARKS[MODEL]["config"]), {
+    trainer_config = resolve_config(RECIPE, {
         "model": MODEL, "dataset": {"name": "sysu_mm01", "root": str(root)}, "output": str(run),
         "optim": {"epochs": config.epochs}, "eval": {"every": config.epochs},
         "max_steps_per_epoch": config.max_steps_per_epoch, "seed": config.seed,

@@ -93,7 +93,9 @@ class _Threshold(BaseModel):
 
 
 class ThresholdsFile(BaseModel):
-    model_config = ConfigDict(extra="allow", strict=True)
+    model_config = ConfigDict(extra="forbid", strict=True)
+    model: str | None = None
+    target_false_match_rate: Annotated[float, Field(gt=0, lt=1)] | None = None
     same_modality: _Threshold
     cross_modality: _Threshold | None = None
 

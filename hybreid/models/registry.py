@@ -7,11 +7,12 @@ models so any artifact can be rebuilt.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 
 from torch import nn
 
-from hybreid.errors import UserError
+from hybreid.errors import UserError, check_options
 
 from .fusionreid import FusionReID
 from .haresformer import HAResformer
@@ -87,9 +88,8 @@ def model_config(name: str, **overrides) -> dict:
     if name not in REGISTRY:
         raise UserError(f"unknown model {name!r}; known models: {', '.join(list_models())}")
     entry = REGISTRY[name]
-    unknown = set(overrides) - set(FAMILIES[entry.family].__init__.__code__.co_varnames)
-    if unknown:
-        raise UserError(f"{name}: unknown option(s) {sorted(unknown)} for {entry.family}")
+    parameters = set(inspect.signature(FAMILIES[entry.family].__init__).parameters) - {"self"}
+    check_options(overrides, parameters, f"{entry.family} model")
     return {"family": entry.family, **entry.kwargs, **overrides}
 
 

@@ -7,12 +7,21 @@ from pathlib import Path
 import torch
 
 from hybreid.errors import UserError
-from hybreid.models import build
+from hybreid.models import build, model_config
+
+
+def resolved_options(name: str, options: dict) -> dict:
+    """Every constructor option of ``name`` with ``options`` applied: a model file rebuilds the
+    same model after the registry's defaults change. The initial weights (``*_weights``:
+    local ImageNet files) are left out; the saved state replaces them."""
+    resolved = model_config(name, **options)
+    resolved.pop("family")
+    return {key: value for key, value in resolved.items() if not key.endswith("weights")}
 
 
 def save_model(path: str | Path, model: torch.nn.Module, name: str, options: dict, extra: dict | None = None) -> None:
-    torch.save({"format": "hybreid-model-v1", "model": name, "options": options, "state_dict": model.state_dict(),
-                **(extra or {})}, path)
+    torch.save({"format": "hybreid-model-v1", "model": name, "options": resolved_options(name, options),
+                "state_dict": model.state_dict(), **(extra or {})}, path)
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:

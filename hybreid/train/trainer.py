@@ -24,7 +24,6 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from hybreid.config import load_yaml, merge
 from hybreid.data.datasets import VISIBLE_INFRARED, load_dataset
 from hybreid.data.image_dataset import ImageDataset
 from hybreid.data.samplers import CrossModalitySampler, IdentitySampler
@@ -33,33 +32,8 @@ from hybreid.errors import UserError
 from hybreid.eval.evaluate import evaluate
 from hybreid.models import build, model_config
 from hybreid.train.checkpoint import save_model
+from hybreid.train.config import resolve_config
 from hybreid.train.losses import build_loss
-
-DEFAULTS: dict = {
-    "model": "fusionreid_tiny",
-    "model_options": {},
-    "dataset": {"name": "market1501", "root": None, "trial": 1},
-    "sampler": {"num_ids": 8, "num_instances": 16},
-    # pad (pixels, pad + random crop) and erasing (random erasing probability): both papers' values.
-    "data": {"workers": 0, "cache": False, "eval_batch_size": 64, "pad": 10, "erasing": 0.5},
-    "optim": {
-        "name": "sgd", "lr": 0.005, "momentum": 0.9, "weight_decay": 1e-4, "bias_lr_factor": 2.0,
-        "epochs": 180, "schedule": "warmup_cosine", "warmup_epochs": 10, "warmup_start_lr": 5e-4,
-        "step_epochs": [30], "gamma": 0.1,
-    },
-    "loss": {},
-    "eval": {"every": 10, "use_camids": True, "trials": 10, "rerank": False},
-    "amp": True,
-    "seed": 0,
-    "output": "runs/train",
-    "resume": None,
-    "max_steps_per_epoch": None,
-}
-
-
-def resolve_config(config_path: str | None, overrides: dict) -> dict:
-    base = merge(DEFAULTS, load_yaml(config_path)) if config_path else DEFAULTS
-    return merge(base, overrides)
 
 
 def learning_rate(epoch: int, optim: dict) -> float:
@@ -149,6 +123,7 @@ def _plot_curves(history: list[dict], path: Path) -> None:
 
 class Trainer:
     def __init__(self, config: dict, progress: bool = True):
+        config = resolve_config(None, config)  # typed: defaults filled in, unknown keys refused
         self.config = config
         self.progress = progress
         self.ctx = DistributedContext.from_environment()
