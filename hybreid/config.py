@@ -13,7 +13,8 @@ import yaml
 
 from hybreid.errors import UserError
 
-# The configs shipped with the package; `configs/` in a source checkout links here.
+# The configs shipped with the package: in a source checkout `hybreid/configs` links to
+# `configs/`, and a wheel carries copies.
 PACKAGED_CONFIGS = Path(__file__).parent / "configs"
 
 # YAML 1.1 reads "5e-4" (no dot) as a string; every config here means a number by it.
