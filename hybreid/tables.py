@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from pathlib import Path
 
 from tabulate import tabulate
 
@@ -12,3 +14,11 @@ def format_table(header: Sequence[str], rows: Sequence[Sequence], title: str = "
     """A GitHub-style table; ``floatfmt`` is one format, or one per column."""
     table = tabulate(rows, headers=list(header), tablefmt="github", floatfmt=floatfmt)
     return f"{title}\n{table}" if title else table
+
+
+def save_json(payload, path: str | Path) -> Path:
+    """Results as indented JSON, the folder created as needed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2))
+    return path

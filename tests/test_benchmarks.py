@@ -118,7 +118,7 @@ def test_profile_accounts_for_the_models_flops_and_time(tmp_path, tiny_onnx, cap
     from hybreid.bench.flops import count_model
     from hybreid.cli import main
 
-    assert main(["bench", "profile", str(tiny_onnx), "--batch", "2", "--threads", "1", "--runs", "1",
+    assert main(["bench", "profile", "--artifact", str(tiny_onnx), "--batch", "2", "--threads", "1", "--runs", "1",
                  "--out", str(tmp_path)]) == 0
     assert "slowest matrix multiplies and convolutions" in capsys.readouterr().out
     summary = json.loads((tmp_path / "profile.json").read_text())

@@ -174,9 +174,11 @@ def test_keys_and_signing_refuse_bad_key_files(onnx_file, keys, tmp_path, capsys
     not_a_key.write_text("hello")
     cases = [
         ["bundle", "keygen", "--out", str(ours)],  # exists already
-        ["bundle", "create", "--onnx", str(onnx_file), "--out", str(tmp_path / "b.tar.gz"), "--sign", str(ours_public)],
-        ["bundle", "create", "--onnx", str(onnx_file), "--out", str(tmp_path / "b.tar.gz"), "--sign", str(not_a_key)],
-        ["bundle", "create", "--onnx", str(onnx_file), "--out", str(tmp_path / "b.tar.gz"),
+        ["bundle", "create", "--artifact", str(onnx_file), "--out", str(tmp_path / "b.tar.gz"),
+         "--sign", str(ours_public)],
+        ["bundle", "create", "--artifact", str(onnx_file), "--out", str(tmp_path / "b.tar.gz"),
+         "--sign", str(not_a_key)],
+        ["bundle", "create", "--artifact", str(onnx_file), "--out", str(tmp_path / "b.tar.gz"),
          "--sign", str(tmp_path / "missing")],
         ["bundle", "verify", str(tmp_path / "missing.tar.gz")],
     ]
@@ -189,3 +191,14 @@ def test_keys_and_signing_refuse_bad_key_files(onnx_file, keys, tmp_path, capsys
         err = capsys.readouterr().err
         assert err.startswith("hybreid: error: ") and err.count("\n") == 1, (argv, err)
     assert not (tmp_path / "b.tar.gz").exists()
+
+
+def test_a_typo_in_the_build_options_of_a_manifest_gets_a_suggestion(onnx_file, tmp_path, capsys):
+    good = create_bundle(tmp_path / "good.tar.gz", onnx_file)
+    original = _members(good)
+    build = json.loads(original["manifest.json"])["build"]
+    build["max_bacth"] = build.pop("max_batch")
+    bundle = _write(tmp_path / "typo.tar.gz", _manifest_variant(original, build=build))
+    capsys.readouterr()
+    assert main(["bundle", "verify", str(bundle)]) == 2
+    assert "did you mean 'max_batch'?" in capsys.readouterr().err

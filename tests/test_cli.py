@@ -21,15 +21,30 @@ def test_models_lists_every_registry_entry():
 
 
 def test_bench_flops_prints_a_table_and_saves_json(tmp_path):
-    out = tmp_path / "flops.json"
+    out = tmp_path / "flops"
     result = run("bench", "flops", "--model", "haresformer_tiny", "--out", str(out), "hgae=false")
     assert result.returncode == 0, result.stderr
     assert "| CFFM" in result.stdout and "| total" in result.stdout
-    saved = json.loads(out.read_text())
+    saved = json.loads((out / "flops.json").read_text())
     (model,) = saved["models"]
     assert model["model"] == "haresformer_tiny"
     hgae_row = next(r for r in model["rows"] if r["module"] == "HGAE")
     assert hgae_row["all_params_m"] == 0  # the override switched HGAE off
+
+
+def test_results_never_overwrite_earlier_ones_unless_asked(tmp_path):
+    out = tmp_path / "flops"
+    assert run("bench", "flops", "--model", "haresformer_tiny", "--out", str(out)).returncode == 0
+    first = (out / "flops.json").read_text()
+    again = run("bench", "flops", "--model", "fusionreid_tiny", "--out", str(out))
+    assert again.returncode == 2 and "holds earlier results" in again.stderr and "Traceback" not in again.stderr
+    assert (out / "flops.json").read_text() == first
+    assert run("bench", "flops", "--model", "fusionreid_tiny", "--out", str(out), "--overwrite").returncode == 0
+    assert json.loads((out / "flops.json").read_text())["models"][0]["model"] == "fusionreid_tiny"
+    # Without --out, each run gets a folder of its own under runs/.
+    for _ in range(2):
+        assert run("bench", "flops", "--model", "haresformer_tiny", cwd=tmp_path).returncode == 0
+    assert len(list((tmp_path / "runs" / "bench-flops").glob("*/flops.json"))) == 2
 
 
 def test_unknown_model_is_one_clear_sentence():
@@ -56,12 +71,12 @@ def test_deployment_commands_chain_through_the_cli(tmp_path, capsys):
     assert (data / "exp" / "test_id.txt").exists()
     assert main(["export", "onnx", "--model", "haresformer_tiny", "--out", str(onnx_path)]) == 0
     thresholds = tmp_path / "thresholds.json"
-    assert main(["calibrate", "threshold", "--onnx", str(onnx_path), "--dataset", "sysu_mm01", "--root", str(data),
+    assert main(["calibrate", "threshold", "--artifact", str(onnx_path), "--dataset", "sysu_mm01", "--root", str(data),
                  "--fmr", "0.1", "--out", str(thresholds)]) == 0
     saved = json.loads(thresholds.read_text())
     assert -1 <= saved["cross_modality"]["threshold"] <= 1 and saved["target_false_match_rate"] == 0.1
     bundle = tmp_path / "site.tar.gz"
-    assert main(["bundle", "create", "--onnx", str(onnx_path), "--out", str(bundle)]) == 0
+    assert main(["bundle", "create", "--artifact", str(onnx_path), "--out", str(bundle)]) == 0
     assert main(["bundle", "verify", str(bundle)]) == 0
     db = tmp_path / "gallery.sqlite"
     # Only `matcher run` creates a gallery: a mistyped --db is an error, not an empty answer.
@@ -94,7 +109,7 @@ def test_calibrate_int8_placement_options_reach_the_quantiser(tmp_path):
     for label, flags in (("default", []), ("all", ["--quantize-concat-inputs", "--quantize-output-layers",
                                                    "--exclude", "/model/stem/stem.0/Conv"])):
         out = tmp_path / label
-        assert main(["calibrate", "int8", "--onnx", str(onnx_path), "--target", "tensorrt", "--method", "minmax",
+        assert main(["calibrate", "int8", "--artifact", str(onnx_path), "--target", "tensorrt", "--method", "minmax",
                      "--count", "8", "--no-attention-comparison", "--out", str(out), *flags]) == 0
         (run,) = json.loads((out / "quantization_report.json").read_text())["runs"]
         reasons[label] = run["unquantized_nodes"]
@@ -105,9 +120,42 @@ def test_calibrate_int8_placement_options_reach_the_quantiser(tmp_path):
 
 
 def test_the_infrared_band_choices_are_the_generators_bands():
-    from hybreid.cli import INFRARED_BANDS
+    from hybreid.synthetic.cli import INFRARED_BANDS
     from hybreid.synthetic.people import NEAR_INFRARED, THERMAL
 
     assert INFRARED_BANDS == (NEAR_INFRARED, THERMAL)  # the first is the default, as in CameraSet.make
     result = run("edge", "scenes", "--out", "unused", "--infrared-band", "ultraviolet")
     assert result.returncode != 0 and "near_infrared" in result.stderr
+
+
+def test_every_option_of_every_verb_has_help_and_the_vocabulary_is_one():
+    import argparse
+
+    from hybreid.cli import build_parser
+
+    missing, model_files = [], {}
+
+    def walk(parser: argparse.ArgumentParser, path: list[str]) -> None:
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    walk(sub, [*path, name])
+            elif not isinstance(action, argparse._HelpAction):
+                if not action.help:
+                    missing.append(" ".join([*path, *(action.option_strings or [action.dest])]))
+                for option in ("--model", "--checkpoint", "--artifact", "--onnx", "--model-file"):
+                    if option in action.option_strings:
+                        model_files.setdefault(option, []).append(" ".join(path))
+
+    walk(build_parser(), ["hybreid"])
+    assert not missing, f"options without help: {missing}"
+    assert "--onnx" not in model_files and "--model-file" not in model_files
+    # --model is always a registry name: the verbs that take one build or count a model.
+    assert all(verb.split()[1] in ("bench", "export") for verb in model_files["--model"])
+
+
+def test_version_and_loudness_flags(tmp_path):
+    from hybreid import __version__
+
+    assert run("--version").stdout.strip() == f"hybreid {__version__}"
+    assert run("-q", "-v", "models").returncode == 2  # one or the other

@@ -1,5 +1,6 @@
-"""Every `hybreid` command in the README is one the CLI accepts; the cheap ones run here,
-the rest run in the tests named in EXERCISED_BY (or in the demo)."""
+"""Every `hybreid` command in the README and in docs/ is one the CLI accepts; the cheap ones
+run here, the rest run in the tests named in EXERCISED_BY (or in the demo). The README
+stays short and points at every page of docs/."""
 
 from __future__ import annotations
 
@@ -13,7 +14,9 @@ import pytest
 
 from hybreid.cli import build_parser
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+REPO = Path(__file__).resolve().parents[1]
+README = REPO / "README.md"
+PAGES = [README, *sorted((REPO / "docs").glob("*.md"))]
 
 # Subcommand -> where it is exercised beyond parsing.
 # Subcommand -> the test that runs it through the CLI ("code:" = through the functions it
@@ -37,9 +40,10 @@ CHEAP = {"models", "bench flops"}
 
 
 def readme_commands() -> list[list[str]]:
-    """`hybreid ...` lines of the README's bash blocks, continuation lines joined."""
+    """`hybreid ...` lines of the bash blocks of the README and docs/, continuation lines joined."""
     commands = []
-    for block in re.findall(r"```bash\n(.*?)```", README.read_text(), flags=re.S):
+    text = "\n".join(page.read_text() for page in PAGES)
+    for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S):
         for line in block.replace("\\\n", " ").splitlines():
             line = line.split("#", 1)[0].strip()
             if line.startswith("torchrun"):
@@ -58,7 +62,17 @@ def test_readme_has_commands_for_every_part():
     names = {subcommand(argv) for argv in readme_commands()}
     for required in ("train", "eval", "export onnx", "calibrate int8", "bundle create", "edge run", "matcher run",
                      "bench flops", "demo", "viz gradcam"):
-        assert required in names, f"README shows no `hybreid {required}`"
+        assert required in names, f"neither the README nor docs/ show `hybreid {required}`"
+
+
+def test_the_readme_is_short_and_links_every_page_of_the_docs():
+    text = README.read_text()
+    assert len(text.splitlines()) <= 250
+    for page in PAGES[1:]:
+        assert f"](docs/{page.name})" in text, f"the README does not link docs/{page.name}"
+    for page in PAGES:  # relative links between pages and to benchmarks/ lead to files that exist
+        for target in re.findall(r"\]\((?!https?:)([^)#]+)\)", page.read_text()):
+            assert (page.parent / target).exists(), f"{page.name} links {target}, which does not exist"
 
 
 @pytest.mark.parametrize("argv", readme_commands(), ids=lambda argv: " ".join(argv)[:60])
@@ -76,7 +90,7 @@ def test_readme_command_parses(argv):
 @pytest.mark.parametrize("argv", [a for a in readme_commands() if subcommand(a) in CHEAP and "--paper" not in a],
                          ids=lambda argv: " ".join(argv)[:60])
 def test_cheap_readme_commands_run(argv, tmp_path):
-    extra = ["--out", str(tmp_path / "flops.json")] if subcommand(argv) == "bench flops" else []
+    extra = ["--out", str(tmp_path / "flops")] if subcommand(argv) == "bench flops" else []
     result = subprocess.run([sys.executable, "-m", "hybreid.cli", *argv, *extra], capture_output=True, text=True,
                             cwd=tmp_path)
     assert result.returncode == 0, result.stderr

@@ -107,7 +107,7 @@ def test_rendered_site_has_videos_mot_ground_truth_and_a_day_night_switch(small_
 def test_site_benchmark_scores_online_and_reassociated_with_a_timeline(small_site, tiny_onnx, tmp_path):
     folder, spec_path, truth = small_site
     out = tmp_path / "bench"
-    assert main(["bench", "site", "--onnx", str(tiny_onnx), "--spec", str(spec_path), "--scenes",
+    assert main(["bench", "site", "--artifact", str(tiny_onnx), "--spec", str(spec_path), "--scenes",
                  str(folder / "scenes"), "--out", str(out)]) == 0
     (result,) = json.loads((out / "site.json").read_text())
     true_boxes = sum(len(camera["boxes"]) for camera in truth["cameras"])

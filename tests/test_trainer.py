@@ -10,9 +10,9 @@ import torch
 import torch.multiprocessing as mp
 
 from hybreid.errors import UserError
+from hybreid.models.checkpoint import load_model
 from hybreid.mqtt.mosquitto import free_port
 from hybreid.synthetic.datasets import write_market1501
-from hybreid.train.checkpoint import load_model
 from hybreid.train.config import resolve_config
 from hybreid.train.trainer import Trainer
 

@@ -86,3 +86,15 @@ def test_a_thresholds_file_refuses_a_typo(tmp_path, capsys):
     code, err = run_cli(["matcher", "run", "--db", str(tmp_path / "g.sqlite"), "--thresholds", str(path)], capsys)
     assert code == 2
     assert "did you mean 'cross_modality'?" in err
+
+
+@pytest.mark.parametrize("derived, base", [("fusionreid_dukemtmc", "fusionreid_market1501"),
+                                           ("fusionreid_msmt17", "fusionreid_market1501"),
+                                           ("haresformer_regdb", "haresformer_sysu_mm01"),
+                                           ("haresformer_llcm", "haresformer_sysu_mm01")])
+def test_a_paper_recipe_is_its_base_on_another_dataset(derived, base):
+    one, other = resolve_config(f"configs/train/{derived}.yaml", {}), resolve_config(f"configs/train/{base}.yaml", {})
+    assert one["dataset"]["name"] == derived.split("_", 1)[1] and one["output"] == f"runs/{derived}"
+    for key in ("dataset", "output"):
+        one.pop(key), other.pop(key)
+    assert one == other

@@ -160,14 +160,14 @@ def test_gradcam_is_faithful_on_a_trained_model(trained_fusionreid):
 
 
 def test_viz_command_writes_figure_and_json(trained_fusionreid, tmp_path):
-    from hybreid.train.checkpoint import save_model
+    from hybreid.models.checkpoint import save_model
 
     model, _, root, options = trained_fusionreid
     model_file = tmp_path / "model.pt"
     save_model(model_file, model, "fusionreid_tiny", options)
-    result = subprocess.run([sys.executable, "-m", "hybreid.cli", "viz", "attention", "--model", str(model_file),
-                             "--dataset", "market1501", "--root", str(root), "--out", str(tmp_path)],
+    result = subprocess.run([sys.executable, "-m", "hybreid.cli", "viz", "attention", "--checkpoint", str(model_file),
+                             "--dataset", "market1501", "--root", str(root), "--out", str(tmp_path / "figures")],
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
-    saved = json.loads((tmp_path / "attention.json").read_text())
-    assert "HTM1 SEU (CNN)" in saved["layers"] and (tmp_path / "attention.png").stat().st_size > 10_000
+    saved = json.loads((tmp_path / "figures" / "attention.json").read_text())
+    assert "HTM1 SEU (CNN)" in saved["layers"] and (tmp_path / "figures" / "attention.png").stat().st_size > 10_000

@@ -14,7 +14,6 @@ Two counts, because they answer different questions:
 
 from __future__ import annotations
 
-import json
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,15 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from hybreid.models import build, model_config
-
-# Reference values printed in the papers: (params M, GFLOPs as the paper names them).
-PAPER_VALUES: dict[str, tuple[float, float, str]] = {
-    "fusionreid_vitb16_s12": (153.8, 28.1, "FusionReID Table V"),
-    "haresformer_h1l1": (113.75, 25.00, "HAResformer Table V"),
-    "haresformer_h1l2": (180.64, 39.34, "HAResformer Table V"),
-    "haresformer_h2l1": (113.75, 25.00, "HAResformer Table V"),
-}
+from hybreid.models import REGISTRY, build, model_config
 
 # FusionReID Table III: one HTM layer of each structure (params M, GFLOPs), HTM only.
 HTM_TABLE_III: dict[str, tuple[float, float]] = {
@@ -168,8 +159,9 @@ def count_complexity(model: nn.Module, family: str, image_size: tuple[int, int],
         full_gmacs=fv[""] / 1e9,
         rows=rows,
     )
-    if name in PAPER_VALUES:
-        params, gflops, source = PAPER_VALUES[name]
+    paper = REGISTRY[name].paper if name in REGISTRY else None
+    if paper is not None:
+        params, gflops, source = paper.params_m, paper.gflops, paper.source
         report.reference = {"params_m": params, "gflops": gflops, "source": source,
                             "params_deviation": report.paper_params_m / params - 1,
                             "gmacs_deviation": report.paper_gmacs / gflops - 1}
@@ -228,8 +220,30 @@ def format_htm_table(rows: list[dict]) -> str:
     return format_table(header, body, title="FusionReID Table III: one HTM layer (HTM part only)")
 
 
-def save_json(payload, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(payload, indent=2))
+def run(names: list[str], out: str | Path, table3: bool = False, overrides: dict | None = None) -> Path:
+    """Count each model, print the reports (and Table III), save ``out/flops.json``."""
+    from hybreid.tables import save_json
+
+    payload: dict = {"models": []}
+    for name in names:
+        report = count_model(name, **(overrides or {}))
+        print(format_report(report), end="\n\n")
+        payload["models"].append(report.to_dict())
+    if table3:
+        htm_rows = count_htm_structures()
+        print(format_htm_table(htm_rows), end="\n\n")
+        payload["htm_table_iii"] = htm_rows
+    by_name = {m["model"]: m for m in payload["models"]}
+    if "haresformer_h1l1" in by_name and "haresformer_h1l2" in by_name:
+        one, two = by_name["haresformer_h1l1"], by_name["haresformer_h1l2"]
+        paper_one, paper_two = REGISTRY["haresformer_h1l1"].paper, REGISTRY["haresformer_h1l2"].paper
+        increase = {"params_m": two["paper_params_m"] - one["paper_params_m"],
+                    "gmacs": two["paper_gmacs"] - one["paper_gmacs"],
+                    "reference_params_m": round(paper_two.params_m - paper_one.params_m, 2),
+                    "reference_gflops": round(paper_two.gflops - paper_one.gflops, 2)}
+        payload["haresformer_l1_to_l2"] = increase
+        print(f"HAResformer L=1 -> 2: +{increase['params_m']:.2f} M params, +{increase['gmacs']:.2f} GMACs "
+              f"(paper: +{increase['reference_params_m']} M, +{increase['reference_gflops']} G)")
+    path = save_json(payload, Path(out) / "flops.json")
+    print(f"saved {path}")
     return path

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from hybreid.calibration.int8 import (
     QuantizationConfig,
@@ -56,7 +57,8 @@ def calibration_crops(source: str, count: int = 256, seed: int = 0) -> list[np.n
 
 def embed_images(embedder: OnnxRuntimeEmbedder, paths: list[str], batch: int = 32) -> np.ndarray:
     out = []
-    for i in range(0, len(paths), batch):
+    for i in tqdm(range(0, len(paths), batch), desc="embedding images", unit="batch", leave=False,
+                  disable=len(paths) <= batch):
         out.append(embedder.embed([read_rgb(p) for p in paths[i : i + batch]]))
     return np.concatenate(out)
 
@@ -107,7 +109,7 @@ def run_int8(onnx_path: str | Path, out_dir: str | Path, target: str = "tensorrt
     if compare_attention:
         runs.append((methods[0], True))
     report["runs"] = []
-    for method, attention in runs:
+    for method, attention in tqdm(runs, desc="calibrating and measuring INT8", unit="model"):
         config = QuantizationConfig(target=target, method=method, quantize_attention=attention, **(placement or {}))
         suffix = f"{method}{'-attention' if attention else ''}"
         result = quantize(onnx_path, out_dir / f"{onnx_path.stem}.int8.{target}.{suffix}.onnx", calibration,

@@ -60,6 +60,16 @@ def calibrate_thresholds(embeddings: np.ndarray, pids, modalities, target_fmr: f
     return result
 
 
+def score_bins(*scores, count: int = 80) -> np.ndarray:
+    """Histogram bins over the range the scores (and any marked value) occupy, with a small
+    margin: a model whose cosines sit in 0.97-1.0 is unreadable on a -1..1 axis."""
+    values = np.concatenate([np.atleast_1d(np.asarray(s, dtype=float)) for s in scores])
+    values = values[np.isfinite(values)]
+    low, high = (float(values.min()), float(values.max())) if len(values) else (-1.0, 1.0)
+    margin = max(0.02 * (high - low), 1e-3)
+    return np.linspace(low - margin, high + margin, count + 1)
+
+
 def save_thresholds(thresholds: dict[str, Threshold], path: str | Path, model: str, target_fmr: float) -> Path:
     """The JSON file the matcher reads (``--thresholds``)."""
     path = Path(path)
@@ -90,7 +100,7 @@ def plot_scores(embeddings: np.ndarray, pids, modalities, thresholds: dict[str, 
     fig, axes = plt.subplots(1, len(kinds), figsize=(5.5 * len(kinds), 3.6), squeeze=False)
     for ax, kind in zip(axes[0], kinds, strict=True):
         genuine, impostor = pair_scores(embeddings, pids, modalities, kind == "cross_modality")
-        bins = np.linspace(-1, 1, 81)
+        bins = score_bins(genuine, impostor, thresholds[kind].threshold)
         ax.hist(impostor, bins=bins, density=True, alpha=0.6, label=f"impostor ({len(impostor)})")
         ax.hist(genuine, bins=bins, density=True, alpha=0.6, label=f"genuine ({len(genuine)})")
         t = thresholds[kind]

@@ -97,7 +97,7 @@ def train(config: DemoConfig, root: Path) -> Path:
 
 def export(config: DemoConfig, model_file: Path) -> Path:
     from hybreid.export.onnx_export import export_onnx
-    from hybreid.train.checkpoint import load_model
+    from hybreid.models.checkpoint import load_model
 
     model, payload = load_model(model_file)
     path = export_onnx(model, config.out / "model" / f"{MODEL}.onnx", payload["model"], payload["options"])

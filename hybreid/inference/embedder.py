@@ -17,6 +17,7 @@ import numpy as np
 
 from hybreid.contract import ModelContract, l2_normalize, preprocess
 from hybreid.errors import UserError
+from hybreid.machine import cpu_model_name
 
 
 class Embedder:
@@ -84,19 +85,6 @@ def openvino_unavailable_reason() -> str | None:
         return None
     return (f"ONNX Runtime's OpenVINO plugin offers no device for this CPU ({cpu_model_name()}); use the CPU "
             "execution provider")
-
-
-def cpu_model_name() -> str:
-    """The processor's name, as /proc/cpuinfo gives it (or the platform's answer elsewhere)."""
-    import platform
-
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _add_openvino_cpu(options, threads: int | None) -> None:

@@ -22,6 +22,11 @@ image, in one of the two bands the real datasets use:
   stays.
 
 Only numpy and OpenCV are used, so the edge side (synthetic scenes) can render too.
+
+One file of about 500 lines, on purpose: the fabric table, the emissivity model and the
+painter share one person description, and the datasets, scenes and sites all reach it
+through :func:`make_identity` and :func:`person_layers`; split, each piece would be read
+only with the others open.
 """
 
 from __future__ import annotations

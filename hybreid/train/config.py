@@ -77,7 +77,8 @@ class TrainConfig(_Section):
     amp: bool = True
     seed: int = 0
     output: str = "runs/train"
-    resume: str | None = None
+    resume: str | None = None  # a last.pt, or auto: the output folder's, if any
+    overwrite: bool = False  # start again in an output folder that holds an earlier run
     max_steps_per_epoch: Positive | None = None
 
 

@@ -31,7 +31,7 @@ from hybreid.data.transforms import modality_transforms
 from hybreid.errors import UserError
 from hybreid.eval.evaluate import evaluate
 from hybreid.models import build, model_config
-from hybreid.train.checkpoint import save_model
+from hybreid.models.checkpoint import save_model
 from hybreid.train.config import resolve_config
 from hybreid.train.losses import build_loss
 
@@ -129,6 +129,9 @@ class Trainer:
         self.ctx = DistributedContext.from_environment()
         self.device = torch.device(f"cuda:{self.ctx.local_rank}" if torch.cuda.is_available() else "cpu")
         self.output = Path(config["output"])
+        if not config["resume"] and not config["overwrite"] and (self.output / "config.yaml").exists():
+            raise UserError(f"run folder {self.output} holds an earlier run; give another output=FOLDER, "
+                            f"resume=auto to continue it, or overwrite=true to start it again")
         seed = config["seed"] + self.ctx.rank
         random.seed(seed)
         np.random.seed(seed)

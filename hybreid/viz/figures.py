@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hybreid.calibration.threshold import pair_scores
+from hybreid.calibration.threshold import pair_scores, score_bins
 from hybreid.contract import l2_normalize
 from hybreid.data.datasets import Sample
 
@@ -46,12 +46,13 @@ def gradcam_figure(images: list[np.ndarray], heatmaps: dict[str, np.ndarray], pa
         axes[row, 0].imshow(image)
         for column, layer in enumerate(layers, start=1):
             axes[row, column].imshow(image)
-            axes[row, column].imshow(heatmaps[layer][row], cmap="jet", alpha=0.5, vmin=0, vmax=1)
+            heat = axes[row, column].imshow(heatmaps[layer][row], cmap="jet", alpha=0.5, vmin=0, vmax=1)
             if row == 0:
                 axes[row, column].set_title(layer, fontsize=7)
     axes[0, 0].set_title("image", fontsize=7)
     for ax in axes.flat:
         ax.axis("off")
+    fig.colorbar(heat, ax=axes, fraction=0.02, pad=0.01, label="relevance (each map scaled to its maximum)")
     fig.suptitle(title, fontsize=8)
     return _save(fig, path)
 
@@ -71,10 +72,11 @@ def attention_figure(image: np.ndarray, maps: dict[str, np.ndarray], path: str |
             if head < layer_maps.shape[0]:
                 ax.imshow(image)
                 shown = layer_maps[head] / max(float(layer_maps[head].max()), 1e-12)
-                ax.imshow(shown, cmap="viridis", alpha=0.6, vmin=0, vmax=1)
+                heat = ax.imshow(shown, cmap="viridis", alpha=0.6, vmin=0, vmax=1)
                 ax.set_title(f"head {head + 1}", fontsize=7)
     for ax in axes.flat:
         ax.axis("off")
+    fig.colorbar(heat, ax=axes, fraction=0.02, pad=0.01, label="attention (each head scaled to its maximum)")
     fig.suptitle(title, fontsize=8)
     return _save(fig, path)
 
@@ -120,7 +122,7 @@ def distribution_figure(features: np.ndarray, pids: np.ndarray, modalities: np.n
     intra, inter = pair_scores(l2_normalize(features), pids, modalities)
     points = tsne(features, seed)
     fig, (ax_hist, ax_tsne) = plt.subplots(1, 2, figsize=(11, 4.2))
-    bins = np.linspace(-1, 1, 81)
+    bins = score_bins(intra, inter)
     for values, label, colour in ((intra, "intra-class", "tab:green"), (inter, "inter-class", "tab:red")):
         ax_hist.hist(values, bins=bins, density=True, alpha=0.55, color=colour, label=f"{label} ({len(values)})")
         ax_hist.axvline(values.mean(), color=colour, linestyle="--", label=f"{label} mean {values.mean():.3f}")

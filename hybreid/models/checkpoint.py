@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from hybreid.errors import UserError
-from hybreid.models import build, model_config
+from hybreid.models.registry import build, model_config
 
 
 def resolved_options(name: str, options: dict) -> dict:

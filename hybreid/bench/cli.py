@@ -1,0 +1,158 @@
+"""``hybreid bench ...``: every benchmark prints a table and saves JSON (and plots) under
+``--out``: a new folder below ``runs/`` unless given, never the committed ``benchmarks/``
+results or an earlier run unless ``--overwrite`` says so."""
+
+from __future__ import annotations
+
+from hybreid.command_line import ARTIFACT_HELP, MODEL_HELP, add_output, command, group, output_folder
+
+PAPER_MODELS = ("fusionreid_vitb16_s12", "haresformer_h1l1", "haresformer_h1l2", "haresformer_h2l1")
+BOTH_PAPER_MODELS = ["fusionreid_vitb16_s12", "haresformer_h1l1"]
+
+
+def _flops(args) -> None:
+    from hybreid.bench import flops
+    from hybreid.config import parse_overrides
+
+    flops.run(list(PAPER_MODELS) if args.paper else (args.model or ["fusionreid_vitb16_s12"]),
+              output_folder(args), table3=args.paper or args.table3, overrides=parse_overrides(args.overrides))
+
+
+def _train(args) -> None:
+    from hybreid.bench import training
+
+    training.run(output_folder(args), models=args.model or list(training.BENCHMARKS), workdir=args.workdir)
+
+
+def _latency(args) -> None:
+    from hybreid.bench import latency
+    from hybreid.config import parse_overrides
+
+    int8 = dict(item.split("=", 1) for item in args.int8) if args.int8 else None
+    engines = dict(item.split("=", 1) for item in args.engine) if args.engine else None
+    latency.run(args.model or BOTH_PAPER_MODELS, args.batch or [1, 8], output_folder(args), threads=args.threads,
+                repeats=args.repeats, int8=int8, options=parse_overrides(args.overrides), rounds=args.rounds,
+                references=latency.REFERENCE_MODELS if args.reference else (), openvino=args.openvino,
+                engines=engines)
+
+
+def _profile(args) -> None:
+    from hybreid.bench import profile
+
+    profile.run(args.artifact, output_folder(args), batch=args.batch, threads=args.threads, runs=args.runs)
+
+
+def _fidelity(args) -> None:
+    from hybreid.bench import fidelity
+
+    fidelity.run(args.model or BOTH_PAPER_MODELS, output_folder(args))
+
+
+def _pipeline(args) -> None:
+    from hybreid.bench import pipeline
+
+    pipeline.run(args.artifact, output_folder(args), people=args.people, max_batch=args.batch, threads=args.threads)
+
+
+def _matcher(args) -> None:
+    from hybreid.bench import matcher
+
+    matcher.run(args.identities or [1000, 10000, 100000], output_folder(args), messages=args.messages, dim=args.dim,
+                index=args.index)
+
+
+def _identities(args) -> None:
+    from hybreid.bench import identities
+    from hybreid.matcher.service import MatchPolicy
+
+    policy = MatchPolicy.from_thresholds_file(args.thresholds) if args.thresholds else \
+        MatchPolicy.checked(same_modality=args.same, cross_modality=args.cross)
+    identities.run(args.artifact, output_folder(args), people=args.people, policy=policy)
+
+
+def _site(args) -> None:
+    from hybreid.bench import site
+    from hybreid.matcher.service import MatchPolicy
+    from hybreid.synthetic.site import SiteSpec, default_spec
+
+    policies = [MatchPolicy.from_thresholds_file(path) for path in args.thresholds] if args.thresholds else \
+        [MatchPolicy() for _ in args.artifact]
+    spec = SiteSpec.load(args.spec) if args.spec else default_spec()
+    site.run(args.artifact, output_folder(args), policies, spec, scenes=args.scenes)
+
+
+def register(commands) -> None:
+    bench = group(commands, "bench", "benchmarks (flops, train, latency, fidelity, pipeline, matcher, ...)")
+    flops = command(bench, "flops", "params and GFLOPs (paper count and full count) with a per-module breakdown",
+                    _flops)
+    flops.add_argument("--model", action="append", help=MODEL_HELP + " (repeatable)")
+    flops.add_argument("--paper", action="store_true", help="every paper configuration, plus FusionReID Table III")
+    flops.add_argument("--table3", action="store_true", help="also count one HTM of each Table III structure")
+    add_output(flops, "bench-flops", "the JSON")
+    flops.add_argument("overrides", nargs="*", metavar="key=value",
+                       help="model options, e.g. image_size=[384,128] depth=3 pooling=avg")
+
+    train = command(bench, "train", "train the tiny models on synthetic data; mAP trained vs untrained", _train)
+    train.add_argument("--model", action="append", choices=["fusionreid_tiny", "haresformer_tiny"],
+                       help="one of the tiny models (repeatable; default: both)")
+    add_output(train, "bench-train", "the JSON, runs and plots")
+    train.add_argument("--workdir", help="where to write the synthetic data (default: --out)")
+
+    lat = command(bench, "latency", "torch eager vs ONNX Runtime (FP32, OpenVINO, INT8) and TensorRT: latency, "
+                                    "roofline", _latency)
+    lat.add_argument("--model", action="append", help=MODEL_HELP + " (repeatable; default: both paper models)")
+    lat.add_argument("--batch", action="append", type=int, help="batch size (repeatable); default 1 and 8")
+    lat.add_argument("--threads", type=int, default=2, help="threads of every runtime")
+    lat.add_argument("--repeats", type=int, default=10, help="timed runs per cell and round")
+    lat.add_argument("--rounds", type=int, default=1, help="measure every cell this many times, interleaved")
+    lat.add_argument("--int8", action="append", metavar="MODEL=QDQ.onnx",
+                     help="also time a Q/DQ INT8 model from `hybreid calibrate int8`")
+    lat.add_argument("--reference", action="store_true",
+                     help="also time plain timm ResNet-50 and ViT-B/16 (224x224): what this machine allows")
+    lat.add_argument("--engine", action="append", metavar="MODEL=ENGINE",
+                     help="also time a TensorRT engine of that model (hybreid export engine; needs a GPU)")
+    lat.add_argument("--openvino", action="store_true",
+                     help="also time ONNX Runtime's OpenVINO execution provider, FP32 (hybreid[openvino], Intel CPUs)")
+    add_output(lat, "bench-latency", "the JSON and plots")
+    lat.add_argument("overrides", nargs="*", metavar="key=value", help="model options")
+
+    prof = command(bench, "profile", "where an ONNX model's CPU time goes, operator by operator", _profile)
+    prof.add_argument("--artifact", required=True, help="an exported ONNX model")
+    prof.add_argument("--batch", type=int, default=8, help="batch size")
+    prof.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads")
+    prof.add_argument("--runs", type=int, default=3, help="profiled runs after one warm-up")
+    add_output(prof, "bench-profile", "the JSON and plots")
+
+    fid = command(bench, "fidelity", "ONNX parity with PyTorch and FP16 fidelity, no GPU needed", _fidelity)
+    fid.add_argument("--model", action="append", help=MODEL_HELP + " (repeatable; default: both paper models)")
+    add_output(fid, "bench-fidelity", "the JSON")
+
+    pipe = command(bench, "pipeline", "edge runtime on synthetic videos vs the embedder alone", _pipeline)
+    pipe.add_argument("--artifact", action="append", required=True, help=ARTIFACT_HELP + " (repeatable)")
+    pipe.add_argument("--people", type=int, default=6, help="people in the synthetic videos")
+    pipe.add_argument("--batch", type=int, default=8, help="the embedder's largest batch")
+    pipe.add_argument("--threads", type=int, help="ONNX Runtime threads (default: all cores)")
+    add_output(pipe, "bench-pipeline", "the JSON")
+
+    mb = command(bench, "matcher", "matcher ingest rate and assignment latency vs gallery size", _matcher)
+    mb.add_argument("--identities", action="append", type=int, help="gallery size (repeatable)")
+    mb.add_argument("--messages", type=int, default=2000, help="features published per gallery size")
+    mb.add_argument("--dim", type=int, default=1024, help="embedding dimension")
+    mb.add_argument("--index", choices=["flat", "hnsw", "ivf"], default="flat", help="FAISS index")
+    add_output(mb, "bench-matcher", "the JSON")
+
+    ident = command(bench, "identities", "videos -> edge -> broker -> matcher, scored vs ground truth", _identities)
+    ident.add_argument("--artifact", required=True, help=ARTIFACT_HELP)
+    ident.add_argument("--people", type=int, default=6, help="people in the synthetic videos")
+    ident.add_argument("--thresholds", help="JSON from `hybreid calibrate threshold`")
+    ident.add_argument("--same", type=float, default=0.6, help="same-modality threshold without --thresholds")
+    ident.add_argument("--cross", type=float, default=0.45, help="cross-modality threshold without --thresholds")
+    add_output(ident, "bench-identities", "the JSON")
+
+    site = command(bench, "site", "a synthetic site (4+ cameras, minutes) -> edge -> broker -> matcher: IDF1 "
+                                  "online and re-associated, timelines", _site)
+    site.add_argument("--artifact", action="append", required=True, help=ARTIFACT_HELP + " (repeatable)")
+    site.add_argument("--thresholds", action="append", help="its thresholds JSON, in the order of --artifact")
+    site.add_argument("--spec", help="site spec YAML (default: 4 cameras, 30 people, 3 minutes)")
+    site.add_argument("--scenes", help="a folder `edge scenes --site` rendered from the same spec (reused)")
+    add_output(site, "bench-site", "the JSON and the timelines")

@@ -1,0 +1,117 @@
+"""``hybreid matcher run|purge|query``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from hybreid.command_line import ARTIFACT_HELP, command, group
+from hybreid.errors import UserError
+
+INDEXES = ["flat", "hnsw", "ivf"]
+
+
+def _gallery(args, create: bool = False):
+    """The gallery of ``--db``; only ``matcher run`` may create one (a mistyped path elsewhere
+    would silently query or purge an empty gallery)."""
+    from hybreid.matcher.gallery import Gallery
+
+    if not create and not Path(args.db).is_file():
+        raise UserError(f"gallery {args.db} does not exist; give the --db of the running matcher")
+    return Gallery(args.db, index=getattr(args, "index", "flat"))
+
+
+def _broker_password(args) -> str | None:
+    """The MQTT password from --password-file or HYBREID_MQTT_PASSWORD: never a flag, which
+    every user of the machine could read in the process list."""
+    import os
+
+    if args.password_file:
+        try:
+            return Path(args.password_file).read_text().strip()
+        except OSError as exc:
+            raise UserError(f"password file {args.password_file} cannot be read ({exc.strerror})") from exc
+    return os.environ.get("HYBREID_MQTT_PASSWORD")
+
+
+def _run(args) -> None:
+    import signal
+
+    from hybreid.matcher.service import Matcher, MatcherService, MatchPolicy
+    from hybreid.mqtt import BrokerConfig
+
+    policy = MatchPolicy.from_thresholds_file(args.thresholds) if args.thresholds else MatchPolicy()
+    broker = BrokerConfig(url=args.broker, client_id=args.client_id, username=args.username,
+                          password=_broker_password(args), ca_certs=args.ca_certs, protocol=args.protocol)
+    broker.endpoint()  # a malformed URL is one clear error before anything starts
+    service = MatcherService(Matcher(_gallery(args, create=True), policy), broker, site=args.site,
+                             shared_group=args.shared_group)
+    if args.camera_graph:
+        from hybreid.matcher.camera_graph import CameraGraph
+
+        service.min_transit = CameraGraph.load(args.camera_graph).min_transit
+    signal.signal(signal.SIGTERM, service.request_stop)
+    signal.signal(signal.SIGINT, service.request_stop)
+    service.run_forever(report_every=args.report_every, reassociate_every=args.reassociate_every)
+    print(json.dumps(service.status(), indent=2))
+
+
+def _purge(args) -> None:
+    gallery = _gallery(args)
+    if args.older_than_days is not None:
+        import time
+
+        args.until = time.time() - 86400 * args.older_than_days
+    identity = gallery.resolve(args.identity) if args.identity is not None else None  # a merged id: its survivor
+    deleted = gallery.purge(identity=identity, camera=args.camera, since=args.since, until=args.until,
+                            site=args.site)
+    print(json.dumps({"deleted_sightings": deleted, **gallery.stats()}))
+
+
+def _query(args) -> None:
+    from hybreid.matcher.query import by_camera, by_identity, by_image
+
+    gallery = _gallery(args)
+    if args.identity is not None:
+        result = by_identity(gallery, args.identity)
+    elif args.image:
+        if not args.artifact:
+            raise UserError("--image needs --artifact: the site's exported model (ONNX or engine)")
+        result = by_image(gallery, args.image, args.artifact, args.top_k)
+    else:
+        result = by_camera(gallery, args.camera, args.since, args.until)
+    print(json.dumps(result, indent=2))
+
+
+def register(commands) -> None:
+    matcher = group(commands, "matcher", "central matcher: run, purge, query")
+    run = command(matcher, "run", "subscribe to protocol v1 features and assign identities", _run)
+    run.add_argument("--broker", default="mqtt://127.0.0.1:1883", help="mqtt://host:port or mqtts://host:port")
+    run.add_argument("--db", default="gallery.sqlite", help="the gallery (created if missing)")
+    run.add_argument("--site", default="+", help="one site, or + for all")
+    run.add_argument("--thresholds", help="JSON from `hybreid calibrate threshold`")
+    run.add_argument("--index", choices=INDEXES, default="flat", help="FAISS index of the identities")
+    run.add_argument("--shared-group", help="MQTT v5 shared subscription group (several matchers, one gallery)")
+    run.add_argument("--client-id", default="hybreid-matcher", help="MQTT client id")
+    run.add_argument("--username", help="MQTT user")
+    run.add_argument("--password-file", help="file holding the MQTT password (or set HYBREID_MQTT_PASSWORD)")
+    run.add_argument("--ca-certs", help="CA certificates for mqtts://")
+    run.add_argument("--protocol", choices=["3.1.1", "5"], default="3.1.1", help="MQTT version")
+    run.add_argument("--report-every", type=float, default=60.0, help="seconds between status lines")
+    run.add_argument("--reassociate-every", type=float, default=10.0,
+                     help="seconds between re-associations of the recent tracklets (0: never)")
+    run.add_argument("--camera-graph", help="YAML of connected cameras and their minimum walking times")
+
+    purge = command(matcher, "purge", "delete sightings (biometric data) for good", _purge)
+    query = command(matcher, "query", "sightings by identity, camera and time, or image", _query)
+    for sub in (purge, query):
+        sub.add_argument("--db", default="gallery.sqlite", help="the matcher's gallery")
+        sub.add_argument("--identity", type=int, help="one identity (a merged one: its survivor)")
+        sub.add_argument("--camera", help="one camera")
+        sub.add_argument("--since", type=float, help="epoch seconds")
+        sub.add_argument("--until", type=float, help="epoch seconds")
+    purge.add_argument("--site", help="one site")
+    purge.add_argument("--older-than-days", type=float, help="retention: delete what is older")
+    query.add_argument("--image", help="a person crop to look up")
+    query.add_argument("--artifact", help=ARTIFACT_HELP + ", to embed --image")
+    query.add_argument("--top-k", type=int, default=5, help="identities to return for --image")
