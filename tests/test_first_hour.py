@@ -37,3 +37,17 @@ def test_shipped_recipes_are_found_from_any_directory(tmp_path, monkeypatch):
     for name in ("fusionreid_synthetic", "haresformer_synthetic", "fusionreid_market1501"):
         config = resolve_config(f"configs/train/{name}.yaml", {})
         assert config["model"].split("_")[0] == name.split("_")[0]
+
+
+def test_the_synthetic_recipe_trains_from_a_fresh_checkout_as_the_readme_says(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # configs/ is not here: the shipped recipe is found anyway
+    assert main(["data", "synth", "--layout", "market1501", "--out", "data/synthetic_market1501",
+                 "--train-ids", "8", "--test-ids", "6", "--images-per-camera", "2"]) == 0
+    # The README's command, shortened to one short epoch for the test.
+    assert main(["train", "--config", "configs/train/fusionreid_synthetic.yaml", "optim.epochs=1",
+                 "max_steps_per_epoch=2", "eval.every=1", "eval.trials=1", "sampler.num_ids=4"]) == 0
+    assert "finished:" in capsys.readouterr().out
+    assert (tmp_path / "runs" / "fusionreid_synthetic" / "model.pt").is_file()
+    # A second run into the same folder is refused, not silently written over.
+    assert main(["train", "--config", "configs/train/fusionreid_synthetic.yaml", "optim.epochs=1"]) == 2
+    assert "holds an earlier run" in capsys.readouterr().err

@@ -98,3 +98,11 @@ def test_a_paper_recipe_is_its_base_on_another_dataset(derived, base):
     for key in ("dataset", "output"):
         one.pop(key), other.pop(key)
     assert one == other
+
+
+def test_a_camera_graph_refuses_a_typo(tmp_path, capsys):
+    path = tmp_path / "graph.yaml"
+    path.write_text(yaml.safe_dump({"sites": {"lobby": [{"cameras": ["cam1", "cam2"], "min_s": 6, "maxs": 20}]}}))
+    code, err = run_cli(["matcher", "run", "--db", str(tmp_path / "g.sqlite"), "--camera-graph", str(path)], capsys)
+    assert code == 2
+    assert "did you mean 'max_s'?" in err
