@@ -55,6 +55,7 @@ def test_matcher_benchmark_measures_ingest_and_latency(tmp_path):
     (result,) = matcher.run([200], tmp_path, messages=60, dim=32)
     assert result["messages"] == 60 and result["ingest_per_s"] > 0
     assert 0 < result["assign_p50_ms"] <= result["assign_p99_ms"]
+    assert result["structure"] == "flat" and result["recall_at_1"] == 1.0  # auto is exact at this size
     # Half the messages are near an existing identity, half are strangers.
     assert 20 <= result["new_identities"] <= 40
     assert json.loads((tmp_path / "matcher.json").read_text())[0]["identities"] == 200

@@ -138,7 +138,7 @@ def register(commands) -> None:
     mb.add_argument("--identities", action="append", type=int, help="gallery size (repeatable)")
     mb.add_argument("--messages", type=int, default=2000, help="features published per gallery size")
     mb.add_argument("--dim", type=int, default=1024, help="embedding dimension")
-    mb.add_argument("--index", choices=["flat", "hnsw", "ivf"], default="flat", help="FAISS index")
+    mb.add_argument("--index", choices=["auto", "flat", "hnsw", "ivf"], default="auto", help="FAISS index")
     add_output(mb, "bench-matcher", "the JSON")
 
     ident = command(bench, "identities", "videos -> edge -> broker -> matcher, scored vs ground truth", _identities)

@@ -17,10 +17,10 @@ import threading
 from contextlib import contextmanager
 from pathlib import Path
 
-import faiss
 import numpy as np
 
 from hybreid.errors import UserError
+from hybreid.matcher.index import PrototypeIndex
 from hybreid.matcher.reassociate import Plan, Tracklet
 from hybreid.protocol import FeatureMessage
 
@@ -45,20 +45,8 @@ CREATE TABLE IF NOT EXISTS rejections (reason TEXT PRIMARY KEY, count INTEGER NO
 """
 
 
-def make_index(kind: str, dim: int) -> faiss.Index:
-    """``flat`` (exact inner product), ``hnsw`` or ``ivf`` (needs training data; falls back to
-    flat until enough prototypes exist), with the identity ids as FAISS ids."""
-    if kind == "flat":
-        return faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
-    if kind == "hnsw":
-        return faiss.IndexIDMap2(faiss.IndexHNSWFlat(dim, 32, faiss.METRIC_INNER_PRODUCT))
-    if kind == "ivf":
-        return faiss.IndexIDMap2(faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), 64, faiss.METRIC_INNER_PRODUCT))
-    raise UserError(f"index must be flat, hnsw or ivf, got {kind!r}")
-
-
 class Gallery:
-    def __init__(self, path: str | Path, index: str = "flat"):
+    def __init__(self, path: str | Path, index: str = "auto"):
         self.path, self.index_kind = Path(path), index
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.lock = threading.RLock()
@@ -70,8 +58,7 @@ class Gallery:
             self.db.executescript(SCHEMA)
         except sqlite3.DatabaseError as exc:
             raise UserError(f"gallery {self.path} is not a usable SQLite file ({exc})") from exc
-        self.index: faiss.Index | None = None
-        self.prototypes: dict[int, np.ndarray] = {}
+        self.index = PrototypeIndex(index)
         self.generation = self._stored_generation()
         self.rebuild_index()
 
@@ -123,10 +110,15 @@ class Gallery:
             return True
 
     @property
+    def prototypes(self) -> dict[int, np.ndarray]:
+        """Each identity's current prototype (the index's, kept in step with the store)."""
+        return self.index.prototypes
+
+    @property
     def dim(self) -> int | None:
         """The embedding dimension of the stored prototypes (None while the gallery is empty)."""
         with self.lock:
-            return next(iter(self.prototypes.values())).size if self.prototypes else None
+            return self.index.dim
 
     # -- model identity --------------------------------------------------------------
 
@@ -213,7 +205,7 @@ class Gallery:
             except BaseException:
                 self.db.execute("ROLLBACK")
                 raise
-            self._set_prototype(identity_id, prototype)
+            self.index.upsert(identity_id, prototype)
         return identity_id
 
     # -- re-association ----------------------------------------------------------------------
@@ -296,47 +288,15 @@ class Gallery:
 
     # -- the index ---------------------------------------------------------------------------
 
-    def _new_index(self, dim: int, training: np.ndarray | None) -> faiss.Index:
-        index = make_index(self.index_kind, dim)
-        if not index.is_trained:
-            if training is not None and len(training) >= 64 * 39:
-                index.train(training)
-            else:  # too few prototypes to train IVF yet: exact search until the next rebuild
-                index = make_index("flat", dim)
-        return index
-
-    def _set_prototype(self, identity_id: int, prototype: np.ndarray) -> None:
-        if self.index is None:
-            self.index = self._new_index(prototype.size, None)
-        if identity_id in self.prototypes:
-            try:
-                self.index.remove_ids(np.array([identity_id], dtype=np.int64))
-            except RuntimeError:
-                pass  # HNSW cannot remove: search de-duplicates, the next rebuild drops the stale entry
-        self.prototypes[identity_id] = prototype
-        self.index.add_with_ids(prototype[None], np.array([identity_id], dtype=np.int64))
-
     def rebuild_index(self) -> None:
         with self.lock:
             rows = self.db.execute("SELECT id, prototype FROM identities").fetchall()
-            self.prototypes = {i: np.frombuffer(p, dtype=np.float32).copy() for i, p in rows}
-            if not rows:
-                self.index = None
-                return
-            matrix = np.stack(list(self.prototypes.values()))
-            self.index = self._new_index(matrix.shape[1], matrix)
-            self.index.add_with_ids(matrix, np.array(list(self.prototypes), dtype=np.int64))
+            self.index.rebuild({i: np.frombuffer(p, dtype=np.float32).copy() for i, p in rows})
 
     def search(self, vector: np.ndarray, k: int = 5) -> list[tuple[int, float]]:
         """Top-k ``(identity_id, cosine)`` by prototype."""
         with self.lock:
-            if self.index is None or self.index.ntotal == 0:
-                return []
-            _, ids = self.index.search(vector.astype(np.float32)[None], min(2 * k, self.index.ntotal))
-            found = dict.fromkeys(int(i) for i in ids[0] if i >= 0 and int(i) in self.prototypes)
-            # Exact cosine with the current prototypes (approximate indexes only propose).
-            scored = [(i, float(self.prototypes[i] @ vector)) for i in found]
-        return sorted(scored, key=lambda pair: -pair[1])[:k]
+            return self.index.search(vector, k)
 
     # -- retention ----------------------------------------------------------------------------
 
@@ -364,7 +324,9 @@ class Gallery:
         with self.lock:
             sightings = self.db.execute("SELECT COUNT(*) FROM sightings").fetchone()[0]
             identities = self.db.execute("SELECT COUNT(*) FROM identities").fetchone()[0]
-        return {"sightings": sightings, "identities": identities, "model": self.model,
+            index = {"kind": self.index.kind, "structure": self.index.structure, "search_depth": self.index.depth,
+                     "recall_at_1": self.index.recall_at_1}
+        return {"sightings": sightings, "identities": identities, "model": self.model, "index": index,
                 "rejections": self.rejections()}
 
     def close(self) -> None:

@@ -1,0 +1,137 @@
+"""The identities' prototype index: exact search while the gallery is small, HNSW (or IVF)
+above a size, with the search depth set so that recall@1 against exact search reaches
+0.99 on the gallery itself: measured when the index is built, not assumed.
+
+FAISS provides the search structures; this module keeps them current as prototypes move
+(every sighting moves its identity's prototype a little) at O(d) per update:
+
+- the exact index's vectors are rewritten in place (removing and re-adding an id in a
+  flat index compacts the whole array, O(gallery));
+- HNSW and IVF cannot rewrite a vector, so the new one is added and the old entry is
+  left stale, skipped by search; the index is rebuilt once stale entries pass a fifth
+  of it.
+
+Every candidate is re-scored exactly against the current prototype, so an approximate
+index only decides which identities are looked at, never their similarity.
+"""
+
+from __future__ import annotations
+
+import faiss
+import numpy as np
+
+from hybreid.errors import UserError
+
+KINDS = ("auto", "flat", "hnsw", "ivf")
+AUTO_EXACT_BELOW = 20_000  # identities; below this exact search is fast enough (< 5 ms at 1024-d)
+TARGET_RECALL = 0.99
+DEPTHS = (16, 32, 64, 128, 256, 512, 1024, 2048)  # efSearch (HNSW) or nprobe (IVF), tried in order
+IVF_LISTS = 64
+STALE_SHARE = 0.2
+
+
+class PrototypeIndex:
+    def __init__(self, kind: str = "flat", seed: int = 0):
+        if kind not in KINDS:
+            raise UserError(f"index must be one of {', '.join(KINDS)}, got {kind!r}")
+        self.kind, self.seed = kind, seed
+        self.prototypes: dict[int, np.ndarray] = {}
+        self.structure = "flat"  # what is built now: flat, hnsw or ivf
+        self.depth: int | None = None
+        self.recall_at_1: float | None = None  # measured on the gallery at the last build (approximate only)
+        self._index: faiss.Index | None = None
+        self._quantizer: faiss.Index | None = None
+        self._row_ids: list[int] = []  # row -> identity
+        self._row_of: dict[int, int] = {}  # identity -> its current row
+        self._stale = 0
+
+    @property
+    def dim(self) -> int | None:
+        return next(iter(self.prototypes.values())).size if self.prototypes else None
+
+    def _structure_for(self, count: int) -> str:
+        wanted = ("flat" if count < AUTO_EXACT_BELOW else "hnsw") if self.kind == "auto" else self.kind
+        if wanted == "ivf" and count < IVF_LISTS * 39:  # too few vectors to train IVF's lists
+            return "flat"
+        return wanted
+
+    def rebuild(self, prototypes: dict[int, np.ndarray]) -> None:
+        self.prototypes = {identity: np.asarray(v, dtype=np.float32) for identity, v in prototypes.items()}
+        self._row_ids, self._row_of, self._stale = [], {}, 0
+        self.depth = self.recall_at_1 = None
+        if not self.prototypes:
+            self._index, self.structure = None, "flat"
+            return
+        ids = list(self.prototypes)
+        matrix = np.stack([self.prototypes[i] for i in ids])
+        self.structure = self._structure_for(len(ids))
+        dim = matrix.shape[1]
+        if self.structure == "flat":
+            self._index = faiss.IndexFlatIP(dim)
+        elif self.structure == "hnsw":
+            self._index = faiss.IndexHNSWFlat(dim, 32, faiss.METRIC_INNER_PRODUCT)
+            self._index.hnsw.efConstruction = 80
+        else:
+            self._quantizer = faiss.IndexFlatIP(dim)  # held here: the IVF index does not own it
+            self._index = faiss.IndexIVFFlat(self._quantizer, dim, IVF_LISTS, faiss.METRIC_INNER_PRODUCT)
+            self._index.train(matrix)
+        self._index.add(matrix)
+        self._row_ids = ids
+        self._row_of = {identity: row for row, identity in enumerate(ids)}
+        if self.structure != "flat":
+            self._calibrate(matrix)
+
+    def upsert(self, identity: int, vector: np.ndarray) -> None:
+        vector = np.asarray(vector, dtype=np.float32)
+        if self._index is None:
+            self.rebuild({**self.prototypes, identity: vector})
+            return
+        self.prototypes[identity] = vector
+        row = self._row_of.get(identity)
+        if row is not None and self.structure == "flat":
+            stored = faiss.rev_swig_ptr(self._index.get_xb(), self._index.ntotal * self._index.d)
+            stored.reshape(self._index.ntotal, self._index.d)[row] = vector
+            return
+        if row is not None:
+            self._stale += 1
+        self._index.add(vector[None])
+        self._row_of[identity] = len(self._row_ids)
+        self._row_ids.append(identity)
+        grown_past_exact = self.kind == "auto" and self.structure == "flat" and len(self.prototypes) >= AUTO_EXACT_BELOW
+        if self._stale > STALE_SHARE * len(self._row_ids) or grown_past_exact:
+            self.rebuild(self.prototypes)
+
+    def search(self, vector: np.ndarray, k: int = 5) -> list[tuple[int, float]]:
+        """Top-k ``(identity, cosine)``, scored exactly against the current prototypes."""
+        if self._index is None or self._index.ntotal == 0:
+            return []
+        vector = np.asarray(vector, dtype=np.float32)
+        # Stale entries of one identity crowd the candidates of an approximate index: ask for more.
+        wanted = min(self._index.ntotal, k if self.structure == "flat" else 4 * k)
+        _, rows = self._index.search(vector[None], wanted)
+        found = dict.fromkeys(self._row_ids[r] for r in rows[0] if r >= 0 and self._row_of.get(self._row_ids[r]) == r)
+        scored = [(identity, float(self.prototypes[identity] @ vector)) for identity in found]
+        return sorted(scored, key=lambda pair: -pair[1])[:k]
+
+    def _calibrate(self, matrix: np.ndarray, queries: int = 200) -> None:
+        """The smallest search depth whose recall@1 against exact search reaches the target,
+        on queries like real ones: a known identity's prototype plus the noise of a new sighting."""
+        rng = np.random.default_rng(self.seed)
+        picked = matrix[rng.choice(len(matrix), size=min(queries, len(matrix)), replace=False)]
+        noisy = picked + rng.standard_normal(picked.shape).astype(np.float32) * (0.5 / np.sqrt(matrix.shape[1]))
+        noisy /= np.linalg.norm(noisy, axis=1, keepdims=True)
+        exact = np.argmax(noisy @ matrix.T, axis=1)
+        exact_ids = [self._row_ids[row] for row in exact]
+        for depth in DEPTHS:
+            self._set_depth(depth)
+            found = [self.search(q, 1) for q in noisy]
+            recall = float(np.mean([bool(f) and f[0][0] == e for f, e in zip(found, exact_ids, strict=True)]))
+            self.depth, self.recall_at_1 = depth, recall
+            if recall >= TARGET_RECALL:
+                return
+
+    def _set_depth(self, depth: int) -> None:
+        if self.structure == "hnsw":
+            self._index.hnsw.efSearch = depth
+        else:
+            self._index.nprobe = min(depth, IVF_LISTS)

@@ -1,0 +1,75 @@
+"""The prototype index: updates at O(d), approximate search re-scored exactly, and a search
+depth that reaches recall@1 >= 0.99 against exact search (checked here with numpy)."""
+
+import numpy as np
+import pytest
+
+from hybreid.matcher import index as index_module
+from hybreid.matcher.index import PrototypeIndex
+
+
+def unit(rows: int, dim: int, seed: int) -> np.ndarray:
+    vectors = np.random.default_rng(seed).standard_normal((rows, dim)).astype(np.float32)
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+def near(vectors: np.ndarray, seed: int, noise: float = 0.5) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    noisy = vectors + rng.standard_normal(vectors.shape).astype(np.float32) * noise / np.sqrt(vectors.shape[1])
+    return noisy / np.linalg.norm(noisy, axis=1, keepdims=True)
+
+
+def test_an_exact_index_updates_a_prototype_in_place():
+    vectors = unit(100, 32, 0)
+    index = PrototypeIndex("flat")
+    index.rebuild({i + 10: v for i, v in enumerate(vectors)})
+    moved = unit(1, 32, 1)[0]
+    index.upsert(15, moved)
+    assert index._index.ntotal == 100  # rewritten, not appended
+    (best, score), *_ = index.search(moved, 3)
+    assert best == 15 and score == pytest.approx(1.0, abs=1e-5)
+    assert 15 not in [i for i, _ in index.search(vectors[5], 1)] or vectors[5] @ moved > 0.9
+
+
+@pytest.mark.parametrize("kind", ["hnsw", "ivf"])
+def test_an_approximate_index_reaches_the_recall_it_was_built_for(kind):
+    vectors = unit(4000, 64, 2)
+    index = PrototypeIndex(kind)
+    index.rebuild({i: v for i, v in enumerate(vectors)})
+    assert index.structure == kind and index.recall_at_1 >= 0.99 and index.depth is not None
+    queries = near(vectors[np.random.default_rng(3).choice(4000, 400, replace=False)], seed=4)
+    exact = np.argmax(queries @ vectors.T, axis=1)
+    found = [index.search(q, 1)[0][0] for q in queries]
+    assert np.mean(np.array(found) == exact) >= 0.97  # fresh queries, not the calibration's
+
+
+def test_hnsw_skips_stale_entries_and_rebuilds_when_they_pile_up():
+    vectors = unit(2000, 32, 5)
+    index = PrototypeIndex("hnsw")
+    index.rebuild({i: v for i, v in enumerate(vectors)})
+    moved = unit(1, 32, 6)[0]
+    index.upsert(7, moved)
+    assert index._index.ntotal == 2001 and index._stale == 1
+    results = index.search(moved, 5)
+    assert [i for i, _ in results].count(7) == 1 and results[0] == (7, pytest.approx(1.0, abs=1e-5))
+    for identity in range(8, 8 + 500):  # a fifth of the index stale: rebuilt
+        index.upsert(identity, near(vectors[identity][None], seed=identity)[0])
+    assert index._stale < 100 and index._index.ntotal < 2400
+
+
+def test_auto_is_exact_while_small_and_hnsw_once_the_gallery_grows(monkeypatch):
+    monkeypatch.setattr(index_module, "AUTO_EXACT_BELOW", 300)
+    vectors = unit(400, 32, 7)
+    index = PrototypeIndex("auto")
+    index.rebuild({i: v for i, v in enumerate(vectors[:250])})
+    assert index.structure == "flat" and index.recall_at_1 is None
+    for i in range(250, 400):
+        index.upsert(i, vectors[i])
+    assert index.structure == "hnsw" and index.recall_at_1 >= 0.99
+    assert index.search(vectors[399], 1)[0][0] == 399
+
+
+def test_ivf_with_too_few_vectors_to_train_searches_exactly():
+    index = PrototypeIndex("ivf")
+    index.rebuild({i: v for i, v in enumerate(unit(100, 16, 8))})
+    assert index.structure == "flat"
