@@ -23,7 +23,7 @@ import numpy as np
 from hybreid.errors import UserError
 
 KINDS = ("auto", "flat", "hnsw", "ivf")
-AUTO_EXACT_BELOW = 20_000  # identities; below this exact search is fast enough (< 5 ms at 1024-d)
+AUTO_EXACT_BELOW = 5_000  # identities; below this exact search takes about a millisecond at 1024-d
 TARGET_RECALL = 0.99
 DEPTHS = (16, 32, 64, 128, 256, 512, 1024, 2048)  # efSearch (HNSW) or nprobe (IVF), tried in order
 IVF_LISTS = 64
