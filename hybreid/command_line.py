@@ -94,13 +94,15 @@ def output_folder(args: argparse.Namespace) -> Path:
         if folder.is_dir() and any(folder.iterdir()) and not args.overwrite:
             raise UserError(f"{folder} holds earlier results; give another --out, or --overwrite to write over them")
     args.results_folder = folder
+    args.provenance = provenance()  # now: the results about to be written must not count as changes
     return folder
 
 
 def write_provenance(args: argparse.Namespace, argv: list[str]) -> None:
     folder = getattr(args, "results_folder", None)
     if folder is not None and folder.is_dir():
-        (folder / "provenance.json").write_text(json.dumps(provenance(argv), indent=2))
+        record = {**args.provenance, "command": ["hybreid", *argv]}
+        (folder / "provenance.json").write_text(json.dumps(record, indent=2))
 
 
 def require(*modules: str) -> None:

@@ -37,10 +37,10 @@ def commit() -> str | None:
     return head.stdout.strip() + ("+dirty" if dirty else "")
 
 
-def provenance(argv: list[str]) -> dict:
-    """``argv``: the command's arguments after ``hybreid``."""
+def provenance() -> dict:
+    """The code and the machine, as they are when a measurement starts."""
     from hybreid import __version__
 
     return {"hybreid": __version__, "commit": commit(), "cpu": cpu_model_name(), "cores": os.cpu_count(),
             "machine": platform.machine(), "python": platform.python_version(),
-            "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": ["hybreid", *argv]}
+            "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
