@@ -45,6 +45,38 @@ def matcher(tmp_path):
     return Matcher(Gallery(tmp_path / "g.sqlite"), MatchPolicy(same_modality=0.8, cross_modality=0.5))
 
 
+class TestBatches:
+    def test_a_batch_is_decided_in_order_and_stored_once(self, matcher):
+        person = unit(1)
+        batch = [feature(seq=0, track=7, embedding=person),  # a new track...
+                 feature(seq=1, track=7, embedding=unit(2, 0.05, base=1), ts=101.0),  # ...and its update
+                 feature(seq=0, track=7, embedding=person),  # a redelivery inside the same batch
+                 feature(camera="cam2", seq=0, track=1, embedding=unit(50), model_hash="other")]  # wrong model
+        first, update, again, foreign = matcher.handle_batch(batch)
+        assert first["type"] == "new" and update["type"] == "update"
+        assert update["identity"] == first["identity"] and again == first
+        assert foreign is None and matcher.gallery.rejections() == {"model_mismatch": 1}
+        assert matcher.accepted == 2 and matcher.duplicates == 1
+        assert matcher.gallery.stats()["sightings"] == 2
+
+    def test_a_failing_batch_stores_nothing_and_leaves_the_index_as_the_store(self, matcher, monkeypatch):
+        matcher.handle(*feature(seq=0, track=1, embedding=unit(1)))
+        before = {i: v.copy() for i, v in matcher.gallery.prototypes.items()}
+        calls = []
+
+        def broken_assign(message, original=matcher.assign):
+            calls.append(message.seq)
+            if len(calls) == 2:
+                raise RuntimeError("a bug")
+            return original(message)
+
+        monkeypatch.setattr(matcher, "assign", broken_assign)
+        with pytest.raises(RuntimeError):
+            matcher.handle_batch([feature(seq=1, track=2, embedding=unit(9)), feature(seq=2, track=3)])
+        assert matcher.gallery.stats()["sightings"] == 1 and matcher.accepted == 1
+        assert set(matcher.gallery.prototypes) == set(before)  # the first message's new identity is gone
+
+
 class TestAssignment:
     def test_new_match_update_and_duplicate(self, matcher):
         person = unit(0, base=42)
@@ -177,6 +209,28 @@ def test_hostile_stream_through_the_broker(tmp_path, mosquitto):
                                    "not_utf8": 1, "invalid_json": 2, "topic_mismatch": 1}
     # "truncated" is invalid JSON, hence two invalid_json.
     assert service.internal_errors == 0
+
+
+def test_a_message_that_breaks_its_batch_does_not_hold_the_others_back(tmp_path, mosquitto, monkeypatch, caplog):
+    gallery = Gallery(tmp_path / "g.sqlite")
+    matcher = Matcher(gallery, MatchPolicy())
+    original = matcher.assign
+
+    def assign(message):
+        if message.seq == 3:
+            raise RuntimeError("a bug that only this message meets")
+        return original(message)
+
+    monkeypatch.setattr(matcher, "assign", assign)
+    monkeypatch.setattr("hybreid.matcher.service.BATCH_WAIT_S", 0.5)  # the burst arrives as one batch
+    service = MatcherService(matcher, BrokerConfig(url=mosquitto.url, client_id="matcher"))
+    service.start()
+    assert service.subscribed.wait(10)
+    publish_all(mosquitto.port, [feature("cam1", seq, seq, unit(seq), ts=100 + 50 * seq) for seq in range(6)])
+    assert wait_until(lambda: matcher.accepted == 5 and service.internal_errors == 1)
+    service.stop()
+    assert gallery.stats()["sightings"] == 5 and gallery.rejections() == {"internal_error": 1}
+    assert "deciding them one by one" in caplog.text  # the batch failed as a whole first
 
 
 def test_killed_matcher_resumes_to_the_same_gallery(tmp_path, mosquitto):

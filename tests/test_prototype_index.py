@@ -43,6 +43,20 @@ def test_an_approximate_index_reaches_the_recall_it_was_built_for(kind):
     assert np.mean(np.array(found) == exact) >= 0.97  # fresh queries, not the calibration's
 
 
+@pytest.mark.parametrize("kind", ["hnsw", "ivf"])
+def test_a_small_move_keeps_its_entry_and_a_large_one_is_indexed_again(kind):
+    vectors = unit(4000, 32, 9)
+    index = PrototypeIndex(kind)
+    index.rebuild({i: v for i, v in enumerate(vectors)})
+    nudged = 0.999 * vectors[3] + 0.001 * vectors[4]
+    index.upsert(3, nudged / np.linalg.norm(nudged))
+    assert index._index.ntotal == 4000  # no insertion
+    (best, score), *_ = index.search(vectors[3], 1)
+    assert best == 3 and score == pytest.approx(float(index.prototypes[3] @ vectors[3]))  # the current prototype
+    index.upsert(3, vectors[5])
+    assert index._index.ntotal == 4001 and index._stale == 1
+
+
 def test_hnsw_skips_stale_entries_and_rebuilds_when_they_pile_up():
     vectors = unit(2000, 32, 5)
     index = PrototypeIndex("hnsw")

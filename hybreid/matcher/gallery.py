@@ -59,6 +59,7 @@ class Gallery:
         except sqlite3.DatabaseError as exc:
             raise UserError(f"gallery {self.path} is not a usable SQLite file ({exc})") from exc
         self.index = PrototypeIndex(index)
+        self._in_transaction = False
         self.generation = self._stored_generation()
         self.rebuild_index()
 
@@ -176,37 +177,54 @@ class Gallery:
         import json
 
         vector = message.embedding.astype(np.float32)
+        with self.lock, self.transaction():
+            if identity_id is None:
+                cursor = self.db.execute(
+                    "INSERT INTO identities (created, last_seen, sightings, modalities, prototype) "
+                    "VALUES (?, ?, 0, '', ?)", (message.ts, message.ts, vector.tobytes()))
+                identity_id = cursor.lastrowid
+                prototype = vector
+            else:
+                old = self.prototypes[identity_id]  # present: the matcher refreshed before assigning
+                rows = self.db.execute("SELECT sightings FROM identities WHERE id = ?", (identity_id,)).fetchone()
+                rate = min(prototype_rate, 1.0 / (rows[0] + 1))
+                prototype = (1 - rate) * old + rate * vector
+                prototype = (prototype / np.linalg.norm(prototype)).astype(np.float32)
+            modalities = self.identity_modalities(identity_id) | {message.modality}
+            self.db.execute("UPDATE identities SET last_seen = MAX(last_seen, ?), sightings = sightings + 1, "
+                            "modalities = ?, prototype = ? WHERE id = ?",
+                            (message.ts, ",".join(sorted(modalities - {""})), prototype.tobytes(), identity_id))
+            self.db.execute(
+                "INSERT INTO sightings VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (message.camera_id, message.seq, message.site, message.track_id, message.modality,
+                 message.first_ts if message.first_ts is not None else message.ts, message.ts,
+                 json.dumps(list(message.box)), message.score, message.quality, message.frames,
+                 int(message.final), identity_id, similarity, vector.tobytes(), decision))
+            # In the index at once: the next message of a batch must find this identity. A
+            # transaction that fails reloads the index from the store (:meth:`transaction`).
+            self.index.upsert(identity_id, prototype)
+        return identity_id
+
+    @contextmanager
+    def transaction(self):
+        """One SQLite transaction around what runs inside; nested uses join the outer one, so a
+        batch of messages commits once. On failure the store rolls back and the index, which
+        took the batch's prototypes as they came, is rebuilt from it."""
         with self.lock:
+            if self._in_transaction:
+                yield
+                return
             self.db.execute("BEGIN IMMEDIATE")
+            self._in_transaction = True
             try:
-                if identity_id is None:
-                    cursor = self.db.execute(
-                        "INSERT INTO identities (created, last_seen, sightings, modalities, prototype) "
-                        "VALUES (?, ?, 0, '', ?)", (message.ts, message.ts, vector.tobytes()))
-                    identity_id = cursor.lastrowid
-                    prototype = vector
-                else:
-                    old = self.prototypes[identity_id]  # present: the matcher refreshed before assigning
-                    rows = self.db.execute("SELECT sightings FROM identities WHERE id = ?", (identity_id,)).fetchone()
-                    rate = min(prototype_rate, 1.0 / (rows[0] + 1))
-                    prototype = (1 - rate) * old + rate * vector
-                    prototype = (prototype / np.linalg.norm(prototype)).astype(np.float32)
-                modalities = self.identity_modalities(identity_id) | {message.modality}
-                self.db.execute("UPDATE identities SET last_seen = MAX(last_seen, ?), sightings = sightings + 1, "
-                                "modalities = ?, prototype = ? WHERE id = ?",
-                                (message.ts, ",".join(sorted(modalities - {""})), prototype.tobytes(), identity_id))
-                self.db.execute(
-                    "INSERT INTO sightings VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (message.camera_id, message.seq, message.site, message.track_id, message.modality,
-                     message.first_ts if message.first_ts is not None else message.ts, message.ts,
-                     json.dumps(list(message.box)), message.score, message.quality, message.frames,
-                     int(message.final), identity_id, similarity, vector.tobytes(), decision))
+                yield
                 self.db.execute("COMMIT")
             except BaseException:
                 self.db.execute("ROLLBACK")
+                self.rebuild_index()
                 raise
-            self.index.upsert(identity_id, prototype)
-        return identity_id
+            finally:
+                self._in_transaction = False
 
     # -- re-association ----------------------------------------------------------------------
 

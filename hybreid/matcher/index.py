@@ -7,9 +7,12 @@ FAISS provides the search structures; this module keeps them current as prototyp
 
 - the exact index's vectors are rewritten in place (removing and re-adding an id in a
   flat index compacts the whole array, O(gallery));
-- HNSW and IVF cannot rewrite a vector, so the new one is added and the old entry is
-  left stale, skipped by search; the index is rebuilt once stale entries pass a fifth
-  of it.
+- HNSW and IVF cannot rewrite a vector, so a prototype that moved away from its indexed
+  vector (cosine below ``REINDEX_BELOW``) is added again and the old entry is left stale,
+  skipped by search; the index is rebuilt once stale entries pass a fifth of it. A small
+  move (most updates: a prototype moves by at most ``1/n`` of a sighting) keeps its entry,
+  which still finds the identity, and costs no insertion (an HNSW insertion at 1024-d
+  costs about as much as a search).
 
 Every candidate is re-scored exactly against the current prototype, so an approximate
 index only decides which identities are looked at, never their similarity.
@@ -28,6 +31,7 @@ TARGET_RECALL = 0.99
 DEPTHS = (16, 32, 64, 128, 256, 512, 1024, 2048)  # efSearch (HNSW) or nprobe (IVF), tried in order
 IVF_LISTS = 64
 STALE_SHARE = 0.2
+REINDEX_BELOW = 0.995  # cosine between a prototype and its indexed vector
 
 
 class PrototypeIndex:
@@ -76,6 +80,8 @@ class PrototypeIndex:
             self._index = faiss.IndexIVFFlat(self._quantizer, dim, IVF_LISTS, faiss.METRIC_INNER_PRODUCT)
             self._index.train(matrix)
         self._index.add(matrix)
+        if self.structure == "ivf":
+            self._index.make_direct_map()  # reconstruct(row): how far a prototype moved from its entry
         self._row_ids = ids
         self._row_of = {identity: row for row, identity in enumerate(ids)}
         if self.structure != "flat":
@@ -93,6 +99,8 @@ class PrototypeIndex:
             stored.reshape(self._index.ntotal, self._index.d)[row] = vector
             return
         if row is not None:
+            if float(self._index.reconstruct(row) @ vector) >= REINDEX_BELOW:
+                return
             self._stale += 1
         self._index.add(vector[None])
         self._row_of[identity] = len(self._row_ids)

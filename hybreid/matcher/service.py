@@ -20,6 +20,11 @@ feature is acknowledged to the broker only after its event's PUBACK, and a featu
 delivered again (after a crash) re-emits the decision stored with it. Consumers
 de-duplicate events on ``(site, camera_id, seq)``.
 
+Ingest is micro-batched: paho's network thread only queues each message; a worker takes
+what has arrived (up to ``BATCH_SIZE``, waiting at most ``BATCH_WAIT_S`` for more), decides
+the messages in order and stores them in one transaction, then publishes their events.
+A message is acknowledged only after its batch committed and its event's PUBACK came.
+
 Scale-out: with ``shared_group`` the matcher subscribes through an MQTT v5 shared
 subscription (``$share/<group>/...``) and several matchers split the stream. The
 broker spreads *messages*, not cameras, so every matcher instance must then use the
@@ -31,6 +36,7 @@ from __future__ import annotations
 
 import json
 import logging
+import queue
 import threading
 import time
 from pathlib import Path
@@ -119,29 +125,46 @@ class Matcher:
         return message
 
     def handle(self, topic: str, payload: bytes) -> dict | None:
-        """Process one MQTT message; returns the event to publish, or None for a rejected one.
+        """Process one MQTT message; returns the event to publish, or None for a rejected one."""
+        return self.handle_batch([(topic, payload)])[0]
 
-        A message already stored (redelivered after a crash or a lost acknowledgement)
-        returns its stored decision again, so an event lost with the crash goes out now.
+    def handle_batch(self, messages: list[tuple[str, bytes]]) -> list[dict | None]:
+        """Process messages in arrival order, stored in one transaction; returns each one's event
+        (None for a rejected message).
+
+        Each is decided as if alone, after the ones before it (a batch holding two updates of
+        one new track gives them one identity). A message already stored (redelivered after
+        a crash or a lost acknowledgement) returns its stored decision again, so an event
+        lost with the crash goes out now. If the transaction fails, nothing of the batch is
+        stored and the exception propagates: the caller acknowledges nothing of it.
         """
         with self.lock:
-            try:
-                message = self._validate(topic, payload)
-            except ProtocolError as exc:
-                self.gallery.count_rejection(exc.reason)
-                log.warning("rejected a message on %s: %s", topic, exc)
-                return None
-            self.gallery.refresh()  # a purge by another process since the last message
-            stored = self.gallery.stored_decision(message.site, message.camera_id, message.seq)
-            if stored is not None:
-                self.duplicates += 1
-                identity, similarity, decision = stored
-                return self._event(message, identity, similarity, decision)
-            self.gallery.bind_model(message.model_identity)
-            identity, similarity, decision = self.assign(message)
-            identity = self.gallery.store(message, identity, similarity, self.policy.prototype_rate, decision)
-            self.accepted += 1
-            return self._event(message, identity, similarity, decision)
+            self.gallery.refresh()  # a purge or re-association by another process since the last batch
+            events: list[dict | None] = []
+            accepted = duplicates = 0
+            with self.gallery.transaction():
+                for topic, payload in messages:
+                    try:  # inside the batch: the model the first message binds holds for the next
+                        message = self._validate(topic, payload)
+                    except ProtocolError as exc:
+                        self.gallery.count_rejection(exc.reason)
+                        log.warning("rejected a message on %s: %s", topic, exc)
+                        events.append(None)
+                        continue
+                    stored = self.gallery.stored_decision(message.site, message.camera_id, message.seq)
+                    if stored is not None:
+                        duplicates += 1
+                        events.append(self._event(message, *stored))
+                        continue
+                    self.gallery.bind_model(message.model_identity)
+                    identity, similarity, decision = self.assign(message)
+                    identity = self.gallery.store(message, identity, similarity, self.policy.prototype_rate,
+                                                  decision)
+                    accepted += 1
+                    events.append(self._event(message, identity, similarity, decision))
+            self.accepted += accepted
+            self.duplicates += duplicates
+            return events
 
     @staticmethod
     def _event(message: FeatureMessage, identity: int, similarity: float, decision: str) -> dict:
@@ -188,6 +211,11 @@ class Matcher:
         return None, 0.0, "new"
 
 
+BATCH_SIZE = 64
+BATCH_WAIT_S = 0.005
+_UNKNOWN = object()  # a PUBACK whose event mid the worker has not recorded yet
+
+
 class MatcherService:
     def __init__(self, matcher: Matcher, broker: BrokerConfig, site: str = "+", shared_group: str | None = None,
                  session_expiry: int = 24 * 3600):
@@ -206,7 +234,16 @@ class MatcherService:
         self.client.on_subscribe = self._on_subscribe
         self.client.on_message = self._on_message
         self.client.on_publish = self._on_publish
-        self._awaiting_event_ack: dict[int, int] = {}  # event mid -> feature mid
+        self._awaiting_event_ack: dict[int, int | None] = {}  # event mid -> feature mid (None: no feature)
+        # The worker publishes while paho's thread reads PUBACKs, so an event's PUBACK can come
+        # before the worker has recorded its mid: it is kept here until the worker looks.
+        self._early_event_acks: set[int] = set()
+        # Guards the two above; never held while calling paho, which holds its own locks
+        # when it calls on_publish (holding ours around publish() deadlocked).
+        self._ack_lock = threading.Lock()
+        self._inbox: queue.Queue = queue.Queue()
+        self._worker: threading.Thread | None = None
+        self._worker_stop = threading.Event()
         # Set on the broker's SUBACK, not on CONNACK: a message published between the two
         # would not reach a first-time subscriber.
         self.subscribed = threading.Event()
@@ -233,27 +270,67 @@ class MatcherService:
         self.subscribed.set()
 
     def _on_message(self, client, userdata, message):
-        # paho runs this on its network thread, which also reads the PUBACKs: the event's
-        # PUBACK cannot be handled before this returns and its mid is recorded.
+        self._inbox.put(message)  # decided by the worker, in batches (paho's thread must keep reading)
+
+    def _on_publish(self, client, userdata, mid, reason_code=None, properties=None):
+        with self._ack_lock:
+            feature_mid = self._awaiting_event_ack.pop(mid, _UNKNOWN)
+            if feature_mid is _UNKNOWN:
+                self._early_event_acks.add(mid)
+        if feature_mid not in (_UNKNOWN, None):
+            client.ack(feature_mid, 1)
+
+    def _publish_event(self, event: dict, feature=None) -> None:
+        """Publish an event (QoS 1); ``feature``'s message is acknowledged when the event's PUBACK
+        comes. Should the connection be gone, the feature stays unacknowledged: the broker
+        delivers it again after the reconnect, and its event goes out then."""
+        info = self.client.publish(protocol.events_topic(event["site"]), protocol.encode_event(event), qos=1)
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            return
+        feature_mid = feature.mid if feature is not None else None
+        with self._ack_lock:
+            acknowledged = info.mid in self._early_event_acks
+            if acknowledged:
+                self._early_event_acks.discard(info.mid)
+            else:
+                self._awaiting_event_ack[info.mid] = feature_mid
+        if acknowledged and feature is not None:
+            self.client.ack(feature.mid, feature.qos)
+
+    def _work(self) -> None:
+        while not self._worker_stop.is_set():
+            try:
+                batch = [self._inbox.get(timeout=0.1)]
+            except queue.Empty:
+                continue
+            deadline = time.monotonic() + BATCH_WAIT_S
+            while len(batch) < BATCH_SIZE:
+                try:
+                    batch.append(self._inbox.get(timeout=max(deadline - time.monotonic(), 0)))
+                except queue.Empty:
+                    break
+            self._decide(batch)
+
+    def _decide(self, batch: list) -> None:
         try:
-            event = self.matcher.handle(message.topic, message.payload)
-            if event is not None:
-                info = client.publish(protocol.events_topic(event["site"]), protocol.encode_event(event), qos=1)
-                if info.rc == mqtt.MQTT_ERR_SUCCESS:
-                    self._awaiting_event_ack[info.mid] = message.mid
-                # Otherwise the connection is gone: the feature stays unacknowledged, the
-                # broker delivers it again after the reconnect, and its event goes out then.
-                return
+            events = self.matcher.handle_batch([(m.topic, m.payload) for m in batch])
+        except Exception:  # a message that breaks its batch must not hold the others back: one by one
+            log.exception("a batch of %d messages failed; deciding them one by one", len(batch))
+            events = [self._decide_one(m) for m in batch]
+        for message, event in zip(batch, events, strict=True):
+            if event is None:  # rejected (counted) or failed: redelivery would change nothing
+                self.client.ack(message.mid, message.qos)
+                continue
+            self._publish_event(event, message)
+
+    def _decide_one(self, message) -> dict | None:
+        try:
+            return self.matcher.handle(message.topic, message.payload)
         except Exception:  # a bug must not take the site down: count it, keep serving
             self.internal_errors += 1
             self.matcher.gallery.count_rejection("internal_error")
             log.exception("failed to process a message on %s", message.topic)
-        client.ack(message.mid, message.qos)  # rejected (counted) or failed: redelivery would change nothing
-
-    def _on_publish(self, client, userdata, mid, reason_code=None, properties=None):
-        feature_mid = self._awaiting_event_ack.pop(mid, None)
-        if feature_mid is not None:
-            client.ack(feature_mid, 1)
+            return None
 
     def start(self) -> None:
         host, port, _ = self.broker.endpoint()
@@ -268,8 +345,16 @@ class MatcherService:
         else:
             self.client.connect_async(host, port, keepalive=self.broker.keepalive)
         self.client.loop_start()
+        self._worker_stop.clear()
+        self._worker = threading.Thread(target=self._work, name="matcher-batches", daemon=True)
+        self._worker.start()
 
     def stop(self) -> None:
+        """Stop deciding, then disconnect: messages still queued were never acknowledged, so the
+        broker delivers them again to the next session."""
+        self._worker_stop.set()
+        if self._worker is not None:
+            self._worker.join()
         self.client.disconnect()
         self.client.loop_stop()
 
@@ -283,7 +368,7 @@ class MatcherService:
         """Re-associate now and publish the events (QoS 1)."""
         events = self.matcher.reassociate(self.min_transit)
         for event in events:
-            self.client.publish(protocol.events_topic(event["site"]), protocol.encode_event(event), qos=1)
+            self._publish_event(event)
         return events
 
     def run_forever(self, report_every: float = 60.0, reassociate_every: float = 10.0) -> None:
