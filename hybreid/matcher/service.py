@@ -285,16 +285,17 @@ class MatcherService:
         comes. Should the connection be gone, the feature stays unacknowledged: the broker
         delivers it again after the reconnect, and its event goes out then."""
         info = self.client.publish(protocol.events_topic(event["site"]), protocol.encode_event(event), qos=1)
-        if info.rc != mqtt.MQTT_ERR_SUCCESS:
-            return
-        feature_mid = feature.mid if feature is not None else None
+        # Recorded even when the connection is gone: paho may still send the event after the
+        # reconnect, and its PUBACK must then find its mid (an unclaimed one would wait here
+        # for the mid's reuse and acknowledge another feature early).
+        feature_mid = feature.mid if feature is not None and info.rc == mqtt.MQTT_ERR_SUCCESS else None
         with self._ack_lock:
             acknowledged = info.mid in self._early_event_acks
             if acknowledged:
                 self._early_event_acks.discard(info.mid)
             else:
                 self._awaiting_event_ack[info.mid] = feature_mid
-        if acknowledged and feature is not None:
+        if acknowledged and feature_mid is not None:
             self.client.ack(feature.mid, feature.qos)
 
     def _work(self) -> None:
@@ -309,7 +310,11 @@ class MatcherService:
                     batch.append(self._inbox.get(timeout=max(deadline - time.monotonic(), 0)))
                 except queue.Empty:
                     break
-            self._decide(batch)
+            try:
+                self._decide(batch)
+            except Exception:  # the worker must outlive anything: unacknowledged messages come again
+                self.internal_errors += 1
+                log.exception("the matcher's worker failed on a batch of %d messages", len(batch))
 
     def _decide(self, batch: list) -> None:
         try:
