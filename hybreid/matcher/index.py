@@ -105,8 +105,8 @@ class PrototypeIndex:
         self._index.add(vector[None])
         self._row_of[identity] = len(self._row_ids)
         self._row_ids.append(identity)
-        grown_past_exact = self.kind == "auto" and self.structure == "flat" and len(self.prototypes) >= AUTO_EXACT_BELOW
-        if self._stale > STALE_SHARE * len(self._row_ids) or grown_past_exact:
+        outgrown = self.structure == "flat" and self._structure_for(len(self.prototypes)) != "flat"
+        if self._stale > STALE_SHARE * len(self._row_ids) or outgrown:
             self.rebuild(self.prototypes)
 
     def search(self, vector: np.ndarray, k: int = 5) -> list[tuple[int, float]]:
