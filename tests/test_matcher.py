@@ -59,16 +59,26 @@ class TestBatches:
         assert matcher.accepted == 2 and matcher.duplicates == 1
         assert matcher.gallery.stats()["sightings"] == 2
 
+    def test_a_batch_decides_as_the_same_messages_one_by_one(self, tmp_path):
+        stream = [feature(f"cam{i % 3}", i, i % 11, unit(i, 0.2, base=i % 7), ts=100.0 + 40 * i) for i in range(40)]
+        one_by_one = Matcher(Gallery(tmp_path / "a.sqlite"), MatchPolicy(same_modality=0.8, cross_modality=0.5))
+        batched = Matcher(Gallery(tmp_path / "b.sqlite"), MatchPolicy(same_modality=0.8, cross_modality=0.5))
+        single = [one_by_one.handle(*message) for message in stream[:5]]
+        single += [one_by_one.handle(*message) for message in stream[5:]]
+        together = batched.handle_batch(stream[:5]) + batched.handle_batch(stream[5:])  # the second searches at once
+        assert [(e["identity"], e["type"]) for e in together] == [(e["identity"], e["type"]) for e in single]
+        assert len({e["identity"] for e in together}) < 40 and {e["type"] for e in together} >= {"new", "match"}
+
     def test_a_failing_batch_stores_nothing_and_leaves_the_index_as_the_store(self, matcher, monkeypatch):
         matcher.handle(*feature(seq=0, track=1, embedding=unit(1)))
         before = {i: v.copy() for i, v in matcher.gallery.prototypes.items()}
         calls = []
 
-        def broken_assign(message, original=matcher.assign):
+        def broken_assign(message, *candidates, original=matcher.assign):
             calls.append(message.seq)
             if len(calls) == 2:
                 raise RuntimeError("a bug")
-            return original(message)
+            return original(message, *candidates)
 
         monkeypatch.setattr(matcher, "assign", broken_assign)
         with pytest.raises(RuntimeError):
@@ -216,10 +226,10 @@ def test_a_message_that_breaks_its_batch_does_not_hold_the_others_back(tmp_path,
     matcher = Matcher(gallery, MatchPolicy())
     original = matcher.assign
 
-    def assign(message):
+    def assign(message, *candidates):
         if message.seq == 3:
             raise RuntimeError("a bug that only this message meets")
-        return original(message)
+        return original(message, *candidates)
 
     monkeypatch.setattr(matcher, "assign", assign)
     monkeypatch.setattr("hybreid.matcher.service.BATCH_WAIT_S", 0.5)  # the burst arrives as one batch

@@ -316,6 +316,15 @@ class Gallery:
         with self.lock:
             return self.index.search(vector, k)
 
+    def candidates(self, vectors: np.ndarray, k: int = 5) -> list[list[int]]:
+        """The identities a search of each vector would score, for a whole batch at once."""
+        with self.lock:
+            return self.index.candidates(vectors, k)
+
+    def rank(self, vector: np.ndarray, identities, k: int = 5) -> list[tuple[int, float]]:
+        with self.lock:
+            return self.index.rank(vector, identities, k)
+
     # -- retention ----------------------------------------------------------------------------
 
     def purge(self, identity: int | None = None, camera: str | None = None, since: float | None = None,

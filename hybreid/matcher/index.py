@@ -111,14 +111,26 @@ class PrototypeIndex:
 
     def search(self, vector: np.ndarray, k: int = 5) -> list[tuple[int, float]]:
         """Top-k ``(identity, cosine)``, scored exactly against the current prototypes."""
-        if self._index is None or self._index.ntotal == 0:
-            return []
-        vector = np.asarray(vector, dtype=np.float32)
+        (found,) = self.candidates(np.asarray(vector, dtype=np.float32)[None], k)
+        return self.rank(vector, found, k)
+
+    def candidates(self, vectors: np.ndarray, k: int = 5) -> list[list[int]]:
+        """For each vector, the identities :meth:`search` would score (one FAISS call for all:
+        a batch is searched on every core at once)."""
+        if self._index is None or self._index.ntotal == 0 or len(vectors) == 0:
+            return [[] for _ in range(len(vectors))]
         # Stale entries of one identity crowd the candidates of an approximate index: ask for more.
         wanted = min(self._index.ntotal, k if self.structure == "flat" else 4 * k)
-        _, rows = self._index.search(vector[None], wanted)
-        found = dict.fromkeys(self._row_ids[r] for r in rows[0] if r >= 0 and self._row_of.get(self._row_ids[r]) == r)
-        scored = [(identity, float(self.prototypes[identity] @ vector)) for identity in found]
+        _, rows = self._index.search(np.ascontiguousarray(vectors, dtype=np.float32), wanted)
+        current = self._row_of
+        return [list(dict.fromkeys(self._row_ids[r] for r in found if r >= 0 and current.get(self._row_ids[r]) == r))
+                for found in rows]
+
+    def rank(self, vector: np.ndarray, identities, k: int = 5) -> list[tuple[int, float]]:
+        """Top-k of ``identities`` by exact cosine with their current prototypes."""
+        vector = np.asarray(vector, dtype=np.float32)
+        scored = [(identity, float(self.prototypes[identity] @ vector))
+                  for identity in dict.fromkeys(identities) if identity in self.prototypes]
         return sorted(scored, key=lambda pair: -pair[1])[:k]
 
     def _calibrate(self, matrix: np.ndarray, queries: int = 200) -> None:

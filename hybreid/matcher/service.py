@@ -42,6 +42,7 @@ import time
 from pathlib import Path
 from typing import Annotated
 
+import numpy as np
 import paho.mqtt.client as mqtt
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -115,7 +116,10 @@ class Matcher:
         self.lock = threading.Lock()
 
     def _validate(self, topic: str, payload: bytes) -> FeatureMessage:
-        message = protocol.decode_feature(payload, topic, self.max_bytes)
+        return self._check(protocol.decode_feature(payload, topic, self.max_bytes))
+
+    def _check(self, message: FeatureMessage) -> FeatureMessage:
+        """What a valid message must also agree with: the gallery's model and dimension."""
         expected = self.gallery.model
         if expected is not None and message.model_identity != expected:
             raise ProtocolError("model_mismatch", f"{message.model_identity} != gallery's {expected}")
@@ -140,12 +144,22 @@ class Matcher:
         """
         with self.lock:
             self.gallery.refresh()  # a purge or re-association by another process since the last batch
+            decoded: list[FeatureMessage | ProtocolError] = []
+            for topic, payload in messages:
+                try:
+                    decoded.append(protocol.decode_feature(payload, topic, self.max_bytes))
+                except ProtocolError as exc:
+                    decoded.append(exc)
+            candidates = self._batch_candidates(decoded)
+            created: list[int] = []  # identities this batch creates: candidates for the messages after
             events: list[dict | None] = []
             accepted = duplicates = 0
             with self.gallery.transaction():
-                for topic, payload in messages:
+                for (topic, _), message, found in zip(messages, decoded, candidates, strict=True):
                     try:  # inside the batch: the model the first message binds holds for the next
-                        message = self._validate(topic, payload)
+                        if isinstance(message, ProtocolError):
+                            raise message
+                        self._check(message)
                     except ProtocolError as exc:
                         self.gallery.count_rejection(exc.reason)
                         log.warning("rejected a message on %s: %s", topic, exc)
@@ -157,14 +171,29 @@ class Matcher:
                         events.append(self._event(message, *stored))
                         continue
                     self.gallery.bind_model(message.model_identity)
-                    identity, similarity, decision = self.assign(message)
+                    identity, similarity, decision = self.assign(message, None if found is None else found + created)
                     identity = self.gallery.store(message, identity, similarity, self.policy.prototype_rate,
                                                   decision)
+                    if decision == "new":
+                        created.append(identity)
                     accepted += 1
                     events.append(self._event(message, identity, similarity, decision))
             self.accepted += accepted
             self.duplicates += duplicates
             return events
+
+    def _batch_candidates(self, decoded: list) -> list[list[int] | None]:
+        """Each message's candidate identities from one index search of the whole batch (None:
+        the message searches alone, as when the gallery's dimension is not yet known)."""
+        dim = self.gallery.dim
+        usable = [i for i, m in enumerate(decoded) if isinstance(m, FeatureMessage) and m.embedding.size == dim]
+        result: list[list[int] | None] = [None] * len(decoded)
+        if dim is None or len(usable) < 2:
+            return result
+        found = self.gallery.candidates(np.stack([decoded[i].embedding for i in usable]), self.policy.top_k)
+        for i, ids in zip(usable, found, strict=True):
+            result[i] = ids
+        return result
 
     @staticmethod
     def _event(message: FeatureMessage, identity: int, similarity: float, decision: str) -> dict:
@@ -194,13 +223,16 @@ class Matcher:
         log.info("re-association: %d tracklets moved, %d identities merged", len(moved), len(merged))
         return events
 
-    def assign(self, message: FeatureMessage) -> tuple[int | None, float, str]:
+    def assign(self, message: FeatureMessage, candidates: list[int] | None = None) -> tuple[int | None, float, str]:
+        """``candidates``: the identities to score (from a batch search); None searches the index."""
         track_identity = self.gallery.identity_of_track(message.site, message.camera_id, message.track_id)
         if track_identity is not None and track_identity in self.gallery.prototypes:
             similarity = float(self.gallery.prototypes[track_identity] @ message.embedding)
             return track_identity, similarity, "update"
         first_ts = message.first_ts if message.first_ts is not None else message.ts
-        for identity, similarity in self.gallery.search(message.embedding, self.policy.top_k):
+        ranked = (self.gallery.search(message.embedding, self.policy.top_k) if candidates is None
+                  else self.gallery.rank(message.embedding, candidates, self.policy.top_k))
+        for identity, similarity in ranked:
             cross = message.modality not in self.gallery.identity_modalities(identity)
             threshold = self.policy.cross_modality if cross else self.policy.same_modality
             if similarity < threshold:
