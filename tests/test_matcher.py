@@ -162,10 +162,15 @@ HOSTILE = {
 }
 
 
-def publish_all(port: int, messages: list[tuple[str, bytes]]) -> None:
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="hostile-publisher")
+def connected_publisher(port: int, client_id: str) -> mqtt.Client:
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id)
     client.connect("127.0.0.1", port)
     client.loop_start()
+    return client
+
+
+def publish_all(port: int, messages: list[tuple[str, bytes]]) -> None:
+    client = connected_publisher(port, "hostile-publisher")
     for topic, payload in messages:
         client.publish(topic, payload, qos=1).wait_for_publish(5)
     client.disconnect()
@@ -177,6 +182,14 @@ def matcher_command(broker_url: str, db) -> list[str]:
     session across restarts; re-association is off so decisions compare with a plain Matcher's."""
     return [sys.executable, "-m", "hybreid.cli", "matcher", "run", "--broker", broker_url, "--db", str(db),
             "--client-id", "durable-matcher", "--report-every", "0.2", "--reassociate-every", "0"]
+
+
+def start_matcher(broker_url: str, db, stdout=subprocess.DEVNULL) -> subprocess.Popen:
+    """The killable matcher process, once it has subscribed: from then on the broker keeps its
+    session, through a kill, for the restart."""
+    process = subprocess.Popen(matcher_command(broker_url, db), stdout=stdout, stderr=subprocess.PIPE, text=True)
+    assert wait_for_line(process.stderr, "subscribed to"), "the matcher did not subscribe"
+    return process
 
 
 def wait_for_line(stream, marker: str, timeout: float = 15.0) -> bool:
@@ -252,12 +265,8 @@ def test_killed_matcher_resumes_to_the_same_gallery(tmp_path, mosquitto):
 
     db = tmp_path / "g.sqlite"
     command = matcher_command(mosquitto.url, db)
-    matcher = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    # Once subscribed, the broker keeps the matcher's session through the kill below.
-    assert wait_for_line(matcher.stderr, "subscribed to"), "the matcher did not subscribe"
-    publisher = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="slow-publisher")
-    publisher.connect("127.0.0.1", mosquitto.port)
-    publisher.loop_start()
+    matcher = start_matcher(mosquitto.url, db, stdout=subprocess.PIPE)
+    publisher = connected_publisher(mosquitto.port, "slow-publisher")
     for index, (topic, payload) in enumerate(messages):
         publisher.publish(topic, payload, qos=1).wait_for_publish(5)
         if index == 25:

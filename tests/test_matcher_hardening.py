@@ -13,7 +13,16 @@ from collections import Counter
 import numpy as np
 import paho.mqtt.client as mqtt
 import pytest
-from test_matcher import DIM, feature, matcher_command, publish_all, unit, wait_for_line, wait_until
+from test_matcher import (
+    DIM,
+    connected_publisher,
+    feature,
+    matcher_command,
+    publish_all,
+    start_matcher,
+    unit,
+    wait_until,
+)
 
 from hybreid import protocol
 from hybreid.cli import main
@@ -282,11 +291,8 @@ def test_events_survive_matcher_kills(tmp_path, mosquitto):
     events = EventLog(mosquitto.port)
     db = tmp_path / "g.sqlite"
     command = matcher_command(mosquitto.url, db)
-    matcher = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    assert wait_for_line(matcher.stderr, "subscribed to"), "the matcher did not subscribe"
-    publisher = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="stream")
-    publisher.connect("127.0.0.1", mosquitto.port)
-    publisher.loop_start()
+    matcher = start_matcher(mosquitto.url, db)
+    publisher = connected_publisher(mosquitto.port, "stream")
     gallery = Gallery(db)
 
     def stored():
