@@ -87,3 +87,9 @@ def test_ivf_with_too_few_vectors_to_train_searches_exactly():
     index = PrototypeIndex("ivf")
     index.rebuild({i: v for i, v in enumerate(unit(100, 16, 8))})
     assert index.structure == "flat"
+
+
+def test_the_command_line_offers_every_kind_of_index():
+    from hybreid.matcher.cli import INDEXES
+
+    assert tuple(INDEXES) == index_module.KINDS

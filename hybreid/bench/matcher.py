@@ -45,18 +45,6 @@ def _prefill(gallery: Gallery, identities: int, dim: int, rng) -> np.ndarray:
     return vectors
 
 
-def _recall_at_1(gallery: Gallery, queries: list[np.ndarray]) -> float:
-    """Share of queries whose top identity from the gallery's index is the exact search's."""
-    ids = list(gallery.prototypes)
-    matrix = np.stack([gallery.prototypes[i] for i in ids])
-    hits = 0
-    for query in queries:
-        exact = ids[int(np.argmax(matrix @ query.astype(np.float32)))]
-        found = gallery.search(query, 1)
-        hits += bool(found) and found[0][0] == exact
-    return hits / max(len(queries), 1)
-
-
 def run(sizes: list[int], out: str | Path, messages: int = 2000, dim: int = 1024, index: str = "auto") -> list[dict]:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -107,7 +95,8 @@ def run(sizes: list[int], out: str | Path, messages: int = 2000, dim: int = 1024
             publisher.loop_stop()
             service.stop()
             stats = gallery.stats()
-            recall = _recall_at_1(gallery, [v for v in vectors[:500]])
+            queries = np.stack(vectors[:500])
+            recall = gallery.index.measure_recall(queries, gallery.index.exact_top(queries))
             gallery.close()
         lat = np.array(latencies) * 1000
         results.append({"identities": size, "index": index, "structure": stats["index"]["structure"],

@@ -133,6 +133,17 @@ class PrototypeIndex:
                   for identity in dict.fromkeys(identities) if identity in self.prototypes]
         return sorted(scored, key=lambda pair: -pair[1])[:k]
 
+    def exact_top(self, queries: np.ndarray) -> list[int]:
+        """Each query's top identity by exact search over the current prototypes."""
+        ids = list(self.prototypes)
+        matrix = np.stack([self.prototypes[i] for i in ids])
+        return [ids[row] for row in np.argmax(np.asarray(queries, dtype=np.float32) @ matrix.T, axis=1)]
+
+    def measure_recall(self, queries: np.ndarray, exact: list[int]) -> float:
+        """Share of queries whose top identity from this index is ``exact``'s (:meth:`exact_top`)."""
+        found = [self.search(query, 1) for query in queries]
+        return float(np.mean([bool(f) and f[0][0] == e for f, e in zip(found, exact, strict=True)]))
+
     def _calibrate(self, matrix: np.ndarray, queries: int = 200) -> None:
         """The smallest search depth whose recall@1 against exact search reaches the target,
         on queries like real ones: a known identity's prototype plus the noise of a new sighting."""
@@ -140,14 +151,11 @@ class PrototypeIndex:
         picked = matrix[rng.choice(len(matrix), size=min(queries, len(matrix)), replace=False)]
         noisy = picked + rng.standard_normal(picked.shape).astype(np.float32) * (0.5 / np.sqrt(matrix.shape[1]))
         noisy /= np.linalg.norm(noisy, axis=1, keepdims=True)
-        exact = np.argmax(noisy @ matrix.T, axis=1)
-        exact_ids = [self._row_ids[row] for row in exact]
+        exact = self.exact_top(noisy)
         for depth in DEPTHS:
             self._set_depth(depth)
-            found = [self.search(q, 1) for q in noisy]
-            recall = float(np.mean([bool(f) and f[0][0] == e for f, e in zip(found, exact_ids, strict=True)]))
-            self.depth, self.recall_at_1 = depth, recall
-            if recall >= TARGET_RECALL:
+            self.depth, self.recall_at_1 = depth, self.measure_recall(noisy, exact)
+            if self.recall_at_1 >= TARGET_RECALL:
                 return
 
     def _set_depth(self, depth: int) -> None:

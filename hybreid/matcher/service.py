@@ -115,9 +115,6 @@ class Matcher:
         self.accepted = self.duplicates = 0
         self.lock = threading.Lock()
 
-    def _validate(self, topic: str, payload: bytes) -> FeatureMessage:
-        return self._check(protocol.decode_feature(payload, topic, self.max_bytes))
-
     def _check(self, message: FeatureMessage) -> FeatureMessage:
         """What a valid message must also agree with: the gallery's model and dimension."""
         expected = self.gallery.model
