@@ -171,6 +171,42 @@ class TestTrack:
                 by_side[side].add(track.track_id)
         assert by_side["left"] == {0} and by_side["right"] == {1}
 
+    def test_a_confirmed_track_keeps_the_boxes_that_confirmed_it(self):
+        ids = iter(range(100))
+        tracker = IoUTracker(lambda: next(ids), n_init=3)
+        boxes = [(10.0 + 5 * step, 40, 30, 80) for step in range(4)]
+        for box in boxes[:2]:
+            seen, _ = tracker.update([Detection(box, 0.9)])
+            assert seen == []
+        seen, _ = tracker.update([Detection(boxes[2], 0.9)])
+        assert seen[0].unconfirmed_boxes == boxes[:2] and seen[0].box == boxes[2]
+        seen[0].unconfirmed_boxes = []  # taken by the track log
+        seen, _ = tracker.update([Detection(boxes[3], 0.9)])
+        assert seen[0].unconfirmed_boxes == []
+
+    def test_a_blob_someone_walks_into_is_widened_and_the_usual_width_survives_it(self):
+        ids = iter(range(100))
+        tracker = IoUTracker(lambda: next(ids), n_init=2)
+        for frame in range(6):  # one walker, a box 30 wide by 90 high, a stride widening it to 36
+            seen, _ = tracker.update([Detection((10.0 + 4 * frame, 40, 30 + 6 * (frame % 2), 90), 0.9)])
+        track = seen[0]
+        assert not track.widened and 0.33 < track.aspect < 0.4
+        for frame in range(6, 10):  # a second person joins the blob: 60 wide
+            seen, _ = tracker.update([Detection((10.0 + 4 * frame, 40, 60, 90), 0.9)])
+            assert seen == [track] and track.widened
+        assert 0.33 < track.aspect < 0.4
+        tracker.update([Detection((50.0, 40, 31, 90), 0.9)])  # alone again
+        assert not track.widened
+
+    def test_crops_of_two_people_or_half_a_person_weigh_less(self):
+        from hybreid.edge_runtime.runtime import crop_quality
+
+        whole = crop_quality(0.8, (0, 0, 40, 128))
+        assert whole == pytest.approx(0.8)
+        assert crop_quality(0.8, (0, 0, 40, 64)) == pytest.approx(0.4)  # half the model's input height
+        assert crop_quality(0.8, (0, 0, 80, 128), shared=True) < whole / 10
+        assert crop_quality(0.8, (0, 0, 40, 128), cut=True) < whole / 5
+
     def test_one_frame_false_alarms_never_confirm(self):
         ids = iter(range(100))
         tracker = IoUTracker(lambda: next(ids), n_init=2)

@@ -27,9 +27,11 @@ from hybreid.tables import format_table
 
 
 def run_site(model: str | Path, scenes: Path, truth: dict, broker_url: str, policy: MatchPolicy, work: Path,
-             site: str = "bench", progress: bool = False, min_transit: MinTransit | None = None) -> dict:
+             site: str = "bench", progress: bool = False, min_transit: MinTransit | None = None,
+             mqtt_protocol: str = "5") -> dict:
     """The edge runtime on every camera video of ``truth`` and a matcher, through the
-    broker at ``broker_url``; waits until the matcher has every published tracklet.
+    broker at ``broker_url`` (speaking ``mqtt_protocol``, "5" or "3.1.1"); waits until the
+    matcher has every published tracklet.
 
     Returns the edge summary, the gallery's sightings, the matcher's status and the
     runtime (its ``track_log`` ties sightings to ground truth).
@@ -43,7 +45,7 @@ def run_site(model: str | Path, scenes: Path, truth: dict, broker_url: str, poli
         "site": site,
         "cameras": [{"id": c["id"], "source": str(scenes / c["video"]), "modality": c["modality"]}
                     for c in truth["cameras"]],
-        "model": {"path": str(model)}, "broker": {"url": broker_url},
+        "model": {"path": str(model)}, "broker": {"url": broker_url, "protocol": mqtt_protocol},
         "outbox": {"path": str(work / "outbox.sqlite")}, "metrics": {"record_tracks": True},
         "publish": {"interval_s": 0},
     })

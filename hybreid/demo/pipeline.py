@@ -145,7 +145,7 @@ def run_cameras(config: DemoConfig, model_path: Path, thresholds: Path) -> dict:
         with EmbeddedBroker() as broker:
             print(f"embedded MQTT 3.1.1 broker on {broker.url}")
             site = run_site(model_path, scenes, truth, broker.url, policy, work, site="demo",
-                            progress=config.progress)
+                            progress=config.progress, mqtt_protocol="3.1.1")
     tracklets = tracklet_ground_truth(site["runtime"].track_log, truth)
     labels = {key: value["pid"] for key, value in tracklets.items()}
     by_method = score_site(site, truth)

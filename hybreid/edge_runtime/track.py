@@ -9,13 +9,16 @@ Without motion, 795 frames of real footage (OpenCV's vtest.avi) gave 120 trackle
 a median length of 12 frames.
 
 A track is confirmed after ``n_init`` consecutive matches (one-frame false alarms never
-reach the embedder) and ends after ``max_age`` frames without a match.
+reach the embedder) and ends after ``max_age`` frames without a match. A track also
+follows its box's usual width: a box much wider than that is a blob this person shares
+with someone who walked into it (background subtraction merges people who touch), and
+its crops describe two people.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
@@ -38,6 +41,9 @@ def iou_matrix(boxes_a: np.ndarray, boxes_b: np.ndarray) -> np.ndarray:
     return inter / np.maximum(union, 1e-9)
 
 
+WIDENED = 1.35  # a stride widens a walker's box by up to a third; two people side by side by more
+
+
 @dataclass
 class Track:
     track_id: int
@@ -47,6 +53,16 @@ class Track:
     misses: int = 0
     confirmed: bool = False
     velocity: tuple[float, float] = (0.0, 0.0)  # of the box's top-left corner, pixels per frame
+    # Boxes of the frames before confirmation, oldest first (consecutive, since a tentative
+    # track ends at its first miss); taken once by whoever records the track's history.
+    unconfirmed_boxes: list[tuple[float, float, float, float]] = field(default_factory=list)
+    aspect: float = 0.0  # running width / height of the boxes that showed this person alone
+
+    @property
+    def widened(self) -> bool:
+        """The box is much wider than this person has been: someone walked into the same blob."""
+        x, y, w, h = self.box
+        return self.aspect > 0 and w / max(h, 1.0) > WIDENED * self.aspect
 
     def predicted(self) -> tuple[float, float, float, float]:
         """Where the box is now, ``misses + 1`` frames after it was last seen."""
@@ -62,6 +78,9 @@ class Track:
             dy = smoothing * self.velocity[1] + (1 - smoothing) * dy
         self.velocity = (dx, dy)
         self.box, self.score = detection.box, detection.score
+        if not self.widened:
+            ratio = detection.box[2] / max(detection.box[3], 1.0)
+            self.aspect = smoothing * self.aspect + (1 - smoothing) * ratio if self.aspect else ratio
 
 
 class IoUTracker:
@@ -101,6 +120,8 @@ class IoUTracker:
         matched_tracks, matched_detections = set(), set()
         for row, col in self._assign(detections):
             track = self.tracks[row]
+            if not track.confirmed:
+                track.unconfirmed_boxes.append(track.box)
             track.follow(detections[col], self.velocity_smoothing)
             track.hits, track.misses = track.hits + 1, 0
             track.confirmed = track.confirmed or track.hits >= self.n_init
