@@ -48,6 +48,7 @@ class ModelContract:
     precision: str = "fp32"  # fp16, fp16-all, int8-<target>-<method> for the converted copies
     opset: int = 0
     version: str = ""  # of hybreid, at export
+    cpu_isa: str = ""  # the instruction set an int8 copy for the CPU was made for (hybreid.machine.CPU_ISAS)
 
     @property
     def identity(self) -> str:
@@ -79,6 +80,7 @@ class ModelContract:
                 precision=meta.get("hybreid.precision", "fp32"),
                 opset=int(meta.get("hybreid.opset", "0")),
                 version=meta.get("hybreid.version", ""),
+                cpu_isa=meta.get("hybreid.cpu_isa", ""),
             )
         except (KeyError, ValueError, TypeError) as exc:
             raise UserError(f"{source} carries no hybreid contract ({exc}); export it with `hybreid export onnx`") \
@@ -114,6 +116,7 @@ class ModelContract:
             "hybreid.config": json.dumps(self.config, sort_keys=True, default=list),
             "hybreid.input_dtype": self.input_dtype, "hybreid.channel_order": "RGB",
             "hybreid.normalized_output": "1", "hybreid.opset": str(self.opset), "hybreid.precision": self.precision,
+            **({"hybreid.cpu_isa": self.cpu_isa} if self.cpu_isa else {}),
         }
 
 

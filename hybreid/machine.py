@@ -1,6 +1,8 @@
 """The machine a figure was measured on, and the code that measured it: every result
 folder of ``hybreid bench`` (and of the other commands that write results) gets a
-``provenance.json`` with the commit, the processor and the command line."""
+``provenance.json`` with the commit, the processor and the command line. Also the CPU's
+instruction set for int8 work, and the Q/DQ form its kernels run best (the ``cpu`` INT8
+target is made for one, and the embedder checks it against the CPU it runs on)."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import os
 import platform
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 
@@ -20,6 +23,75 @@ def cpu_model_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+# What the CPU's int8 matrix kernels can use, best first: AMX tiles; AVX-512 VNNI and AVX-VNNI
+# (vpdpbusd: a uint8 x int8 dot product accumulated in int32, no saturation); AVX2 alone
+# (vpmaddubsw: int16 intermediate sums that saturate); ARM's dot product (sdot/udot).
+CPU_ISAS = ("amx", "avx512-vnni", "avx-vnni", "avx2", "arm-dotprod", "arm", "generic")
+
+
+@dataclass(frozen=True)
+class CpuInt8Format:
+    """The Q/DQ form of the ``cpu`` target for one instruction set."""
+
+    activations: str  # "uint8" or "int8"; weights are int8, per channel, symmetric
+    reduce_range: bool  # 7-bit values, so that a pair of products fits an int16 sum
+    why: str
+
+
+CPU_INT8_FORMATS = {
+    "amx": CpuInt8Format("int8", False, "AMX tiles multiply int8 by int8 into int32; not measured here, "
+                                        "the VNNI choice"),
+    "avx512-vnni": CpuInt8Format("int8", False, "VNNI accumulates in int32 (no saturation): int8 activations "
+                                                "at full range"),
+    "avx-vnni": CpuInt8Format("int8", False, "VNNI accumulates in int32 (no saturation); the AVX-512 VNNI "
+                                             "choice, not measured here"),
+    "avx2": CpuInt8Format("uint8", True, "AVX2's vpmaddubsw saturates its int16 sums: U8S8 needs reduce_range"),
+    "arm-dotprod": CpuInt8Format("int8", False, "sdot multiplies int8 by int8 into int32; not measured here"),
+    "arm": CpuInt8Format("uint8", False, "NEON widens before it sums (no saturation); not measured here"),
+    "generic": CpuInt8Format("uint8", True, "unknown int8 kernels: the form that cannot saturate"),
+}
+
+
+def cpu_features() -> frozenset[str]:
+    """The CPU's feature flags, lower case, as Linux names them (``avx512_vnni``, ``asimddp``).
+
+    Read from /proc/cpuinfo (x86 ``flags``, ARM ``Features``): NumPy's own dispatch table
+    knows neither AMX nor AVX-VNNI. Elsewhere, NumPy's table, renamed to the same flags.
+    """
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() in ("flags", "Features"):
+                return frozenset(value.split())
+    except OSError:
+        pass
+    try:
+        from numpy._core._multiarray_umath import __cpu_features__
+    except ImportError:
+        return frozenset()
+    renamed = {"AVX512VNNI": "avx512_vnni", "AVX2": "avx2", "ASIMDDP": "asimddp", "ASIMD": "asimd",
+               "AVX512BF16": "avx512_bf16", "AVX512F": "avx512f"}
+    return frozenset(flag for name, flag in renamed.items() if __cpu_features__.get(name))
+
+
+def cpu_isa(features: frozenset[str] | set[str] | None = None) -> str:
+    """The best of :data:`CPU_ISAS` that ``features`` (default: this CPU's) offer."""
+    features = cpu_features() if features is None else features
+    if "amx_int8" in features:
+        return "amx"
+    if "avx512_vnni" in features:
+        return "avx512-vnni"
+    if "avx_vnni" in features:
+        return "avx-vnni"
+    if "avx2" in features:
+        return "avx2"
+    if "asimddp" in features:
+        return "arm-dotprod"
+    if "asimd" in features:
+        return "arm"
+    return "generic"
 
 
 def commit() -> str | None:
@@ -41,6 +113,7 @@ def provenance() -> dict:
     """The code and the machine, as they are when a measurement starts."""
     from hybreid import __version__
 
-    return {"hybreid": __version__, "commit": commit(), "cpu": cpu_model_name(), "cores": os.cpu_count(),
+    return {"hybreid": __version__, "commit": commit(), "cpu": cpu_model_name(), "cpu_isa": cpu_isa(),
+            "cores": os.cpu_count(),
             "machine": platform.machine(), "python": platform.python_version(),
             "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}

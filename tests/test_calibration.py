@@ -32,11 +32,15 @@ def fp32_model(tmp_path_factory):
     torch.manual_seed(0)
     path = export_onnx(build("fusionreid_tiny", image_size=(64, 32)).eval(), folder / "m.onnx", "fusionreid_tiny", {})
     calibration = np.random.default_rng(0).standard_normal((16, 3, 64, 32)).astype(np.float32)
+    # The cpu target for two instruction sets, named (not this machine's): AVX2 alone, and VNNI.
+    runs = {("tensorrt", False): {}, ("cpu", False): {"cpu_isa": "avx2"}, ("tensorrt", True): {},
+            ("cpu-vnni", False): {"cpu_isa": "avx512-vnni"}}
     results = {
         (target, attention): quantize(path, folder / f"{target}-{attention}.onnx", calibration,
-                                      QuantizationConfig(target=target, quantize_attention=attention),
+                                      QuantizationConfig(target=target.split("-")[0], quantize_attention=attention,
+                                                         **options),
                                       cache_dir=folder / "cache")
-        for target, attention in (("tensorrt", False), ("cpu", False), ("tensorrt", True))
+        for (target, attention), options in runs.items()
     }
     return path, calibration, results
 
@@ -96,19 +100,38 @@ def test_tensorrt_target_is_symmetric_int8_with_per_channel_weights(fp32_model):
     assert per_channel > 10  # weight scales per output channel
 
 
-def test_cpu_target_uses_uint8_activations(fp32_model):
-    _, _, results = fp32_model
-    model = onnx.load(str(results[("cpu", False)].path))
+def _activation_dtypes_and_largest_weight(path) -> tuple[set, int]:
+    model = onnx.load(str(path))
     _, initializers = _graph_maps(model)
     dtypes = {numpy_helper.to_array(initializers[n.input[2]]).dtype for n in model.graph.node
               if n.op_type == "QuantizeLinear" and n.input[0] not in initializers}
-    assert dtypes == {np.dtype(np.uint8)}
+    weights = [initializers[n.input[0]] for n in model.graph.node
+               if n.op_type == "DequantizeLinear" and n.input[0] in initializers]
+    largest = max(int(np.abs(numpy_helper.to_array(w).astype(int)).max()) for w in weights
+                  if w.data_type == onnx.TensorProto.INT8 and len(w.dims) > 1)  # weights, not zero points
+    return dtypes, largest
+
+
+def test_cpu_target_for_avx2_uses_uint8_activations_and_seven_bit_weights(fp32_model):
+    """vpmaddubsw adds two uint8 x int8 products in int16: 255 x 127 x 2 overflows it, 255 x 64 x 2 does not."""
+    _, _, results = fp32_model
+    dtypes, largest = _activation_dtypes_and_largest_weight(results[("cpu", False)].path)
+    assert dtypes == {np.dtype(np.uint8)} and largest <= 64
+
+
+def test_cpu_target_for_vnni_uses_int8_activations_at_full_range(fp32_model):
+    """vpdpbusd accumulates in int32: no saturation, so the whole int8 range."""
+    _, _, results = fp32_model
+    dtypes, largest = _activation_dtypes_and_largest_weight(results[("cpu-vnni", False)].path)
+    assert dtypes == {np.dtype(np.int8)} and largest == 127
+    assert OnnxRuntimeEmbedder(results[("cpu-vnni", False)].path).contract.cpu_isa == "avx512-vnni"
+    assert OnnxRuntimeEmbedder(results[("tensorrt", False)].path).contract.cpu_isa == ""
 
 
 def test_int8_embeddings_stay_close_to_fp32(fp32_model):
     path, calibration, results = fp32_model
     reference = OnnxRuntimeEmbedder(path).embed_preprocessed(calibration)
-    for key in (("tensorrt", False), ("cpu", False)):
+    for key in (("tensorrt", False), ("cpu", False), ("cpu-vnni", False)):
         for exact in (False, True):
             embedder = OnnxRuntimeEmbedder(results[key].path, disable_qdq_fusion=exact)
             cos = (embedder.embed_preprocessed(calibration) * reference).sum(1)

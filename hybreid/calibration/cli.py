@@ -4,19 +4,23 @@ from __future__ import annotations
 
 from hybreid.command_line import ARTIFACT_HELP, add_output, command, group, output_file, output_folder
 from hybreid.data.datasets import READERS
+from hybreid.errors import UserError
+from hybreid.machine import CPU_ISAS
 
 
 def _int8(args) -> None:
     from hybreid.calibration.report import run_int8
     from hybreid.data.datasets import load_dataset
 
+    if args.cpu_isa and args.target != "cpu":
+        raise UserError("--cpu-isa applies to --target cpu only (TensorRT's int8 form is the same on every GPU)")
     dataset = load_dataset(args.eval_dataset, args.eval_root) if args.eval_dataset else None
     methods = ("minmax", "entropy", "percentile") if args.method == "all" else (args.method,)
     placement = {"exclude_nodes": tuple(args.exclude), "quantize_concat_inputs": args.quantize_concat_inputs,
                  "quantize_output_layers": args.quantize_output_layers}
     run_int8(args.artifact, output_folder(args), target=args.target, methods=methods, source=args.source,
              count=args.count, eval_dataset=dataset, compare_attention=not args.no_attention_comparison,
-             threads=args.threads, placement=placement)
+             threads=args.threads, placement=placement, cpu_isa=args.cpu_isa or "")
 
 
 def _threshold(args) -> None:
@@ -35,7 +39,10 @@ def register(commands) -> None:
     int8 = command(calibrate, "int8", "Q/DQ INT8 model and a report of what INT8 costs", _int8)
     int8.add_argument("--artifact", required=True, help="FP32 ONNX from `hybreid export onnx`")
     int8.add_argument("--target", choices=["tensorrt", "cpu"], default="tensorrt",
-                      help="tensorrt: symmetric S8S8 Q/DQ; cpu: U8S8 with reduce_range for ONNX Runtime")
+                      help="tensorrt: symmetric S8S8 Q/DQ; cpu: the Q/DQ form the CPU's instruction set runs "
+                           "best (ONNX Runtime, OpenVINO)")
+    int8.add_argument("--cpu-isa", choices=list(CPU_ISAS),
+                      help="with --target cpu: the camera boxes' instruction set (default: this CPU's)")
     int8.add_argument("--method", choices=["minmax", "entropy", "percentile", "all"], default="all",
                       help="how activation ranges are chosen")
     int8.add_argument("--source", default="synthetic", help="calibration crops: synthetic, folder:PATH or "

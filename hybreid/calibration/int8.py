@@ -4,9 +4,13 @@ Made with ONNX Runtime's static quantiser (Q/DQ format, per-channel weights):
 
 - ``--target tensorrt``: symmetric int8 activations and weights, zero points 0 — the
   only Q/DQ TensorRT accepts, and what every TensorRT version (10 and 11) builds from.
-- ``--target cpu``: uint8 activations with ``reduce_range`` and int8 weights, the form
-  ONNX Runtime's CPU kernels run fast without VNNI (``MatMulInteger`` U8S8); without
-  ``reduce_range`` U8S8 overflows on ViTs.
+- ``--target cpu``: the form the CPU's int8 kernels run best (:data:`CPU_INT8_FORMATS`),
+  chosen by the instruction set of the CPU it runs on (``--cpu-isa`` names another, so a
+  workstation can calibrate for the camera boxes): without VNNI, uint8 activations with
+  ``reduce_range`` (AVX2's ``vpmaddubsw`` saturates its int16 sums, and U8S8 at full range
+  overflows on ViTs); with VNNI or AMX, whose dot products accumulate in int32, the
+  measured best form. The choice is recorded in the model (``hybreid.cpu_isa``) and the
+  report, and the embedder warns when it loads a copy made for another instruction set.
 
 Only the compute-heavy ops are quantised (Conv, MatMul, Gemm): Softmax, LayerNorm and
 GELU stay float, and so do the attention MatMuls around the Softmax (``Q K^T`` and
@@ -36,7 +40,7 @@ import hashlib
 import json
 import struct
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -44,14 +48,22 @@ import numpy as np
 from hybreid.contract import ModelContract, metadata_of, set_metadata
 from hybreid.errors import UserError
 from hybreid.export.precision import unshare_initializers
+from hybreid.machine import CPU_INT8_FORMATS, CPU_ISAS, CpuInt8Format
 
 METHODS = ("minmax", "entropy", "percentile")
 TARGETS = ("tensorrt", "cpu")
 
 
+def cpu_int8_format(isa: str) -> CpuInt8Format:
+    if isa not in CPU_ISAS:
+        raise UserError(f"cpu instruction set must be one of {', '.join(CPU_ISAS)}, got {isa!r}")
+    return CPU_INT8_FORMATS[isa]
+
+
 @dataclass(frozen=True)
 class QuantizationConfig:
     target: str = "tensorrt"
+    cpu_isa: str = ""  # the ``cpu`` target's instruction set (default: this CPU's)
     method: str = "minmax"
     op_types: tuple[str, ...] = ("Conv", "MatMul", "Gemm")
     exclude_nodes: tuple[str, ...] = ()
@@ -64,6 +76,17 @@ class QuantizationConfig:
             raise UserError(f"target must be one of {TARGETS}, got {self.target!r}")
         if self.method not in METHODS:
             raise UserError(f"method must be one of {METHODS}, got {self.method!r}")
+        if self.target == "cpu":
+            from hybreid.machine import cpu_isa
+
+            object.__setattr__(self, "cpu_isa", self.cpu_isa or cpu_isa())
+            cpu_int8_format(self.cpu_isa)
+        elif self.cpu_isa:
+            raise UserError("an instruction set applies to the cpu target only")
+
+    @property
+    def cpu_format(self) -> CpuInt8Format | None:
+        return CPU_INT8_FORMATS[self.cpu_isa] if self.target == "cpu" else None
 
 
 @dataclass
@@ -328,9 +351,11 @@ def quantize(onnx_path: str | Path, out_path: str | Path, calibration: np.ndarra
     method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
               "percentile": CalibrationMethod.Percentile}[config.method]
     tensorrt = config.target == "tensorrt"
+    cpu_format = config.cpu_format
+    signed = tensorrt or cpu_format.activations == "int8"
     digest = hashlib.sha256(onnx_path.read_bytes()[:1 << 24])
     digest.update(calibration.tobytes())
-    digest.update(json.dumps([config.method, config.target, sorted(keep)]).encode())
+    digest.update(json.dumps([config.method, config.target, config.cpu_isa, sorted(keep)]).encode())
     ranges_name = f"ranges-{config.method}-{config.target}-{digest.hexdigest()[:16]}.json"
     cache = Path(cache_dir) / ranges_name if cache_dir else None
     if config.method == "entropy":
@@ -344,8 +369,8 @@ def quantize(onnx_path: str | Path, out_path: str | Path, calibration: np.ndarra
         quant_format=QuantFormat.QDQ,
         op_types_to_quantize=list(config.op_types),
         per_channel=True,
-        reduce_range=not tensorrt,
-        activation_type=QuantType.QInt8 if tensorrt else QuantType.QUInt8,
+        reduce_range=bool(cpu_format and cpu_format.reduce_range),
+        activation_type=QuantType.QInt8 if signed else QuantType.QUInt8,
         weight_type=QuantType.QInt8,
         nodes_to_exclude=list(keep),
         calibrate_method=method,
@@ -358,7 +383,8 @@ def quantize(onnx_path: str | Path, out_path: str | Path, calibration: np.ndarra
         cache.unlink(missing_ok=True)
     quantized = onnx.load(str(out_path))
     if contract:
-        set_metadata(quantized, contract.with_precision(f"int8-{config.target}-{config.method}"))
+        set_metadata(quantized, replace(contract, precision=f"int8-{config.target}-{config.method}",
+                                        cpu_isa=config.cpu_isa))
     onnx.save(quantized, str(out_path))
     return QuantizationResult(out_path, config, keep)
 

@@ -9,6 +9,7 @@ holds beyond this CPU.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -19,6 +20,7 @@ from tqdm import tqdm
 from hybreid.calibration.int8 import (
     QuantizationConfig,
     activation_scales,
+    cpu_int8_format,
     quantize,
     write_calibration_cache,
 )
@@ -81,12 +83,18 @@ def run_int8(onnx_path: str | Path, out_dir: str | Path, target: str = "tensorrt
              methods: tuple[str, ...] = ("minmax", "entropy", "percentile"), source: str = "synthetic",
              count: int = 256, eval_dataset: ReIDDataset | None = None, compare_attention: bool = True,
              throughput_batch: int = 8, repeats: int = 5, threads: int | None = None,
-             placement: dict | None = None) -> dict:
+             placement: dict | None = None, cpu_isa: str = "") -> dict:
     """Quantise ``onnx_path`` with each method and report what INT8 costs.
 
     ``placement``: extra :class:`QuantizationConfig` fields (``exclude_nodes``,
-    ``quantize_concat_inputs``, ``quantize_output_layers``) for every run.
+    ``quantize_concat_inputs``, ``quantize_output_layers``) for every run. ``cpu_isa``:
+    the instruction set the ``cpu`` target is made for (default: this CPU's).
     """
+    from hybreid.machine import cpu_features
+    from hybreid.machine import cpu_isa as this_cpu_isa
+
+    cpu_isa = (cpu_isa or this_cpu_isa()) if target == "cpu" else ""
+    cpu_format = cpu_int8_format(cpu_isa) if cpu_isa else None
     onnx_path, out_dir = Path(onnx_path), Path(out_dir)
     fp32 = OnnxRuntimeEmbedder(onnx_path, providers=["CPUExecutionProvider"], threads=threads)
     out_dir.mkdir(parents=True, exist_ok=True)  # only once the model is known to load
@@ -101,6 +109,8 @@ def run_int8(onnx_path: str | Path, out_dir: str | Path, target: str = "tensorrt
     reference = embed_images(fp32, paths) if paths else None
     speed_batch = probe[:throughput_batch]
     report: dict = {"model": fp32.contract.identity, "target": target, "calibration_source": source,
+                    "cpu": {"isa": cpu_isa, "features": sorted(cpu_features()), "measured_on": this_cpu_isa(),
+                            **(dataclasses.asdict(cpu_format) if cpu_format else {})} if cpu_isa else None,
                     "calibration_images": len(calibration), "fp32": {
                         "images_per_s": _throughput(fp32, speed_batch, repeats)}}
     if reference is not None:
@@ -110,7 +120,8 @@ def run_int8(onnx_path: str | Path, out_dir: str | Path, target: str = "tensorrt
         runs.append((methods[0], True))
     report["runs"] = []
     for method, attention in tqdm(runs, desc="calibrating and measuring INT8", unit="model"):
-        config = QuantizationConfig(target=target, method=method, quantize_attention=attention, **(placement or {}))
+        config = QuantizationConfig(target=target, method=method, quantize_attention=attention, cpu_isa=cpu_isa,
+                                    **(placement or {}))
         suffix = f"{method}{'-attention' if attention else ''}"
         result = quantize(onnx_path, out_dir / f"{onnx_path.stem}.int8.{target}.{suffix}.onnx", calibration,
                           config, cache_dir=out_dir / "calibration-cache")
@@ -156,6 +167,11 @@ def format_report(report: dict) -> str:
                      100 * base.get("mAP", float("nan")), 100 * metrics.get("mAP", float("nan")),
                      100 * base.get("rank1", float("nan")), 100 * metrics.get("rank1", float("nan")),
                      base["images_per_s"], run["images_per_s"], run["speedup"], len(run["unquantized_nodes"])])
-    title = (f"INT8 ({report['target']} target) of {report['model']}, calibrated on {report['calibration_images']} "
-             f"{report['calibration_source']} crops; accuracy measured with {accuracy.replace('_', ' ')} numerics")
+    cpu = report.get("cpu")
+    form = (f" for {cpu['isa']}: {cpu['activations'].replace('int8', 'S8').replace('uS8', 'U8')}S8"
+            f"{' with reduce_range' if cpu['reduce_range'] else ''}, measured on {cpu['measured_on']}"
+            if cpu else "")
+    title = (f"INT8 ({report['target']} target{form}) of {report['model']}, calibrated on "
+             f"{report['calibration_images']} {report['calibration_source']} crops; accuracy measured with "
+             f"{accuracy.replace('_', ' ')} numerics")
     return format_table(header, rows, title=title, floatfmt=".4f")

@@ -10,6 +10,7 @@ pycuda. Torch-free.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -17,7 +18,24 @@ import numpy as np
 
 from hybreid.contract import ModelContract, l2_normalize, preprocess
 from hybreid.errors import UserError
-from hybreid.machine import cpu_model_name
+from hybreid.machine import CPU_INT8_FORMATS, cpu_isa, cpu_model_name
+
+log = logging.getLogger("hybreid.inference")
+
+
+def other_cpu_warning(contract: ModelContract, source: str, machine_isa: str | None = None) -> str | None:
+    """What to tell the user when an INT8 copy made for one CPU instruction set runs on
+    another whose int8 kernels want another form (None when the forms agree)."""
+    if not contract.cpu_isa:
+        return None
+    machine_isa = machine_isa or cpu_isa()
+    made_for, here = CPU_INT8_FORMATS.get(contract.cpu_isa), CPU_INT8_FORMATS[machine_isa]
+    if made_for is not None and (made_for.activations, made_for.reduce_range) == (here.activations, here.reduce_range):
+        return None
+    made = repr(contract.cpu_isa[:40]) if made_for is None else contract.cpu_isa
+    return (f"{source} was calibrated for the {made} instruction set, this CPU is {machine_isa} ({here.why}): it "
+            f"runs, but slower or less accurately; calibrate it for this box with `hybreid calibrate int8 "
+            f"--target cpu --cpu-isa {machine_isa}`")
 
 
 class Embedder:
@@ -146,6 +164,9 @@ class OnnxRuntimeEmbedder(Embedder):
         self.session = onnxruntime_session(path, providers, threads, disable_qdq_fusion)
         meta = self.session.get_modelmeta().custom_metadata_map
         self.contract = ModelContract.from_metadata(meta, str(path))
+        warning = other_cpu_warning(self.contract, str(path))
+        if warning:
+            log.warning(warning)
         self.backend = f"onnxruntime:{self.session.get_providers()[0]}"
         self.path = Path(path)
 
