@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo lint install mosquitto clean
+.PHONY: test demo lint install mosquitto postgres clean
 
 install: $(STAMP)
 
@@ -25,6 +25,16 @@ mosquitto:
 	  echo "mosquitto is not installed and this is not root: install it (apt-get install mosquitto) for the broker tests"; \
 	fi
 
+# The PostgreSQL the shared-gallery tests start in a temporary folder (Debian's package).
+postgres:
+	@if command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "installing postgresql with apt-get"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
+	else \
+	  echo "postgresql is not installed and this is not root: install it (apt-get install postgresql) for the shared-gallery tests"; \
+	fi
+
 # Real pedestrian footage for the tests: OpenCV's vtest.avi (768x576, 10 fps, 795 frames),
 # shipped by Debian's opencv-doc package; extracted here, never committed.
 VTEST := .cache/vtest.avi
@@ -40,7 +50,7 @@ $(VTEST):
 	fi
 	@test -s $@ || echo "vtest.avi could not be extracted (needs apt-get as root): the real-footage test will say so"
 
-test: $(STAMP) mosquitto $(VTEST)
+test: $(STAMP) mosquitto postgres $(VTEST)
 	$(BIN)/python -m pytest
 
 demo: $(STAMP)

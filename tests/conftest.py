@@ -40,6 +40,38 @@ def mosquitto(tmp_path):
 
 
 @pytest.fixture(scope="session")
+def postgres(tmp_path_factory):
+    """One PostgreSQL server for the session (Debian's package; `make test` installs it)."""
+    from hybreid.matcher.postgres_server import PostgresServer, postgres_programs
+
+    if postgres_programs() is None:
+        pytest.skip("needs PostgreSQL: apt-get install postgresql (make test installs it as root)")
+    with PostgresServer(tmp_path_factory.mktemp("postgres")) as server:
+        yield server
+
+
+_databases = iter(range(1, 1 << 30))
+
+
+def fresh_database(server) -> str:
+    """The URL of a new, empty database on ``server``."""
+    import psycopg
+
+    name = f"gallery_{next(_databases)}"
+    with psycopg.connect(server.url, autocommit=True) as connection:
+        connection.execute(f"CREATE DATABASE {name}")
+    return server.url.rsplit("/", 1)[0] + f"/{name}"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request, tmp_path) -> str:
+    """Where a gallery lives: a SQLite file, then a database on a real PostgreSQL."""
+    if request.param == "sqlite":
+        return str(tmp_path / "g.sqlite")
+    return fresh_database(request.getfixturevalue("postgres"))
+
+
+@pytest.fixture(scope="session")
 def tiny_onnx(tmp_path_factory) -> Path:
     """The tiny HAResformer exported once per test session (random weights)."""
     import torch

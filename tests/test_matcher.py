@@ -41,8 +41,8 @@ def feature(camera="cam1", seq=0, track=1, embedding=None, modality="visible", t
 
 
 @pytest.fixture
-def matcher(tmp_path):
-    return Matcher(Gallery(tmp_path / "g.sqlite"), MatchPolicy(same_modality=0.8, cross_modality=0.5))
+def matcher(store):
+    return Matcher(Gallery(store), MatchPolicy(same_modality=0.8, cross_modality=0.5))
 
 
 class TestBatches:
@@ -294,8 +294,8 @@ def test_killed_matcher_resumes_to_the_same_gallery(tmp_path, mosquitto):
     assert partition(gallery) == partition(reference.gallery)
 
 
-def test_purge_and_queries(tmp_path):
-    matcher = Matcher(Gallery(tmp_path / "g.sqlite"), MatchPolicy())
+def test_purge_and_queries(store):
+    matcher = Matcher(Gallery(store), MatchPolicy())
     events = [matcher.handle(*feature(f"cam{seq % 2}", seq, seq, unit(seq), ts=100 + 100 * seq)) for seq in range(6)]
     gallery = matcher.gallery
     assert [s["seq"] for s in by_camera(gallery, "cam0", 150, 550)["sightings"]] == [2, 4]  # ts 300, 500

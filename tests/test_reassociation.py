@@ -53,8 +53,8 @@ STREAM = [sighting("cam1", 0, Q, 1000), sighting("cam2", 0, P1, 1100), sighting(
           sighting("cam4", 0, P3, 1300)]
 
 
-def test_online_decisions_are_revisited_and_merged(tmp_path):
-    matcher = Matcher(Gallery(tmp_path / "g.sqlite"), POLICY)
+def test_online_decisions_are_revisited_and_merged(store):
+    matcher = Matcher(Gallery(store), POLICY)
     online = [matcher.handle(*message)["identity"] for message in STREAM]
     assert online == [1, 2, 3, 2]  # P split over identities 2 and 3
     events = matcher.reassociate()
@@ -101,8 +101,8 @@ def test_cross_modality_links_need_mutual_nearest_neighbours():
     assert cluster(tracklets, 0.6, 0.7) == [[0], [1], [2], [3]]  # nothing reaches a stricter threshold
 
 
-def test_merge_events_go_out_and_query_follows_the_merge(tmp_path, mosquitto, capsys):
-    db = tmp_path / "g.sqlite"
+def test_merge_events_go_out_and_query_follows_the_merge(store, mosquitto, capsys):
+    db = store
     service = MatcherService(Matcher(Gallery(db), POLICY), BrokerConfig(url=mosquitto.url, client_id="m"))
     received: list[dict] = []
     subscribed = threading.Event()

@@ -15,11 +15,15 @@ INDEXES = ["auto", "flat", "hnsw", "ivf"]
 def _gallery(args, create: bool = False):
     """The gallery of ``--db``; only ``matcher run`` may create one (a mistyped path elsewhere
     would silently query or purge an empty gallery)."""
+    from hybreid.matcher.database import StoreUnavailable, is_postgresql
     from hybreid.matcher.gallery import Gallery
 
-    if not create and not Path(args.db).is_file():
+    if not create and not is_postgresql(args.db) and not Path(args.db).is_file():
         raise UserError(f"gallery {args.db} does not exist; give the --db of the running matcher")
-    return Gallery(args.db, index=getattr(args, "index", "auto"))
+    try:
+        return Gallery(args.db, index=getattr(args, "index", "auto"))
+    except StoreUnavailable as exc:
+        raise UserError(f"{exc}; start it, or check --db") from exc
 
 
 def _broker_password(args) -> str | None:
@@ -88,7 +92,9 @@ def register(commands) -> None:
     matcher = group(commands, "matcher", "central matcher: run, purge, query")
     run = command(matcher, "run", "subscribe to protocol v1 features and assign identities", _run)
     run.add_argument("--broker", default="mqtt://127.0.0.1:1883", help="mqtt://host:port or mqtts://host:port")
-    run.add_argument("--db", default="gallery.sqlite", help="the gallery (created if missing)")
+    run.add_argument("--db", default="gallery.sqlite",
+                     help="the gallery: a SQLite file (created if missing), or postgresql://USER@HOST:PORT/DB, "
+                          "which several matchers in one --shared-group share")
     run.add_argument("--site", default="+", help="one site, or + for all")
     run.add_argument("--thresholds", help="JSON from `hybreid calibrate threshold`")
     run.add_argument("--index", choices=INDEXES, default="auto",
@@ -108,7 +114,7 @@ def register(commands) -> None:
     purge = command(matcher, "purge", "delete sightings (biometric data) for good", _purge)
     query = command(matcher, "query", "sightings by identity, camera and time, or image", _query)
     for sub in (purge, query):
-        sub.add_argument("--db", default="gallery.sqlite", help="the matcher's gallery")
+        sub.add_argument("--db", default="gallery.sqlite", help="the matcher's gallery (file or postgresql:// URL)")
         sub.add_argument("--identity", type=int, help="one identity (a merged one: its survivor)")
         sub.add_argument("--camera", help="one camera")
         sub.add_argument("--since", type=float, help="epoch seconds")

@@ -1,4 +1,5 @@
-"""The matcher's gallery: SQLite (WAL) of sightings and identities, and a FAISS index.
+"""The matcher's gallery: sightings and identities in SQLite (WAL; the default) or a shared
+PostgreSQL (:mod:`.database`), and a FAISS index over the identities' prototypes.
 
 Sightings are keyed by ``(site, camera_id, seq)``, so a redelivered message changes
 nothing and two sites may use the same camera ids.
@@ -8,11 +9,15 @@ galleries). Embeddings are biometric data: retention by age and purges by identi
 camera or time range delete them for good. A purge bumps the gallery's generation; a
 matcher running beside it sees the new generation before its next message and reloads
 its index, so purged identities are never matched again.
+
+Several matcher instances may share one store. Each identity row carries the version of
+the transaction that last wrote it; at the start of every write transaction (exclusive
+across the instances) an instance loads the identities others wrote since it last
+looked, so it decides with everyone's identities and prototypes.
 """
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,95 +25,88 @@ from pathlib import Path
 import numpy as np
 
 from hybreid.errors import UserError
+from hybreid.matcher.database import open_database
 from hybreid.matcher.index import PrototypeIndex
 from hybreid.matcher.reassociate import Plan, Tracklet
 from hybreid.protocol import FeatureMessage
 
-SIGHTINGS = """
-CREATE TABLE IF NOT EXISTS sightings (
-    camera_id TEXT NOT NULL, seq INTEGER NOT NULL, site TEXT NOT NULL, track_id INTEGER NOT NULL,
-    modality TEXT NOT NULL, first_ts REAL NOT NULL, ts REAL NOT NULL, box TEXT NOT NULL, score REAL,
-    quality REAL, frames INTEGER, final INTEGER, identity_id INTEGER NOT NULL, similarity REAL,
-    embedding BLOB NOT NULL, decision TEXT NOT NULL DEFAULT 'match', PRIMARY KEY (site, camera_id, seq));
-"""
-SCHEMA = SIGHTINGS + """
-CREATE INDEX IF NOT EXISTS sightings_identity ON sightings (identity_id);
-CREATE INDEX IF NOT EXISTS sightings_time ON sightings (ts);
-DROP INDEX IF EXISTS sightings_track;
-CREATE INDEX IF NOT EXISTS sightings_site_track ON sightings (site, camera_id, track_id);
-CREATE TABLE IF NOT EXISTS identities (
-    id INTEGER PRIMARY KEY, created REAL NOT NULL, last_seen REAL NOT NULL, sightings INTEGER NOT NULL,
-    modalities TEXT NOT NULL, prototype BLOB NOT NULL);
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS merges (old_id INTEGER PRIMARY KEY, into_id INTEGER NOT NULL, ts REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS rejections (reason TEXT PRIMARY KEY, count INTEGER NOT NULL);
-"""
-
 
 class Gallery:
-    def __init__(self, path: str | Path, index: str = "auto"):
-        self.path, self.index_kind = Path(path), index
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+    def __init__(self, location: str | Path, index: str = "auto"):
+        """``location``: a SQLite file, or a ``postgresql://`` URL."""
+        self.index_kind = index
         self.lock = threading.RLock()
-        try:
-            self.db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=NORMAL")
-            self._migrate()
-            self.db.executescript(SCHEMA)
-        except sqlite3.DatabaseError as exc:
-            raise UserError(f"gallery {self.path} is not a usable SQLite file ({exc})") from exc
+        self.db = open_database(location)
+        self.location = self.db.location
         self.index = PrototypeIndex(index)
         self._in_transaction = False
+        self._write_version: int | None = None  # of the open transaction, once it writes an identity
+        self._index_stale = False  # a failed transaction's prototypes, not yet reloaded (the store was away)
+        self._model: str | None = None
+        # What other processes changed, found as the last transaction began: the identities
+        # they wrote, or None when they rewrote identities wholesale (the index was reloaded).
+        self.changed_elsewhere: list[int] | None = []
         self.generation = self._stored_generation()
         self.rebuild_index()
-
-    def _migrate(self) -> None:
-        """Galleries written before sightings were keyed by site: re-key them in one transaction."""
-        row = self.db.execute("SELECT sql FROM sqlite_master WHERE name = 'sightings'").fetchone()
-        if row is None or "PRIMARY KEY (site, camera_id, seq)" in row[0]:
-            return
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
-            self.db.execute("ALTER TABLE sightings RENAME TO sightings_by_camera")
-            self.db.execute(SIGHTINGS)
-            self.db.execute("INSERT INTO sightings SELECT *, 'match' FROM sightings_by_camera")
-            self.db.execute("DROP TABLE sightings_by_camera")
-            self.db.execute("COMMIT")
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
 
     @contextmanager
     def _rewriting_identities(self):
         """One transaction that rewrites identities other matcher processes hold in their
         index: it bumps the generation they watch (:meth:`refresh`), then reloads ours."""
         with self.lock:
-            self.db.execute("BEGIN IMMEDIATE")
+            self.db.begin()
             try:
                 yield
-                self.db.execute("INSERT INTO meta VALUES ('generation', '1') ON CONFLICT(key) DO UPDATE SET "
-                                "value = CAST(value AS INTEGER) + 1")
-                self.db.execute("COMMIT")
+                self._bump("generation")
+                self.db.commit()
             except BaseException:
-                self.db.execute("ROLLBACK")
+                self.db.rollback()
                 raise
             self.generation = self._stored_generation()
             self.rebuild_index()
 
-    def _stored_generation(self) -> int:
-        row = self.db.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()
+    def _meta_int(self, key: str) -> int:
+        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return int(row[0]) if row else 0
 
+    def _bump(self, key: str) -> int:
+        """Add one to a counter in ``meta`` (inside a write transaction); returns the new value."""
+        return int(self.db.execute(
+            "INSERT INTO meta VALUES (?, '1') ON CONFLICT(key) DO UPDATE SET "
+            "value = CAST(CAST(meta.value AS INTEGER) + 1 AS TEXT) RETURNING value", (key,)).fetchone()[0])
+
+    def _stored_generation(self) -> int:
+        return self._meta_int("generation")
+
     def refresh(self) -> bool:
-        """Reload the index if another process purged since (True when it did)."""
+        """Follow what other processes did since: reload the index after a purge or a
+        re-association (True then), else load the identities they wrote."""
         with self.lock:
             stored = self._stored_generation()
-            if stored == self.generation:
-                return False
-            self.generation = stored
-            self.rebuild_index()
-            return True
+            if stored != self.generation:
+                self.generation = stored
+                self.rebuild_index()
+                return True
+            self._catch_up()
+            return False
+
+    def _catch_up(self) -> list[int]:
+        """Load the identities other processes wrote since this one last looked."""
+        latest = self._meta_int("version")
+        if latest <= self.synced_version:
+            return []
+        rows = self.db.execute("SELECT id, prototype FROM identities WHERE version > ?",
+                               (self.synced_version,)).fetchall()
+        for identity, prototype in rows:
+            self.index.upsert(identity, np.frombuffer(prototype, dtype=np.float32).copy())
+        self.synced_version = latest
+        return [row[0] for row in rows]
+
+    def _version_for_writes(self) -> int:
+        """The version this transaction stamps on the identities it writes."""
+        if self._write_version is None:
+            self._write_version = self._bump("version")
+        return self._write_version
 
     @property
     def prototypes(self) -> dict[int, np.ndarray]:
@@ -125,20 +123,22 @@ class Gallery:
 
     @property
     def model(self) -> str | None:
-        row = self.db.execute("SELECT value FROM meta WHERE key = 'model'").fetchone()
-        return row[0] if row else None
+        if self._model is None:  # once bound, for good: asked for every message
+            row = self.db.execute("SELECT value FROM meta WHERE key = 'model'").fetchone()
+            self._model = row[0] if row else None
+        return self._model
 
     def bind_model(self, identity: str) -> None:
         """The first accepted message fixes the gallery's model; embeddings never mix."""
         with self.lock:
-            self.db.execute("INSERT OR IGNORE INTO meta VALUES ('model', ?)", (identity,))
+            self.db.execute("INSERT INTO meta VALUES ('model', ?) ON CONFLICT(key) DO NOTHING", (identity,))
 
     # -- counters --------------------------------------------------------------------
 
     def count_rejection(self, reason: str) -> None:
         with self.lock:
-            self.db.execute("INSERT INTO rejections VALUES (?, 1) ON CONFLICT(reason) DO UPDATE SET count = count + 1",
-                            (reason,))
+            self.db.execute("INSERT INTO rejections VALUES (?, 1) ON CONFLICT(reason) DO UPDATE SET "
+                            "count = rejections.count + 1", (reason,))
 
     def rejections(self) -> dict[str, int]:
         with self.lock:
@@ -179,10 +179,9 @@ class Gallery:
         vector = message.embedding.astype(np.float32)
         with self.lock, self.transaction():
             if identity_id is None:
-                cursor = self.db.execute(
+                identity_id = self.db.execute(
                     "INSERT INTO identities (created, last_seen, sightings, modalities, prototype) "
-                    "VALUES (?, ?, 0, '', ?)", (message.ts, message.ts, vector.tobytes()))
-                identity_id = cursor.lastrowid
+                    "VALUES (?, ?, 0, '', ?) RETURNING id", (message.ts, message.ts, vector.tobytes())).fetchone()[0]
                 prototype = vector
             else:
                 old = self.prototypes[identity_id]  # present: the matcher refreshed before assigning
@@ -191,9 +190,10 @@ class Gallery:
                 prototype = (1 - rate) * old + rate * vector
                 prototype = (prototype / np.linalg.norm(prototype)).astype(np.float32)
             modalities = self.identity_modalities(identity_id) | {message.modality}
-            self.db.execute("UPDATE identities SET last_seen = MAX(last_seen, ?), sightings = sightings + 1, "
-                            "modalities = ?, prototype = ? WHERE id = ?",
-                            (message.ts, ",".join(sorted(modalities - {""})), prototype.tobytes(), identity_id))
+            self.db.execute("UPDATE identities SET last_seen = CASE WHEN last_seen > ? THEN last_seen ELSE ? END, "
+                            "sightings = sightings + 1, modalities = ?, prototype = ?, version = ? WHERE id = ?",
+                            (message.ts, message.ts, ",".join(sorted(modalities - {""})), prototype.tobytes(),
+                             self._version_for_writes(), identity_id))
             self.db.execute(
                 "INSERT INTO sightings VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (message.camera_id, message.seq, message.site, message.track_id, message.modality,
@@ -207,24 +207,38 @@ class Gallery:
 
     @contextmanager
     def transaction(self):
-        """One SQLite transaction around what runs inside; nested uses join the outer one, so a
-        batch of messages commits once. On failure the store rolls back and the index, which
-        took the batch's prototypes as they came, is rebuilt from it."""
+        """One write transaction around what runs inside, exclusive across the processes that
+        share the store; nested uses join the outer one, so a batch of messages commits once.
+        It starts by loading what other processes wrote (:attr:`changed_elsewhere`). On
+        failure the store rolls back and the index, which took the batch's prototypes as
+        they came, is rebuilt from it."""
         with self.lock:
             if self._in_transaction:
                 yield
                 return
-            self.db.execute("BEGIN IMMEDIATE")
+            self.db.begin()
             self._in_transaction = True
             try:
+                if self._index_stale:
+                    self.rebuild_index()
+                if self._stored_generation() != self.generation:  # a purge or re-association elsewhere
+                    self.generation = self._stored_generation()
+                    self.rebuild_index()
+                    self.changed_elsewhere = None
+                else:
+                    self.changed_elsewhere = self._catch_up()
                 yield
-                self.db.execute("COMMIT")
+                self.db.commit()
+                if self._write_version is not None:
+                    self.synced_version = self._write_version
             except BaseException:
-                self.db.execute("ROLLBACK")
+                self.db.rollback()
+                self._index_stale = True  # it took this transaction's prototypes as they came
                 self.rebuild_index()
                 raise
             finally:
                 self._in_transaction = False
+                self._write_version = None
 
     # -- re-association ----------------------------------------------------------------------
 
@@ -273,9 +287,9 @@ class Gallery:
         moved: dict[tuple[str, str, int], int] = {}
         with self._rewriting_identities():
             for group in plan.new_groups:
-                cursor = self.db.execute("INSERT INTO identities (created, last_seen, sightings, modalities, "
-                                         "prototype) VALUES (?, ?, 0, '', x'')", (ts, ts))
-                moved.update(dict.fromkeys(group, cursor.lastrowid))
+                created = self.db.execute("INSERT INTO identities (created, last_seen, sightings, modalities, "
+                                          "prototype) VALUES (?, ?, 0, '', ?) RETURNING id", (ts, ts, b"")).fetchone()
+                moved.update(dict.fromkeys(group, created[0]))
             moved.update({key: target for key, target in plan.moves.items() if target is not None})
             touched = set(moved.values())
             for (site, camera, track), target in moved.items():
@@ -285,7 +299,8 @@ class Gallery:
                 self.db.execute("UPDATE sightings SET identity_id = ? WHERE site = ? AND camera_id = ? AND "
                                 "track_id = ?", (target, site, camera, track))
             for old, survivor in plan.merged.items():
-                self.db.execute("INSERT OR REPLACE INTO merges VALUES (?, ?, ?)", (old, survivor, ts))
+                self.db.execute("INSERT INTO merges VALUES (?, ?, ?) ON CONFLICT(old_id) DO UPDATE SET "
+                                "into_id = excluded.into_id, ts = excluded.ts", (old, survivor, ts))
                 self.db.execute("UPDATE merges SET into_id = ? WHERE into_id = ?", (survivor, old))
             for identity in touched:
                 self._recompute_identity(identity)
@@ -308,8 +323,10 @@ class Gallery:
 
     def rebuild_index(self) -> None:
         with self.lock:
+            self.synced_version = self._meta_int("version")
             rows = self.db.execute("SELECT id, prototype FROM identities").fetchall()
             self.index.rebuild({i: np.frombuffer(p, dtype=np.float32).copy() for i, p in rows})
+            self._index_stale = False
 
     def search(self, vector: np.ndarray, k: int = 5) -> list[tuple[int, float]]:
         """Top-k ``(identity_id, cosine)`` by prototype."""

@@ -48,6 +48,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from hybreid import protocol
 from hybreid.errors import UserError, validation_problem
+from hybreid.matcher.database import StoreUnavailable
 from hybreid.matcher.gallery import Gallery
 from hybreid.matcher.reassociate import MinTransit, cluster, plan
 from hybreid.mqtt import BrokerConfig, make_client
@@ -152,6 +153,10 @@ class Matcher:
             events: list[dict | None] = []
             accepted = duplicates = 0
             with self.gallery.transaction():
+                # Another instance's batch, committed since the search, may hold a better match.
+                elsewhere = self.gallery.changed_elsewhere
+                if elsewhere is None:  # identities rewritten wholesale: each message searches again
+                    candidates = [None] * len(decoded)
                 for (topic, _), message, found in zip(messages, decoded, candidates, strict=True):
                     try:  # inside the batch: the model the first message binds holds for the next
                         if isinstance(message, ProtocolError):
@@ -168,7 +173,8 @@ class Matcher:
                         events.append(self._event(message, *stored))
                         continue
                     self.gallery.bind_model(message.model_identity)
-                    identity, similarity, decision = self.assign(message, None if found is None else found + created)
+                    identity, similarity, decision = self.assign(
+                        message, None if found is None else found + elsewhere + created)
                     identity = self.gallery.store(message, identity, similarity, self.policy.prototype_rate,
                                                   decision)
                     if decision == "new":
@@ -242,6 +248,7 @@ class Matcher:
 
 BATCH_SIZE = 64
 BATCH_WAIT_S = 0.005
+STORE_RETRY_S = 2.0  # between attempts while the gallery's database is unreachable
 _UNKNOWN = object()  # a PUBACK whose event mid the worker has not recorded yet
 
 
@@ -278,6 +285,7 @@ class MatcherService:
         self.subscribed = threading.Event()
         self._stopping = threading.Event()
         self.internal_errors = 0
+        self.store_unavailable = False
 
     @property
     def subscription(self) -> str:
@@ -339,15 +347,29 @@ class MatcherService:
                     batch.append(self._inbox.get(timeout=max(deadline - time.monotonic(), 0)))
                 except queue.Empty:
                     break
-            try:
-                self._decide(batch)
-            except Exception:  # the worker must outlive anything: unacknowledged messages come again
-                self.internal_errors += 1
-                log.exception("the matcher's worker failed on a batch of %d messages", len(batch))
+            while not self._worker_stop.is_set():
+                try:
+                    self._decide(batch)
+                except StoreUnavailable as exc:  # nothing acknowledged: the batch waits for the store
+                    if not self.store_unavailable:
+                        log.warning("%s: %d messages wait unacknowledged; retrying every %.0f s", exc, len(batch),
+                                    STORE_RETRY_S)
+                    self.store_unavailable = True
+                    self._worker_stop.wait(STORE_RETRY_S)
+                    continue
+                except Exception:  # the worker must outlive anything: unacknowledged messages come again
+                    self.internal_errors += 1
+                    log.exception("the matcher's worker failed on a batch of %d messages", len(batch))
+                if self.store_unavailable:
+                    log.warning("the gallery's database is back; deciding again")
+                    self.store_unavailable = False
+                break
 
     def _decide(self, batch: list) -> None:
         try:
             events = self.matcher.handle_batch([(m.topic, m.payload) for m in batch])
+        except StoreUnavailable:
+            raise
         except Exception:  # a message that breaks its batch must not hold the others back: one by one
             log.exception("a batch of %d messages failed; deciding them one by one", len(batch))
             events = [self._decide_one(m) for m in batch]
@@ -360,6 +382,8 @@ class MatcherService:
     def _decide_one(self, message) -> dict | None:
         try:
             return self.matcher.handle(message.topic, message.payload)
+        except StoreUnavailable:
+            raise
         except Exception:  # a bug must not take the site down: count it, keep serving
             self.internal_errors += 1
             self.matcher.gallery.count_rejection("internal_error")
