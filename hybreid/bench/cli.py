@@ -58,7 +58,7 @@ def _matcher(args) -> None:
     from hybreid.bench import matcher
 
     matcher.run(args.identities or [1000, 10000, 100000], output_folder(args), messages=args.messages, dim=args.dim,
-                index=args.index)
+                index=args.index, stores=tuple(args.store or ["sqlite"]), instances=tuple(args.instances or [1]))
 
 
 def _identities(args) -> None:
@@ -139,6 +139,10 @@ def register(commands) -> None:
     mb.add_argument("--messages", type=int, default=2000, help="features published per gallery size")
     mb.add_argument("--dim", type=int, default=1024, help="embedding dimension")
     mb.add_argument("--index", choices=["auto", "flat", "hnsw", "ivf"], default="auto", help="FAISS index")
+    mb.add_argument("--store", action="append", choices=["sqlite", "postgresql"],
+                    help="gallery store (repeatable; default sqlite); postgresql starts a throwaway server")
+    mb.add_argument("--instances", action="append", type=int,
+                    help="with postgresql: also this many `matcher run` processes in one shared group (repeatable)")
     add_output(mb, "bench-matcher", "the JSON")
 
     ident = command(bench, "identities", "videos -> edge -> broker -> matcher, scored vs ground truth", _identities)

@@ -1,24 +1,34 @@
-"""Matcher benchmark: ingest rate through a real Mosquitto broker, and assignment latency
-at 10^3, 10^4 and 10^5 identities (synthetic unit vectors), and the index's recall@1
-against exact search.
+"""Matcher benchmark: ingest rate through a real Mosquitto broker, assignment latency and the
+index's recall@1 against exact search, by gallery size (synthetic unit vectors), store
+(SQLite, PostgreSQL) and number of matcher instances.
 
 For each gallery size the gallery is pre-filled with that many identities, then a
 publisher sends tracklet messages (half of them near an existing identity) through the
-broker to the matcher service; ingest rate = messages processed per second end to end,
-assignment time per message = a batch's validation + assignment + commit over its size.
+broker; ingest rate = messages stored per second end to end. One instance runs in this
+process, so each batch is timed (assignment time per message = a batch's validation +
+assignment + commit over its size); several instances are ``hybreid matcher run``
+processes in one MQTT v5 shared-subscription group over one PostgreSQL gallery, timed by
+their ingest alone. PostgreSQL is a throwaway server started for the run (Debian's
+package). A table, JSON and a PNG of ingest rate by gallery size.
 """
 
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import paho.mqtt.client as mqtt
+from tqdm import tqdm
 
 from hybreid.matcher.gallery import Gallery
+from hybreid.matcher.postgres_server import PostgresServer
 from hybreid.matcher.service import Matcher, MatcherService, MatchPolicy
 from hybreid.mqtt import BrokerConfig
 from hybreid.mqtt.mosquitto import Mosquitto
@@ -31,87 +41,217 @@ def _prefill(gallery: Gallery, identities: int, dim: int, rng) -> np.ndarray:
     vectors = rng.standard_normal((identities, dim)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     with gallery.lock:
-        gallery.db.execute("BEGIN")
-        gallery.db.executemany(
-            "INSERT INTO identities (id, created, last_seen, sightings, modalities, prototype) "
-            "VALUES (?, 0, 0, 1, 'visible', ?)", [(i + 1, v.tobytes()) for i, v in enumerate(vectors)])
-        gallery.db.executemany(
-            "INSERT INTO sightings VALUES (?, ?, 'bench', ?, 'visible', 0, 0, '[0,0,1,1]', 1, 1, 1, 1, ?, 1, ?, "
-            "'new')",
-            [("prefill", i, i, i + 1, v.tobytes()) for i, v in enumerate(vectors)])
-        gallery.db.execute("INSERT OR REPLACE INTO meta VALUES ('model', 'bench@0')")
-        gallery.db.execute("COMMIT")
+        gallery.db.begin()
+        for start in tqdm(range(0, identities, 5000), desc=f"filling the {gallery.db.dialect} gallery", unit="chunk",
+                          leave=False):
+            chunk = vectors[start:start + 5000]
+            gallery.db.executemany(
+                "INSERT INTO identities (id, created, last_seen, sightings, modalities, prototype) "
+                "VALUES (?, 0, 0, 1, 'visible', ?)", [(start + i + 1, v.tobytes()) for i, v in enumerate(chunk)])
+            gallery.db.executemany(
+                "INSERT INTO sightings VALUES (?, ?, 'bench', ?, 'visible', 0, 0, '[0,0,1,1]', 1, 1, 1, 1, ?, 1, ?, "
+                "'new')", [("prefill", start + i, start + i, start + i + 1, v.tobytes()) for i, v in enumerate(chunk)])
+        if gallery.db.dialect == "postgresql":  # ids given explicitly: move the identity sequence past them
+            gallery.db.execute("SELECT setval(pg_get_serial_sequence('identities', 'id'), ?)", (identities,))
+        gallery.db.execute("INSERT INTO meta VALUES ('model', 'bench@0') ON CONFLICT(key) DO NOTHING")
+        gallery.db.commit()
     gallery.rebuild_index()
     return vectors
 
 
-def run(sizes: list[int], out: str | Path, messages: int = 2000, dim: int = 1024, index: str = "auto") -> list[dict]:
+def _stream(known: np.ndarray, messages: int, dim: int, rng) -> tuple[list[tuple[str, bytes]], np.ndarray]:
+    payloads, vectors = [], []
+    for seq in range(messages):
+        base = known[rng.integers(len(known))] if seq % 2 == 0 else rng.standard_normal(dim)
+        vector = base + 0.3 * rng.standard_normal(dim) / np.sqrt(dim)
+        message = FeatureMessage(site="bench", camera_id=f"cam{seq % 8}", modality="visible",
+                                 ts=1000.0 + seq, seq=seq // 8, track_id=seq, box=(0, 0, 40, 100),
+                                 score=0.9, model_name="bench", model_hash="0",
+                                 embedding=vector.astype(np.float32), first_ts=999.0 + seq)
+        payloads.append((message.topic, encode_feature(message)))
+        vectors.append(vector / np.linalg.norm(vector))
+    return payloads, np.stack(vectors)
+
+
+def _publish(port: int, payloads: list[tuple[str, bytes]]) -> mqtt.Client:
+    publisher = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bench-publisher")
+    publisher.max_inflight_messages_set(100)
+    publisher.connect("127.0.0.1", port)
+    publisher.loop_start()
+    for topic, payload in payloads:
+        publisher.publish(topic, payload, qos=1)
+    return publisher
+
+
+def _in_process(gallery: Gallery, broker: Mosquitto, payloads: list) -> dict:
+    """One matcher service in this process, each batch timed."""
+    matcher = Matcher(gallery, MatchPolicy())
+    latencies: list[float] = []  # per message: its batch's time over the batch's size
+    batches: list[int] = []
+    handle_batch = matcher.handle_batch
+
+    def timed(messages):
+        start = time.perf_counter()
+        events = handle_batch(messages)
+        latencies.extend([(time.perf_counter() - start) / len(messages)] * len(messages))
+        batches.append(len(messages))
+        return events
+
+    matcher.handle_batch = timed
+    service = MatcherService(matcher, BrokerConfig(url=broker.url, client_id="bench-matcher"), site="bench")
+    service.start()
+    service.wait_until_subscribed()
+    start = time.perf_counter()
+    publisher = _publish(broker.port, payloads)
+    deadline = time.monotonic() + 900
+    while matcher.accepted < len(payloads) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    elapsed = time.perf_counter() - start
+    publisher.disconnect()
+    publisher.loop_stop()
+    service.stop()
+    lat = np.array(latencies) * 1000
+    return {"messages": matcher.accepted, "seconds": elapsed, "assign_p50_ms": float(np.percentile(lat, 50)),
+            "assign_p99_ms": float(np.percentile(lat, 99)), "mean_batch": float(np.mean(batches))}
+
+
+def _processes(gallery: Gallery, broker: Mosquitto, payloads: list, instances: int, index: str,
+               prefilled: int) -> dict:
+    """``instances`` ``hybreid matcher run`` processes in one shared-subscription group."""
+    command = [sys.executable, "-m", "hybreid.cli", "matcher", "run", "--broker", broker.url, "--db",
+               gallery.db.url, "--site", "bench", "--shared-group", "bench", "--protocol", "5", "--index", index,
+               "--reassociate-every", "0", "--report-every", "3600"]
+    processes = [subprocess.Popen([*command, "--client-id", f"bench-matcher-{i}"], stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.PIPE, text=True) for i in range(instances)]
+    try:
+        for process in processes:  # all subscribed before the first message: a shared group keeps no backlog
+            _wait_subscribed(process)
+
+        def stored() -> int:
+            return gallery.db.execute("SELECT COUNT(*) FROM sightings").fetchone()[0] - prefilled
+
+        start = time.perf_counter()
+        publisher = _publish(broker.port, payloads)
+        deadline = time.monotonic() + 900
+        while stored() < len(payloads) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        elapsed = time.perf_counter() - start
+        publisher.disconnect()
+        publisher.loop_stop()
+        return {"messages": stored(), "seconds": elapsed}
+    finally:
+        for process in processes:
+            process.send_signal(signal.SIGTERM)
+        for process in processes:
+            process.wait(60)
+
+
+def _wait_subscribed(process: subprocess.Popen, timeout: float = 600) -> None:
+    """Until the process logs its subscription (it loads its index first); its log is then
+    drained in the background so the pipe never fills."""
+    deadline = time.monotonic() + timeout
+    for line in process.stderr:
+        if "subscribed to" in line:
+            threading.Thread(target=process.stderr.read, daemon=True).start()
+            return
+        if time.monotonic() > deadline:
+            break
+    raise RuntimeError("a matcher process did not subscribe; run it by hand to see why")
+
+
+def run(sizes: list[int], out: str | Path, messages: int = 2000, dim: int = 1024, index: str = "auto",
+        stores: tuple[str, ...] = ("sqlite",), instances: tuple[int, ...] = (1,)) -> list[dict]:
+    """``instances``: with PostgreSQL, also this many ``matcher run`` processes (1 runs in-process
+    too, for its assignment latency)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
     results = []
-    for size in sizes:
-        with tempfile.TemporaryDirectory() as work, Mosquitto(Path(work) / "broker") as broker:
-            gallery = Gallery(Path(work) / "gallery.sqlite", index=index)
-            known = _prefill(gallery, size, dim, rng)
-            matcher = Matcher(gallery, MatchPolicy())
-            latencies: list[float] = []  # per message: its batch's time over the batch's size
-            batches: list[int] = []
-            handle_batch = matcher.handle_batch
-
-            def timed(messages, handle_batch=handle_batch, latencies=latencies, batches=batches):
-                start = time.perf_counter()
-                events = handle_batch(messages)
-                latencies.extend([(time.perf_counter() - start) / len(messages)] * len(messages))
-                batches.append(len(messages))
-                return events
-
-            matcher.handle_batch = timed
-            service = MatcherService(matcher, BrokerConfig(url=broker.url, client_id="bench-matcher"), site="bench")
-            service.start()
-            service.wait_until_subscribed()
-            payloads, vectors = [], []
-            for seq in range(messages):
-                base = known[rng.integers(size)] if seq % 2 == 0 else rng.standard_normal(dim)
-                vector = base + 0.3 * rng.standard_normal(dim) / np.sqrt(dim)
-                message = FeatureMessage(site="bench", camera_id=f"cam{seq % 8}", modality="visible",
-                                         ts=1000.0 + seq, seq=seq // 8, track_id=seq, box=(0, 0, 40, 100),
-                                         score=0.9, model_name="bench", model_hash="0",
-                                         embedding=vector.astype(np.float32), first_ts=999.0 + seq)
-                payloads.append((message.topic, encode_feature(message)))
-                vectors.append(vector / np.linalg.norm(vector))
-            publisher = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bench-publisher")
-            publisher.max_inflight_messages_set(100)
-            publisher.connect("127.0.0.1", broker.port)
-            publisher.loop_start()
-            start = time.perf_counter()
-            for topic, payload in payloads:
-                publisher.publish(topic, payload, qos=1)
-            deadline = time.monotonic() + 600
-            while matcher.accepted < messages and time.monotonic() < deadline:
-                time.sleep(0.01)
-            elapsed = time.perf_counter() - start
-            publisher.disconnect()
-            publisher.loop_stop()
-            service.stop()
-            stats = gallery.stats()
-            queries = np.stack(vectors[:500])
-            recall = gallery.index.measure_recall(queries, gallery.index.exact_top(queries))
-            gallery.close()
-        lat = np.array(latencies) * 1000
-        results.append({"identities": size, "index": index, "structure": stats["index"]["structure"],
-                        "search_depth": stats["index"]["search_depth"], "messages": matcher.accepted,
-                        "seconds": elapsed, "ingest_per_s": matcher.accepted / elapsed,
-                        "assign_p50_ms": float(np.percentile(lat, 50)), "assign_p99_ms": float(np.percentile(lat, 99)),
-                        "recall_at_1": recall, "mean_batch": float(np.mean(batches)),
-                        "new_identities": stats["identities"] - size})
-    rows = [[r["identities"], f"{r['index']} ({r['structure']}{'' if r['search_depth'] is None else ', depth '}"
-             f"{'' if r['search_depth'] is None else r['search_depth']})", r["messages"], r["ingest_per_s"],
-             r["mean_batch"], r["assign_p50_ms"], r["assign_p99_ms"], r["recall_at_1"], r["new_identities"]]
-            for r in results]
-    print(format_table(["identities", "index", "messages", "ingest msg/s", "mean batch", "assign ms/msg p50",
-                        "assign ms/msg p99", "recall@1 vs exact", "new identities"], rows, floatfmt=".3f",
-                       title=f"matcher through Mosquitto, {dim}-d embeddings"))
-    (out / "matcher.json").write_text(json.dumps(results, indent=2))
-    print(f"saved {out / 'matcher.json'}")
+    with tempfile.TemporaryDirectory() as work:
+        server = PostgresServer(Path(work) / "postgres") if "postgresql" in stores else None
+        if server:
+            server.start()
+        try:
+            for size in sizes:
+                for store in stores:
+                    modes = [("in-process", 1)]
+                    if store == "postgresql":
+                        modes += [("processes", n) for n in instances]
+                    for mode, count in modes:
+                        results.append(_one_run(work, server, store, size, mode, count, messages, dim, index, rng))
+        finally:
+            if server:
+                server.stop()
+    _print_and_save(results, out, dim)
     return results
+
+
+def _one_run(work: str, server, store: str, size: int, mode: str, count: int, messages: int, dim: int, index: str,
+             rng) -> dict:
+    run_dir = Path(tempfile.mkdtemp(dir=work))
+    location = _new_database(server) if store == "postgresql" else run_dir / "gallery.sqlite"
+    with Mosquitto(run_dir / "broker") as broker:
+        gallery = Gallery(location, index=index)
+        known = _prefill(gallery, size, dim, rng)
+        payloads, vectors = _stream(known, messages, dim, rng)
+        if mode == "in-process":
+            measured = _in_process(gallery, broker, payloads)
+        else:
+            measured = _processes(gallery, broker, payloads, count, index, size)
+        gallery.refresh()
+        stats = gallery.stats()
+        queries = vectors[:500]
+        recall = gallery.index.measure_recall(queries, gallery.index.exact_top(queries))
+        gallery.close()
+    return {"store": store, "instances": count, "mode": mode, "identities": size, "index": index,
+            "structure": stats["index"]["structure"], "search_depth": stats["index"]["search_depth"],
+            **measured, "ingest_per_s": measured["messages"] / measured["seconds"], "recall_at_1": recall,
+            "new_identities": stats["identities"] - size}
+
+
+def _new_database(server: PostgresServer) -> str:
+    import psycopg
+
+    name = f"bench_{time.monotonic_ns()}"
+    with psycopg.connect(server.url, autocommit=True) as connection:
+        connection.execute(f"CREATE DATABASE {name}")
+    return server.url.rsplit("/", 1)[0] + f"/{name}"
+
+
+def _print_and_save(results: list[dict], out: Path, dim: int) -> None:
+    def index_label(r: dict) -> str:
+        depth = "" if r["search_depth"] is None else f", depth {r['search_depth']}"
+        return f"{r['index']} ({r['structure']}{depth})"
+
+    rows = [[r["store"], f"{r['instances']} ({r['mode']})", r["identities"], index_label(r), r["messages"],
+             r["ingest_per_s"], r.get("mean_batch", float("nan")), r.get("assign_p50_ms", float("nan")),
+             r.get("assign_p99_ms", float("nan")), r["recall_at_1"], r["new_identities"]] for r in results]
+    print(format_table(["store", "instances", "identities", "index", "messages", "ingest msg/s", "mean batch",
+                        "assign ms/msg p50", "assign ms/msg p99", "recall@1 vs exact", "new identities"], rows,
+                       floatfmt=".3f", title=f"matcher through Mosquitto, {dim}-d embeddings"))
+    (out / "matcher.json").write_text(json.dumps(results, indent=2))
+    _plot(results, out / "matcher.png")
+    print(f"saved {out / 'matcher.json'} and {out / 'matcher.png'}")
+
+
+def _plot(results: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axis = plt.subplots(figsize=(7, 4.5))
+    series: dict[str, list[tuple[int, float]]] = {}
+    for r in results:
+        series.setdefault(f"{r['store']}, {r['instances']} ({r['mode']})", []).append(
+            (r["identities"], r["ingest_per_s"]))
+    for label, points in series.items():
+        points.sort()
+        axis.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
+    axis.set(xscale="log", xlabel="identities in the gallery", ylabel="ingest, messages/s",
+             title="matcher ingest through Mosquitto", ylim=(0, None))
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import threading
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -29,6 +31,43 @@ from hybreid.matcher.database import open_database
 from hybreid.matcher.index import PrototypeIndex
 from hybreid.matcher.reassociate import Plan, Tracklet
 from hybreid.protocol import FeatureMessage
+
+IDENTITY_COLUMNS = "id, prototype, sightings, modalities, last_seen"
+
+
+class SightingRow(NamedTuple):
+    """A row of the sightings table, in its columns' order."""
+
+    camera_id: str
+    seq: int
+    site: str
+    track_id: int
+    modality: str
+    first_ts: float
+    ts: float
+    box: str
+    score: float | None
+    quality: float | None
+    frames: int | None
+    final: int
+    identity_id: int
+    similarity: float
+    embedding: bytes
+    decision: str
+
+
+@dataclass
+class IdentityFacts:
+    """What assignment asks of an identity besides its prototype, kept beside the index."""
+
+    sightings: int
+    modalities: set[str]
+    last_seen: float
+
+    @classmethod
+    def of(cls, row) -> IdentityFacts:
+        """From a row of :data:`IDENTITY_COLUMNS`."""
+        return cls(row[2], set(filter(None, row[3].split(","))), row[4])
 
 
 class Gallery:
@@ -43,6 +82,11 @@ class Gallery:
         self._write_version: int | None = None  # of the open transaction, once it writes an identity
         self._index_stale = False  # a failed transaction's prototypes, not yet reloaded (the store was away)
         self._model: str | None = None
+        self._facts: dict[int, IdentityFacts] = {}  # of every identity in the index
+        # What the open transaction writes at commit: identity -> new prototype, and sightings
+        # by (site, camera_id, seq), as rows of the sightings table.
+        self._pending_identities: dict[int, np.ndarray] = {}
+        self._pending_sightings: dict[tuple[str, str, int], SightingRow] = {}
         # What other processes changed, found as the last transaction began: the identities
         # they wrote, or None when they rewrote identities wholesale (the index was reloaded).
         self.changed_elsewhere: list[int] | None = []
@@ -95,10 +139,11 @@ class Gallery:
         latest = self._meta_int("version")
         if latest <= self.synced_version:
             return []
-        rows = self.db.execute("SELECT id, prototype FROM identities WHERE version > ?",
+        rows = self.db.execute(f"SELECT {IDENTITY_COLUMNS} FROM identities WHERE version > ?",
                                (self.synced_version,)).fetchall()
-        for identity, prototype in rows:
-            self.index.upsert(identity, np.frombuffer(prototype, dtype=np.float32).copy())
+        for row in rows:
+            self._facts[row[0]] = IdentityFacts.of(row)
+            self.index.upsert(row[0], np.frombuffer(row[1], dtype=np.float32).copy())
         self.synced_version = latest
         return [row[0] for row in rows]
 
@@ -146,34 +191,72 @@ class Gallery:
 
     # -- sightings and identities -------------------------------------------------------
 
-    def stored_decision(self, site: str, camera_id: str, seq: int) -> tuple[int, float, str] | None:
-        """``(identity_id, similarity, decision)`` of a sighting already stored, else None."""
+    def stored_decisions(self, keys) -> dict[tuple[str, str, int], tuple[int, float, str]]:
+        """``(identity_id, similarity, decision)`` of each ``(site, camera_id, seq)`` already
+        stored (a redelivery), this transaction's own included; one query for a batch."""
         with self.lock:
-            return self.db.execute("SELECT identity_id, similarity, decision FROM sightings WHERE site = ? AND "
-                                   "camera_id = ? AND seq = ?", (site, camera_id, seq)).fetchone()
+            found = self._rows_by_keys("SELECT site, camera_id, seq, identity_id, similarity, decision FROM sightings",
+                                       "site = ? AND camera_id = ? AND seq = ?", keys)
+            result = {(row[0], row[1], row[2]): (row[3], row[4], row[5]) for row in found}
+            for key in set(keys) & self._pending_sightings.keys():
+                row = self._pending_sightings[key]
+                result[key] = (row.identity_id, row.similarity, row.decision)
+        return result
+
+    def stored_decision(self, site: str, camera_id: str, seq: int) -> tuple[int, float, str] | None:
+        return self.stored_decisions([(site, camera_id, seq)]).get((site, camera_id, seq))
+
+    def track_identities(self, keys) -> dict[tuple[str, str, int], int]:
+        """The identity of each camera track ``(site, camera_id, track_id)`` already seen (its
+        latest sighting's), this transaction's own sightings included; one query for a batch."""
+        with self.lock:
+            latest: dict[tuple[str, str, int], tuple[int, int]] = {}
+            rows = self._rows_by_keys("SELECT site, camera_id, track_id, seq, identity_id FROM sightings",
+                                      "site = ? AND camera_id = ? AND track_id = ?", keys)
+            pending = [(row.site, row.camera_id, row.track_id, row.seq, row.identity_id)
+                       for row in self._pending_sightings.values()]
+            for site, camera, track, seq, identity in [*rows, *pending]:
+                key = (site, camera, track)
+                if key not in latest or seq > latest[key][0]:
+                    latest[key] = (seq, identity)
+        wanted = set(keys)
+        return {key: identity for key, (_, identity) in latest.items() if key in wanted}
 
     def identity_of_track(self, site: str, camera_id: str, track_id: int) -> int | None:
-        with self.lock:
-            row = self.db.execute("SELECT identity_id FROM sightings WHERE site = ? AND camera_id = ? AND "
-                                  "track_id = ? ORDER BY seq DESC LIMIT 1", (site, camera_id, track_id)).fetchone()
-        return row[0] if row else None
+        return self.track_identities([(site, camera_id, track_id)]).get((site, camera_id, track_id))
+
+    def _rows_by_keys(self, select: str, match: str, keys) -> list:
+        keys = sorted(set(keys))
+        rows = []
+        for start in range(0, len(keys), 200):  # within every engine's limit on bound parameters
+            chunk = keys[start:start + 200]
+            rows += self.db.execute(f"{select} WHERE {' OR '.join(f'({match})' for _ in chunk)}",
+                                    [value for key in chunk for value in key]).fetchall()
+        return rows
 
     def busy_elsewhere(self, identity_id: int, site: str, camera_id: str, first_ts: float, ts: float) -> bool:
         """Whether the identity was seen by another camera during [first_ts, ts]."""
         with self.lock:
+            for row in self._pending_sightings.values():
+                elsewhere = (row.site, row.camera_id) != (site, camera_id)
+                if row.identity_id == identity_id and elsewhere and row.first_ts < ts and row.ts > first_ts:
+                    return True
             return self.db.execute(
                 "SELECT 1 FROM sightings WHERE identity_id = ? AND NOT (site = ? AND camera_id = ?) AND first_ts < ? "
                 "AND ts > ? LIMIT 1", (identity_id, site, camera_id, ts, first_ts)).fetchone() is not None
 
     def identity_modalities(self, identity_id: int) -> set[str]:
-        with self.lock:
-            row = self.db.execute("SELECT modalities FROM identities WHERE id = ?", (identity_id,)).fetchone()
-        return set(row[0].split(",")) if row and row[0] else set()
+        facts = self._facts.get(identity_id)
+        return set(facts.modalities) if facts else set()
 
     def store(self, message: FeatureMessage, identity_id: int | None, similarity: float, prototype_rate: float,
               decision: str = "match") -> int:
-        """Insert the sighting (and a new identity when ``identity_id`` is None) in one
-        transaction; update the prototype at a bounded rate. Returns the identity id."""
+        """Store the sighting (and a new identity when ``identity_id`` is None) in the open
+        transaction; update the prototype at a bounded rate. Returns the identity id.
+
+        A new identity is inserted at once (its id comes from the store); the sighting and
+        the identity's new prototype are written with the rest of the batch at commit.
+        """
         import json
 
         vector = message.embedding.astype(np.float32)
@@ -182,28 +265,40 @@ class Gallery:
                 identity_id = self.db.execute(
                     "INSERT INTO identities (created, last_seen, sightings, modalities, prototype) "
                     "VALUES (?, ?, 0, '', ?) RETURNING id", (message.ts, message.ts, vector.tobytes())).fetchone()[0]
+                self._facts[identity_id] = IdentityFacts(0, set(), message.ts)
                 prototype = vector
             else:
                 old = self.prototypes[identity_id]  # present: the matcher refreshed before assigning
-                rows = self.db.execute("SELECT sightings FROM identities WHERE id = ?", (identity_id,)).fetchone()
-                rate = min(prototype_rate, 1.0 / (rows[0] + 1))
+                rate = min(prototype_rate, 1.0 / (self._facts[identity_id].sightings + 1))
                 prototype = (1 - rate) * old + rate * vector
                 prototype = (prototype / np.linalg.norm(prototype)).astype(np.float32)
-            modalities = self.identity_modalities(identity_id) | {message.modality}
-            self.db.execute("UPDATE identities SET last_seen = CASE WHEN last_seen > ? THEN last_seen ELSE ? END, "
-                            "sightings = sightings + 1, modalities = ?, prototype = ?, version = ? WHERE id = ?",
-                            (message.ts, message.ts, ",".join(sorted(modalities - {""})), prototype.tobytes(),
-                             self._version_for_writes(), identity_id))
-            self.db.execute(
-                "INSERT INTO sightings VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (message.camera_id, message.seq, message.site, message.track_id, message.modality,
-                 message.first_ts if message.first_ts is not None else message.ts, message.ts,
-                 json.dumps(list(message.box)), message.score, message.quality, message.frames,
-                 int(message.final), identity_id, similarity, vector.tobytes(), decision))
+            facts = self._facts[identity_id]
+            facts.sightings += 1
+            facts.modalities.add(message.modality)
+            facts.last_seen = max(facts.last_seen, message.ts)
+            self._pending_identities[identity_id] = prototype
+            self._pending_sightings[message.site, message.camera_id, message.seq] = SightingRow(
+                message.camera_id, message.seq, message.site, message.track_id, message.modality,
+                message.first_ts if message.first_ts is not None else message.ts, message.ts,
+                json.dumps(list(message.box)), message.score, message.quality, message.frames,
+                int(message.final), identity_id, similarity, vector.tobytes(), decision)
             # In the index at once: the next message of a batch must find this identity. A
             # transaction that fails reloads the index from the store (:meth:`transaction`).
             self.index.upsert(identity_id, prototype)
         return identity_id
+
+    def _flush(self) -> None:
+        """Write the transaction's sightings and identity updates, a statement per table."""
+        if self._pending_identities:
+            version = self._version_for_writes()
+            self.db.executemany(
+                "UPDATE identities SET last_seen = ?, sightings = ?, modalities = ?, prototype = ?, version = ? "
+                "WHERE id = ?",
+                [(self._facts[i].last_seen, self._facts[i].sightings, ",".join(sorted(self._facts[i].modalities)),
+                  prototype.tobytes(), version, i) for i, prototype in self._pending_identities.items()])
+        if self._pending_sightings:
+            self.db.executemany("INSERT INTO sightings VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                                list(self._pending_sightings.values()))
 
     @contextmanager
     def transaction(self):
@@ -228,17 +323,22 @@ class Gallery:
                 else:
                     self.changed_elsewhere = self._catch_up()
                 yield
+                self._flush()
                 self.db.commit()
                 if self._write_version is not None:
                     self.synced_version = self._write_version
             except BaseException:
                 self.db.rollback()
                 self._index_stale = True  # it took this transaction's prototypes as they came
+                self._pending_identities.clear()
+                self._pending_sightings.clear()
                 self.rebuild_index()
                 raise
             finally:
                 self._in_transaction = False
                 self._write_version = None
+                self._pending_identities.clear()
+                self._pending_sightings.clear()
 
     # -- re-association ----------------------------------------------------------------------
 
@@ -324,8 +424,9 @@ class Gallery:
     def rebuild_index(self) -> None:
         with self.lock:
             self.synced_version = self._meta_int("version")
-            rows = self.db.execute("SELECT id, prototype FROM identities").fetchall()
-            self.index.rebuild({i: np.frombuffer(p, dtype=np.float32).copy() for i, p in rows})
+            rows = self.db.execute(f"SELECT {IDENTITY_COLUMNS} FROM identities").fetchall()
+            self._facts = {row[0]: IdentityFacts.of(row) for row in rows}
+            self.index.rebuild({row[0]: np.frombuffer(row[1], dtype=np.float32).copy() for row in rows})
             self._index_stale = False
 
     def search(self, vector: np.ndarray, k: int = 5) -> list[tuple[int, float]]:

@@ -157,6 +157,9 @@ class Matcher:
                 elsewhere = self.gallery.changed_elsewhere
                 if elsewhere is None:  # identities rewritten wholesale: each message searches again
                     candidates = [None] * len(decoded)
+                valid = [m for m in decoded if isinstance(m, FeatureMessage)]
+                stored_before = self.gallery.stored_decisions([(m.site, m.camera_id, m.seq) for m in valid])
+                tracks = self.gallery.track_identities([(m.site, m.camera_id, m.track_id) for m in valid])
                 for (topic, _), message, found in zip(messages, decoded, candidates, strict=True):
                     try:  # inside the batch: the model the first message binds holds for the next
                         if isinstance(message, ProtocolError):
@@ -167,16 +170,20 @@ class Matcher:
                         log.warning("rejected a message on %s: %s", topic, exc)
                         events.append(None)
                         continue
-                    stored = self.gallery.stored_decision(message.site, message.camera_id, message.seq)
-                    if stored is not None:
+                    key = (message.site, message.camera_id, message.seq)
+                    track = (message.site, message.camera_id, message.track_id)
+                    if key in stored_before:
                         duplicates += 1
-                        events.append(self._event(message, *stored))
+                        events.append(self._event(message, *stored_before[key]))
                         continue
-                    self.gallery.bind_model(message.model_identity)
+                    if self.gallery.model is None:
+                        self.gallery.bind_model(message.model_identity)
                     identity, similarity, decision = self.assign(
-                        message, None if found is None else found + elsewhere + created)
+                        message, None if found is None else found + elsewhere + created, tracks.get(track))
                     identity = self.gallery.store(message, identity, similarity, self.policy.prototype_rate,
                                                   decision)
+                    stored_before[key] = (identity, similarity, decision)  # a redelivery later in the batch
+                    tracks[track] = identity
                     if decision == "new":
                         created.append(identity)
                     accepted += 1
@@ -226,9 +233,10 @@ class Matcher:
         log.info("re-association: %d tracklets moved, %d identities merged", len(moved), len(merged))
         return events
 
-    def assign(self, message: FeatureMessage, candidates: list[int] | None = None) -> tuple[int | None, float, str]:
-        """``candidates``: the identities to score (from a batch search); None searches the index."""
-        track_identity = self.gallery.identity_of_track(message.site, message.camera_id, message.track_id)
+    def assign(self, message: FeatureMessage, candidates: list[int] | None = None,
+               track_identity: int | None = None) -> tuple[int | None, float, str]:
+        """``candidates``: the identities to score (from a batch search); None searches the index.
+        ``track_identity``: the identity the message's camera track already has, if any."""
         if track_identity is not None and track_identity in self.gallery.prototypes:
             similarity = float(self.gallery.prototypes[track_identity] @ message.embedding)
             return track_identity, similarity, "update"
