@@ -184,6 +184,19 @@ def test_camera_graph_file(tmp_path):
             CameraGraph.load(path)
 
 
+def test_the_camera_graph_of_a_site_spec(tmp_path):
+    from hybreid.errors import UserError
+    from hybreid.matcher.camera_graph import CameraGraph
+
+    path = tmp_path / "site.yaml"
+    path.write_text("site: mall\ncameras: [{id: gate, modality: visible}, {id: hall, modality: infrared}]\n"
+                    "graph: [{cameras: [gate, hall], min_s: 12, max_s: 40}]\n")
+    assert CameraGraph.load(path).min_transit("mall", "hall", "gate") == 12
+    path.write_text(path.read_text() + "peple: 3\n")  # a site spec refuses what it does not know
+    with pytest.raises(UserError, match="site spec .*did you mean 'people'"):
+        CameraGraph.load(path)
+
+
 def test_an_online_merge_the_camera_graph_forbids_is_split(tmp_path):
     """Online, two look-alikes 2 s apart on cameras a 30 s walk apart became one identity;
     re-association with the camera graph gives the second its own."""

@@ -13,6 +13,7 @@ import pytest
 from hybreid.cli import main
 from hybreid.errors import UserError
 from hybreid.eval.mtmc import read_mot
+from hybreid.matcher.camera_graph import CameraGraph
 from hybreid.synthetic.site import SiteSpec, default_spec, plan_site
 
 SMALL = {"seconds": 24.0, "people": 6, "size": [192, 108], "pairs": 0.4, "one_camera": 0.3, "returning": 0.3,
@@ -83,6 +84,9 @@ def test_rendered_site_has_videos_mot_ground_truth_and_a_day_night_switch(small_
     folder, _, truth = small_site
     assert truth["frames"] == 240 and [c["id"] for c in truth["cameras"]] == ["day", "night", "both"]
     assert truth["graph"][0]["cameras"] == ["day", "night"]
+
+    graph = CameraGraph.load(folder / "scenes" / "camera_graph.yaml")  # what `matcher run --camera-graph` reads
+    assert graph.min_transit(truth["site"], "night", "day") == truth["graph"][0]["min_s"]
     for camera in truth["cameras"]:
         video = cv2.VideoCapture(str(folder / "scenes" / camera["video"]))
         frames = []

@@ -2,7 +2,9 @@
 
 Re-association uses the minimum walking time as a cannot-link: two tracklets on connected
 cameras closer in time than anyone can walk are two people. Without a graph, only time
-overlap constrains. A YAML file::
+overlap constrains. The graph of a site spec (``hybreid edge scenes --site SPEC.yaml``)
+is read as it is, and the scenes folder holds it again as ``camera_graph.yaml``. A YAML
+file::
 
     sites:
       lobby:
@@ -52,4 +54,14 @@ class CameraGraph(BaseModel):
 
     @classmethod
     def load(cls, path: str | Path) -> CameraGraph:
+        """A camera graph file (``sites:``), or a site spec (``hybreid edge scenes --site``),
+        whose ``graph`` is its site's camera graph."""
+        from hybreid.config import load_yaml
+
+        data = load_yaml(path)
+        if isinstance(data, dict) and "sites" not in data and "graph" in data:
+            from hybreid.synthetic.site import SiteSpec
+
+            spec = load_typed(path, SiteSpec, "site spec")
+            return cls.model_validate({"sites": {spec.site: [link.model_dump() for link in spec.graph]}})
         return load_typed(path, cls, "camera graph")

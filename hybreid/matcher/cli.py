@@ -109,7 +109,8 @@ def register(commands) -> None:
     run.add_argument("--report-every", type=float, default=60.0, help="seconds between status lines")
     run.add_argument("--reassociate-every", type=float, default=10.0,
                      help="seconds between re-associations of the recent tracklets (0: never)")
-    run.add_argument("--camera-graph", help="YAML of connected cameras and their minimum walking times")
+    run.add_argument("--camera-graph", help="YAML of connected cameras and their minimum walking times, or a site "
+                                            "spec (its graph)")
 
     purge = command(matcher, "purge", "delete sightings (biometric data) for good", _purge)
     query = command(matcher, "query", "sightings by identity, camera and time, or image", _query)

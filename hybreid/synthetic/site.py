@@ -9,8 +9,9 @@ in pairs, some seen by one camera only, crossing each camera in either direction
 they pass and occlude each other; and light that changes slowly over the visible views.
 
 Written next to the videos: ``ground_truth.json`` (every person's box in every frame
-with its global id, the passages, the graph) and ``gt/<camera>.txt`` in the
-MOTChallenge text format. numpy + OpenCV only.
+with its global id, the passages, the graph), ``gt/<camera>.txt`` in the
+MOTChallenge text format and ``camera_graph.yaml`` (the graph as the matcher reads it).
+numpy + OpenCV only.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Annotated, Literal
 
 import cv2
 import numpy as np
+import yaml
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 from tqdm import tqdm
 
@@ -192,6 +194,8 @@ def render_site(out_dir: str | Path, spec: SiteSpec | None = None, progress: boo
             "passages": [{"pid": p.pid, "start_frame": p.start_frame, "frames": p.frames} for p in mine]})
     bar.close()
     (out_dir / "ground_truth.json").write_text(json.dumps(truth))
+    # the camera graph as `hybreid matcher run --camera-graph` reads it
+    (out_dir / "camera_graph.yaml").write_text(yaml.safe_dump({"sites": {spec.site: truth["graph"]}}, sort_keys=False))
     return truth
 
 
