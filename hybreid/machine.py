@@ -94,6 +94,44 @@ def cpu_isa(features: frozenset[str] | set[str] | None = None) -> str:
     return "generic"
 
 
+def _cpuinfo_field(name: str) -> str | None:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == name:
+                return value.strip()
+    except OSError:
+        pass
+    return None
+
+
+def theoretical_peak(features: frozenset[str] | set[str] | None = None, family: str | None = None,
+                     megahertz: float | None = None, cores: int | None = None) -> dict | None:
+    """The float32 peak the processor's datasheet would give: cores x clock x FMA width.
+
+    Two FMA pipes per core (every x86 core since Haswell and Zen, and ARM's big cores);
+    a vector is 512 bits with AVX-512 (256 on AMD Zen 4, family 25, which splits AVX-512
+    into two halves), 256 with AVX2, 128 with NEON. The clock is the one /proc/cpuinfo
+    reports (a virtual machine's nominal clock; boost is not counted). None where the
+    clock is unknown. Every argument defaults to this machine's.
+    """
+    features = cpu_features() if features is None else features
+    family = _cpuinfo_field("cpu family") if family is None else family
+    megahertz = megahertz or _cpuinfo_field("cpu MHz")
+    if megahertz is None:
+        return None
+    if "avx512f" in features:
+        bits = 256 if family == "25" else 512
+    elif "avx2" in features:
+        bits = 256
+    else:
+        bits = 128
+    flops_per_cycle = 2 * 2 * bits // 32  # two pipes x (multiply + add) x float32 lanes
+    cores, gigahertz = cores or os.cpu_count() or 1, float(megahertz) / 1000
+    return {"gflops": cores * gigahertz * flops_per_cycle, "cores": cores, "ghz": gigahertz,
+            "flops_per_cycle": flops_per_cycle, "vector_bits": bits}
+
+
 def commit() -> str | None:
     """The source checkout's commit (``+dirty`` with uncommitted changes), or None outside one."""
     source = Path(__file__).resolve().parent.parent

@@ -97,3 +97,15 @@ def test_loading_a_copy_made_for_another_instruction_set_warns(tiny_onnx, tmp_pa
     with caplog.at_level(logging.WARNING, logger="hybreid.inference"):
         OnnxRuntimeEmbedder(result.path)
     assert any(f"calibrated for the {other}" in record.getMessage() for record in caplog.records)
+
+
+@pytest.mark.parametrize(("features", "family", "per_cycle"), [
+    (ZEN4, "25", 32),  # Zen 4 runs AVX-512 as two 256-bit halves
+    (ZEN4 | {"avx512vp2intersect"}, "26", 64),  # Zen 5: a full 512-bit datapath
+    (SAPPHIRE_RAPIDS, "6", 64), (HASWELL, "6", 32), (ORIN, None, 16),
+])
+def test_the_theoretical_peak_is_cores_clock_and_fma_width(features, family, per_cycle):
+    from hybreid.machine import theoretical_peak
+
+    peak = theoretical_peak(features, family=family or "", megahertz=2500.0, cores=4)
+    assert peak["flops_per_cycle"] == per_cycle and peak["gflops"] == pytest.approx(4 * 2.5 * per_cycle)

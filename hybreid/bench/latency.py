@@ -35,6 +35,7 @@ import numpy as np
 from tqdm import tqdm
 
 from hybreid.bench.gemm import REFERENCE_KINDS, GemmRates, reference_rate
+from hybreid.machine import theoretical_peak
 from hybreid.tables import format_table
 
 
@@ -270,11 +271,14 @@ def run(models: list[str], batches: list[int], out: str | Path, threads: int = 2
     median_by_kind = ", ".join(f"{kind} {np.median([r[kind] for r in by_kind]):.0f}" for kind in REFERENCE_KINDS)
     header = ["model", "backend", "batch", "median ms", "p90 ms", "images/s", "peak RSS MiB", "GFLOPs/img",
               "matmul GFLOP/s", "roofline"]
+    peak = theoretical_peak()
+    peak_text = (f"; the CPU's theoretical peak {peak['gflops']:.0f} GFLOP/s ({peak['cores']} cores x "
+                 f"{peak['ghz']:.2f} GHz x {peak['flops_per_cycle']} FLOP/cycle)" if peak else "")
     print(format_table(header, [list(asdict(c).values()) for c in cells], floatfmt=".2f",
                        title=f"latency on {threads} threads; float32 matmul rate {min(rates):.0f}-{max(rates):.0f} "
                              f"GFLOP/s over the run (the faster of {median_by_kind}), each cell against the "
-                             "rate around it"))
-    summary = {"matmul_gflops": float(np.median(rates)), "matmul_gflops_measured": rates,
+                             f"rate around it{peak_text}"))
+    summary = {"matmul_gflops": float(np.median(rates)), "theoretical_peak": peak, "matmul_gflops_measured": rates,
                "matmul_gflops_by_runtime": by_kind, "threads": threads,
                "rounds": rounds, "cells": [{**asdict(cell), "run_seconds": times[index], "run_matmul_gflops":
                                             around[index]} for index, cell in enumerate(cells)]}
