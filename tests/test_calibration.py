@@ -119,11 +119,11 @@ def test_cpu_target_for_avx2_uses_uint8_activations_and_seven_bit_weights(fp32_m
     assert dtypes == {np.dtype(np.uint8)} and largest <= 64
 
 
-def test_cpu_target_for_vnni_uses_int8_activations_at_full_range(fp32_model):
-    """vpdpbusd accumulates in int32: no saturation, so the whole int8 range."""
+def test_cpu_target_for_vnni_uses_uint8_activations_at_full_range(fp32_model):
+    """vpdpbusd accumulates uint8 x int8 in int32: no saturation, so the whole int8 range."""
     _, _, results = fp32_model
     dtypes, largest = _activation_dtypes_and_largest_weight(results[("cpu-vnni", False)].path)
-    assert dtypes == {np.dtype(np.int8)} and largest == 127
+    assert dtypes == {np.dtype(np.uint8)} and largest == 127
     assert OnnxRuntimeEmbedder(results[("cpu-vnni", False)].path).contract.cpu_isa == "avx512-vnni"
     assert OnnxRuntimeEmbedder(results[("tensorrt", False)].path).contract.cpu_isa == ""
 

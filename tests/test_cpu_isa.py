@@ -34,7 +34,7 @@ def test_the_instruction_set_of_each_processor(features, expected):
 @pytest.mark.parametrize(("isa", "activations", "reduce_range"), [
     ("avx2", "uint8", True),  # vpmaddubsw's int16 sums saturate at full range
     ("generic", "uint8", True),  # unknown kernels: the form that cannot saturate
-    ("avx512-vnni", "int8", False), ("avx-vnni", "int8", False), ("amx", "int8", False),  # int32 accumulation
+    ("avx512-vnni", "uint8", False), ("avx-vnni", "uint8", False), ("amx", "uint8", False),  # int32 accumulation
     ("arm-dotprod", "int8", False), ("arm", "uint8", False),
 ])
 def test_the_int8_form_of_each_instruction_set(isa, activations, reduce_range):
