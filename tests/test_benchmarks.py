@@ -78,7 +78,7 @@ def test_latency_benchmark_times_a_plain_timm_reference_and_openvino_beside_our_
     calibration = np.random.default_rng(0).standard_normal((8, 3, 128, 64)).astype(np.float32)
     qdq = quantize(tiny_onnx, tmp_path / "tiny.int8.onnx", calibration, QuantizationConfig(target="cpu")).path
     cells = latency.run(["haresformer_tiny"], [2], tmp_path, threads=1, repeats=2, warmup=1,
-                        references=("resnet10t",), openvino=True, int8={"haresformer_tiny": str(qdq)})
+                        references=("resnet10t",), openvino=True, int8={"haresformer_tiny": [str(qdq)]})
     backends, int8 = {"torch", "onnxruntime-fp32"}, {"onnxruntime-int8"}
     if OPENVINO_MISSING is None:
         backends, int8 = backends | {"onnxruntime-openvino-fp32"}, int8 | {"onnxruntime-openvino-int8"}

@@ -28,10 +28,13 @@ def _latency(args) -> None:
     from hybreid.bench import latency
     from hybreid.config import parse_overrides
 
-    int8 = dict(item.split("=", 1) for item in args.int8) if args.int8 else None
+    int8: dict[str, list[str]] = {}
+    for item in args.int8 or []:
+        model, _, path = item.partition("=")
+        int8.setdefault(model, []).append(path)
     engines = dict(item.split("=", 1) for item in args.engine) if args.engine else None
     latency.run(args.model or BOTH_PAPER_MODELS, args.batch or [1, 8], output_folder(args), threads=args.threads,
-                repeats=args.repeats, int8=int8, options=parse_overrides(args.overrides), rounds=args.rounds,
+                repeats=args.repeats, int8=int8 or None, options=parse_overrides(args.overrides), rounds=args.rounds,
                 references=latency.REFERENCE_MODELS if args.reference else (), openvino=args.openvino,
                 engines=engines)
 
@@ -106,7 +109,8 @@ def register(commands) -> None:
     lat.add_argument("--repeats", type=int, default=10, help="timed runs per cell and round")
     lat.add_argument("--rounds", type=int, default=1, help="measure every cell this many times, interleaved")
     lat.add_argument("--int8", action="append", metavar="MODEL=QDQ.onnx",
-                     help="also time a Q/DQ INT8 model from `hybreid calibrate int8`")
+                     help="also time a Q/DQ INT8 model from `hybreid calibrate int8` (repeatable, also for one "
+                          "model: copies for several instruction sets are told apart)")
     lat.add_argument("--reference", action="store_true",
                      help="also time plain timm ResNet-50 and ViT-B/16 (224x224): what this machine allows")
     lat.add_argument("--engine", action="append", metavar="MODEL=ENGINE",

@@ -35,6 +35,7 @@ import numpy as np
 from tqdm import tqdm
 
 from hybreid.bench.gemm import REFERENCE_KINDS, GemmRates, reference_rate
+from hybreid.contract import read_onnx_contract
 from hybreid.machine import theoretical_peak
 from hybreid.tables import format_table
 
@@ -181,7 +182,7 @@ def _export_reference(model, path: Path) -> None:
 
 
 def run(models: list[str], batches: list[int], out: str | Path, threads: int = 2, repeats: int = 10,
-        warmup: int = 2, int8: dict[str, str] | None = None, options: dict | None = None,
+        warmup: int = 2, int8: dict[str, list[str]] | None = None, options: dict | None = None,
         rounds: int = 1, references: tuple[str, ...] = (), openvino: bool = False,
         engines: dict[str, str] | None = None) -> list[Cell]:
     """Benchmark ``models`` (registry names, untrained weights: speed does not depend on them).
@@ -230,10 +231,12 @@ def run(models: list[str], batches: list[int], out: str | Path, threads: int = 2
         backends = {"torch": (None, None), "onnxruntime-fp32": (str(onnx_path), CPU)}
         if openvino:
             backends["onnxruntime-openvino-fp32"] = (str(onnx_path), ["openvino"])
-        if int8 and name in int8:
-            backends["onnxruntime-int8"] = (int8[name], CPU)
+        for qdq in (int8 or {}).get(name, []):
+            # several copies of one model are told apart by the instruction set they were made for
+            form = "" if len(int8[name]) == 1 else f"-{read_onnx_contract(qdq).cpu_isa or 'tensorrt'}"
+            backends[f"onnxruntime-int8{form}"] = (qdq, CPU)
             if openvino:
-                backends["onnxruntime-openvino-int8"] = (int8[name], ["openvino"])
+                backends[f"onnxruntime-openvino-int8{form}"] = (qdq, ["openvino"])
         if engines and name in engines:
             backends["tensorrt"] = (engines[name], None)
         for backend, (artifact, providers) in backends.items():

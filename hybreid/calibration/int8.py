@@ -9,8 +9,9 @@ Made with ONNX Runtime's static quantiser (Q/DQ format, per-channel weights):
   workstation can calibrate for the camera boxes): without VNNI, uint8 activations with
   ``reduce_range`` (AVX2's ``vpmaddubsw`` saturates its int16 sums, and U8S8 at full range
   overflows on ViTs); with VNNI or AMX, whose dot products accumulate in int32, uint8
-  activations at full range (as fast, closer to FP32; S8S8 ran slower). The choice is recorded in the model (``hybreid.cpu_isa``) and the
-  report, and the embedder warns when it loads a copy made for another instruction set.
+  activations at full range (as fast, closer to FP32; S8S8 ran slower). The choice is
+  recorded in the model (``hybreid.cpu_isa``) and the report, and the embedder warns
+  when it loads a copy made for another instruction set.
 
 Only the compute-heavy ops are quantised (Conv, MatMul, Gemm): Softmax, LayerNorm and
 GELU stay float, and so do the attention MatMuls around the Softmax (``Q K^T`` and
