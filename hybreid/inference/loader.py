@@ -6,18 +6,26 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from hybreid.errors import UserError
 from hybreid.inference.embedder import Embedder, OnnxRuntimeEmbedder
 
 
-def load_embedder(path: str | Path, threads: int | None = None, providers: Sequence[str] | None = None,
+def load_embedder(path: str | Path, threads: int | None = None, providers: Sequence[str] | str | None = None,
                   device: int = 0) -> Embedder:
     """The embedder for an artifact: ONNX file or TensorRT engine.
 
-    ``threads`` and ``providers`` are ONNX Runtime's; ``device`` is the GPU of an engine.
+    ``threads`` and ``providers`` are ONNX Runtime's (``"auto"``: the fastest CPU backend,
+    measured once on this box, :mod:`.providers`); ``device`` is the GPU of an engine.
     """
     path = Path(path)
     if path.suffix in (".engine", ".plan", ".trt"):
         from hybreid.inference.tensorrt_backend import TensorRTEmbedder
 
         return TensorRTEmbedder(path, device)
+    if providers == "auto":
+        from hybreid.inference.providers import fastest_provider
+
+        if not path.is_file():
+            raise UserError(f"model file {path} does not exist")
+        providers = [fastest_provider(path, threads)]
     return OnnxRuntimeEmbedder(path, providers, threads)

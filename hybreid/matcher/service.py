@@ -449,6 +449,8 @@ class MatcherService:
                     next_reassociation = now
                     try:
                         self.reassociate()
+                    except StoreUnavailable:
+                        pass  # the worker says so once; re-association waits for the next round
                     except Exception:  # a bug in re-association must not stop the online matching
                         self.internal_errors += 1
                         log.exception("re-association failed")
