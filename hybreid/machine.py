@@ -115,8 +115,9 @@ def theoretical_peak(features: frozenset[str] | set[str] | None = None, family: 
     Two FMA pipes per core (every x86 core since Haswell and Zen, and ARM's big cores);
     a vector is 512 bits with AVX-512 (256 on AMD Zen 4, family 25, which splits AVX-512
     into two halves), 256 with AVX2, 128 with NEON. The clock is the one /proc/cpuinfo
-    reports (a virtual machine's nominal clock; boost is not counted). None where the
-    clock is unknown. Every argument defaults to this machine's.
+    reports, the nominal one: boost is not counted, and a GEMM can run above this "peak"
+    (on an AMD EPYC here, ONNX Runtime's 2048 matmul reached 473 GFLOP/s against 332).
+    None where the clock is unknown. Every argument defaults to this machine's.
     """
     features = cpu_features() if features is None else features
     family = _cpuinfo_field("cpu family") if family is None else family

@@ -275,8 +275,9 @@ def run(models: list[str], batches: list[int], out: str | Path, threads: int = 2
     header = ["model", "backend", "batch", "median ms", "p90 ms", "images/s", "peak RSS MiB", "GFLOPs/img",
               "matmul GFLOP/s", "roofline"]
     peak = theoretical_peak()
-    peak_text = (f"; the CPU's theoretical peak {peak['gflops']:.0f} GFLOP/s ({peak['cores']} cores x "
-                 f"{peak['ghz']:.2f} GHz x {peak['flops_per_cycle']} FLOP/cycle)" if peak else "")
+    peak_text = (f"; the CPU's peak at its nominal clock {peak['gflops']:.0f} GFLOP/s ({peak['cores']} cores x "
+                 f"{peak['ghz']:.2f} GHz x {peak['flops_per_cycle']} FLOP/cycle; boost clocks go above it)"
+                 if peak else "")
     print(format_table(header, [list(asdict(c).values()) for c in cells], floatfmt=".2f",
                        title=f"latency on {threads} threads; float32 matmul rate {min(rates):.0f}-{max(rates):.0f} "
                              f"GFLOP/s over the run (the faster of {median_by_kind}), each cell against the "
