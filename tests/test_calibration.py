@@ -303,3 +303,25 @@ def test_entropy_calibration_clips_where_minmax_does_not(tmp_path):
               for method in ("minmax", "entropy")}
     assert scales["minmax"].keys() == scales["entropy"].keys() and len(scales["minmax"]) >= 3
     assert scales["entropy"]["images"] < 0.5 * scales["minmax"]["images"]  # the outliers are clipped
+
+
+def test_a_histogram_method_that_cannot_cut_a_near_constant_tensor_is_one_clear_error(tmp_path):
+    """A Conv reading a tensor whose values all but coincide (1 give or take a few float32
+    steps): numpy cannot cut its range into ONNX Runtime's 2048 bins; MinMax still can."""
+    from onnx import TensorProto, helper
+
+    weights = numpy_helper.from_array(np.random.default_rng(0).standard_normal((4, 3, 3, 3)).astype(np.float32), "w")
+    scale = numpy_helper.from_array(np.full((1,), 1e-7, np.float32), "scale")
+    one = numpy_helper.from_array(np.ones((1,), np.float32), "one")
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["x", "scale"], ["flat"]), helper.make_node("Add", ["flat", "one"], ["near"]),
+         helper.make_node("Conv", ["near", "w"], ["y"])], "near_constant",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4, 6, 6])], [weights, scale, one])
+    path = tmp_path / "near_constant.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), str(path))
+    calibration = np.random.default_rng(1).standard_normal((4, 3, 8, 8)).astype(np.float32)
+    with pytest.raises(UserError, match="percentile calibration failed.*use --method minmax"):
+        quantize(path, tmp_path / "p.onnx", calibration, QuantizationConfig(target="tensorrt", method="percentile"))
+    assert not (tmp_path / "p.prepared.onnx").exists()  # nothing left behind
+    assert quantize(path, tmp_path / "m.onnx", calibration, QuantizationConfig(target="tensorrt")).path.is_file()

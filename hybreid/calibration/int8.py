@@ -329,7 +329,7 @@ def quantize(onnx_path: str | Path, out_path: str | Path, calibration: np.ndarra
     a re-run with the same data and method skips calibration inference.
     """
     import onnx
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import CalibrationMethod
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     onnx_path, out_path = Path(onnx_path), Path(out_path)
@@ -351,9 +351,6 @@ def quantize(onnx_path: str | Path, out_path: str | Path, calibration: np.ndarra
     input_name = contract.input_name if contract else model.graph.input[0].name
     method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
               "percentile": CalibrationMethod.Percentile}[config.method]
-    tensorrt = config.target == "tensorrt"
-    cpu_format = config.cpu_format
-    signed = tensorrt or cpu_format.activations == "int8"
     digest = hashlib.sha256(onnx_path.read_bytes()[:1 << 24])
     digest.update(calibration.tobytes())
     digest.update(json.dumps([config.method, config.target, config.cpu_isa, sorted(keep)]).encode())
@@ -361,10 +358,38 @@ def quantize(onnx_path: str | Path, out_path: str | Path, calibration: np.ndarra
     cache = Path(cache_dir) / ranges_name if cache_dir else None
     if config.method == "entropy":
         cache = cache or out_path.with_name(ranges_name)
-        if not cache.exists():
-            _entropy_ranges(prepared, config.op_types, _BatchReader(input_name, calibration), cache)
     if cache:
         cache.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        if config.method == "entropy" and not cache.exists():
+            _entropy_ranges(prepared, config.op_types, _BatchReader(input_name, calibration), cache)
+        _quantize_static(prepared, out_path, input_name, calibration, config, keep, method, cache)
+    except ValueError as exc:
+        if "bins" not in str(exc):
+            raise
+        # numpy cannot cut a tensor whose values all but coincide into ONNX Runtime's 2048
+        # histogram bins; the method cannot calibrate this model, the others still can
+        raise UserError(f"{config.method} calibration failed: ONNX Runtime's histogram of a near-constant tensor "
+                        f"({exc}); use --method minmax") from exc
+    finally:
+        prepared.unlink(missing_ok=True)
+    if config.method == "entropy" and not cache_dir:
+        cache.unlink(missing_ok=True)
+    quantized = onnx.load(str(out_path))
+    if contract:
+        set_metadata(quantized, replace(contract, precision=f"int8-{config.target}-{config.method}",
+                                        cpu_isa=config.cpu_isa))
+    onnx.save(quantized, str(out_path))
+    return QuantizationResult(out_path, config, keep)
+
+
+def _quantize_static(prepared: Path, out_path: Path, input_name: str, calibration: np.ndarray,
+                     config: QuantizationConfig, keep: dict[str, str], method, cache: Path | None) -> None:
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+    tensorrt = config.target == "tensorrt"
+    cpu_format = config.cpu_format
+    signed = tensorrt or cpu_format.activations == "int8"
     quantize_static(
         str(prepared), str(out_path), _BatchReader(input_name, calibration),
         quant_format=QuantFormat.QDQ,
@@ -379,15 +404,6 @@ def quantize(onnx_path: str | Path, out_path: str | Path, calibration: np.ndarra
         extra_options={"ActivationSymmetric": tensorrt, "WeightSymmetric": True, "QuantizeBias": not tensorrt},
         calibration_cache_path=str(cache) if cache else None,
     )
-    prepared.unlink(missing_ok=True)
-    if config.method == "entropy" and not cache_dir:
-        cache.unlink(missing_ok=True)
-    quantized = onnx.load(str(out_path))
-    if contract:
-        set_metadata(quantized, replace(contract, precision=f"int8-{config.target}-{config.method}",
-                                        cpu_isa=config.cpu_isa))
-    onnx.save(quantized, str(out_path))
-    return QuantizationResult(out_path, config, keep)
 
 
 # --- TensorRT calibration cache (the text format TensorRT 8.x/10.x calibrators read) --------

@@ -123,8 +123,15 @@ def run_int8(onnx_path: str | Path, out_dir: str | Path, target: str = "tensorrt
         config = QuantizationConfig(target=target, method=method, quantize_attention=attention, cpu_isa=cpu_isa,
                                     **(placement or {}))
         suffix = f"{method}{'-attention' if attention else ''}"
-        result = quantize(onnx_path, out_dir / f"{onnx_path.stem}.int8.{target}.{suffix}.onnx", calibration,
-                          config, cache_dir=out_dir / "calibration-cache")
+        try:
+            result = quantize(onnx_path, out_dir / f"{onnx_path.stem}.int8.{target}.{suffix}.onnx", calibration,
+                              config, cache_dir=out_dir / "calibration-cache")
+        except UserError as exc:  # one method that cannot calibrate this model; the report holds the others
+            if len(runs) == 1:
+                raise
+            tqdm.write(f"skipped: {exc}")
+            report["runs"].append({"method": method, "quantize_attention": attention, "failed": str(exc)})
+            continue
         int8 = OnnxRuntimeEmbedder(result.path, providers=["CPUExecutionProvider"], threads=threads)
         exact = OnnxRuntimeEmbedder(result.path, providers=["CPUExecutionProvider"], threads=threads,
                                     disable_qdq_fusion=True)
@@ -162,6 +169,10 @@ def format_report(report: dict) -> str:
     rows = []
     for run in report["runs"]:
         metrics, base = run.get(accuracy, {}), report["fp32"]
+        if "failed" in run:
+            rows.append([run["method"], "yes" if run["quantize_attention"] else "no", "failed (see the report)",
+                         *[float("nan")] * (len(header) - 3)])
+            continue
         rows.append([run["method"], "yes" if run["quantize_attention"] else "no", run["fused_cosine_mean"],
                      run["fused_cosine_worst"], run["fake_quant_cosine_worst"],
                      100 * base.get("mAP", float("nan")), 100 * metrics.get("mAP", float("nan")),
