@@ -170,8 +170,8 @@ def format_report(report: dict) -> str:
     for run in report["runs"]:
         metrics, base = run.get(accuracy, {}), report["fp32"]
         if "failed" in run:
-            rows.append([run["method"], "yes" if run["quantize_attention"] else "no", "failed (see the report)",
-                         *[float("nan")] * (len(header) - 3)])
+            rows.append([f"{run['method']} (failed, see the JSON)", "yes" if run["quantize_attention"] else "no",
+                         *[float("nan")] * (len(header) - 2)])
             continue
         rows.append([run["method"], "yes" if run["quantize_attention"] else "no", run["fused_cosine_mean"],
                      run["fused_cosine_worst"], run["fake_quant_cosine_worst"],
