@@ -5,6 +5,7 @@ results or an earlier run unless ``--overwrite`` says so."""
 from __future__ import annotations
 
 from hybreid.command_line import ARTIFACT_HELP, MODEL_HELP, add_output, command, group, output_folder
+from hybreid.errors import UserError
 
 PAPER_MODELS = ("fusionreid_vitb16_s12", "haresformer_h1l1", "haresformer_h1l2", "haresformer_h2l1")
 BOTH_PAPER_MODELS = ["fusionreid_vitb16_s12", "haresformer_h1l1"]
@@ -60,6 +61,8 @@ def _pipeline(args) -> None:
 def _matcher(args) -> None:
     from hybreid.bench import matcher
 
+    if args.instances and "postgresql" not in (args.store or []):
+        raise UserError("--instances needs --store postgresql: several matchers share a PostgreSQL gallery")
     matcher.run(args.identities or [1000, 10000, 100000], output_folder(args), messages=args.messages, dim=args.dim,
                 index=args.index, stores=tuple(args.store or ["sqlite"]), instances=tuple(args.instances or [1]))
 

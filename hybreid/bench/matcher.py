@@ -21,6 +21,7 @@ import sys
 import tempfile
 import threading
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -167,21 +168,15 @@ def run(sizes: list[int], out: str | Path, messages: int = 2000, dim: int = 1024
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
     results = []
-    with tempfile.TemporaryDirectory() as work:
-        server = PostgresServer(Path(work) / "postgres") if "postgresql" in stores else None
-        if server:
-            server.start()
-        try:
-            for size in sizes:
-                for store in stores:
-                    modes = [("in-process", 1)]
-                    if store == "postgresql":
-                        modes += [("processes", n) for n in instances]
-                    for mode, count in modes:
-                        results.append(_one_run(work, server, store, size, mode, count, messages, dim, index, rng))
-        finally:
-            if server:
-                server.stop()
+    with tempfile.TemporaryDirectory() as work, \
+            (PostgresServer(Path(work) / "postgres") if "postgresql" in stores else nullcontext()) as server:
+        for size in sizes:
+            for store in stores:
+                modes = [("in-process", 1)]
+                if store == "postgresql":
+                    modes += [("processes", n) for n in instances]
+                for mode, count in modes:
+                    results.append(_one_run(work, server, store, size, mode, count, messages, dim, index, rng))
     _print_and_save(results, out, dim)
     return results
 
