@@ -10,19 +10,25 @@ import os
 import platform
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+
+
+def _cpuinfo_field(*names: str) -> str | None:
+    """The first of ``names`` that /proc/cpuinfo holds (its first processor's value), or None."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() in names:
+                return value.strip()
+    except OSError:
+        pass
+    return None
 
 
 def cpu_model_name() -> str:
     """The processor's name, as /proc/cpuinfo gives it (or the platform's answer elsewhere)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    return _cpuinfo_field("model name") or platform.processor() or platform.machine()
 
 
 # What the CPU's int8 matrix kernels can use, best first: AMX tiles; AVX-512 VNNI and AVX-VNNI
@@ -37,7 +43,7 @@ class CpuInt8Format:
 
     activations: str  # "uint8" or "int8"; weights are int8, per channel, symmetric
     reduce_range: bool  # 7-bit values, so that a pair of products fits an int16 sum
-    why: str
+    why: str = field(compare=False)  # two instruction sets with one form are one form
 
 
 CPU_INT8_FORMATS = {
@@ -63,13 +69,9 @@ def cpu_features() -> frozenset[str]:
     Read from /proc/cpuinfo (x86 ``flags``, ARM ``Features``): NumPy's own dispatch table
     knows neither AMX nor AVX-VNNI. Elsewhere, NumPy's table, renamed to the same flags.
     """
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() in ("flags", "Features"):
-                return frozenset(value.split())
-    except OSError:
-        pass
+    flags = _cpuinfo_field("flags", "Features")
+    if flags is not None:
+        return frozenset(flags.split())
     try:
         from numpy._core._multiarray_umath import __cpu_features__
     except ImportError:
@@ -95,17 +97,6 @@ def cpu_isa(features: frozenset[str] | set[str] | None = None) -> str:
     if "asimd" in features:
         return "arm"
     return "generic"
-
-
-def _cpuinfo_field(name: str) -> str | None:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == name:
-                return value.strip()
-    except OSError:
-        pass
-    return None
 
 
 def theoretical_peak(features: frozenset[str] | set[str] | None = None, family: str | None = None,

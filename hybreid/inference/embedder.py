@@ -30,7 +30,7 @@ def other_cpu_warning(contract: ModelContract, source: str, machine_isa: str | N
         return None
     machine_isa = machine_isa or cpu_isa()
     made_for, here = CPU_INT8_FORMATS.get(contract.cpu_isa), CPU_INT8_FORMATS[machine_isa]
-    if made_for is not None and (made_for.activations, made_for.reduce_range) == (here.activations, here.reduce_range):
+    if made_for == here:
         return None
     made = repr(contract.cpu_isa[:40]) if made_for is None else contract.cpu_isa
     return (f"{source} was calibrated for the {made} instruction set, this CPU is {machine_isa} ({here.why}): it "
