@@ -123,16 +123,19 @@ class Gallery:
         return self._meta_int("generation")
 
     def refresh(self) -> bool:
-        """Follow what other processes did since: reload the index after a purge or a
-        re-association (True then), else load the identities they wrote."""
+        """Follow what other processes did since (True when the index was reloaded)."""
         with self.lock:
-            stored = self._stored_generation()
-            if stored != self.generation:
-                self.generation = stored
-                self.rebuild_index()
-                return True
-            self._catch_up()
-            return False
+            return self._follow_others() is None
+
+    def _follow_others(self) -> list[int] | None:
+        """Reload the index after a purge or a re-association by another process (None), else
+        load the identities other processes wrote (their ids)."""
+        stored = self._stored_generation()
+        if stored != self.generation:
+            self.generation = stored
+            self.rebuild_index()
+            return None
+        return self._catch_up()
 
     def _catch_up(self) -> list[int]:
         """Load the identities other processes wrote since this one last looked."""
@@ -221,9 +224,6 @@ class Gallery:
                     latest[key] = (seq, identity)
         wanted = set(keys)
         return {key: identity for key, (_, identity) in latest.items() if key in wanted}
-
-    def identity_of_track(self, site: str, camera_id: str, track_id: int) -> int | None:
-        return self.track_identities([(site, camera_id, track_id)]).get((site, camera_id, track_id))
 
     def _rows_by_keys(self, select: str, match: str, keys) -> list:
         keys = sorted(set(keys))
@@ -316,12 +316,7 @@ class Gallery:
             try:
                 if self._index_stale:
                     self.rebuild_index()
-                if self._stored_generation() != self.generation:  # a purge or re-association elsewhere
-                    self.generation = self._stored_generation()
-                    self.rebuild_index()
-                    self.changed_elsewhere = None
-                else:
-                    self.changed_elsewhere = self._catch_up()
+                self.changed_elsewhere = self._follow_others()
                 yield
                 self._flush()
                 self.db.commit()
