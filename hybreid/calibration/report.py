@@ -20,7 +20,6 @@ from tqdm import tqdm
 from hybreid.calibration.int8 import (
     QuantizationConfig,
     activation_scales,
-    cpu_int8_format,
     quantize,
     write_calibration_cache,
 )
@@ -93,8 +92,8 @@ def run_int8(onnx_path: str | Path, out_dir: str | Path, target: str = "tensorrt
     from hybreid.machine import cpu_features
     from hybreid.machine import cpu_isa as this_cpu_isa
 
-    cpu_isa = (cpu_isa or this_cpu_isa()) if target == "cpu" else ""
-    cpu_format = cpu_int8_format(cpu_isa) if cpu_isa else None
+    resolved = QuantizationConfig(target=target, cpu_isa=cpu_isa)  # the cpu target's instruction set and form
+    cpu_isa, cpu_format = resolved.cpu_isa, resolved.cpu_format
     onnx_path, out_dir = Path(onnx_path), Path(out_dir)
     fp32 = OnnxRuntimeEmbedder(onnx_path, providers=["CPUExecutionProvider"], threads=threads)
     out_dir.mkdir(parents=True, exist_ok=True)  # only once the model is known to load
@@ -179,7 +178,7 @@ def format_report(report: dict) -> str:
                      100 * base.get("rank1", float("nan")), 100 * metrics.get("rank1", float("nan")),
                      base["images_per_s"], run["images_per_s"], run["speedup"], len(run["unquantized_nodes"])])
     cpu = report.get("cpu")
-    form = (f" for {cpu['isa']}: {cpu['activations'].replace('int8', 'S8').replace('uS8', 'U8')}S8"
+    form = (f" for {cpu['isa']}: { {'uint8': 'U8', 'int8': 'S8'}[cpu['activations']]}S8"
             f"{' with reduce_range' if cpu['reduce_range'] else ''}, measured on {cpu['measured_on']}"
             if cpu else "")
     title = (f"INT8 ({report['target']} target{form}) of {report['model']}, calibrated on "
