@@ -50,25 +50,12 @@ def postgres(tmp_path_factory):
         yield server
 
 
-_databases = iter(range(1, 1 << 30))
-
-
-def fresh_database(server) -> str:
-    """The URL of a new, empty database on ``server``."""
-    import psycopg
-
-    name = f"gallery_{next(_databases)}"
-    with psycopg.connect(server.url, autocommit=True) as connection:
-        connection.execute(f"CREATE DATABASE {name}")
-    return server.url.rsplit("/", 1)[0] + f"/{name}"
-
-
 @pytest.fixture(params=["sqlite", "postgresql"])
 def store(request, tmp_path) -> str:
     """Where a gallery lives: a SQLite file, then a database on a real PostgreSQL."""
     if request.param == "sqlite":
         return str(tmp_path / "g.sqlite")
-    return fresh_database(request.getfixturevalue("postgres"))
+    return request.getfixturevalue("postgres").new_database()
 
 
 @pytest.fixture(scope="session")

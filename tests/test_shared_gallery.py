@@ -11,7 +11,6 @@ import threading
 import time
 
 import pytest
-from conftest import fresh_database
 from test_matcher import connected_publisher, feature, unit, wait_for_line, wait_until
 
 from hybreid.matcher.gallery import Gallery
@@ -51,7 +50,7 @@ def identities(gallery: Gallery) -> dict[tuple[str, int], set[int]]:
 
 
 def test_updates_of_one_new_track_at_two_instances_at_once_make_one_identity(postgres):
-    a, b = two_instances(fresh_database(postgres))
+    a, b = two_instances(postgres.new_database())
     for track in range(1, 6):
         person = unit(100 + track)
         first, second = at_once(
@@ -67,7 +66,7 @@ def test_updates_of_one_new_track_at_two_instances_at_once_make_one_identity(pos
 def test_one_person_reaching_two_instances_at_once_is_not_created_twice(postgres):
     """Two cameras, one person, a minute apart, decided at the same moment by two instances:
     the second decides after the first's commit, with its identity."""
-    a, b = two_instances(fresh_database(postgres))
+    a, b = two_instances(postgres.new_database())
     person = unit(7)
     first, second = at_once(lambda: a.handle(*feature("cam1", 0, 1, person, ts=100.0)),
                             lambda: b.handle(*feature("cam2", 0, 1, unit(8, 0.05, base=7), ts=160.0)))
@@ -76,7 +75,7 @@ def test_one_person_reaching_two_instances_at_once_is_not_created_twice(postgres
 
 
 def test_each_instance_follows_the_others_identities_and_purges(postgres):
-    a, b = two_instances(fresh_database(postgres))
+    a, b = two_instances(postgres.new_database())
     created = a.handle(*feature("cam1", 0, 1, unit(3), ts=100.0))
     seen_by_b = b.handle(*feature("cam2", 0, 1, unit(4, 0.05, base=3), ts=200.0))
     assert seen_by_b["type"] == "match" and seen_by_b["identity"] == created["identity"]
@@ -104,7 +103,7 @@ def stream(count: int) -> list[tuple[str, bytes]]:
 
 @pytest.mark.slow
 def test_three_instances_one_killed_and_restarted_store_everything_once(postgres, mosquitto):
-    db = fresh_database(postgres)
+    db = postgres.new_database()
     messages = stream(240)
     processes = [matcher_process(mosquitto.url, db, f"matcher-{i}") for i in range(3)]
     publisher = connected_publisher(mosquitto.port, "camera-publisher")
@@ -135,7 +134,7 @@ def test_three_instances_one_killed_and_restarted_store_everything_once(postgres
 
 @pytest.mark.slow
 def test_a_database_that_goes_away_and_comes_back_loses_nothing(postgres, mosquitto, caplog):
-    db = fresh_database(postgres)
+    db = postgres.new_database()
     gallery = Gallery(db)
     service = MatcherService(Matcher(gallery, POLICY), BrokerConfig(url=mosquitto.url, client_id="matcher"))
     service.start()

@@ -184,7 +184,7 @@ def run(sizes: list[int], out: str | Path, messages: int = 2000, dim: int = 1024
 def _one_run(work: str, server, store: str, size: int, mode: str, count: int, messages: int, dim: int, index: str,
              rng) -> dict:
     run_dir = Path(tempfile.mkdtemp(dir=work))
-    location = _new_database(server) if store == "postgresql" else run_dir / "gallery.sqlite"
+    location = server.new_database() if store == "postgresql" else run_dir / "gallery.sqlite"
     with Mosquitto(run_dir / "broker") as broker:
         gallery = Gallery(location, index=index)
         known = _prefill(gallery, size, dim, rng)
@@ -202,15 +202,6 @@ def _one_run(work: str, server, store: str, size: int, mode: str, count: int, me
             "structure": stats["index"]["structure"], "search_depth": stats["index"]["search_depth"],
             **measured, "ingest_per_s": measured["messages"] / measured["seconds"], "recall_at_1": recall,
             "new_identities": stats["identities"] - size}
-
-
-def _new_database(server: PostgresServer) -> str:
-    import psycopg
-
-    name = f"bench_{time.monotonic_ns()}"
-    with psycopg.connect(server.url, autocommit=True) as connection:
-        connection.execute(f"CREATE DATABASE {name}")
-    return server.url.rsplit("/", 1)[0] + f"/{name}"
 
 
 def _print_and_save(results: list[dict], out: Path, dim: int) -> None:

@@ -52,6 +52,7 @@ class PostgresServer:
             conf.write(f"listen_addresses = '127.0.0.1'\nport = {self.port}\n"
                        f"unix_socket_directories = '{self.folder}'\nfsync = off\nmax_connections = 50\n")
         self.url = f"postgresql://hybreid@127.0.0.1:{self.port}/postgres"
+        self._databases = 0
 
     def _run(self, command: list[str], wait: bool = True):
         if self._as_root:
@@ -69,6 +70,16 @@ class PostgresServer:
 
     def stop(self) -> None:
         self._run([str(self.programs / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop"])
+
+    def new_database(self) -> str:
+        """The URL of a new, empty database on this server."""
+        import psycopg
+
+        self._databases += 1
+        name = f"gallery_{self._databases}"
+        with psycopg.connect(self.url, autocommit=True) as connection:
+            connection.execute(f"CREATE DATABASE {name}")
+        return self.url.rsplit("/", 1)[0] + f"/{name}"
 
     def kill(self) -> None:
         """SIGKILL the postmaster and its children: the database goes away mid-stream."""
