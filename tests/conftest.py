@@ -19,14 +19,14 @@ sys.meta_path.insert(0, Block())
 
 
 def _openvino_unavailable() -> str | None:
-    from hybreid.inference.embedder import openvino_unavailable_reason
+    from hybreid.inference.openvino_backend import openvino_unavailable_reason
 
     return openvino_unavailable_reason()
 
 
 OPENVINO_MISSING = _openvino_unavailable()
-# OpenVINO runs where its plugin offers this CPU (Intel CPUs); elsewhere the test is skipped
-# with the plugin's own reason, counted in the summary.
+# OpenVINO's runtime runs on x86-64 CPUs; elsewhere (ARM, or without the package) the test is
+# skipped with the reason, counted in the summary.
 requires_openvino = pytest.mark.skipif(OPENVINO_MISSING is not None, reason=f"needs OpenVINO: {OPENVINO_MISSING}")
 
 

@@ -113,10 +113,9 @@ def test_broker_outage_and_killed_edge_lose_nothing(tmp_path, scenes, tiny_onnx,
     print(f"{len(counts)} distinct records, {duplicates} duplicates delivered")
 
 
-@pytest.mark.parametrize("provider", ["CPUExecutionProvider", pytest.param("OpenVINOExecutionProvider",
-                                                                            marks=requires_openvino)])
+@pytest.mark.parametrize("provider", ["CPUExecutionProvider", pytest.param("openvino", marks=requires_openvino)])
 def test_edge_runtime_runs_without_torch_or_timm(tmp_path, scenes, tiny_onnx, mosquitto, provider):
-    """A camera box has no torch; it embeds with ONNX Runtime's CPU provider, or OpenVINO on an Intel box."""
+    """A camera box has no torch; it embeds with ONNX Runtime's CPU provider, or OpenVINO's runtime."""
     scenes_dir, _ = scenes
     config_path = tmp_path / "site.yaml"
     config = site(tmp_path, scenes_dir, tiny_onnx, mosquitto.url)
@@ -135,4 +134,4 @@ sys.exit(code)
     assert result.returncode == 0, result.stderr[-2000:]
     summary = json.loads(result.stdout[result.stdout.index("{"):])
     assert summary["tracklets_published"] >= 8 and summary["mqtt_acknowledged"] == summary["tracklets_published"]
-    assert summary["embed_backend"] == f"onnxruntime:{provider}"
+    assert summary["embed_backend"] == {"openvino": "openvino:CPU-f32"}.get(provider, f"onnxruntime:{provider}")

@@ -69,10 +69,10 @@ def test_parity_with_pytorch_at_batches_1_3_17(exported, name):
 @requires_openvino
 @pytest.mark.parametrize("name", TINY)
 def test_openvino_provider_matches_pytorch_at_batches_1_3_17(exported, name):
-    """Intel CPU boxes: ONNX Runtime's OpenVINO plugin, pinned to f32, on the same file."""
+    """x86-64 CPU boxes: OpenVINO's runtime, pinned to f32, on the same file."""
     model, path, nhwc = exported[name]
-    embedder = OnnxRuntimeEmbedder(path, providers=["openvino"], threads=1)
-    assert embedder.backend == "onnxruntime:OpenVINOExecutionProvider"
+    embedder = load_embedder(path, providers=["openvino"], threads=1)
+    assert embedder.backend == "openvino:CPU-f32"
     for batch in (1, 3, 17):
         images = torch.randn(batch, 3, *model.image_size, generator=torch.Generator().manual_seed(batch))
         with torch.no_grad():
@@ -82,26 +82,33 @@ def test_openvino_provider_matches_pytorch_at_batches_1_3_17(exported, name):
         # f32 arithmetic: bfloat16, OpenVINO's default on CPUs with AVX512-BF16, is off by ~1e-3.
         assert np.abs(got - reference / np.linalg.norm(reference, axis=1, keepdims=True)).max() < 1e-5
     crops = [np.random.default_rng(i).integers(0, 256, (90 + 7 * i, 40, 3), dtype=np.uint8) for i in range(3)]
-    in_graph = OnnxRuntimeEmbedder(nhwc, providers=["OpenVINOExecutionProvider"], threads=1).embed(crops)
+    in_graph = load_embedder(nhwc, providers=["openvino"], threads=1).embed(crops)
     assert cosine(in_graph, OnnxRuntimeEmbedder(nhwc, providers=["CPUExecutionProvider"]).embed(crops)).min() >= 0.9999
 
 
-def test_missing_openvino_plugin_is_one_clear_error(exported, tmp_path):
+def test_missing_openvino_is_one_clear_error(exported, tmp_path):
     script = tmp_path / "no_openvino.py"
     script.write_text(f"""
 import sys
-sys.modules['onnxruntime_ep_openvino'] = None  # as on a box without hybreid[openvino]
+sys.modules['openvino'] = None  # as on a box without hybreid[openvino]
 from hybreid.errors import UserError
-from hybreid.inference import OnnxRuntimeEmbedder
+from hybreid.inference import load_embedder
 try:
-    OnnxRuntimeEmbedder({str(exported["fusionreid_tiny"][1])!r}, providers=["openvino"])
+    load_embedder({str(exported["fusionreid_tiny"][1])!r}, providers=["openvino"])
 except UserError as exc:
     print(exc)
 """)
     result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
-    assert "OpenVINO execution provider is not installed" in result.stdout
+    assert "the openvino package is not installed" in result.stdout
     assert "hybreid[openvino]" in result.stdout
+
+
+def test_a_provider_onnx_runtime_does_not_have_is_refused_not_swapped_for_the_cpu(exported):
+    """ONNX Runtime itself falls back to its CPU provider with a printed warning; a site that
+    asked for another provider would then run on the CPU without knowing it."""
+    with pytest.raises(UserError, match="offers .*CPUExecutionProvider.*; NoSuchExecutionProvider is not"):
+        OnnxRuntimeEmbedder(exported["fusionreid_tiny"][1], providers=["NoSuchExecutionProvider"])
 
 
 @pytest.mark.parametrize("name", TINY)

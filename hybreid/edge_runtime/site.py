@@ -45,8 +45,9 @@ class Camera(Section):
 class Model(Section):
     path: Annotated[str, StringConstraints(min_length=1)]
     threads: Annotated[int, Field(ge=1, le=256)] | None = None
-    # ONNX Runtime's providers in order, or "auto": the faster of the CPU provider and
-    # OpenVINO for this model, measured at first start and cached beside the model
+    # ONNX Runtime's providers in order; [openvino] or [openvino-bf16] for OpenVINO's runtime;
+    # or "auto": the faster of the CPU provider and OpenVINO (f32) for this model, measured
+    # at first start and cached beside the model
     providers: list[str] | Literal["auto"] | None = None
     device: Annotated[int, Field(ge=0, le=64)] = 0
 

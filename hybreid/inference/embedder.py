@@ -1,15 +1,14 @@
 """One ``Embedder``: numpy crops in, L2-normalised float32 embeddings out.
 
 The backend is chosen by the artifact: an ``.onnx`` file runs on ONNX Runtime (CPU, or
-the CUDA / TensorRT execution providers where installed, or OpenVINO on Intel CPUs when
-asked for); a TensorRT engine
+the CUDA / TensorRT execution providers where installed) or on OpenVINO's runtime
+(:mod:`.openvino_backend`); a TensorRT engine
 (``.engine``/``.plan`` with its ``.json`` contract beside it) runs on TensorRT with
 pycuda. Torch-free.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,7 +17,7 @@ import numpy as np
 
 from hybreid.contract import ModelContract, l2_normalize, preprocess
 from hybreid.errors import UserError
-from hybreid.machine import CPU_INT8_FORMATS, cpu_isa, cpu_model_name
+from hybreid.machine import CPU_INT8_FORMATS, cpu_isa
 
 log = logging.getLogger("hybreid.inference")
 
@@ -63,94 +62,35 @@ class Embedder:
         return l2_normalize(np.concatenate(outputs).astype(np.float32, copy=False))
 
 
-OPENVINO = "OpenVINOExecutionProvider"
-_openvino_registered = False  # a plugin library registers once per process
-
-
-def _openvino_cpu_devices() -> list:
-    """OpenVINO's CPU devices as ONNX Runtime sees them, registering the plugin once per process.
-
-    OpenVINO reaches ONNX Runtime as a plugin execution provider (ORT >= 1.23), chosen by
-    device, not by name (a name in ``providers`` would silently fall back to the CPU
-    provider). On an AMD EPYC the plugin offers no device at all, although the
-    ``openvino`` package's own runtime lists and runs that CPU.
-    """
-    import onnxruntime as ort
-
-    global _openvino_registered
-    if OPENVINO not in ort.get_available_providers() and not _openvino_registered:
-        try:
-            import onnxruntime_ep_openvino
-        except ImportError as exc:
-            raise UserError("the OpenVINO execution provider is not installed: `pip install 'hybreid[openvino]'` "
-                            "(x86-64), or leave it out of the providers") from exc
-        if not hasattr(ort, "register_execution_provider_library"):
-            raise UserError(f"onnxruntime {ort.__version__} cannot load plugin execution providers; OpenVINO "
-                            "needs onnxruntime >= 1.23")
-        ort.register_execution_provider_library("OpenVINO", onnxruntime_ep_openvino.get_library_path())
-        _openvino_registered = True
-    return [device for device in ort.get_ep_devices()
-            if device.ep_name == OPENVINO and device.device.type == ort.OrtHardwareDeviceType.CPU]
-
-
-def openvino_unavailable_reason() -> str | None:
-    """None where ONNX Runtime's OpenVINO provider can run on this CPU, else the reason in one sentence."""
-    try:
-        devices = _openvino_cpu_devices()
-    except UserError as exc:
-        return str(exc)
-    if devices:
-        return None
-    return (f"ONNX Runtime's OpenVINO plugin offers no device for this CPU ({cpu_model_name()}); use the CPU "
-            "execution provider")
-
-
-def _add_openvino_cpu(options, threads: int | None) -> None:
-    """Add OpenVINO's CPU device to ``options``.
-
-    The precision is pinned to f32: on CPUs with AVX512-BF16 OpenVINO otherwise computes in
-    bfloat16, which is another model's numerics (and, without AMX, slower).
-    """
-    devices = _openvino_cpu_devices()
-    if not devices:
-        raise UserError(openvino_unavailable_reason())
-    cpu = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
-    if threads:
-        cpu["INFERENCE_NUM_THREADS"] = str(threads)
-    options.add_provider_for_devices(devices[:1], {"load_config": json.dumps({"CPU": cpu})})
-
-
 def onnxruntime_session(path: str | Path, providers: Sequence[str] | None = None, threads: int | None = None,
                         disable_qdq_fusion: bool = False, options=None):
     """An ONNX Runtime session, or one clear error for a missing or damaged file.
 
-    ``providers`` defaults to TensorRT > CUDA > CPU, whichever exist. OpenVINO
-    (``"OpenVINOExecutionProvider"`` or ``"openvino"``) is used only when asked for, with
-    the CPU provider behind it for any node it does not take. ``options`` (an
-    ``onnxruntime.SessionOptions``) carries anything else, e.g. profiling.
+    ``providers`` defaults to TensorRT > CUDA > CPU, whichever exist (OpenVINO is its own
+    runtime, :mod:`.openvino_backend`). ``options`` (an ``onnxruntime.SessionOptions``)
+    carries anything else, e.g. profiling.
     """
     import onnxruntime as ort
 
     path = Path(path)
     if not path.is_file():
         raise UserError(f"model file {path} does not exist")
+    available = ort.get_available_providers()
     if providers is None:
         preferred = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
-        providers = [p for p in preferred if p in ort.get_available_providers()]
-    providers = [OPENVINO if p.lower() == "openvino" else p for p in providers]
+        providers = [p for p in preferred if p in available]
+    missing = [p for p in providers if p not in available]
+    if missing:  # ONNX Runtime would print a warning and run on its CPU provider instead
+        raise UserError(f"ONNX Runtime here offers {', '.join(available)}; {', '.join(missing)} "
+                        f"{'is' if len(missing) == 1 else 'are'} not among them (OpenVINO: providers [openvino])")
     options = options or ort.SessionOptions()
     if threads:
         options.intra_op_num_threads = threads
     if disable_qdq_fusion:
         # Run Q/DQ as exact fake-quantisation: the numerics a GPU INT8 engine computes.
         options.add_session_config_entry("session.disable_quant_qdq", "1")
-    if OPENVINO in providers:
-        _add_openvino_cpu(options, threads)
-        by_name = {}
-    else:
-        by_name = {"providers": list(providers)}
     try:
-        return ort.InferenceSession(str(path), options, **by_name)
+        return ort.InferenceSession(str(path), options, providers=list(providers))
     except Exception as exc:  # ORT raises InvalidProtobuf, Fail, ... for a damaged file
         raise UserError(f"ONNX Runtime cannot load {path} ({exc.__class__.__name__}): the file is damaged "
                         "or not an ONNX model; export it again") from exc
@@ -168,6 +108,10 @@ class OnnxRuntimeEmbedder(Embedder):
         if warning:
             log.warning(warning)
         self.backend = f"onnxruntime:{self.session.get_providers()[0]}"
+        if self.contract.precision.startswith("int8-openvino") and self.backend.endswith("CPUExecutionProvider"):
+            # measured: ONNX Runtime runs S8S8 30 % slower than the U8S8 of the cpu target
+            log.warning("%s was calibrated for OpenVINO's runtime: `providers: [openvino]` runs it faster than "
+                        "ONNX Runtime's CPU provider (or calibrate it with --target cpu)", path)
         self.path = Path(path)
 
     def run(self, batch: np.ndarray) -> np.ndarray:

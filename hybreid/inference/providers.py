@@ -1,8 +1,9 @@
 """``model.providers: auto``: the fastest CPU backend for this model on this box, measured
 at first start and remembered.
 
-The candidates are ONNX Runtime's CPU provider and, where its plugin offers a device for
-this CPU, OpenVINO (FP32 and the Q/DQ INT8 of ``calibrate int8 --target cpu`` alike). Each
+The candidates are ONNX Runtime's CPU provider and, where it is installed and offers this
+CPU, OpenVINO's runtime in f32 (the same numerics; ``openvino-bf16`` is another
+precision, asked for by name only), for FP32 and Q/DQ INT8 files alike. Each
 embeds a batch of blank crops a few times; the fastest wins. The choice is cached beside
 the model (``<model>.providers.json``), keyed by the model's identity and precision, the
 processor and the thread count, so a box measures once per model, not at every start. A
@@ -19,7 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from hybreid.contract import read_onnx_contract
-from hybreid.inference.embedder import OnnxRuntimeEmbedder, openvino_unavailable_reason
+from hybreid.inference.loader import load_embedder
+from hybreid.inference.openvino_backend import openvino_unavailable_reason
 from hybreid.machine import cpu_model_name
 
 log = logging.getLogger("hybreid.inference")
@@ -63,7 +65,7 @@ def measure(model: Path, threads: int | None, names: list[str]) -> dict[str, flo
     """Images per second of each provider on a batch of blank crops."""
     rates = {}
     for name in names:
-        embedder = OnnxRuntimeEmbedder(model, providers=[name], threads=threads)
+        embedder = load_embedder(model, threads, [name])
         crops = [np.zeros((embedder.contract.height, embedder.contract.width, 3), np.uint8)] * BATCH
         embedder.embed(crops)  # warm-up: graph optimisation, thread pool
         start = time.perf_counter()
