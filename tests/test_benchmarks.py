@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
+import shutil
 from collections import Counter
 
 import numpy as np
 import pytest
-from conftest import OPENVINO_MISSING
 
 from hybreid.bench import fidelity, latency, training
 from hybreid.errors import UserError
@@ -72,21 +72,36 @@ def test_pipeline_benchmark_compares_with_the_embedder_alone(tmp_path, tiny_onnx
 
 
 def test_latency_benchmark_times_a_plain_timm_reference_and_openvino_beside_our_model(tmp_path, tiny_onnx, capsys):
-    """OpenVINO cells where its plugin offers this CPU; elsewhere a note says why they are left out."""
+    """OpenVINO cells where its runtime runs (bfloat16 ones where the CPU has it); elsewhere a
+    note says why they are left out. Every cell of our model carries its cosine to FP32."""
     from hybreid.calibration.int8 import QuantizationConfig, quantize
+    from hybreid.calibration.report import calibration_crops
+    from hybreid.contract import preprocess, read_onnx_contract
+    from hybreid.inference.openvino_backend import openvino_unavailable_reason
 
-    calibration = np.random.default_rng(0).standard_normal((8, 3, 128, 64)).astype(np.float32)
+    shutil.copy(tiny_onnx, tmp_path / "haresformer_tiny.onnx")  # the FP32 file the benchmark times
+    calibration = preprocess(calibration_crops("synthetic", 16), read_onnx_contract(tiny_onnx))
     qdq = quantize(tiny_onnx, tmp_path / "tiny.int8.onnx", calibration, QuantizationConfig(target="cpu")).path
     cells = latency.run(["haresformer_tiny"], [2], tmp_path, threads=1, repeats=2, warmup=1,
                         references=("resnet10t",), openvino=True, int8={"haresformer_tiny": [str(qdq)]})
+    printed = capsys.readouterr().out
     backends, int8 = {"torch", "onnxruntime-fp32"}, {"onnxruntime-int8"}
-    if OPENVINO_MISSING is None:
-        backends, int8 = backends | {"onnxruntime-openvino-fp32"}, int8 | {"onnxruntime-openvino-int8"}
-    else:
-        assert f"OpenVINO cells left out: {OPENVINO_MISSING}" in capsys.readouterr().out
+    for provider, fp32_cell in (("openvino", "openvino-fp32"), ("openvino-bf16", "openvino-bf16")):
+        missing = openvino_unavailable_reason(provider)
+        if missing is None:
+            backends, int8 = backends | {fp32_cell}, int8 | {f"{provider}-int8"}
+        else:
+            assert f"{provider} cells left out: {missing}" in printed
     assert {c.backend for c in cells if c.model == "haresformer_tiny"} == backends | int8
+    ours = {c.backend: c for c in cells if c.model == "haresformer_tiny"}
+    assert ours["onnxruntime-fp32"].cosine_worst > 0.99999  # itself
+    assert ours["torch"].cosine_mean is None
+    for backend in (backends | int8) - {"torch", "onnxruntime-fp32", "openvino-fp32"}:
+        # a tiny random-weight model: INT8 and bfloat16 stay close to FP32, never equal to it
+        assert 0.95 < ours[backend].cosine_worst <= ours[backend].cosine_mean < 0.999999, backend
+    assert ours.get("openvino-fp32", ours["onnxruntime-fp32"]).cosine_worst > 0.99999
     reference = [c for c in cells if c.model == "timm/resnet10t"]
-    assert {c.backend for c in reference} == backends
+    assert {c.backend for c in reference} == {"torch", "onnxruntime-fp32"}
     assert (tmp_path / "timm_resnet10t.onnx").is_file()
     # A 224x224 ResNet costs far more per image than the 128x64 tiny HAResformer.
     ours = next(c for c in cells if c.model == "haresformer_tiny")

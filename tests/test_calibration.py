@@ -22,7 +22,7 @@ from hybreid.calibration.int8 import (
 from hybreid.calibration.threshold import calibrate_thresholds, choose_threshold, load_thresholds, save_thresholds
 from hybreid.errors import UserError
 from hybreid.export.onnx_export import export_onnx
-from hybreid.inference import OnnxRuntimeEmbedder
+from hybreid.inference import OnnxRuntimeEmbedder, load_embedder
 from hybreid.models import build
 
 
@@ -34,7 +34,7 @@ def fp32_model(tmp_path_factory):
     calibration = np.random.default_rng(0).standard_normal((16, 3, 64, 32)).astype(np.float32)
     # The cpu target for two instruction sets, named (not this machine's): AVX2 alone, and VNNI.
     runs = {("tensorrt", False): {}, ("cpu", False): {"cpu_isa": "avx2"}, ("tensorrt", True): {},
-            ("cpu-vnni", False): {"cpu_isa": "avx512-vnni"}}
+            ("cpu-vnni", False): {"cpu_isa": "avx512-vnni"}, ("openvino", False): {}}
     results = {
         (target, attention): quantize(path, folder / f"{target}-{attention}.onnx", calibration,
                                       QuantizationConfig(target=target.split("-")[0], quantize_attention=attention,
@@ -128,10 +128,33 @@ def test_cpu_target_for_vnni_uses_uint8_activations_at_full_range(fp32_model):
     assert OnnxRuntimeEmbedder(results[("tensorrt", False)].path).contract.cpu_isa == ""
 
 
+def test_openvino_target_is_symmetric_int8_with_the_attention_quantised(fp32_model):
+    """No activation zero point for OpenVINO to subtract in float; Q K^T and attention x V
+    quantised (its int8 attention kernel); the patch embedding beside the class token float."""
+    path, _, results = fp32_model
+    result = results[("openvino", False)]
+    model = onnx.load(str(result.path))
+    producers, initializers = _graph_maps(model)
+    for node in model.graph.node:
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            zero_point = numpy_helper.to_array(initializers[node.input[2]])
+            assert zero_point.dtype in (np.int8, np.int32) and not zero_point.any(), node.name  # int32: biases
+    dtypes, _ = _activation_dtypes_and_largest_weight(result.path)
+    assert dtypes == {np.dtype(np.int8)}
+    attention = set(attention_matmuls(onnx.load(str(path))))
+    assert all(all(_dequantized_inputs(n, producers)[:2]) for n in model.graph.node if n.name in attention)
+    assert not attention & set(result.unquantized)
+    assert result.unquantized["/model/vit/embed/proj/Conv"].startswith("writes tokens concatenated")
+    contract = OnnxRuntimeEmbedder(result.path).contract
+    assert contract.precision == "int8-openvino-minmax" and contract.cpu_isa == ""
+    with pytest.raises(UserError, match="instruction set applies to the cpu target only"):
+        QuantizationConfig(target="openvino", cpu_isa="avx2")
+
+
 def test_int8_embeddings_stay_close_to_fp32(fp32_model):
     path, calibration, results = fp32_model
     reference = OnnxRuntimeEmbedder(path).embed_preprocessed(calibration)
-    for key in (("tensorrt", False), ("cpu", False), ("cpu-vnni", False)):
+    for key in (("tensorrt", False), ("cpu", False), ("cpu-vnni", False), ("openvino", False)):
         for exact in (False, True):
             embedder = OnnxRuntimeEmbedder(results[key].path, disable_qdq_fusion=exact)
             cos = (embedder.embed_preprocessed(calibration) * reference).sum(1)
@@ -141,13 +164,14 @@ def test_int8_embeddings_stay_close_to_fp32(fp32_model):
 
 @requires_openvino
 def test_openvino_runs_the_cpu_int8_model_close_to_fp32(fp32_model):
-    """OpenVINO runs the same Q/DQ file with its own INT8 kernels (an Intel CPU box)."""
+    """OpenVINO runs the same Q/DQ file with its own INT8 kernels (an x86-64 box)."""
     path, calibration, results = fp32_model
     reference = OnnxRuntimeEmbedder(path).embed_preprocessed(calibration)
-    openvino = OnnxRuntimeEmbedder(results[("cpu", False)].path, providers=["openvino"])
-    assert openvino.backend == "onnxruntime:OpenVINOExecutionProvider"
-    cos = (openvino.embed_preprocessed(calibration) * reference).sum(1)
-    assert cos.min() >= 0.99, ("openvino", cos.min())
+    for key in (("cpu", False), ("openvino", False)):
+        openvino = load_embedder(results[key].path, providers=["openvino"])
+        assert openvino.backend == "openvino:CPU-f32"
+        cos = (openvino.embed_preprocessed(calibration) * reference).sum(1)
+        assert cos.min() >= 0.99, (key, cos.min())
 
 
 @pytest.mark.parametrize("providers", [None, pytest.param(["openvino"], marks=requires_openvino)],
@@ -164,7 +188,7 @@ def test_cpu_int8_model_of_real_looking_crops_runs_faithfully(fp32_model, tmp_pa
     # cosine of 0.97 (0.90 on the paper model) where ONNX Runtime's CPU kernels gave 0.999.
     assert result.unquantized["/model/vit/embed/proj/Conv"].startswith("writes tokens concatenated")
     reference = fp32.embed_preprocessed(crops[16:])
-    embedder = OnnxRuntimeEmbedder(result.path, providers=providers)
+    embedder = load_embedder(result.path, providers=providers)
     cos = (embedder.embed_preprocessed(crops[16:]) * reference).sum(1)
     assert cos.min() >= 0.99, (providers, cos.min())
 

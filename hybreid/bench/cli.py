@@ -119,7 +119,8 @@ def register(commands) -> None:
     lat.add_argument("--engine", action="append", metavar="MODEL=ENGINE",
                      help="also time a TensorRT engine of that model (hybreid export engine; needs a GPU)")
     lat.add_argument("--openvino", action="store_true",
-                     help="also time ONNX Runtime's OpenVINO execution provider, FP32 (hybreid[openvino], Intel CPUs)")
+                     help="also time OpenVINO's runtime (hybreid[openvino], x86-64): FP32 and the --int8 copies, "
+                          "float ops in f32 and, where the CPU has AVX512-BF16 or AMX, in bfloat16")
     add_output(lat, "bench-latency", "the JSON and plots")
     lat.add_argument("overrides", nargs="*", metavar="key=value", help="model options")
 

@@ -3,8 +3,10 @@
 For each model the benchmark exports the ONNX files it needs, then runs every
 (backend, batch) cell in its own subprocess, so each cell's peak memory is its own:
 torch eager, ONNX Runtime FP32, ONNX Runtime INT8 (a Q/DQ model from ``hybreid calibrate
-int8``, when given), each of those two also with the OpenVINO execution provider (when
-asked for), and TensorRT engines (when given).
+int8``, when given), each of those two also on OpenVINO's runtime (when asked for: its
+float ops in f32, and in bfloat16 where the CPU has AVX512-BF16 or AMX), and TensorRT
+engines (when given). Every exported-model cell also embeds a fixed batch of synthetic
+crops, and its cosine to ONNX Runtime FP32 is printed beside its speed.
 
 The roofline ratio is the model's FLOPs (every FLOP, attention matmuls included: 2 x
 fvcore's MACs) times images/s, divided by the float32 matrix-multiply rate of this
@@ -52,6 +54,8 @@ class Cell:
     gflops_per_image: float
     matmul_gflops: float  # the machine's float32 GEMM rate around this cell's runs (median)
     roofline: float  # median over the cell's runs of each run's ratio
+    cosine_mean: float | None = None  # to ONNX Runtime FP32, on the same synthetic crops
+    cosine_worst: float | None = None
 
 
 READY = "ready"  # a cell's line to the parent: idle now, measure the GEMM rate
@@ -81,6 +85,7 @@ REFERENCE_MODELS = ("resnet50", "vit_base_patch16_224")  # a plain CNN and a pla
 REFERENCE_PREFIX = "timm/"  # how reference models are named in cells and the JSON
 REFERENCE_SIZE = (224, 224)
 CPU = ["CPUExecutionProvider"]
+FIDELITY_CROPS = 8  # synthetic crops every exported-model cell embeds for its cosine to FP32
 
 
 def _build_for_timing(spec: dict):
@@ -131,7 +136,18 @@ def measure_cell(spec: dict) -> dict:
             embedder.run(images)
 
     times = _time(run, spec["warmup"], spec["repeats"])
-    return {"times": times, "peak_rss_mib": peak_rss_mib()}
+    result = {"times": times, "peak_rss_mib": peak_rss_mib()}
+    if spec["backend"] == "onnxruntime" and not spec["model"].startswith(REFERENCE_PREFIX):
+        result["embeddings"] = _fidelity_embeddings(embedder).tolist()
+    return result
+
+
+def _fidelity_embeddings(embedder) -> np.ndarray:
+    """The embeddings of a fixed batch of synthetic crops: calibration-like images, where an
+    INT8 copy is as faithful as on real ones (random noise understates it)."""
+    from hybreid.calibration.report import calibration_crops
+
+    return embedder.embed(calibration_crops("synthetic", FIDELITY_CROPS, seed=12345))
 
 
 def peak_rss_mib() -> float:
@@ -172,6 +188,11 @@ def _run_in_subprocess(spec: dict, gemm: GemmRates) -> dict:
     return {**json.loads(last), "rates": rates}
 
 
+def _int8_form(contract) -> str:
+    """``tensorrt``, ``openvino``, or the instruction set a ``cpu`` copy was made for."""
+    return contract.cpu_isa or contract.precision.split("-")[1]
+
+
 def _export_reference(model, path: Path) -> None:
     """A plain timm model as ONNX with a dynamic batch (opset 17, as our exports)."""
     import torch
@@ -203,16 +224,20 @@ def run(models: list[str], batches: list[int], out: str | Path, threads: int = 2
         from hybreid.inference.tensorrt_backend import import_tensorrt
 
         import_tensorrt()  # one clear error before any cell runs
+    openvino_providers = []
     if openvino:
-        from hybreid.inference.embedder import openvino_unavailable_reason
+        from hybreid.inference.openvino_backend import PRECISIONS, openvino_unavailable_reason
 
-        missing = openvino_unavailable_reason()
-        if missing:
-            print(f"OpenVINO cells left out: {missing}")
-            openvino = False
+        for provider in PRECISIONS:
+            missing = openvino_unavailable_reason(provider)
+            if missing:
+                print(f"{provider} cells left out: {missing}")
+            else:
+                openvino_providers.append(provider)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     specs, gflops = [], {}
+    foreign = set()  # INT8 copies of other weights than the FP32 file timed beside them
     for name in list(models) + [REFERENCE_PREFIX + reference for reference in references]:
         if name.startswith(REFERENCE_PREFIX):
             import timm
@@ -229,14 +254,18 @@ def run(models: list[str], batches: list[int], out: str | Path, threads: int = 2
             if not onnx_path.is_file():
                 export_onnx(build(name, **(options or {})).eval(), onnx_path, name, options or {})
         backends = {"torch": (None, None), "onnxruntime-fp32": (str(onnx_path), CPU)}
-        if openvino:
-            backends["onnxruntime-openvino-fp32"] = (str(onnx_path), ["openvino"])
+        exported = not name.startswith(REFERENCE_PREFIX)  # OpenVINO cells need the model's contract
+        for provider in openvino_providers if exported else ():
+            backends["openvino-fp32" if provider == "openvino" else provider] = (str(onnx_path), [provider])
         for qdq in (int8 or {}).get(name, []):
-            # several copies of one model are told apart by the instruction set they were made for
-            form = "" if len(int8[name]) == 1 else f"-{read_onnx_contract(qdq).cpu_isa or 'tensorrt'}"
+            # several copies of one model are told apart by the form they were made for
+            form = "" if len(int8[name]) == 1 else f"-{_int8_form(read_onnx_contract(qdq))}"
+            if read_onnx_contract(qdq).identity != read_onnx_contract(onnx_path).identity:
+                print(f"{qdq} was made from other weights than {onnx_path}: its cosine to FP32 is left out")
+                foreign.add(qdq)
             backends[f"onnxruntime-int8{form}"] = (qdq, CPU)
-            if openvino:
-                backends[f"onnxruntime-openvino-int8{form}"] = (qdq, ["openvino"])
+            for provider in openvino_providers:
+                backends[f"{provider}-int8{form}"] = (qdq, [provider])
         if engines and name in engines:
             backends["tensorrt"] = (engines[name], None)
         for backend, (artifact, providers) in backends.items():
@@ -247,6 +276,7 @@ def run(models: list[str], batches: list[int], out: str | Path, threads: int = 2
                                         "repeats": repeats, "warmup": warmup}))
     gemm = GemmRates(threads)
     times = {i: [] for i in range(len(specs))}
+    embeddings: dict[int, np.ndarray] = {}
     rss = dict.fromkeys(range(len(specs)), 0.0)
     around = {i: [] for i in range(len(specs))}  # the GEMM rate around each timed run of a cell
     rates, by_kind = [], []
@@ -261,24 +291,33 @@ def run(models: list[str], batches: list[int], out: str | Path, threads: int = 2
             times[index] += measured["times"]
             around[index] += [(before + after) / 2 for before, after in itertools.pairwise(references)]
             rss[index] = max(rss[index], measured["peak_rss_mib"])
+            if "embeddings" in measured:
+                embeddings[index] = np.asarray(measured["embeddings"], np.float32)
             progress.update()
     progress.close()
+    fp32_of = {spec["model"]: embeddings.get(index) for index, (backend, spec) in enumerate(specs)
+               if backend == "onnxruntime-fp32"}
     cells: list[Cell] = []
     for index, (backend, spec) in enumerate(specs):
         cell_times, batch = np.array(times[index]), spec["batch"]
         ratios = gflops[spec["model"]] * batch / cell_times / np.array(around[index])
+        reference = fp32_of.get(spec["model"])
+        comparable = index in embeddings and reference is not None and spec["artifact"] not in foreign
+        cosines = (embeddings[index] * reference).sum(1) if comparable else None
         cells.append(Cell(spec["model"], backend, batch, 1000 * float(np.median(cell_times)),
                           1000 * float(np.percentile(cell_times, 90)), batch / float(np.median(cell_times)),
                           rss[index], gflops[spec["model"]], float(np.median(around[index])),
-                          float(np.median(ratios))))
+                          float(np.median(ratios)), None if cosines is None else float(cosines.mean()),
+                          None if cosines is None else float(cosines.min())))
     median_by_kind = ", ".join(f"{kind} {np.median([r[kind] for r in by_kind]):.0f}" for kind in REFERENCE_KINDS)
     header = ["model", "backend", "batch", "median ms", "p90 ms", "images/s", "peak RSS MiB", "GFLOPs/img",
-              "matmul GFLOP/s", "roofline"]
+              "matmul GFLOP/s", "roofline", "cosine mean", "cosine worst"]
     peak = theoretical_peak()
     peak_text = (f"; the CPU's peak at its nominal clock {peak['gflops']:.0f} GFLOP/s ({peak['cores']} cores x "
                  f"{peak['ghz']:.2f} GHz x {peak['flops_per_cycle']} FLOP/cycle; boost clocks go above it)"
                  if peak else "")
-    print(format_table(header, [list(asdict(c).values()) for c in cells], floatfmt=".2f",
+    rows = [[*asdict(c).values()] for c in cells]
+    print(format_table(header, rows, floatfmt=[".2f"] * (len(header) - 2) + [".4f", ".4f"],
                        title=f"latency on {threads} threads; float32 matmul rate {min(rates):.0f}-{max(rates):.0f} "
                              f"GFLOP/s over the run (the faster of {median_by_kind}), each cell against the "
                              f"rate around it{peak_text}"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from hybreid.calibration.int8 import TARGETS
 from hybreid.command_line import ARTIFACT_HELP, add_output, command, group, output_file, output_folder
 from hybreid.data.datasets import READERS
 from hybreid.errors import UserError
@@ -13,11 +14,13 @@ def _int8(args) -> None:
     from hybreid.data.datasets import load_dataset
 
     if args.cpu_isa and args.target != "cpu":
-        raise UserError("--cpu-isa applies to --target cpu only (TensorRT's int8 form is the same on every GPU)")
+        raise UserError("--cpu-isa applies to --target cpu only (the tensorrt and openvino forms are one form "
+                        "for every GPU or CPU)")
     dataset = load_dataset(args.eval_dataset, args.eval_root) if args.eval_dataset else None
     methods = ("minmax", "entropy", "percentile") if args.method == "all" else (args.method,)
     placement = {"exclude_nodes": tuple(args.exclude), "quantize_concat_inputs": args.quantize_concat_inputs,
-                 "quantize_output_layers": args.quantize_output_layers}
+                 "quantize_output_layers": args.quantize_output_layers,
+                 "quantize_token_writers": args.quantize_token_writers}
     run_int8(args.artifact, output_folder(args), target=args.target, methods=methods, source=args.source,
              count=args.count, eval_dataset=dataset, compare_attention=not args.no_attention_comparison,
              threads=args.threads, placement=placement, cpu_isa=args.cpu_isa or "")
@@ -38,9 +41,10 @@ def register(commands) -> None:
     calibrate = group(commands, "calibrate", "calibration: int8, threshold")
     int8 = command(calibrate, "int8", "Q/DQ INT8 model and a report of what INT8 costs", _int8)
     int8.add_argument("--artifact", required=True, help="FP32 ONNX from `hybreid export onnx`")
-    int8.add_argument("--target", choices=["tensorrt", "cpu"], default="tensorrt",
-                      help="tensorrt: symmetric S8S8 Q/DQ; cpu: the Q/DQ form the CPU's instruction set runs "
-                           "best (ONNX Runtime, OpenVINO)")
+    int8.add_argument("--target", choices=list(TARGETS), default="tensorrt",
+                      help="tensorrt: symmetric S8S8 Q/DQ; cpu: the Q/DQ form ONNX Runtime's CPU kernels run best "
+                           "on the CPU's instruction set; openvino: symmetric S8S8 with the attention quantised, "
+                           "for OpenVINO's runtime (x86-64, Intel or AMD)")
     int8.add_argument("--cpu-isa", choices=list(CPU_ISAS),
                       help="with --target cpu: the camera boxes' instruction set (default: this CPU's)")
     int8.add_argument("--method", choices=["minmax", "entropy", "percentile", "all"], default="all",
@@ -62,6 +66,10 @@ def register(commands) -> None:
                            "(by default they are split into one op per part)")
     int8.add_argument("--quantize-output-layers", action="store_true",
                       help="also quantise the layers that write the embedding (kept float by default)")
+    int8.add_argument("--quantize-token-writers", action="store_true",
+                      help="cpu and openvino targets: also quantise patch embeddings whose tokens are concatenated "
+                           "with a float class token (kept float by default: OpenVINO computes some such "
+                           "concatenations wrongly; check the report's cosine)")
 
     threshold = command(calibrate, "threshold", "match thresholds for a target false-match rate", _threshold)
     threshold.add_argument("--artifact", required=True, help=ARTIFACT_HELP)

@@ -28,6 +28,7 @@ from hybreid.data.datasets import ReIDDataset, load_dataset
 from hybreid.errors import UserError
 from hybreid.eval.protocols import score
 from hybreid.inference.embedder import OnnxRuntimeEmbedder
+from hybreid.inference.loader import load_embedder
 from hybreid.tables import format_table
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
@@ -86,7 +87,7 @@ def run_int8(onnx_path: str | Path, out_dir: str | Path, target: str = "tensorrt
     """Quantise ``onnx_path`` with each method and report what INT8 costs.
 
     ``placement``: extra :class:`QuantizationConfig` fields (``exclude_nodes``,
-    ``quantize_concat_inputs``, ``quantize_output_layers``) for every run. ``cpu_isa``:
+    ``quantize_concat_inputs``, ``quantize_output_layers``, ``quantize_token_writers``) for every run. ``cpu_isa``:
     the instruction set the ``cpu`` target is made for (default: this CPU's).
     """
     from hybreid.machine import cpu_features
@@ -115,7 +116,7 @@ def run_int8(onnx_path: str | Path, out_dir: str | Path, target: str = "tensorrt
     if reference is not None:
         report["fp32"].update(_metrics(eval_dataset, reference, split))
     runs = [(method, False) for method in methods]
-    if compare_attention:
+    if compare_attention and not resolved.attention_quantized:
         runs.append((methods[0], True))
     report["runs"] = []
     for method, attention in tqdm(runs, desc="calibrating and measuring INT8", unit="model"):
@@ -131,10 +132,10 @@ def run_int8(onnx_path: str | Path, out_dir: str | Path, target: str = "tensorrt
             tqdm.write(f"skipped: {exc}")
             report["runs"].append({"method": method, "quantize_attention": attention, "failed": str(exc)})
             continue
-        int8 = OnnxRuntimeEmbedder(result.path, providers=["CPUExecutionProvider"], threads=threads)
+        int8 = load_embedder(result.path, threads, ["openvino" if target == "openvino" else "CPUExecutionProvider"])
         exact = OnnxRuntimeEmbedder(result.path, providers=["CPUExecutionProvider"], threads=threads,
                                     disable_qdq_fusion=True)
-        row: dict = {"method": method, "quantize_attention": attention, "path": str(result.path),
+        row: dict = {"method": method, "quantize_attention": config.attention_quantized, "path": str(result.path),
                      "unquantized_nodes": result.unquantized,
                      "images_per_s": _throughput(int8, speed_batch, repeats)}
         row["speedup"] = row["images_per_s"] / report["fp32"]["images_per_s"]
