@@ -71,16 +71,34 @@ def test_hnsw_skips_stale_entries_and_rebuilds_when_they_pile_up():
     assert index._stale < 100 and index._index.ntotal < 2400
 
 
-def test_auto_is_exact_while_small_and_hnsw_once_the_gallery_grows(monkeypatch):
-    monkeypatch.setattr(index_module, "AUTO_EXACT_BELOW", 300)
-    vectors = unit(400, 32, 7)
+def test_auto_is_exact_while_small_and_ivf_once_the_gallery_grows(monkeypatch):
+    monkeypatch.setattr(index_module, "AUTO_EXACT_BELOW", 2600)
+    vectors = unit(2700, 32, 7)
     index = PrototypeIndex("auto")
-    index.rebuild({i: v for i, v in enumerate(vectors[:250])})
+    index.rebuild({i: v for i, v in enumerate(vectors[:2550])})
     assert index.structure == "flat" and index.recall_at_1 is None
-    for i in range(250, 400):
+    for i in range(2550, 2700):
         index.upsert(i, vectors[i])
-    assert index.structure == "hnsw" and index.recall_at_1 >= 0.99
-    assert index.search(vectors[399], 1)[0][0] == 399
+    assert index.structure == "ivf" and index.recall_at_1 >= 0.99
+    assert index.search(vectors[2699], 1)[0][0] == 2699
+
+
+@pytest.mark.parametrize("count, lists", [(2_500, 64), (10_000, 256), (100_000, 1024), (1_000_000, 4096)])
+def test_ivf_lists_grow_with_the_square_root_of_the_gallery(count, lists):
+    assert index_module.ivf_lists(count) == lists
+    assert count // lists >= index_module.IVF_POINTS_PER_LIST  # every list can be trained
+
+
+def test_ivf_is_trained_again_once_the_gallery_has_outgrown_its_lists(monkeypatch):
+    monkeypatch.setattr(index_module, "IVF_RETRAIN_GROWTH", 1.1)
+    vectors = unit(3000, 16, 10)
+    index = PrototypeIndex("ivf")
+    index.rebuild({i: v for i, v in enumerate(vectors[:2600])})
+    assert index._trained_for == 2600
+    for i in range(2600, 3000):
+        index.upsert(i, vectors[i])
+    assert index._trained_for > 2860 and index._index.ntotal == len(index.prototypes)
+    assert index.search(vectors[2999], 1)[0][0] == 2999
 
 
 def test_ivf_with_too_few_vectors_to_train_searches_exactly():

@@ -15,6 +15,7 @@ package). A table, JSON and a PNG of ingest rate by gallery size.
 from __future__ import annotations
 
 import json
+import pickle
 import signal
 import subprocess
 import sys
@@ -25,7 +26,6 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
-import paho.mqtt.client as mqtt
 from tqdm import tqdm
 
 from hybreid.matcher.gallery import Gallery
@@ -74,17 +74,47 @@ def _stream(known: np.ndarray, messages: int, dim: int, rng) -> tuple[list[tuple
     return payloads, np.stack(vectors)
 
 
-def _publish(port: int, payloads: list[tuple[str, bytes]]) -> mqtt.Client:
-    publisher = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bench-publisher")
-    publisher.max_inflight_messages_set(100)
-    publisher.connect("127.0.0.1", port)
-    publisher.loop_start()
-    for topic, payload in payloads:
-        publisher.publish(topic, payload, qos=1)
-    return publisher
+class _Publisher:
+    """The cameras: a process of its own that publishes the stream (QoS 1, at most 100 in
+    flight), so its MQTT client does not share the matcher's interpreter (and lock), as no
+    camera does. It connects first and publishes when told to, so the clock starts with the
+    first message, not with the process."""
+
+    CODE = """
+import pickle, sys
+import paho.mqtt.client as mqtt
+payloads = pickle.load(open(sys.argv[2], "rb"))
+client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bench-publisher")
+client.max_inflight_messages_set(100)
+client.connect("127.0.0.1", int(sys.argv[1]))
+client.loop_start()
+print("connected", flush=True)
+sys.stdin.readline()
+infos = [client.publish(topic, payload, qos=1) for topic, payload in payloads]
+for info in infos:
+    info.wait_for_publish(600)
+client.disconnect()
+client.loop_stop()
+"""
+
+    def __init__(self, port: int, payloads: list[tuple[str, bytes]], work: Path):
+        stream = work / "stream.pickle"
+        stream.write_bytes(pickle.dumps(payloads))
+        self.process = subprocess.Popen([sys.executable, "-c", self.CODE, str(port), str(stream)],
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        if self.process.stdout.readline().strip() != "connected":
+            raise RuntimeError("the benchmark's publisher could not connect to the broker")
+
+    def go(self) -> None:
+        self.process.stdin.write("go\n")
+        self.process.stdin.flush()
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(60)
 
 
-def _in_process(gallery: Gallery, broker: Mosquitto, payloads: list) -> dict:
+def _in_process(gallery: Gallery, broker: Mosquitto, payloads: list, work: Path) -> dict:
     """One matcher service in this process, each batch timed."""
     matcher = Matcher(gallery, MatchPolicy())
     latencies: list[float] = []  # per message: its batch's time over the batch's size
@@ -102,14 +132,14 @@ def _in_process(gallery: Gallery, broker: Mosquitto, payloads: list) -> dict:
     service = MatcherService(matcher, BrokerConfig(url=broker.url, client_id="bench-matcher"), site="bench")
     service.start()
     service.wait_until_subscribed()
+    publisher = _Publisher(broker.port, payloads, work)
     start = time.perf_counter()
-    publisher = _publish(broker.port, payloads)
+    publisher.go()
     deadline = time.monotonic() + 900
     while matcher.accepted < len(payloads) and time.monotonic() < deadline:
         time.sleep(0.01)
     elapsed = time.perf_counter() - start
-    publisher.disconnect()
-    publisher.loop_stop()
+    publisher.stop()
     service.stop()
     lat = np.array(latencies) * 1000
     return {"messages": matcher.accepted, "seconds": elapsed, "assign_p50_ms": float(np.percentile(lat, 50)),
@@ -117,7 +147,7 @@ def _in_process(gallery: Gallery, broker: Mosquitto, payloads: list) -> dict:
 
 
 def _processes(gallery: Gallery, broker: Mosquitto, payloads: list, instances: int, index: str,
-               prefilled: int) -> dict:
+               prefilled: int, work: Path) -> dict:
     """``instances`` ``hybreid matcher run`` processes in one shared-subscription group."""
     command = [sys.executable, "-m", "hybreid.cli", "matcher", "run", "--broker", broker.url, "--db",
                gallery.db.url, "--site", "bench", "--shared-group", "bench", "--protocol", "5", "--index", index,
@@ -131,14 +161,14 @@ def _processes(gallery: Gallery, broker: Mosquitto, payloads: list, instances: i
         def stored() -> int:
             return gallery.db.execute("SELECT COUNT(*) FROM sightings").fetchone()[0] - prefilled
 
+        publisher = _Publisher(broker.port, payloads, work)
         start = time.perf_counter()
-        publisher = _publish(broker.port, payloads)
+        publisher.go()
         deadline = time.monotonic() + 900
         while stored() < len(payloads) and time.monotonic() < deadline:
             time.sleep(0.02)
         elapsed = time.perf_counter() - start
-        publisher.disconnect()
-        publisher.loop_stop()
+        publisher.stop()
         return {"messages": stored(), "seconds": elapsed}
     finally:
         for process in processes:
@@ -190,9 +220,9 @@ def _one_run(work: str, server, store: str, size: int, mode: str, count: int, me
         known = _prefill(gallery, size, dim, rng)
         payloads, vectors = _stream(known, messages, dim, rng)
         if mode == "in-process":
-            measured = _in_process(gallery, broker, payloads)
+            measured = _in_process(gallery, broker, payloads, run_dir)
         else:
-            measured = _processes(gallery, broker, payloads, count, index, size)
+            measured = _processes(gallery, broker, payloads, count, index, size, run_dir)
         gallery.refresh()
         stats = gallery.stats()
         queries = vectors[:500]

@@ -98,7 +98,7 @@ def register(commands) -> None:
     run.add_argument("--site", default="+", help="one site, or + for all")
     run.add_argument("--thresholds", help="JSON from `hybreid calibrate threshold`")
     run.add_argument("--index", choices=INDEXES, default="auto",
-                     help="FAISS index of the identities: auto is exact below 5,000 identities, HNSW above, "
+                     help="FAISS index of the identities: auto is exact below 5,000 identities, IVF above, "
                           "searched deep enough for recall@1 >= 0.99 against exact search")
     run.add_argument("--shared-group", help="MQTT v5 shared subscription group (several matchers, one gallery)")
     run.add_argument("--client-id", default="hybreid-matcher", help="MQTT client id")

@@ -254,7 +254,7 @@ class Matcher:
         return None, 0.0, "new"
 
 
-BATCH_SIZE = 64
+BATCH_SIZE = 256
 BATCH_WAIT_S = 0.005
 STORE_RETRY_S = 2.0  # between attempts while the gallery's database is unreachable
 _UNKNOWN = object()  # a PUBACK whose event mid the worker has not recorded yet
