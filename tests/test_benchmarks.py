@@ -100,6 +100,9 @@ def test_latency_benchmark_times_a_plain_timm_reference_and_openvino_beside_our_
         # a tiny random-weight model: INT8 and bfloat16 stay close to FP32, never equal to it
         assert 0.95 < ours[backend].cosine_worst <= ours[backend].cosine_mean < 0.999999, backend
     assert ours.get("openvino-fp32", ours["onnxruntime-fp32"]).cosine_worst > 0.99999
+    # INT8 cells are measured against the int8 GEMMs, the others against the float32 ones
+    assert all((cell.int8_matmul_gops is not None) == ("-int8" in backend) for backend, cell in ours.items())
+    assert all(cell.int8_matmul_gops > 0 for backend, cell in ours.items() if "-int8" in backend)
     reference = [c for c in cells if c.model == "timm/resnet10t"]
     assert {c.backend for c in reference} == {"torch", "onnxruntime-fp32"}
     assert (tmp_path / "timm_resnet10t.onnx").is_file()
@@ -109,6 +112,14 @@ def test_latency_benchmark_times_a_plain_timm_reference_and_openvino_beside_our_
     for cell in reference:
         assert 0 < cell.roofline < 1.5
 
+
+def test_the_roofline_reference_is_the_fastest_gemm_of_the_precision():
+    from hybreid.bench.gemm import reference_rate
+
+    rates = {"torch": 200.0, "onnxruntime_weights": 450.0, "onnxruntime_int8": 1200.0, "openvino_int8": 1300.0}
+    assert reference_rate(rates) == 450.0
+    assert reference_rate(rates, int8=True) == 1300.0
+    assert reference_rate({"torch": 200.0, "onnxruntime_weights": 450.0, "onnxruntime_int8": 900.0}, int8=True) == 900
 
 def test_training_benchmark_writes_each_dataset_at_its_own_image_density(tmp_path, monkeypatch):
     """SYSU-MM01 gets about as many images per identity and camera as the real one

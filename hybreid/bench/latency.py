@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from hybreid.bench.gemm import REFERENCE_KINDS, GemmRates, reference_rate
+from hybreid.bench.gemm import INT8_KINDS, REFERENCE_KINDS, GemmRates, reference_rate
 from hybreid.contract import read_onnx_contract
 from hybreid.machine import theoretical_peak
 from hybreid.tables import format_table
@@ -53,9 +53,10 @@ class Cell:
     peak_rss_mib: float
     gflops_per_image: float
     matmul_gflops: float  # the machine's float32 GEMM rate around this cell's runs (median)
-    roofline: float  # median over the cell's runs of each run's ratio
+    roofline: float  # median over the cell's runs of each run's ratio (an INT8 cell: to the int8 rate)
     cosine_mean: float | None = None  # to ONNX Runtime FP32, on the same synthetic crops
     cosine_worst: float | None = None
+    int8_matmul_gops: float | None = None  # an INT8 cell's reference: the int8 GEMM rate around its runs
 
 
 READY = "ready"  # a cell's line to the parent: idle now, measure the GEMM rate
@@ -273,12 +274,14 @@ def run(models: list[str], batches: list[int], out: str | Path, threads: int = 2
                 specs.append((backend, {"backend": "torch" if backend == "torch" else "onnxruntime",
                                         "artifact": artifact, "providers": providers, "model": name,
                                         "options": options or {}, "batch": batch, "threads": threads,
-                                        "repeats": repeats, "warmup": warmup}))
-    gemm = GemmRates(threads)
+                                        "repeats": repeats, "warmup": warmup,
+                                        "int8": "-int8" in backend}))  # its roofline: against int8 GEMMs
+    gemm = GemmRates(threads, REFERENCE_KINDS + (INT8_KINDS if int8 else ()))
     times = {i: [] for i in range(len(specs))}
     embeddings: dict[int, np.ndarray] = {}
     rss = dict.fromkeys(range(len(specs)), 0.0)
     around = {i: [] for i in range(len(specs))}  # the GEMM rate around each timed run of a cell
+    around_int8 = {i: [] for i in range(len(specs))}
     rates, by_kind = [], []
     progress = tqdm(total=rounds * len(specs), desc="latency cells")
     for _ in range(rounds):
@@ -290,6 +293,9 @@ def run(models: list[str], batches: list[int], out: str | Path, threads: int = 2
             rates += references
             times[index] += measured["times"]
             around[index] += [(before + after) / 2 for before, after in itertools.pairwise(references)]
+            if spec["int8"]:
+                int8_rates = [reference_rate(measured_rates, int8=True) for measured_rates in measured["rates"]]
+                around_int8[index] += [(before + after) / 2 for before, after in itertools.pairwise(int8_rates)]
             rss[index] = max(rss[index], measured["peak_rss_mib"])
             if "embeddings" in measured:
                 embeddings[index] = np.asarray(measured["embeddings"], np.float32)
@@ -300,7 +306,8 @@ def run(models: list[str], batches: list[int], out: str | Path, threads: int = 2
     cells: list[Cell] = []
     for index, (backend, spec) in enumerate(specs):
         cell_times, batch = np.array(times[index]), spec["batch"]
-        ratios = gflops[spec["model"]] * batch / cell_times / np.array(around[index])
+        int8_rate = float(np.median(around_int8[index])) if around_int8[index] else None
+        ratios = gflops[spec["model"]] * batch / cell_times / np.array(around_int8[index] or around[index])
         reference = fp32_of.get(spec["model"])
         comparable = index in embeddings and reference is not None and spec["artifact"] not in foreign
         cosines = (embeddings[index] * reference).sum(1) if comparable else None
@@ -308,19 +315,22 @@ def run(models: list[str], batches: list[int], out: str | Path, threads: int = 2
                           1000 * float(np.percentile(cell_times, 90)), batch / float(np.median(cell_times)),
                           rss[index], gflops[spec["model"]], float(np.median(around[index])),
                           float(np.median(ratios)), None if cosines is None else float(cosines.mean()),
-                          None if cosines is None else float(cosines.min())))
+                          None if cosines is None else float(cosines.min()), int8_rate))
     median_by_kind = ", ".join(f"{kind} {np.median([r[kind] for r in by_kind]):.0f}" for kind in REFERENCE_KINDS)
+    int8_kinds = [kind for kind in INT8_KINDS if by_kind and kind in by_kind[0]]
+    int8_text = ("; INT8 cells against the int8 matmul rate (the faster of " + ", ".join(
+        f"{kind} {np.median([r[kind] for r in by_kind]):.0f}" for kind in int8_kinds) + " GOP/s)") if int8_kinds else ""
     header = ["model", "backend", "batch", "median ms", "p90 ms", "images/s", "peak RSS MiB", "GFLOPs/img",
-              "matmul GFLOP/s", "roofline", "cosine mean", "cosine worst"]
+              "matmul GFLOP/s", "roofline", "cosine mean", "cosine worst", "int8 matmul GOP/s"]
     peak = theoretical_peak()
     peak_text = (f"; the CPU's peak at its nominal clock {peak['gflops']:.0f} GFLOP/s ({peak['cores']} cores x "
                  f"{peak['ghz']:.2f} GHz x {peak['flops_per_cycle']} FLOP/cycle; boost clocks go above it)"
                  if peak else "")
     rows = [[*asdict(c).values()] for c in cells]
-    print(format_table(header, rows, floatfmt=[".2f"] * (len(header) - 2) + [".4f", ".4f"],
+    print(format_table(header, rows, floatfmt=[".2f"] * (len(header) - 3) + [".4f", ".4f", ".0f"],
                        title=f"latency on {threads} threads; float32 matmul rate {min(rates):.0f}-{max(rates):.0f} "
-                             f"GFLOP/s over the run (the faster of {median_by_kind}), each cell against the "
-                             f"rate around it{peak_text}"))
+                             f"GFLOP/s over the run (the faster of {median_by_kind}){int8_text}, each cell "
+                             f"against the rate around it{peak_text}"))
     summary = {"matmul_gflops": float(np.median(rates)), "theoretical_peak": peak, "matmul_gflops_measured": rates,
                "matmul_gflops_by_runtime": by_kind, "threads": threads,
                "rounds": rounds, "cells": [{**asdict(cell), "run_seconds": times[index], "run_matmul_gflops":
