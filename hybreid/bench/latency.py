@@ -258,10 +258,13 @@ def run(models: list[str], batches: list[int], out: str | Path, threads: int = 2
         exported = not name.startswith(REFERENCE_PREFIX)  # OpenVINO cells need the model's contract
         for provider in openvino_providers if exported else ():
             backends["openvino-fp32" if provider == "openvino" else provider] = (str(onnx_path), [provider])
-        for qdq in (int8 or {}).get(name, []):
+        copies = (int8 or {}).get(name, [])
+        fp32_identity = read_onnx_contract(onnx_path).identity if copies else None
+        for qdq in copies:
+            contract = read_onnx_contract(qdq)
             # several copies of one model are told apart by the form they were made for
-            form = "" if len(int8[name]) == 1 else f"-{_int8_form(read_onnx_contract(qdq))}"
-            if read_onnx_contract(qdq).identity != read_onnx_contract(onnx_path).identity:
+            form = "" if len(copies) == 1 else f"-{_int8_form(contract)}"
+            if contract.identity != fp32_identity:
                 print(f"{qdq} was made from other weights than {onnx_path}: its cosine to FP32 is left out")
                 foreign.add(qdq)
             backends[f"onnxruntime-int8{form}"] = (qdq, CPU)

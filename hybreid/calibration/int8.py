@@ -26,8 +26,8 @@ Made with ONNX Runtime's static quantiser (Q/DQ format, per-channel weights):
 Only the compute-heavy ops are quantised (Conv, MatMul, Gemm): Softmax, LayerNorm and
 GELU stay float, and so do the attention MatMuls around the Softmax (``Q K^T`` and
 ``attention x V``, the MFU's single-query cross-attention included), unless
-``quantize_attention`` is set (for the comparison run) or the target is ``openvino``. A 1x1 Conv or Gemm that reads a
-concatenation is split into one op per concatenated tensor, summed (the same function
+``quantize_attention`` is set (for the comparison run) or the target is ``openvino``.
+A 1x1 Conv or Gemm that reads a concatenation is split into one op per concatenated tensor, summed (the same function
 and FLOPs), so each part gets its own activation scale: one per-tensor scale cannot
 serve tensors of different ranges side by side, as in HAResformer's CFFM (a ReLU map
 next to LayerNorm-ed tokens) and HGAE (four stages' class tokens). A concatenation
@@ -39,8 +39,8 @@ channel by channel by the BNNeck. On the trained tiny HAResformer: quantised as 
 are, 0.934 mean cosine to FP32; split, with the embedding writers float, 0.991.
 
 For the ``cpu`` and ``openvino`` targets a patch embedding, whose tokens are concatenated
-with the float class token, stays float too: OpenVINO, which runs the same file on Intel CPUs,
-computes that concatenation wrongly from a quantised tensor (paper FusionReID: worst
+with the float class token, stays float too: OpenVINO, which runs the same file, computes
+that concatenation wrongly from a quantised tensor (paper FusionReID: worst
 cosine 0.899 to FP32 under OpenVINO, 0.998 under ONNX Runtime's CPU kernels; 0.998 for
 both with the patch embedding float). ``quantize_token_writers`` quantises them anyway:
 HAResformer's transformer embeddings, also concatenated with class tokens, run correctly

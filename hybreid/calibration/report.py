@@ -87,8 +87,9 @@ def run_int8(onnx_path: str | Path, out_dir: str | Path, target: str = "tensorrt
     """Quantise ``onnx_path`` with each method and report what INT8 costs.
 
     ``placement``: extra :class:`QuantizationConfig` fields (``exclude_nodes``,
-    ``quantize_concat_inputs``, ``quantize_output_layers``, ``quantize_token_writers``) for every run. ``cpu_isa``:
-    the instruction set the ``cpu`` target is made for (default: this CPU's).
+    ``quantize_concat_inputs``, ``quantize_output_layers``, ``quantize_token_writers``) for
+    every run. ``cpu_isa``: the instruction set the ``cpu`` target is made for (default:
+    this CPU's). The ``openvino`` target's copies are measured on OpenVINO's runtime.
     """
     from hybreid.machine import cpu_features
     from hybreid.machine import cpu_isa as this_cpu_isa
