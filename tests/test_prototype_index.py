@@ -111,3 +111,22 @@ def test_the_command_line_offers_every_kind_of_index():
     from hybreid.matcher.cli import INDEXES
 
     assert tuple(INDEXES) == index_module.KINDS
+
+
+def test_exact_search_a_slice_at_a_time_is_the_search_of_the_whole_gallery(monkeypatch):
+    vectors = unit(1000, 16, 11)
+    index = PrototypeIndex("flat")
+    index.rebuild({i + 5: v for i, v in enumerate(vectors)})
+    queries = np.concatenate([near(vectors[:50], seed=12), vectors[100:101]])  # the last: an exact copy
+    whole = [i + 5 for i in np.argmax(queries @ vectors.T, axis=1)]
+    monkeypatch.setattr(index_module, "EXACT_SLICE", 97)  # slices that do not divide the gallery
+    assert index.exact_top(queries) == whole and whole[-1] == 105
+
+
+def test_the_index_keeps_the_matrix_it_is_built_from_rather_than_copies():
+    vectors = unit(300, 16, 13)
+    index = PrototypeIndex("flat")
+    index.rebuild_from(list(range(300)), vectors)
+    assert all(np.shares_memory(index.prototypes[i], vectors) for i in (0, 150, 299))
+    index.upsert(7, vectors[8])  # an update replaces the row's prototype, never writes into the matrix
+    assert np.array_equal(index.prototypes[7], vectors[8]) and not np.array_equal(vectors[7], vectors[8])

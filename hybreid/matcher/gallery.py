@@ -33,6 +33,7 @@ from hybreid.matcher.reassociate import Plan, Tracklet
 from hybreid.protocol import FeatureMessage
 
 IDENTITY_COLUMNS = "id, prototype, sightings, modalities, last_seen"
+LOAD_SLICE = 10_000  # identity rows read at a time when the index is rebuilt
 
 
 class SightingRow(NamedTuple):
@@ -419,9 +420,14 @@ class Gallery:
     def rebuild_index(self) -> None:
         with self.lock:
             self.synced_version = self._meta_int("version")
-            rows = self.db.execute(f"SELECT {IDENTITY_COLUMNS} FROM identities").fetchall()
-            self._facts = {row[0]: IdentityFacts.of(row) for row in rows}
-            self.index.rebuild({row[0]: np.frombuffer(row[1], dtype=np.float32).copy() for row in rows})
+            cursor = self.db.execute(f"SELECT {IDENTITY_COLUMNS} FROM identities")
+            ids, slices, self._facts = [], [], {}
+            # a slice of rows at a time: a million prototypes as Python bytes would take 4 GiB more
+            for rows in iter(lambda: cursor.fetchmany(LOAD_SLICE), []):
+                ids += [row[0] for row in rows]
+                self._facts.update((row[0], IdentityFacts.of(row)) for row in rows)
+                slices.append(np.stack([np.frombuffer(row[1], dtype=np.float32) for row in rows]))
+            self.index.rebuild_from(ids, np.concatenate(slices) if slices else None)
             self._index_stale = False
 
     def search(self, vector: np.ndarray, k: int = 5) -> list[tuple[int, float]]:

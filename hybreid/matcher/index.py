@@ -43,6 +43,7 @@ IVF_TRAIN_POINTS_PER_LIST = 128  # a sample: k-means on every point of 10^6 woul
 IVF_TRAIN_ITERATIONS = 10
 IVF_RETRAIN_GROWTH = 4  # train again once the gallery is this many times the trained size
 STALE_SHARE = 0.2
+EXACT_SLICE = 65_536  # identities per slice of an exact search over the whole gallery
 REINDEX_BELOW = 0.995  # cosine between a prototype and its indexed vector
 
 
@@ -73,14 +74,20 @@ class PrototypeIndex:
         return wanted
 
     def rebuild(self, prototypes: dict[int, np.ndarray]) -> None:
-        self.prototypes = {identity: np.asarray(v, dtype=np.float32) for identity, v in prototypes.items()}
+        ids = list(prototypes)
+        matrix = np.stack([prototypes[i] for i in ids]).astype(np.float32, copy=False) if ids else None
+        self.rebuild_from(ids, matrix)
+
+    def rebuild_from(self, ids: list[int], matrix: np.ndarray | None) -> None:
+        """Rebuild over ``matrix`` (one row per identity of ``ids``), which the index keeps:
+        each prototype is a view of its row, so a gallery is held once here and once by
+        FAISS (4 GiB each for 10^6 identities at 1024-d), not once per copy made on the way."""
+        self.prototypes = dict(zip(ids, matrix, strict=True)) if ids else {}
         self._row_ids, self._row_of, self._stale = [], {}, 0
         self.depth = self.recall_at_1 = None
         if not self.prototypes:
             self._index, self.structure = None, "flat"
             return
-        ids = list(self.prototypes)
-        matrix = np.stack([self.prototypes[i] for i in ids])
         self.structure = self._structure_for(len(ids))
         dim = matrix.shape[1]
         if self.structure == "flat":
@@ -153,10 +160,20 @@ class PrototypeIndex:
         return sorted(scored, key=lambda pair: -pair[1])[:k]
 
     def exact_top(self, queries: np.ndarray) -> list[int]:
-        """Each query's top identity by exact search over the current prototypes."""
+        """Each query's top identity by exact search over the current prototypes, a slice of
+        the gallery at a time (a copy of all of it would double its memory)."""
+        queries = np.asarray(queries, dtype=np.float32)
         ids = list(self.prototypes)
-        matrix = np.stack([self.prototypes[i] for i in ids])
-        return [ids[row] for row in np.argmax(np.asarray(queries, dtype=np.float32) @ matrix.T, axis=1)]
+        best = np.full(len(queries), -np.inf, dtype=np.float32)
+        best_id = np.zeros(len(queries), dtype=np.int64)
+        for start in range(0, len(ids), EXACT_SLICE):
+            chunk = ids[start:start + EXACT_SLICE]
+            scores = queries @ np.stack([self.prototypes[i] for i in chunk]).T
+            top = scores.argmax(axis=1)
+            value = scores[np.arange(len(queries)), top]
+            better = value > best  # strictly: on a tie the earlier identity stays, as one argmax keeps it
+            best[better], best_id[better] = value[better], np.asarray(chunk)[top[better]]
+        return best_id.tolist()
 
     def measure_recall(self, queries: np.ndarray, exact: list[int]) -> float:
         """Share of queries whose top identity from this index is ``exact``'s (:meth:`exact_top`)."""
