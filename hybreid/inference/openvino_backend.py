@@ -91,5 +91,4 @@ class OpenVinoEmbedder(Embedder):
         self.path = path
 
     def run(self, batch: np.ndarray) -> np.ndarray:
-        outputs = self.request.infer({self.contract.input_name: np.ascontiguousarray(batch)})
-        return next(value for port, value in outputs.items() if self.contract.output_name in port.names)
+        return self.request.infer({self.contract.input_name: np.ascontiguousarray(batch)})[self.contract.output_name]
