@@ -2,8 +2,10 @@
 at first start and remembered.
 
 The candidates are ONNX Runtime's CPU provider and, where it is installed and offers this
-CPU, OpenVINO's runtime in f32 (the same numerics; ``openvino-bf16`` is another
-precision, asked for by name only), for FP32 and Q/DQ INT8 files alike. Each
+CPU, OpenVINO's runtime with its float ops in f32 (``openvino-bf16`` is another precision,
+asked for by name only), for FP32 and Q/DQ INT8 files alike. An FP32 file gives the same
+embeddings on both; an INT8 one may not (OpenVINO's int8 kernels cost the trained tiny
+FusionReID 1.2 mAP points where ONNX Runtime's cost 0.12). Each
 embeds a batch of blank crops a few times; the fastest wins. The choice is cached beside
 the model (``<model>.providers.json``), keyed by the model's identity and precision, the
 processor and the thread count, so a box measures once per model, not at every start. A
