@@ -29,6 +29,7 @@ from hybreid.machine import cpu_model_name
 log = logging.getLogger("hybreid.inference")
 
 CPU = "CPUExecutionProvider"
+CANDIDATES = (CPU, "openvino")  # what auto chooses from; a cached choice outside them is not trusted
 TIMED_RUNS = 3
 BATCH = 8
 
@@ -53,14 +54,14 @@ def _cached(model: Path, key: str) -> str | None:
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         log.warning("%s cannot be read; measuring the providers again", path)
         return None
-    return chosen if chosen in (CPU, "openvino") else None
+    return chosen if chosen in CANDIDATES else None
 
 
 def candidates() -> list[str]:
     reason = openvino_unavailable_reason()
     if reason:
         log.info("providers auto: %s", reason)
-    return [CPU] if reason else [CPU, "openvino"]
+    return [CPU] if reason else list(CANDIDATES)
 
 
 def measure(model: Path, threads: int | None, names: list[str]) -> dict[str, float]:
