@@ -171,6 +171,22 @@ class TestTrack:
                 by_side[side].add(track.track_id)
         assert by_side["left"] == {0} and by_side["right"] == {1}
 
+    def test_a_track_that_walks_out_ends_and_the_next_entrant_starts_a_new_one(self):
+        """One person walks out at the left edge; two frames later another walks in there. Coasting
+        on after leaving, the first track took the entrant over (one tracklet, two people); it
+        now ends at its first miss past the edge. Inside the frame a missed track still coasts."""
+        ids = iter(range(100))
+        tracker = IoUTracker(lambda: next(ids), n_init=2, max_age=10)
+        leaving = [Detection((100.0 - 12 * frame, 40, 30, 80), 0.9) for frame in range(9)]  # x 100 .. 4
+        entering = [Detection((0.0 + 12 * frame, 40, 30, 80), 0.9) for frame in range(8)]
+        seen_ids, ended_ids = [], []
+        for detections in [[d] for d in leaving] + [[]] * 2 + [[d] for d in entering]:
+            seen, ended = tracker.update(detections, frame_size=(320, 240))
+            seen_ids.append({t.track_id for t in seen})
+            ended_ids += [t.track_id for t in ended]
+        assert ended_ids == [0]  # ended at the first miss: its predicted box was cut by the edge it walked to
+        assert set().union(*seen_ids[:9]) == {0} and set().union(*seen_ids[11:]) == {1}
+
     def test_a_confirmed_track_keeps_the_boxes_that_confirmed_it(self):
         ids = iter(range(100))
         tracker = IoUTracker(lambda: next(ids), n_init=3)

@@ -14,7 +14,7 @@ import pytest
 from hybreid import protocol
 from hybreid.cli import main
 from hybreid.matcher.gallery import Gallery
-from hybreid.matcher.reassociate import Tracklet, cannot_link, cluster
+from hybreid.matcher.reassociate import Tracklet, cannot_link, cluster, plausible_transit
 from hybreid.matcher.service import Matcher, MatcherService, MatchPolicy
 from hybreid.mqtt import BrokerConfig
 from hybreid.protocol import FeatureMessage, encode_feature
@@ -82,10 +82,28 @@ def test_the_camera_graph_forbids_a_walk_faster_than_its_minimum():
     a = Tracklet(("lab", "cam1", 1), 1, "visible", 0.0, 10.0, np.ones(2) / np.sqrt(2))
     b = Tracklet(("lab", "cam2", 1), 2, "visible", 15.0, 20.0, np.ones(2) / np.sqrt(2))
     assert not cannot_link(a, b)
-    assert cannot_link(a, b, lambda site, x, y: 30.0)  # 5 s apart, the walk takes at least 30 s
-    assert not cannot_link(a, b, lambda site, x, y: 3.0)
-    assert cluster([a, b], 0.6, 0.45, lambda site, x, y: 30.0) == [[0], [1]]
+    assert cannot_link(a, b, lambda site, x, y: (30.0, None))  # 5 s apart, the walk takes at least 30 s
+    assert not cannot_link(a, b, lambda site, x, y: (3.0, None))
+    assert cluster([a, b], 0.6, 0.45, lambda site, x, y: (30.0, None)) == [[0], [1]]
     assert cluster([a, b], 0.6, 0.45) == [[0, 1]]
+
+
+def test_a_plausible_transit_is_evidence_a_doubtful_one_is_not():
+    """Two sightings at cosine 0.57, below the 0.6 threshold: on connected cameras with a gap
+    inside the walking time (5 s, the walk takes 3 to 8 s) the transit bonus links them;
+    a gap beyond the longest walk, unconnected cameras, or no bonus leave them apart."""
+    vector_a, vector_b = vectors_with_cosines([[1.0, 0.57], [0.57, 1.0]])
+    a = Tracklet(("lab", "cam1", 1), 1, "visible", 0.0, 10.0, vector_a)
+    b = Tracklet(("lab", "cam2", 1), 2, "visible", 15.0, 20.0, vector_b)
+    linked = lambda site, x, y: (3.0, 8.0) if {x, y} == {"cam1", "cam2"} else None  # noqa: E731
+    assert plausible_transit(a, b, linked) and plausible_transit(b, a, linked)
+    assert cluster([a, b], 0.6, 0.45, linked, transit_bonus=0.05) == [[0, 1]]
+    assert cluster([a, b], 0.6, 0.45, linked, transit_bonus=0.0) == [[0], [1]]
+    assert cluster([a, b], 0.6, 0.45, lambda site, x, y: (3.0, 4.0), transit_bonus=0.05) == [[0], [1]]
+    assert cluster([a, b], 0.6, 0.45, lambda site, x, y: (3.0, None), transit_bonus=0.05) == [[0, 1]]
+    far = Tracklet(("lab", "cam3", 1), 3, "visible", 15.0, 20.0, vector_b)
+    assert not plausible_transit(a, far, linked)
+    assert cluster([a, far], 0.6, 0.45, linked, transit_bonus=0.05) == [[0], [1]]
 
 
 def test_cross_modality_links_need_mutual_nearest_neighbours():
@@ -171,10 +189,10 @@ def test_camera_graph_file(tmp_path):
     path = tmp_path / "graph.yaml"
     path.write_text("sites:\n  lab:\n    - {cameras: [cam1, cam2], min_s: 30, max_s: 300}\n")
     graph = CameraGraph.load(path)
-    assert graph.min_transit("lab", "cam2", "cam1") == 30 and graph.min_transit("lab", "cam1", "cam3") is None
+    assert graph.transit("lab", "cam2", "cam1") == (30, 300) and graph.transit("lab", "cam1", "cam3") is None
     a = Tracklet(("lab", "cam1", 1), 1, "visible", 0.0, 10.0, np.ones(2) / np.sqrt(2))
     b = Tracklet(("lab", "cam2", 1), 2, "visible", 15.0, 20.0, np.ones(2) / np.sqrt(2))
-    assert cannot_link(a, b, graph.min_transit)
+    assert cannot_link(a, b, graph.transit)
     for text, problem in (("sites:\n  lab:\n    - {cameras: [cam1, cam2], min_sec: 3}\n", "did you mean 'min_s'"),
                           ("sites:\n  lab:\n    - {cameras: [cam1, cam1]}\n", "two different cameras"),
                           ("sites:\n  lab:\n    - {cameras: [cam1, cam2], min_s: 9, max_s: 3}\n", "below min_s"),
@@ -191,7 +209,7 @@ def test_the_camera_graph_of_a_site_spec(tmp_path):
     path = tmp_path / "site.yaml"
     path.write_text("site: mall\ncameras: [{id: gate, modality: visible}, {id: hall, modality: infrared}]\n"
                     "graph: [{cameras: [gate, hall], min_s: 12, max_s: 40}]\n")
-    assert CameraGraph.load(path).min_transit("mall", "hall", "gate") == 12
+    assert CameraGraph.load(path).transit("mall", "hall", "gate") == (12, 40)
     path.write_text(path.read_text() + "peple: 3\n")  # a site spec refuses what it does not know
     with pytest.raises(UserError, match="site spec .*did you mean 'people'"):
         CameraGraph.load(path)
@@ -206,7 +224,7 @@ def test_an_online_merge_the_camera_graph_forbids_is_split(tmp_path):
     second = matcher.handle(*sighting("cam2", 0, b, 1012))  # cam1 ends at 1010, cam2 starts at 1012
     assert second["identity"] == first["identity"]
     assert matcher.reassociate() == []  # without the graph nothing is wrong
-    events = matcher.reassociate(lambda site, x, y: 30.0)
+    events = matcher.reassociate(lambda site, x, y: (30.0, None))
     (moved,) = [e for e in events if e["type"] == "reassign"]
     assert moved["camera_id"] == "cam2" and moved["from"] == first["identity"] != moved["identity"]
     assert matcher.gallery.stats()["identities"] == 2

@@ -17,7 +17,7 @@ from tqdm import tqdm
 from hybreid.edge_runtime.runtime import EdgeRuntime, SiteConfig
 from hybreid.matcher.gallery import Gallery
 from hybreid.matcher.query import by_camera
-from hybreid.matcher.reassociate import MinTransit
+from hybreid.matcher.reassociate import Transit
 from hybreid.matcher.scoring import score_identities
 from hybreid.matcher.service import Matcher, MatcherService, MatchPolicy
 from hybreid.mqtt import BrokerConfig
@@ -27,7 +27,7 @@ from hybreid.tables import format_table
 
 
 def run_site(model: str | Path, scenes: Path, truth: dict, broker_url: str, policy: MatchPolicy, work: Path,
-             site: str = "bench", progress: bool = False, min_transit: MinTransit | None = None,
+             site: str = "bench", progress: bool = False, transit: Transit | None = None,
              mqtt_protocol: str = "5") -> dict:
     """The edge runtime on every camera video of ``truth`` and a matcher, through the
     broker at ``broker_url`` (speaking ``mqtt_protocol``, "5" or "3.1.1"); waits until the
@@ -38,7 +38,7 @@ def run_site(model: str | Path, scenes: Path, truth: dict, broker_url: str, poli
     """
     gallery = Gallery(work / "gallery.sqlite")
     service = MatcherService(Matcher(gallery, policy), BrokerConfig(url=broker_url, client_id="hybreid-matcher"))
-    service.min_transit = min_transit
+    service.transit = transit
     service.start()
     service.wait_until_subscribed()
     config = SiteConfig.from_dict({

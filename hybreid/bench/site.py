@@ -40,7 +40,7 @@ def run(models: list[str], out: str | Path, policies: list[MatchPolicy], spec: S
             run_dir.mkdir()
             with Mosquitto(run_dir / "broker") as broker:
                 site = run_site(model, folder, truth, broker.url, policy, run_dir, site=spec.site, progress=True,
-                                min_transit=graph.min_transit if graph else None)
+                                transit=graph.transit if graph else None)
             scores = score_site(site, truth)
             name = site["runtime"].contract.identity
             print(format_scores(scores, f"{name} on {len(truth['cameras'])} cameras, {truth['frames']} frames each, "

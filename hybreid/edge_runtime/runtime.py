@@ -189,12 +189,12 @@ class EdgeRuntime:
         start = time.perf_counter()
         detections = self.box_filter(self.detector(frame.camera_id, frame.image))
         detected = time.perf_counter()
-        seen, ended = self.trackers[frame.camera_id].update(detections)
+        height, width = frame.image.shape[:2]
+        seen, ended = self.trackers[frame.camera_id].update(detections, (width, height))
         self.metrics.seconds["detect"] += detected - start
         self.metrics.seconds["track"] += time.perf_counter() - detected
         self.metrics.frames += 1
         self.metrics.detections += len(detections)
-        height, width = frame.image.shape[:2]
         for track in seen:
             if self.track_log is not None:
                 # the frames that led to confirmation belong to the track too

@@ -64,6 +64,15 @@ class Track:
         x, y, w, h = self.box
         return self.aspect > 0 and w / max(h, 1.0) > WIDENED * self.aspect
 
+    def left_view(self, frame_size: tuple[int, int]) -> bool:
+        """The predicted box is cut by the frame's edge it is moving towards (or is past it):
+        the person is walking out of view."""
+        x, y, w, h = self.predicted()
+        width, height = frame_size
+        vx, vy = self.velocity
+        return ((x < 0 and vx < 0) or (x + w > width and vx > 0) or (y < 0 and vy < 0) or (y + h > height and vy > 0)
+                or not (0 <= x + w / 2 < width and 0 <= y + h / 2 < height))
+
     def predicted(self) -> tuple[float, float, float, float]:
         """Where the box is now, ``misses + 1`` frames after it was last seen."""
         steps = self.misses + 1
@@ -115,8 +124,14 @@ class IoUTracker:
                       if cost[r, c] <= self.max_center_distance]
         return pairs
 
-    def update(self, detections: list[Detection]) -> tuple[list[Track], list[Track]]:
-        """Match this frame's detections; returns (confirmed tracks seen now, tracks that ended)."""
+    def update(self, detections: list[Detection], frame_size: tuple[int, int] | None = None
+               ) -> tuple[list[Track], list[Track]]:
+        """Match this frame's detections; returns (confirmed tracks seen now, tracks that ended).
+
+        ``frame_size`` (width, height): a track not seen now whose predicted box the frame's
+        edge cuts, moving out, ends at once. Coasting there for ``max_age`` frames let the next person to enter
+        at that edge continue the track of the one who left.
+        """
         matched_tracks, matched_detections = set(), set()
         for row, col in self._assign(detections):
             track = self.tracks[row]
@@ -133,7 +148,8 @@ class IoUTracker:
                 track.misses += 1
                 if not track.confirmed:
                     track.hits = 0  # n_init counts consecutive matches
-            if track.misses > self.max_age or (not track.confirmed and track.misses > 0):
+            walked_out = track.misses > 0 and frame_size is not None and track.left_view(frame_size)
+            if track.misses > self.max_age or (not track.confirmed and track.misses > 0) or walked_out:
                 if track.confirmed:
                     ended.append(track)
             else:

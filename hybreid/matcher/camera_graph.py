@@ -1,10 +1,12 @@
 """The camera graph: which cameras of a site connect, and how long the walk between them takes.
 
 Re-association uses the minimum walking time as a cannot-link: two tracklets on connected
-cameras closer in time than anyone can walk are two people. Without a graph, only time
-overlap constrains. The graph of a site spec (``hybreid edge scenes --site SPEC.yaml``)
-is read as it is, and the scenes folder holds it again as ``camera_graph.yaml``. A YAML
-file::
+cameras closer in time than anyone can walk are two people. And the walking time as
+evidence: two sightings on connected cameras whose gap lies within the link's walking
+time are a plausible transit, and their appearance needs less to be linked (the matcher's
+``transit_bonus``). Without a graph, only time overlap constrains. The graph of a site
+spec (``hybreid edge scenes --site SPEC.yaml``) is read as it is, and the scenes folder
+holds it again as ``camera_graph.yaml``. A YAML file::
 
     sites:
       lobby:
@@ -45,11 +47,12 @@ class CameraGraph(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
     sites: dict[Name, list[Link]]
 
-    def min_transit(self, site: str, camera_a: str, camera_b: str) -> float | None:
-        """The least walking time between two connected cameras, or None where the graph says nothing."""
+    def transit(self, site: str, camera_a: str, camera_b: str) -> tuple[float, float | None] | None:
+        """The least and the most walking time between two connected cameras (the most None: no
+        bound), or None where the graph says nothing."""
         for link in self.sites.get(site, []):
             if {camera_a, camera_b} == set(link.cameras):
-                return link.min_s
+                return link.min_s, link.max_s
         return None
 
     @classmethod

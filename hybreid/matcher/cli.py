@@ -45,7 +45,9 @@ def _run(args) -> None:
     from hybreid.matcher.service import Matcher, MatcherService, MatchPolicy
     from hybreid.mqtt import BrokerConfig
 
-    policy = MatchPolicy.from_thresholds_file(args.thresholds) if args.thresholds else MatchPolicy()
+    choices = {} if args.transit_bonus is None else {"transit_bonus": args.transit_bonus}
+    policy = (MatchPolicy.from_thresholds_file(args.thresholds, **choices) if args.thresholds
+              else MatchPolicy.checked(**choices))
     broker = BrokerConfig(url=args.broker, client_id=args.client_id, username=args.username,
                           password=_broker_password(args), ca_certs=args.ca_certs, protocol=args.protocol)
     broker.endpoint()  # a malformed URL is one clear error before anything starts
@@ -54,7 +56,7 @@ def _run(args) -> None:
     if args.camera_graph:
         from hybreid.matcher.camera_graph import CameraGraph
 
-        service.min_transit = CameraGraph.load(args.camera_graph).min_transit
+        service.transit = CameraGraph.load(args.camera_graph).transit
     signal.signal(signal.SIGTERM, service.request_stop)
     signal.signal(signal.SIGINT, service.request_stop)
     service.run_forever(report_every=args.report_every, reassociate_every=args.reassociate_every)
@@ -109,8 +111,11 @@ def register(commands) -> None:
     run.add_argument("--report-every", type=float, default=60.0, help="seconds between status lines")
     run.add_argument("--reassociate-every", type=float, default=10.0,
                      help="seconds between re-associations of the recent tracklets (0: never)")
-    run.add_argument("--camera-graph", help="YAML of connected cameras and their minimum walking times, or a site "
+    run.add_argument("--camera-graph", help="YAML of connected cameras and their walking times, or a site "
                                             "spec (its graph)")
+    run.add_argument("--transit-bonus", type=float,
+                     help="added to the cosine of two sightings whose gap fits the camera graph's walking time "
+                          "(default 0.03; 0 turns it off)")
 
     purge = command(matcher, "purge", "delete sightings (biometric data) for good", _purge)
     query = command(matcher, "query", "sightings by identity, camera and time, or image", _query)

@@ -17,6 +17,11 @@ identities:
   not in two places at once), of one camera that overlap in time (two people in one
   frame), or whose gap is shorter than the camera graph's minimum walking time between
   their cameras;
+- a plausible transit (connected cameras, the gap within the link's walking time) adds
+  ``transit_bonus`` to the pair's cosine: appearance and where-and-when fused, as
+  spatio-temporal re-identification does. On the default synthetic site, of the tracklet
+  pairs above cosine 0.8, 26 of 31 with a plausible transit were one person and 22 of 66
+  without;
 - each identity stays with the cluster that holds most of its sightings (ties: the
   cluster of its first sighting); a cluster whose identities all stayed elsewhere gets a
   new identity; an identity left without sightings is merged into the one that took them.
@@ -49,31 +54,52 @@ class Tracklet:
         return self.key[0], self.key[1]
 
 
-# (site, camera a, camera b) -> minimum walking time in seconds, or None where the graph says nothing
-MinTransit = Callable[[str, str, str], float | None]
+# (site, camera a, camera b) -> the least and the most walking time in seconds (the most None:
+# no bound), or None where the graph says nothing
+Transit = Callable[[str, str, str], tuple[float, float | None] | None]
 
 
-def cannot_link(a: Tracklet, b: Tracklet, min_transit: MinTransit | None = None) -> bool:
-    overlap = a.first_ts < b.last_ts and b.first_ts < a.last_ts
-    if overlap:
-        return True  # different cameras: two places at once; one camera: two people in one frame
-    if min_transit is None or a.camera == b.camera or a.key[0] != b.key[0]:
-        return False
+def _walk(a: Tracklet, b: Tracklet, transit: Transit | None) -> tuple[float, tuple[float, float | None]] | None:
+    """The gap between two tracklets of connected cameras that do not overlap in time, and
+    their link's walking time; None for other pairs."""
+    if transit is None or a.camera == b.camera or a.key[0] != b.key[0]:
+        return None
+    if a.first_ts < b.last_ts and b.first_ts < a.last_ts:
+        return None
     earlier, later = (a, b) if a.last_ts <= b.first_ts else (b, a)
-    least = min_transit(a.key[0], earlier.key[1], later.key[1])
-    return least is not None and later.first_ts - earlier.last_ts < least
+    link = transit(a.key[0], earlier.key[1], later.key[1])
+    return None if link is None else (later.first_ts - earlier.last_ts, link)
+
+
+def cannot_link(a: Tracklet, b: Tracklet, transit: Transit | None = None) -> bool:
+    if a.first_ts < b.last_ts and b.first_ts < a.last_ts:
+        return True  # different cameras: two places at once; one camera: two people in one frame
+    walk = _walk(a, b, transit)
+    return walk is not None and walk[0] < walk[1][0]
+
+
+def plausible_transit(a: Tracklet, b: Tracklet, transit: Transit | None) -> bool:
+    """Connected cameras, and the gap between the tracklets within the link's walking time."""
+    walk = _walk(a, b, transit)
+    if walk is None:
+        return False
+    gap, (least, most) = walk
+    return least <= gap and (most is None or gap <= most)
 
 
 def cluster(tracklets: list[Tracklet], same_threshold: float, cross_threshold: float,
-            min_transit: MinTransit | None = None) -> list[list[int]]:
+            transit: Transit | None = None, transit_bonus: float = 0.0) -> list[list[int]]:
     """Constrained average-linkage clusters of tracklet indices."""
     count = len(tracklets)
     if count == 0:
         return []
     vectors = np.stack([t.embedding for t in tracklets]).astype(np.float64)
     similarity = vectors @ vectors.T
-    forbidden = np.array([[i != j and cannot_link(tracklets[i], tracklets[j], min_transit) for j in range(count)]
+    forbidden = np.array([[i != j and cannot_link(tracklets[i], tracklets[j], transit) for j in range(count)]
                           for i in range(count)])
+    if transit is not None and transit_bonus:
+        similarity += transit_bonus * np.array([[plausible_transit(tracklets[i], tracklets[j], transit)
+                                                 for j in range(count)] for i in range(count)])
     clusters: dict[int, list[int]] = {i: [i] for i in range(count)}
     modalities = {i: {tracklets[i].modality} for i in range(count)}
     while True:

@@ -50,7 +50,7 @@ from hybreid import protocol
 from hybreid.errors import UserError, validation_problem
 from hybreid.matcher.database import StoreUnavailable
 from hybreid.matcher.gallery import Gallery
-from hybreid.matcher.reassociate import MinTransit, cluster, plan
+from hybreid.matcher.reassociate import Transit, cluster, plan
 from hybreid.mqtt import BrokerConfig, make_client
 from hybreid.protocol import FeatureMessage, ProtocolError
 
@@ -70,6 +70,9 @@ class MatchPolicy(BaseModel):
     top_k: Annotated[int, Field(ge=1, le=1000)] = 5
     prototype_rate: Annotated[float, Field(gt=0.0, le=1.0, allow_inf_nan=False)] = 0.2
     window_s: Annotated[float, Field(ge=0.0, le=30 * 86400.0, allow_inf_nan=False)] = 600.0  # re-association
+    # Added to the cosine of two sightings whose gap fits the camera graph's walking time
+    # between their cameras (re-association, with a camera graph).
+    transit_bonus: Annotated[float, Field(ge=0.0, le=0.5, allow_inf_nan=False)] = 0.03
 
     @classmethod
     def from_thresholds_file(cls, path: str | Path, **overrides) -> MatchPolicy:
@@ -211,13 +214,14 @@ class Matcher:
                 "seq": message.seq, "track_id": message.track_id, "modality": message.modality, "ts": message.ts,
                 "similarity": similarity}
 
-    def reassociate(self, min_transit: MinTransit | None = None) -> list[dict]:
+    def reassociate(self, transit: Transit | None = None) -> list[dict]:
         """Cluster the recent tracklets again (:mod:`.reassociate`); returns the ``reassign``
         and ``merge`` events of what changed."""
         with self.lock:
             self.gallery.refresh()
             tracklets, outside = self.gallery.recent_tracklets(self.policy.window_s)
-            clusters = cluster(tracklets, self.policy.same_modality, self.policy.cross_modality, min_transit)
+            clusters = cluster(tracklets, self.policy.same_modality, self.policy.cross_modality, transit,
+                               self.policy.transit_bonus)
             changes = plan(tracklets, clusters, outside)
             if not changes.moves and not changes.new_groups:
                 return []
@@ -265,7 +269,7 @@ class MatcherService:
                  session_expiry: int = 24 * 3600):
         self.matcher, self.broker, self.site, self.shared_group = matcher, broker, site, shared_group
         self.session_expiry = session_expiry
-        self.min_transit: MinTransit | None = None  # the camera graph's minimum walking times
+        self.transit: Transit | None = None  # the camera graph's walking times
         # A persistent session: QoS 1 messages sent while the matcher is down wait at the
         # broker, and a message is acknowledged only after its sighting is committed.
         if shared_group:
@@ -432,7 +436,7 @@ class MatcherService:
 
     def reassociate(self) -> list[dict]:
         """Re-associate now and publish the events (QoS 1)."""
-        events = self.matcher.reassociate(self.min_transit)
+        events = self.matcher.reassociate(self.transit)
         for event in events:
             self._publish_event(event)
         return events
