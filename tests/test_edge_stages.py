@@ -13,6 +13,7 @@ from hybreid.edge_runtime.detect import (
     BackgroundSubtractionDetector,
     BoxFilter,
     HOGDetector,
+    PersonSizes,
     decode_yolo,
     letterbox,
     make_detector,
@@ -89,6 +90,51 @@ class TestDetect:
                 detector("cam", image)
         (box,) = [d.box for d in found]
         assert box[2] == pytest.approx(30, abs=6) and box[3] == pytest.approx(80, abs=6)
+
+    def test_person_sizes_follow_the_perspective_and_ignore_fragments(self):
+        sizes = PersonSizes()
+        assert sizes.expected(200) is None  # nothing seen yet
+        for step in range(30):
+            sizes.add(200, 100, 30)  # people near the camera
+            sizes.add(150, 60, 18)  # further away: higher in the frame, smaller
+            if step % 3 == 0:
+                sizes.add(200, 40, 30)  # a fragment: legs whose body the background swallowed
+        assert sizes.expected(200) == pytest.approx((100, 30)) and sizes.expected(152) == pytest.approx((60, 18))
+        assert sizes.expected(175) is None  # no one was seen standing there
+
+    @staticmethod
+    def _walk_and_look(scenes: list[list[tuple[int, int, int, int]]], split_groups: bool = True):
+        """Grey frames with people drawn as solid boxes, in order (later ones in front); returns the
+        detections of the last frame. Before ``scenes``, 40 frames teach the detector the camera's
+        perspective: one person at a time, near (feet on row 230, 150 tall) or far (180, 110)."""
+        detector = BackgroundSubtractionDetector(min_area=100, scale=1.0, split_groups=split_groups)
+        rng = np.random.default_rng(0)
+        teaching = [[(20 + 6 * i, 80, 45, 150)] if i % 2 else [(300 - 6 * i, 70, 33, 110)] for i in range(40)]
+        found = []
+        for boxes in [[]] * 10 + teaching + scenes:
+            image = np.clip(np.full((240, 360, 3), 90.0) + rng.normal(0, 2, (240, 360, 3)), 0, 255).astype(np.uint8)
+            for index, (x, y, w, h) in enumerate(boxes):
+                image[y : y + h, x : x + w] = (200, 60 + 40 * index, 60)
+            found = detector("cam", image)
+        return [d.box for d in found]
+
+    def test_two_people_walking_together_are_split_by_the_perspective(self):
+        far, near = (150, 70, 33, 110), (125, 80, 45, 150)  # the far one half hidden behind the near one
+        boxes = self._walk_and_look([[far, near]])
+        assert len(boxes) == 2
+        for truth in (far, near):
+            assert max(iou_matrix(np.array([truth]), np.array(boxes))[0]) >= 0.5
+        (merged,) = self._walk_and_look([[far, near]], split_groups=False)  # one region: the far one is lost
+        assert iou_matrix(np.array([far]), np.array([merged]))[0, 0] < 0.5
+
+    def test_two_side_by_side_are_split_and_one_broad_person_is_not(self):
+        left, right = (100, 80, 45, 150), (145, 80, 45, 150)  # shoulder to shoulder on one row
+        boxes = self._walk_and_look([[left, right]])
+        assert len(boxes) == 2 and all(max(iou_matrix(np.array([t]), np.array(boxes))[0]) >= 0.5
+                                       for t in (left, right))
+        broad = (100, 80, 63, 150)  # 1.4 people wide: a bag, a coat, arms out; still one person
+        (box,) = self._walk_and_look([[broad]])
+        assert iou_matrix(np.array([broad]), np.array([box]))[0, 0] > 0.9
 
     def test_box_filter(self):
         keep = BoxFilter(min_height=50, min_aspect=1.2, max_aspect=4, min_score=0.5)

@@ -1,7 +1,9 @@
 """Detection: person boxes from a frame. Pluggable; every detector returns :class:`Detection`s.
 
 - ``background`` (default for fixed cameras, no weights): OpenCV's MOG2 background
-  subtraction, morphological clean-up, connected regions as boxes.
+  subtraction, morphological clean-up, connected regions as boxes; a region that one
+  person cannot explain (two people walking together make one region) is split in two
+  by the camera's perspective (:class:`PersonSizes`, :func:`split_region`).
 - ``hog``: OpenCV's HOG people detector, where the installed OpenCV still has it (OpenCV
   5 moved it out of the main package; hybreid pins ``opencv-python-headless<5``).
 - ``yolo``: a person detector from a user's Ultralytics ONNX export, either the raw
@@ -39,6 +41,125 @@ class BoxFilter:
         return kept
 
 
+class PersonSizes:
+    """How tall and how wide a person whose feet are on a given image row looks in one fixed
+    camera (its perspective), learned from the regions the camera sees.
+
+    A row's height is the 75th percentile of the heights of the regions whose bottom lies
+    within ``near`` rows: a fragment (legs the background swallowed, a head) only makes a
+    region shorter, and two people who walk together are about as tall as the nearer one.
+    Its width is the median width-to-height ratio of the regions of full height there.
+    The table is rebuilt every ``refresh`` regions, from the last ``keep``.
+    """
+
+    def __init__(self, keep: int = 2000, near: int = 4, need: int = 10, refresh: int = 20):
+        self.keep, self.near, self.need, self.refresh = keep, near, need, refresh
+        self._samples: list[tuple[int, int, int]] = []  # (bottom row, height, width)
+        self._since_refresh = 0
+        self._table: np.ndarray | None = None  # row -> (height, width), NaN where too few regions
+
+    def add(self, bottom: int, height: int, width: int) -> None:
+        self._samples.append((bottom, height, width))
+        del self._samples[:-self.keep]
+        self._since_refresh += 1
+        if self._since_refresh >= self.refresh or (self._table is None and len(self._samples) >= self.need):
+            self._rebuild()
+
+    def _rebuild(self) -> None:
+        self._since_refresh = 0
+        samples = np.array(self._samples, dtype=float)
+        table = np.full((int(samples[:, 0].max()) + self.near + 1, 2), np.nan)
+        for row in range(len(table)):
+            close = samples[np.abs(samples[:, 0] - row) <= self.near]
+            if len(close) >= self.need:
+                height = float(np.percentile(close[:, 1], 75))
+                full = close[close[:, 1] >= 0.85 * height]
+                table[row] = height, height * float(np.median(full[:, 2] / full[:, 1]))
+        self._table = table
+
+    def expected(self, bottom: int) -> tuple[float, float] | None:
+        """(height, width) of a person whose region ends at row ``bottom``, or None where the
+        camera has not yet seen enough people there."""
+        if self._table is None or not 0 <= bottom < len(self._table) or np.isnan(self._table[bottom, 0]):
+            return None
+        height, width = self._table[bottom]
+        return float(height), float(width)
+
+
+def _box_sums(integral: np.ndarray, top, bottom, left, right):
+    return integral[bottom, right] - integral[top, right] - integral[bottom, left] + integral[top, left]
+
+
+# A region is split into two people when that explains its pixels better than one person by
+# more than SPLIT_PENALTY of the second person's area. A box's cost is the region's pixels it
+# leaves out plus BACKGROUND_WEIGHT of the background it takes in (a silhouette fills about
+# half its box, so background inside a right box is normal). Measured on two synthetic sites
+# (seeds 0 and 1) against their ground truth: recall of people who overlap another went from
+# 0.49 to 0.85 and from 0.47 to 0.65, false boxes from 40 to 53 and from 199 to 160.
+SPLIT_PENALTY = 0.03
+BACKGROUND_WEIGHT = 0.3
+SIDE_BY_SIDE = 1.6  # two people on one row make a region at least this many people wide
+
+
+def split_region(region: np.ndarray, top: int, sizes: PersonSizes) -> list[tuple[int, int, int, int]] | None:
+    """Two person boxes ``(x, y, w, h)`` in the region's own pixels, or None when one person
+    explains it. ``region``: the boolean mask of one connected region, cropped to its box;
+    ``top``: its first row in the frame.
+
+    The nearer person stands on the region's lowest row; the other stands on a row where some
+    column of the region ends (further away, so higher in the frame, or on the same row when
+    the region is wide enough for two side by side). Each person's box has the size the
+    camera's perspective gives its row, and both positions are searched exhaustively. Written
+    here: OpenCV's and scikit-image's segmentation take no perspective prior.
+    """
+    height, width = region.shape
+    near = sizes.expected(top + height)
+    if near is None:
+        return None
+    near_h, near_w = near
+    if not 0.8 * near_h <= height <= 1.25 * near_h or width < 1.2 * near_w:
+        return None  # not one person's height, or no wider than one person
+    h1, w1 = min(int(round(near_h)), height), max(2, int(round(near_w)))
+    if w1 >= width:
+        return None
+    pixels = region.astype(np.int64)
+    total = int(pixels.sum())
+    integral = np.pad(pixels, ((1, 0), (1, 0))).cumsum(0).cumsum(1)
+    top1 = height - h1
+    xs1 = np.arange(width - w1 + 1)
+    covered1 = _box_sums(integral, top1, height, xs1, xs1 + w1)
+    one_person = float(((total - covered1) + BACKGROUND_WEIGHT * (h1 * w1 - covered1)).min())
+    ends = np.where(region.any(0), height - 1 - np.argmax(region[::-1], 0), -1)
+    best: tuple[float, int, int, int, int, int] | None = None
+    for foot in np.unique(ends[ends >= 0]):
+        if foot >= height - 1 - 0.05 * height and width < SIDE_BY_SIDE * near_w:
+            continue  # on the nearer person's row, and no room for two side by side
+        other = sizes.expected(top + int(foot) + 1)
+        if other is None:
+            continue
+        h2, w2 = min(int(round(other[0])), int(foot) + 1), max(2, int(round(other[1])))
+        if w2 >= width:
+            continue
+        top2 = int(foot) + 1 - h2
+        xs2 = np.arange(width - w2 + 1)
+        covered2 = _box_sums(integral, top2, foot + 1, xs2, xs2 + w2)
+        left = np.maximum(xs1[:, None], xs2[None, :])
+        right = np.maximum(np.minimum(xs1[:, None] + w1, xs2[None, :] + w2), left)
+        overlap_top, overlap_bottom = max(top1, top2), max(min(height, int(foot) + 1), max(top1, top2))
+        covered_both = _box_sums(integral, overlap_top, overlap_bottom, left, right)
+        covered = covered1[:, None] + covered2[None, :] - covered_both
+        area = h1 * w1 + h2 * w2 - (right - left) * (overlap_bottom - overlap_top)
+        cost = (total - covered) + BACKGROUND_WEIGHT * (area - covered)
+        i, j = np.unravel_index(int(np.argmin(cost)), cost.shape)
+        score = float(cost[i, j]) + SPLIT_PENALTY * h2 * w2
+        if best is None or score < best[0]:
+            best = (score, int(xs1[i]), int(xs2[j]), top2, w2, h2)
+    if best is None or best[0] >= one_person:
+        return None
+    _, x1, x2, top2, w2, h2 = best
+    return [(x1, top1, w1, h1), (x2, top2, w2, h2)]
+
+
 class BackgroundSubtractionDetector:
     """One MOG2 model per camera; a foreground region's score is its fill ratio.
 
@@ -46,11 +167,16 @@ class BackgroundSubtractionDetector:
     foreground mask needs no full resolution) and boxes are scaled back. The opening
     that removes speckle is 3x3: at half scale a leg is 3 to 5 pixels wide, and a 5x5
     opening cut the legs off (boxes of the upper body only, IoU < 0.5 with the person).
+    With ``split_groups``, a region two people make together is split in two
+    (:func:`split_region`).
     """
 
-    def __init__(self, history: int = 200, var_threshold: float = 16.0, min_area: int = 400, scale: float = 0.5):
+    def __init__(self, history: int = 200, var_threshold: float = 16.0, min_area: int = 400, scale: float = 0.5,
+                 split_groups: bool = True):
         self.history, self.var_threshold, self.min_area, self.scale = history, var_threshold, min_area, scale
+        self.split_groups = split_groups
         self._models: dict[str, cv2.BackgroundSubtractor] = {}
+        self._sizes: dict[str, PersonSizes] = {}
         self._open_kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (3, 3))
         self._kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))
 
@@ -59,19 +185,27 @@ class BackgroundSubtractionDetector:
         if model is None:
             model = cv2.createBackgroundSubtractorMOG2(self.history, self.var_threshold, detectShadows=False)
             self._models[camera_id] = model
+        sizes = self._sizes.setdefault(camera_id, PersonSizes())
         small = image if self.scale == 1 else cv2.resize(image, None, fx=self.scale, fy=self.scale,
                                                           interpolation=cv2.INTER_AREA)
         mask = model.apply(small)
         mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, self._open_kernel)
         mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, self._kernel, iterations=2)
-        count, _, stats, _ = cv2.connectedComponentsWithStats((mask > 127).astype(np.uint8))
+        count, labels, stats, _ = cv2.connectedComponentsWithStats((mask > 127).astype(np.uint8))
         detections = []
         min_area = self.min_area * self.scale**2
         for label in range(1, count):
-            x, y, w, h, area = stats[label]
-            if area >= min_area:
-                box = tuple(float(v) / self.scale for v in (x, y, w, h))
-                detections.append(Detection(box, float(area) / float(w * h)))
+            x, y, w, h, area = (int(v) for v in stats[label])
+            if area < min_area:
+                continue
+            region = labels[y : y + h, x : x + w] == label
+            people = split_region(region, y, sizes) if self.split_groups else None
+            if people is None:
+                sizes.add(y + h, h, w)
+                people = [(0, 0, w, h)]
+            for px, py, pw, ph in people:
+                fill = float(region[py : py + ph, px : px + pw].mean())
+                detections.append(Detection(tuple(float(v) / self.scale for v in (x + px, y + py, pw, ph)), fill))
         return detections
 
 

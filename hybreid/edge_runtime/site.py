@@ -58,6 +58,7 @@ class BackgroundDetector(Section):
     var_threshold: Annotated[float, Field(gt=0, le=1000, allow_inf_nan=False)] = 16.0
     min_area: Annotated[int, Field(ge=1)] = 400
     scale: Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)] = 0.5
+    split_groups: bool = True  # split a region two people make together, by the camera's perspective
 
 
 class HogDetector(Section):
