@@ -111,6 +111,37 @@ class ThresholdsFile(BaseModel):
     cross_modality: _Threshold | None = None
 
 
+class _CreatedInBatch:
+    """The identities a batch has created so far, with their current prototypes in one matrix:
+    every later message of the batch scores them (the batch's index search ran before they
+    existed), and gathering a hundred prototypes a message cost more than its search."""
+
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+        self.ids: list[int] = []
+        self._row: dict[int, int] = {}
+        self._matrix: np.ndarray | None = None
+
+    def follow(self, identity: int, prototype: np.ndarray, new: bool) -> None:
+        """Record a new identity, or the moved prototype of one this batch created."""
+        if new:
+            if self._matrix is None:
+                self._matrix = np.empty((self.capacity, prototype.size), dtype=np.float32)
+            self._row[identity] = len(self.ids)
+            self.ids.append(identity)
+        row = self._row.get(identity)
+        if row is not None:
+            self._matrix[row] = prototype
+
+    def nearest(self, vector: np.ndarray, k: int) -> list[int]:
+        if not self.ids:
+            return []
+        scores = self._matrix[: len(self.ids)] @ vector.astype(np.float32, copy=False)
+        if len(self.ids) > k:
+            return [self.ids[i] for i in np.argpartition(-scores, k - 1)[:k]]
+        return list(self.ids)
+
+
 class Matcher:
     """Validation and identity assignment, independent of MQTT (the service feeds it)."""
 
@@ -152,7 +183,7 @@ class Matcher:
                 except ProtocolError as exc:
                     decoded.append(exc)
             candidates = self._batch_candidates(decoded)
-            created: list[int] = []  # identities this batch creates: candidates for the messages after
+            created = _CreatedInBatch(len(messages))  # candidates for the messages after
             events: list[dict | None] = []
             accepted = duplicates = 0
             with self.gallery.transaction():
@@ -181,14 +212,14 @@ class Matcher:
                         continue
                     if self.gallery.model is None:
                         self.gallery.bind_model(message.model_identity)
-                    identity, similarity, decision = self.assign(
-                        message, None if found is None else found + elsewhere + created, tracks.get(track))
+                    if found is not None:
+                        found = found + elsewhere + created.nearest(message.embedding, self.policy.top_k)
+                    identity, similarity, decision = self.assign(message, found, tracks.get(track))
                     identity = self.gallery.store(message, identity, similarity, self.policy.prototype_rate,
                                                   decision)
                     stored_before[key] = (identity, similarity, decision)  # a redelivery later in the batch
                     tracks[track] = identity
-                    if decision == "new":
-                        created.append(identity)
+                    created.follow(identity, self.gallery.prototypes[identity], decision == "new")
                     accepted += 1
                     events.append(self._event(message, identity, similarity, decision))
             self.accepted += accepted
