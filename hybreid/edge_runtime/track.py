@@ -129,8 +129,8 @@ class IoUTracker:
         """Match this frame's detections; returns (confirmed tracks seen now, tracks that ended).
 
         ``frame_size`` (width, height): a track not seen now whose predicted box the frame's
-        edge cuts, moving out, ends at once. Coasting there for ``max_age`` frames let the next person to enter
-        at that edge continue the track of the one who left.
+        edge cuts, moving out, ends at once. Coasting there for ``max_age`` frames let the
+        next person to enter at that edge continue the track of the one who left.
         """
         matched_tracks, matched_detections = set(), set()
         for row, col in self._assign(detections):
