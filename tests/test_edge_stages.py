@@ -199,7 +199,7 @@ class TestTrack:
         ended_ids, seen_ids = [], set()
         for frame in range(20):
             detections = [] if 8 <= frame < 12 else [Detection((12.0 * frame, 40, 30, 80), 0.9)]
-            seen, ended = tracker.update(detections)
+            seen, ended = tracker.update(detections, frame_size=(640, 240))  # unseen well inside the frame
             seen_ids |= {t.track_id for t in seen}
             ended_ids += [t.track_id for t in ended]
         assert seen_ids == {0} and ended_ids == []
@@ -220,7 +220,8 @@ class TestTrack:
     def test_a_track_that_walks_out_ends_and_the_next_entrant_starts_a_new_one(self):
         """One person walks out at the left edge; two frames later another walks in there. Coasting
         on after leaving, the first track took the entrant over (one tracklet, two people); it
-        now ends at its first miss past the edge. Inside the frame a missed track still coasts."""
+        now ends at its first miss past the edge (inside the frame a missed track still coasts:
+        the walker above)."""
         ids = iter(range(100))
         tracker = IoUTracker(lambda: next(ids), n_init=2, max_age=10)
         leaving = [Detection((100.0 - 12 * frame, 40, 30, 80), 0.9) for frame in range(9)]  # x 100 .. 4

@@ -191,8 +191,9 @@ class PrototypeIndex:
         known = [identity for identity in dict.fromkeys(identities) if identity in self.prototypes]
         if not known:
             return []
-        # One matrix product: a batch's message scores a hundred candidates or more (every
-        # identity the batch created before it), and a dot product each cost 0.1 ms a message.
+        # One matrix product for a message's candidates (those of the search, the nearest of
+        # the identities its batch created, any another instance wrote): a dot product each,
+        # in Python, cost more than the product.
         scores = np.array([self.prototypes[identity] for identity in known]) @ vector
         order = np.argsort(-scores, kind="stable")[:k]
         return [(known[i], float(scores[i])) for i in order]
