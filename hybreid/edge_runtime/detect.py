@@ -15,6 +15,7 @@ Boxes are filtered by size, aspect ratio and score (:class:`BoxFilter`).
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 
 import cv2
@@ -57,14 +58,13 @@ class PersonSizes:
     """
 
     def __init__(self, keep: int = 2000, near: int = 4, need: int = 10, refresh: int = 20):
-        self.keep, self.near, self.need, self.refresh = keep, near, need, refresh
-        self._samples: list[tuple[int, int, int]] = []  # (bottom row, height, width)
+        self.near, self.need, self.refresh = near, need, refresh
+        self._samples: deque[tuple[int, int, int]] = deque(maxlen=keep)  # (bottom row, height, width)
         self._since_refresh = 0
         self._table: np.ndarray | None = None  # row -> (height, width), NaN where too few regions
 
     def add(self, bottom: int, height: int, width: int) -> None:
         self._samples.append((bottom, height, width))
-        del self._samples[:-self.keep]
         self._since_refresh += 1
         if self._since_refresh >= self.refresh or (self._table is None and len(self._samples) >= self.need):
             self._rebuild()
@@ -73,7 +73,10 @@ class PersonSizes:
         self._since_refresh = 0
         samples = np.array(self._samples, dtype=float)
         table = np.full((int(samples[:, 0].max()) + self.near + 1, 2), np.nan)
-        for row in range(len(table)):
+        # only rows some region ends near can have enough of them
+        bottoms = np.unique(samples[:, 0].astype(int))
+        rows = np.unique((bottoms[:, None] + np.arange(-self.near, self.near + 1)).clip(0, len(table) - 1))
+        for row in rows:
             close = samples[np.abs(samples[:, 0] - row) <= self.near]
             if len(close) >= self.need:
                 height = float(np.percentile(close[:, 1], 75))
@@ -136,21 +139,21 @@ def split_region(region: np.ndarray, top: int, sizes: PersonSizes) -> list[tuple
     one_person = float(((total - covered1) + BACKGROUND_WEIGHT * (h1 * w1 - covered1)).min())
     ends = np.where(region.any(0), height - 1 - np.argmax(region[::-1], 0), -1)
     best: tuple[float, int, int, int, int, int] | None = None
-    for foot in np.unique(ends[ends >= 0]):
+    for foot in np.unique(ends[ends >= 0]).tolist():
         if foot >= height - 1 - 0.05 * height and width < SIDE_BY_SIDE * near_w:
             continue  # on the nearer person's row, and no room for two side by side
-        other = sizes.expected(top + int(foot) + 1)
+        other = sizes.expected(top + foot + 1)
         if other is None:
             continue
-        h2, w2 = min(int(round(other[0])), int(foot) + 1), max(2, int(round(other[1])))
+        h2, w2 = min(int(round(other[0])), foot + 1), max(2, int(round(other[1])))
         if w2 >= width:
             continue
-        top2 = int(foot) + 1 - h2
+        top2 = foot + 1 - h2
         xs2 = np.arange(width - w2 + 1)
         covered2 = _box_sums(integral, top2, foot + 1, xs2, xs2 + w2)
         left = np.maximum(xs1[:, None], xs2[None, :])
         right = np.maximum(np.minimum(xs1[:, None] + w1, xs2[None, :] + w2), left)
-        overlap_top, overlap_bottom = max(top1, top2), max(min(height, int(foot) + 1), max(top1, top2))
+        overlap_top, overlap_bottom = max(top1, top2), max(min(height, foot + 1), max(top1, top2))
         covered_both = _box_sums(integral, overlap_top, overlap_bottom, left, right)
         covered = covered1[:, None] + covered2[None, :] - covered_both
         area = h1 * w1 + h2 * w2 - (right - left) * (overlap_bottom - overlap_top)

@@ -95,25 +95,26 @@ def cluster(tracklets: list[Tracklet], same_threshold: float, cross_threshold: f
         return []
     vectors = np.stack([t.embedding for t in tracklets]).astype(np.float64)
     similarity = vectors @ vectors.T
-    forbidden = np.array([[i != j and cannot_link(tracklets[i], tracklets[j], transit) for j in range(count)]
-                          for i in range(count)])
-    if transit is not None and transit_bonus:
-        similarity += transit_bonus * np.array([[plausible_transit(tracklets[i], tracklets[j], transit)
-                                                 for j in range(count)] for i in range(count)])
+    forbidden = np.zeros((count, count), dtype=bool)
+    plausible = np.zeros((count, count), dtype=bool)
+    for i in range(count):  # both relations are symmetric: each pair once
+        for j in range(i + 1, count):
+            forbidden[i, j] = forbidden[j, i] = cannot_link(tracklets[i], tracklets[j], transit)
+            if transit_bonus:
+                plausible[i, j] = plausible[j, i] = plausible_transit(tracklets[i], tracklets[j], transit)
+    similarity += transit_bonus * plausible
     clusters: dict[int, list[int]] = {i: [i] for i in range(count)}
     modalities = {i: {tracklets[i].modality} for i in range(count)}
     while True:
         ids = list(clusters)
         best: tuple[float, int, int] | None = None
         cross_candidates: dict[int, tuple[float, int]] = {}  # cluster -> its nearest cross-modality cluster
-        scores: dict[tuple[int, int], float] = {}
         for x, a in enumerate(ids):
             for b in ids[x + 1:]:
                 members_a, members_b = clusters[a], clusters[b]
                 if forbidden[np.ix_(members_a, members_b)].any():
                     continue
                 score = float(similarity[np.ix_(members_a, members_b)].mean())
-                scores[a, b] = score
                 if modalities[a] & modalities[b]:
                     if score >= same_threshold and (best is None or score > best[0]):
                         best = (score, a, b)
