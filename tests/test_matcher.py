@@ -15,6 +15,7 @@ import pytest
 
 from hybreid import protocol
 from hybreid.errors import UserError
+from hybreid.matcher.database import StoreUnavailable
 from hybreid.matcher.gallery import Gallery
 from hybreid.matcher.query import by_camera, by_identity
 from hybreid.matcher.service import Matcher, MatcherService, MatchPolicy
@@ -74,17 +75,34 @@ class TestBatches:
         before = {i: v.copy() for i, v in matcher.gallery.prototypes.items()}
         calls = []
 
-        def broken_assign(message, *candidates, original=matcher.assign):
+        def broken_assign(message, *candidates, original=matcher._assign):
             calls.append(message.seq)
             if len(calls) == 2:
                 raise RuntimeError("a bug")
             return original(message, *candidates)
 
-        monkeypatch.setattr(matcher, "assign", broken_assign)
+        monkeypatch.setattr(matcher, "_assign", broken_assign)
         with pytest.raises(RuntimeError):
             matcher.handle_batch([feature(seq=1, track=2, embedding=unit(9)), feature(seq=2, track=3)])
         assert matcher.gallery.stats()["sightings"] == 1 and matcher.accepted == 1
         assert set(matcher.gallery.prototypes) == set(before)  # the first message's new identity is gone
+        assert all(np.array_equal(matcher.gallery.prototypes[i], before[i]) for i in before)
+
+    def test_a_commit_that_fails_after_writing_leaves_the_index_as_the_store(self, matcher, monkeypatch):
+        first = matcher.handle(*feature(seq=0, track=1, embedding=unit(1)))
+        before = {i: v.copy() for i, v in matcher.gallery.prototypes.items()}
+
+        def lost_commit():
+            raise StoreUnavailable("the store went away at the commit")
+
+        monkeypatch.setattr(matcher.gallery.db, "commit", lost_commit)
+        with pytest.raises(StoreUnavailable):  # an update of the first identity and a new one, both written
+            matcher.handle_batch([feature(seq=1, track=1, embedding=unit(2)), feature(seq=2, track=3)])
+        monkeypatch.undo()
+        assert matcher.gallery.stats()["sightings"] == 1 and set(matcher.gallery.prototypes) == set(before)
+        assert np.array_equal(matcher.gallery.prototypes[first["identity"]], before[first["identity"]])
+        again = matcher.handle_batch([feature(seq=1, track=1, embedding=unit(2)), feature(seq=2, track=3)])
+        assert [e["type"] for e in again] == ["update", "new"] and again[1]["identity"] not in before
 
 
 class TestAssignment:
@@ -237,14 +255,14 @@ def test_hostile_stream_through_the_broker(tmp_path, mosquitto):
 def test_a_message_that_breaks_its_batch_does_not_hold_the_others_back(tmp_path, mosquitto, monkeypatch, caplog):
     gallery = Gallery(tmp_path / "g.sqlite")
     matcher = Matcher(gallery, MatchPolicy())
-    original = matcher.assign
+    original = matcher._assign
 
     def assign(message, *candidates):
         if message.seq == 3:
             raise RuntimeError("a bug that only this message meets")
         return original(message, *candidates)
 
-    monkeypatch.setattr(matcher, "assign", assign)
+    monkeypatch.setattr(matcher, "_assign", assign)
     monkeypatch.setattr("hybreid.matcher.service.BATCH_WAIT_S", 0.5)  # the burst arrives as one batch
     service = MatcherService(matcher, BrokerConfig(url=mosquitto.url, client_id="matcher"))
     service.start()

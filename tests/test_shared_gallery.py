@@ -9,7 +9,9 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import contextmanager
 
+import numpy as np
 import pytest
 from test_matcher import connected_publisher, feature, unit, wait_for_line, wait_until
 
@@ -83,6 +85,144 @@ def test_each_instance_follows_the_others_identities_and_purges(postgres):
     after = b.handle(*feature("cam3", 0, 1, unit(5, 0.05, base=3), ts=300.0))
     assert after["type"] == "new" and after["identity"] != created["identity"]
     assert created["identity"] not in b.gallery.prototypes
+
+
+@contextmanager
+def committing_between(late: Matcher, early: Matcher, early_batch: list[tuple[str, bytes]]):
+    """While inside: ``early`` commits ``early_batch`` after ``late`` has decided its next batch
+    tentatively and before ``late``'s transaction holds the store's lock, the interleaving
+    two instances meet when they decide at once. Counts the messages ``late`` decides again
+    under the lock."""
+    original, decide = late.gallery.transaction, late._decide
+    decided_again = []
+
+    @contextmanager
+    def transaction():
+        events.extend(early.handle_batch(early_batch))
+        with original():
+            yield
+
+    def counted(*args, **kwargs):
+        if late.gallery._in_transaction:
+            decided_again.append(args[0].seq)
+        return decide(*args, **kwargs)
+
+    events: list[dict | None] = []
+    late.gallery.transaction, late._decide = transaction, counted
+    try:
+        yield events, decided_again
+    finally:
+        del late.gallery.transaction, late._decide
+
+
+def crowd(seed: int, count: int) -> list[tuple[str, bytes]]:
+    """Six people walking past four cameras, visible and infrared, tracks of one to three updates."""
+    rng = np.random.default_rng(seed)
+    messages, seq, ts = [], 0, 100.0
+    while len(messages) < count:
+        person, camera = int(rng.integers(6)), f"cam{int(rng.integers(4))}"
+        modality = "infrared" if camera == "cam3" else "visible"
+        for _ in range(int(rng.integers(1, 4))):
+            ts += float(rng.uniform(1, 30))
+            messages.append(feature(camera, seq, 1000 + seq // 3 if rng.random() < 0.2 else seq // 3,
+                                    unit(10_000 + seq, 0.35, base=person), modality=modality, ts=ts))
+            seq += 1
+    return messages[:count]
+
+
+def decisions(events: list[dict | None]) -> list[tuple]:
+    return [(e["identity"], e["type"], round(e["similarity"], 5)) for e in events]
+
+
+def test_a_batch_settled_after_another_instances_commit_decides_as_one_instance_would(postgres):
+    """One instance decides a batch, another commits its own in between, the first commits:
+    the same events and prototypes as one instance deciding the second batch, then the first."""
+    again = kept = 0
+    for seed in range(5):
+        messages = crowd(seed, 70)
+        rng = np.random.default_rng(seed)
+        to_early = rng.random(50) < 0.5
+        early_batch = [m for m, e in zip(messages[20:], to_early, strict=True) if e]
+        late_batch = [m for m, e in zip(messages[20:], to_early, strict=True) if not e]
+        late, early = two_instances(postgres.new_database())
+        alone = Matcher(Gallery(postgres.new_database()), POLICY)
+        late.handle_batch(messages[:20])
+        alone.handle_batch(messages[:20])
+        with committing_between(late, early, early_batch) as (early_events, decided_again):
+            late_events = late.handle_batch(late_batch)
+        assert decisions(early_events) == decisions(alone.handle_batch(early_batch)), seed
+        assert decisions(late_events) == decisions(alone.handle_batch(late_batch)), seed
+        late.gallery.refresh()
+        assert late.gallery.prototypes.keys() == alone.gallery.prototypes.keys()
+        for identity, prototype in alone.gallery.prototypes.items():
+            np.testing.assert_allclose(late.gallery.prototypes[identity], prototype, atol=1e-6)
+        again += len(decided_again)
+        kept += len(late_batch) - len(decided_again)
+    assert again > 0 and kept > 0  # both paths ran: decided again under the lock, and kept as decided
+
+
+def test_decisions_another_instance_did_not_touch_are_not_made_again_under_the_lock(postgres):
+    late, early = two_instances(postgres.new_database())
+    late.handle_batch([feature("cam1", seq, seq, unit(seq), ts=100.0 + seq) for seq in range(2)])
+    batch = [feature("cam2", seq, seq, unit(seq if seq < 12 else 50 + seq, 0.1, base=seq % 2 if seq < 12 else None),
+                     ts=200.0 + seq) for seq in range(2, 30)]
+    stranger = [feature("cam3", 0, 1, unit(999), ts=150.0)]  # someone new, like nobody in the batch
+    with committing_between(late, early, stranger) as (_, decided_again):
+        events = late.handle_batch(batch)
+    assert decided_again == []
+    assert {e["type"] for e in events} == {"match", "new"}
+
+
+def test_a_person_another_instance_created_meanwhile_takes_over_the_batchs_tentative_identity(postgres):
+    """The batch saw a new person twice (a new identity, then a match of it); another instance
+    committed the same person in between: both of the batch's sightings join its identity."""
+    late, early = two_instances(postgres.new_database())
+    batch = [feature("cam1", 0, 1, unit(1, 0.05, base=77), ts=100.0),
+             feature("cam2", 0, 5, unit(2, 0.05, base=77), ts=160.0),
+             feature("cam1", 1, 2, unit(3), ts=170.0)]
+    with committing_between(late, early, [feature("cam3", 0, 9, unit(4, 0.05, base=77), ts=40.0)]) as (
+            early_events, decided_again):
+        first, second, other = late.handle_batch(batch)
+    (created,) = early_events
+    assert created["type"] == "new"
+    assert (first["type"], first["identity"]) == ("match", created["identity"])
+    assert (second["type"], second["identity"]) == ("match", created["identity"])
+    assert other["type"] == "new" and decided_again == [0, 0]  # the stranger kept its decision
+    assert late.gallery.stats()["identities"] == 2
+
+
+def test_a_decision_made_again_makes_the_ones_that_relied_on_it_again(postgres):
+    """Three sightings 36 degrees apart on one arc: the batch made the middle one a new identity
+    and matched the far one to it; another instance meanwhile committed the near end. The
+    middle one joins that identity, so the far one, which the committed identity never
+    resembled (cosine 0.31), must be decided again: the tentative identity it matched is gone."""
+    along, across = unit(21), unit(22)
+    across = across - (across @ along) * along
+    across /= np.linalg.norm(across)
+
+    def at(degrees: float) -> np.ndarray:
+        return (np.cos(np.radians(degrees)) * along + np.sin(np.radians(degrees)) * across).astype(np.float32)
+
+    late, early = two_instances(postgres.new_database())
+    batch = [feature("cam1", 0, 1, at(36), ts=100.0), feature("cam2", 0, 5, at(72), ts=160.0)]
+    with committing_between(late, early, [feature("cam3", 0, 9, at(0), ts=40.0)]) as (early_events, decided_again):
+        middle, far = late.handle_batch(batch)
+    (near,) = early_events
+    assert (middle["type"], middle["identity"]) == ("match", near["identity"])
+    assert far["type"] == "new" and far["identity"] not in (near["identity"], middle["identity"])
+    assert decided_again == [0, 0]
+    assert late.gallery.prototypes.keys() == {near["identity"], far["identity"]}
+    stored = {row[0] for row in late.gallery.db.execute("SELECT identity_id FROM sightings").fetchall()}
+    assert stored == {near["identity"], far["identity"]}
+
+
+def test_a_message_another_instance_stored_meanwhile_is_stored_once_with_its_decision(postgres):
+    late, early = two_instances(postgres.new_database())
+    message = feature("cam1", 0, 1, unit(5), ts=100.0)
+    with committing_between(late, early, [message]) as (early_events, _):
+        (again,) = late.handle_batch([message])
+    assert early_events == [again] and late.duplicates == 1 and late.accepted == 0
+    assert late.gallery.stats()["sightings"] == 1
 
 
 def matcher_process(broker_url: str, db: str, client_id: str) -> subprocess.Popen:

@@ -143,7 +143,9 @@ def _in_process(gallery: Gallery, broker: Mosquitto, payloads: list, work: Path)
     service.stop()
     lat = np.array(latencies) * 1000
     return {"messages": matcher.accepted, "seconds": elapsed, "assign_p50_ms": float(np.percentile(lat, 50)),
-            "assign_p99_ms": float(np.percentile(lat, 99)), "mean_batch": float(np.mean(batches))}
+            "assign_p99_ms": float(np.percentile(lat, 99)), "mean_batch": float(np.mean(batches)),
+            "locked_share": gallery.locked_seconds / (lat.sum() / 1000),
+            "decided_again": matcher.decided_again / max(matcher.accepted, 1)}
 
 
 def _processes(gallery: Gallery, broker: Mosquitto, payloads: list, instances: int, index: str,
@@ -154,9 +156,14 @@ def _processes(gallery: Gallery, broker: Mosquitto, payloads: list, instances: i
                "--reassociate-every", "0", "--report-every", "3600"]
     processes = [subprocess.Popen([*command, "--client-id", f"bench-matcher-{i}"], stdout=subprocess.DEVNULL,
                                   stderr=subprocess.PIPE, text=True) for i in range(instances)]
+    counters: list[dict] = []  # each instance's, logged as it stops
+    readers: list[threading.Thread] = []
     try:
         for process in processes:  # all subscribed before the first message: a shared group keeps no backlog
             _wait_subscribed(process)
+            counters.append({})
+            readers.append(threading.Thread(target=_keep_counters, args=(process.stderr, counters[-1]), daemon=True))
+            readers[-1].start()
 
         def stored() -> int:
             return gallery.db.execute("SELECT COUNT(*) FROM sightings").fetchone()[0] - prefilled
@@ -169,25 +176,39 @@ def _processes(gallery: Gallery, broker: Mosquitto, payloads: list, instances: i
             time.sleep(0.02)
         elapsed = time.perf_counter() - start
         publisher.stop()
-        return {"messages": stored(), "seconds": elapsed}
+        measured = {"messages": stored(), "seconds": elapsed}
     finally:
         for process in processes:
             process.send_signal(signal.SIGTERM)
         for process in processes:
             process.wait(60)
+        for reader in readers:
+            reader.join(10)
+    if len(counters) == instances and all(counters):
+        total = {key: sum(c[key] for c in counters) for key in ("accepted", "decided_again", "busy_seconds",
+                                                                  "locked_seconds")}
+        measured["locked_share"] = total["locked_seconds"] / max(total["busy_seconds"], 1e-9)
+        measured["decided_again"] = total["decided_again"] / max(total["accepted"], 1)
+    return measured
 
 
 def _wait_subscribed(process: subprocess.Popen, timeout: float = 600) -> None:
-    """Until the process logs its subscription (it loads its index first); its log is then
-    drained in the background so the pipe never fills."""
+    """Until the process logs its subscription (it loads its index first)."""
     deadline = time.monotonic() + timeout
     for line in process.stderr:
         if "subscribed to" in line:
-            threading.Thread(target=process.stderr.read, daemon=True).start()
             return
         if time.monotonic() > deadline:
             break
     raise RuntimeError("a matcher process did not subscribe; run it by hand to see why")
+
+
+def _keep_counters(log, counters: dict) -> None:
+    """Drain a matcher process's log (a full pipe would stop it), keeping the counters it logs
+    as it stops."""
+    for line in log:
+        if "matcher stopped: " in line:
+            counters.update(json.loads(line.split("matcher stopped: ", 1)[1]))
 
 
 def run(sizes: list[int], out: str | Path, messages: int = 2000, dim: int = 1024, index: str = "auto",
@@ -241,9 +262,11 @@ def _print_and_save(results: list[dict], out: Path, dim: int) -> None:
 
     rows = [[r["store"], f"{r['instances']} ({r['mode']})", r["identities"], index_label(r), r["messages"],
              r["ingest_per_s"], r.get("mean_batch", float("nan")), r.get("assign_p50_ms", float("nan")),
-             r.get("assign_p99_ms", float("nan")), r["recall_at_1"], r["new_identities"]] for r in results]
+             r.get("assign_p99_ms", float("nan")), r.get("locked_share", float("nan")),
+             r.get("decided_again", float("nan")), r["recall_at_1"], r["new_identities"]] for r in results]
     print(format_table(["store", "instances", "identities", "index", "messages", "ingest msg/s", "mean batch",
-                        "assign ms/msg p50", "assign ms/msg p99", "recall@1 vs exact", "new identities"], rows,
+                        "assign ms/msg p50", "assign ms/msg p99", "share locked", "decided again",
+                        "recall@1 vs exact", "new identities"], rows,
                        floatfmt=".3f", title=f"matcher through Mosquitto, {dim}-d embeddings"))
     (out / "matcher.json").write_text(json.dumps(results, indent=2))
     _plot(results, out / "matcher.png")

@@ -105,6 +105,11 @@ class SQLiteDatabase:
     def begin(self) -> None:
         self.connection.execute("BEGIN IMMEDIATE")
 
+    def reserve_identity_ids(self, count: int) -> list[int]:
+        """``count`` unused identity ids (inside the write transaction, which no other writer shares)."""
+        (largest,) = self.connection.execute("SELECT COALESCE(MAX(id), 0) FROM identities").fetchone()
+        return list(range(largest + 1, largest + 1 + count))
+
     def commit(self) -> None:
         self.connection.execute("COMMIT")
 
@@ -168,6 +173,14 @@ class PostgresDatabase:
         connection = self._connected()
         with _translated_errors(self), connection.cursor() as cursor:
             cursor.executemany(sql.replace("?", "%s"), rows)
+
+    def reserve_identity_ids(self, count: int) -> list[int]:
+        """``count`` identity ids from the table's sequence (never handed out twice)."""
+        if not count:
+            return []
+        return [row[0] for row in self.execute(
+            "SELECT nextval(pg_get_serial_sequence('identities', 'id')) FROM generate_series(1, ?)",
+            (count,)).fetchall()]
 
     def begin(self) -> None:
         connection = self._connected()

@@ -11,14 +11,16 @@ matcher running beside it sees the new generation before its next message and re
 its index, so purged identities are never matched again.
 
 Several matcher instances may share one store. Each identity row carries the version of
-the transaction that last wrote it; at the start of every write transaction (exclusive
-across the instances) an instance loads the identities others wrote since it last
-looked, so it decides with everyone's identities and prototypes.
+the transaction that last wrote it; an instance loads the identities others wrote since
+it last looked before it decides a batch, and again once its write transaction (exclusive
+across the instances) has begun, so it commits decisions that hold against everyone's
+identities and prototypes. A batch's decisions wait in a :class:`Draft` until the commit.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,6 +72,95 @@ class IdentityFacts:
         """From a row of :data:`IDENTITY_COLUMNS`."""
         return cls(row[2], set(filter(None, row[3].split(","))), row[4])
 
+    def copy(self) -> IdentityFacts:
+        return IdentityFacts(self.sightings, set(self.modalities), self.last_seen)
+
+
+@dataclass(eq=False)
+class Write:
+    """What storing one message changes: its sighting and its identity's prototype and facts
+    afterwards (``new``: the identity is created by it, under a provisional id)."""
+
+    identity: int
+    new: bool
+    key: tuple[str, str, int]
+    sighting: SightingRow
+    prototype: np.ndarray
+    facts: IdentityFacts
+    created_ts: float
+    mark: int = 0  # the draft's journal length before it
+
+
+class Draft:
+    """A batch's decisions before its commit, over the index: the identities' moved prototypes
+    and facts, the new identities (negative provisional ids until the commit numbers them)
+    and the sightings. A journal of every write lets the batch take its decisions back from
+    one message on and apply the unaffected ones again (:meth:`undo_to`, :meth:`record`):
+    a batch decides before it holds the store's lock, then re-decides under the lock only
+    what another instance's commit changed."""
+
+    def __init__(self, capacity: int):
+        self.prototypes: dict[int, np.ndarray] = {}
+        self.facts: dict[int, IdentityFacts] = {}
+        self.sightings: dict[tuple[str, str, int], SightingRow] = {}
+        self._journal: list[tuple[Write, np.ndarray | None, IdentityFacts | None]] = []
+        self._last_provisional = 0
+        # The new identities, their prototypes in one matrix: every later message of the batch
+        # scores them (the batch's index search ran before they existed), and gathering a
+        # hundred prototypes a message cost more than its search.
+        self.created: list[int] = []
+        self._created_row: dict[int, int] = {}
+        self._created_matrix: np.ndarray | None = None
+        self._capacity = capacity
+
+    def __len__(self) -> int:
+        return len(self._journal)
+
+    def provisional_id(self) -> int:
+        self._last_provisional -= 1  # never reused within the batch: a taken-back id may still be read
+        return self._last_provisional
+
+    def record(self, write: Write) -> None:
+        """Apply a write (anew, or again after :meth:`undo_to`)."""
+        write.mark = len(self._journal)
+        self._journal.append((write, self.prototypes.get(write.identity), self.facts.get(write.identity)))
+        self.prototypes[write.identity], self.facts[write.identity] = write.prototype, write.facts
+        self.sightings[write.key] = write.sighting
+        if write.new:
+            if self._created_matrix is None:
+                self._created_matrix = np.empty((self._capacity, write.prototype.size), dtype=np.float32)
+            self._created_row[write.identity] = len(self.created)
+            self.created.append(write.identity)
+        row = self._created_row.get(write.identity)
+        if row is not None:
+            self._created_matrix[row] = write.prototype
+
+    def undo_to(self, mark: int) -> None:
+        """Take back every write from the ``mark``-th on, the latest first."""
+        while len(self._journal) > mark:
+            write, prototype, facts = self._journal.pop()
+            del self.sightings[write.key]
+            if prototype is None:
+                del self.prototypes[write.identity], self.facts[write.identity]
+            else:
+                self.prototypes[write.identity], self.facts[write.identity] = prototype, facts
+            if write.new:
+                self.created.pop()
+                del self._created_row[write.identity]
+            elif write.identity in self._created_row:
+                self._created_matrix[self._created_row[write.identity]] = prototype
+
+    def writes(self) -> list[Write]:
+        return [write for write, _, _ in self._journal]
+
+    def nearest_created(self, vector: np.ndarray, k: int) -> list[int]:
+        if not self.created:
+            return []
+        scores = self._created_matrix[: len(self.created)] @ vector.astype(np.float32, copy=False)
+        if len(self.created) > k:
+            return [self.created[i] for i in np.argpartition(-scores, k - 1)[:k]]
+        return list(self.created)
+
 
 class Gallery:
     def __init__(self, location: str | Path, index: str = "auto"):
@@ -80,14 +171,14 @@ class Gallery:
         self.location = self.db.location
         self.index = PrototypeIndex(index)
         self._in_transaction = False
-        self._write_version: int | None = None  # of the open transaction, once it writes an identity
-        self._index_stale = False  # a failed transaction's prototypes, not yet reloaded (the store was away)
+        # Time spent in write transactions, which every instance sharing the store takes in
+        # turn: the share of it in a busy instance's time bounds what more instances can add.
+        self.locked_seconds = 0.0
         self._model: str | None = None
         self._facts: dict[int, IdentityFacts] = {}  # of every identity in the index
-        # What the open transaction writes at commit: identity -> new prototype, and sightings
-        # by (site, camera_id, seq), as rows of the sightings table.
-        self._pending_identities: dict[int, np.ndarray] = {}
-        self._pending_sightings: dict[tuple[str, str, int], SightingRow] = {}
+        self.draft: Draft | None = None  # the batch being decided (:meth:`drafting`)
+        # The ids the last commit gave the draft's new identities, by provisional id.
+        self.committed_ids: dict[int, int] = {}
         # What other processes changed, found as the last transaction began: the identities
         # they wrote, or None when they rewrote identities wholesale (the index was reloaded).
         self.changed_elsewhere: list[int] | None = []
@@ -151,21 +242,23 @@ class Gallery:
         self.synced_version = latest
         return [row[0] for row in rows]
 
-    def _version_for_writes(self) -> int:
-        """The version this transaction stamps on the identities it writes."""
-        if self._write_version is None:
-            self._write_version = self._bump("version")
-        return self._write_version
-
     @property
     def prototypes(self) -> dict[int, np.ndarray]:
-        """Each identity's current prototype (the index's, kept in step with the store)."""
+        """Each committed identity's prototype (the index's, kept in step with the store)."""
         return self.index.prototypes
+
+    def prototype(self, identity: int) -> np.ndarray | None:
+        """The identity's prototype as the open draft leaves it."""
+        if self.draft is not None and identity in self.draft.prototypes:
+            return self.draft.prototypes[identity]
+        return self.index.prototypes.get(identity)
 
     @property
     def dim(self) -> int | None:
-        """The embedding dimension of the stored prototypes (None while the gallery is empty)."""
+        """The embedding dimension of the prototypes (None while the gallery and draft are empty)."""
         with self.lock:
+            if self.index.dim is None and self.draft is not None and self.draft.prototypes:
+                return next(iter(self.draft.prototypes.values())).size
             return self.index.dim
 
     # -- model identity --------------------------------------------------------------
@@ -184,10 +277,10 @@ class Gallery:
 
     # -- counters --------------------------------------------------------------------
 
-    def count_rejection(self, reason: str) -> None:
+    def count_rejection(self, reason: str, count: int = 1) -> None:
         with self.lock:
-            self.db.execute("INSERT INTO rejections VALUES (?, 1) ON CONFLICT(reason) DO UPDATE SET "
-                            "count = rejections.count + 1", (reason,))
+            self.db.execute("INSERT INTO rejections VALUES (?, ?) ON CONFLICT(reason) DO UPDATE SET "
+                            "count = rejections.count + excluded.count", (reason, count))
 
     def rejections(self) -> dict[str, int]:
         with self.lock:
@@ -197,144 +290,170 @@ class Gallery:
 
     def stored_decisions(self, keys) -> dict[tuple[str, str, int], tuple[int, float, str]]:
         """``(identity_id, similarity, decision)`` of each ``(site, camera_id, seq)`` already
-        stored (a redelivery), this transaction's own included; one query for a batch."""
+        committed (a redelivery); one query for a batch."""
         with self.lock:
-            found = self._rows_by_keys("SELECT site, camera_id, seq, identity_id, similarity, decision FROM sightings",
-                                       "site = ? AND camera_id = ? AND seq = ?", keys)
-            result = {(row[0], row[1], row[2]): (row[3], row[4], row[5]) for row in found}
-            for key in set(keys) & self._pending_sightings.keys():
-                row = self._pending_sightings[key]
-                result[key] = (row.identity_id, row.similarity, row.decision)
-        return result
+            found = self._rows_by_keys("site, camera_id, seq, identity_id, similarity, decision",
+                                       "site, camera_id, seq", keys)
+        return {(row[0], row[1], row[2]): (row[3], row[4], row[5]) for row in found}
 
     def stored_decision(self, site: str, camera_id: str, seq: int) -> tuple[int, float, str] | None:
         return self.stored_decisions([(site, camera_id, seq)]).get((site, camera_id, seq))
 
     def track_identities(self, keys) -> dict[tuple[str, str, int], int]:
-        """The identity of each camera track ``(site, camera_id, track_id)`` already seen (its
-        latest sighting's), this transaction's own sightings included; one query for a batch."""
+        """The identity of each camera track ``(site, camera_id, track_id)`` already committed
+        (its latest sighting's); one query for a batch."""
         with self.lock:
             latest: dict[tuple[str, str, int], tuple[int, int]] = {}
-            rows = self._rows_by_keys("SELECT site, camera_id, track_id, seq, identity_id FROM sightings",
-                                      "site = ? AND camera_id = ? AND track_id = ?", keys)
-            pending = [(row.site, row.camera_id, row.track_id, row.seq, row.identity_id)
-                       for row in self._pending_sightings.values()]
-            for site, camera, track, seq, identity in [*rows, *pending]:
+            for site, camera, track, seq, identity in self._rows_by_keys(
+                    "site, camera_id, track_id, seq, identity_id", "site, camera_id, track_id", keys):
                 key = (site, camera, track)
                 if key not in latest or seq > latest[key][0]:
                     latest[key] = (seq, identity)
-        wanted = set(keys)
-        return {key: identity for key, (_, identity) in latest.items() if key in wanted}
+        return {key: identity for key, (_, identity) in latest.items()}
 
-    def _rows_by_keys(self, select: str, match: str, keys) -> list:
+    def _rows_by_keys(self, columns: str, key_columns: str, keys) -> list:
+        """The sightings whose ``key_columns`` equal one of ``keys``. A row-value list, not a chain
+        of ORs: PostgreSQL planned a 200-key chain for longer than it ran (a fifth of a batch)."""
         keys = sorted(set(keys))
         rows = []
+        width = len(key_columns.split(","))
         for start in range(0, len(keys), 200):  # within every engine's limit on bound parameters
             chunk = keys[start:start + 200]
-            rows += self.db.execute(f"{select} WHERE {' OR '.join(f'({match})' for _ in chunk)}",
+            values = ", ".join(["(" + ", ".join("?" * width) + ")"] * len(chunk))
+            rows += self.db.execute(f"SELECT {columns} FROM sightings WHERE ({key_columns}) IN (VALUES {values})",
                                     [value for key in chunk for value in key]).fetchall()
         return rows
 
     def busy_elsewhere(self, identity_id: int, site: str, camera_id: str, first_ts: float, ts: float) -> bool:
         """Whether the identity was seen by another camera during [first_ts, ts]."""
         with self.lock:
-            for row in self._pending_sightings.values():
+            for row in (self.draft.sightings.values() if self.draft is not None else ()):
                 elsewhere = (row.site, row.camera_id) != (site, camera_id)
                 if row.identity_id == identity_id and elsewhere and row.first_ts < ts and row.ts > first_ts:
                     return True
+            if identity_id < 0:  # provisional: no committed sighting yet
+                return False
             return self.db.execute(
                 "SELECT 1 FROM sightings WHERE identity_id = ? AND NOT (site = ? AND camera_id = ?) AND first_ts < ? "
                 "AND ts > ? LIMIT 1", (identity_id, site, camera_id, ts, first_ts)).fetchone() is not None
 
+    def _identity_facts(self, identity_id: int) -> IdentityFacts | None:
+        if self.draft is not None and identity_id in self.draft.facts:
+            return self.draft.facts[identity_id]
+        return self._facts.get(identity_id)
+
     def identity_modalities(self, identity_id: int) -> set[str]:
-        facts = self._facts.get(identity_id)
+        facts = self._identity_facts(identity_id)
         return set(facts.modalities) if facts else set()
 
-    def store(self, message: FeatureMessage, identity_id: int | None, similarity: float, prototype_rate: float,
-              decision: str = "match") -> int:
-        """Store the sighting (and a new identity when ``identity_id`` is None) in the open
-        transaction; update the prototype at a bounded rate. Returns the identity id.
+    @contextmanager
+    def drafting(self, capacity: int):
+        """Hold a batch's decisions in a :class:`Draft` until :meth:`transaction` commits them;
+        left without a commit, the draft is dropped and the index never saw it."""
+        with self.lock:
+            self.draft, self.committed_ids = Draft(capacity), {}
+            try:
+                yield self.draft
+            finally:
+                self.draft = None
 
-        A new identity is inserted at once (its id comes from the store); the sighting and
-        the identity's new prototype are written with the rest of the batch at commit.
-        """
+    def store(self, message: FeatureMessage, identity_id: int | None, similarity: float, prototype_rate: float,
+              decision: str = "match", provisional_id: int | None = None) -> Write:
+        """Record the sighting in the draft (and a new identity, under ``provisional_id`` or a fresh
+        provisional id, when ``identity_id`` is None); the prototype moves at a bounded rate.
+        Written to the store when the transaction commits."""
         import json
 
         vector = message.embedding.astype(np.float32)
-        with self.lock, self.transaction():
+        with self.lock:
             if identity_id is None:
-                identity_id = self.db.execute(
-                    "INSERT INTO identities (created, last_seen, sightings, modalities, prototype) "
-                    "VALUES (?, ?, 0, '', ?) RETURNING id", (message.ts, message.ts, vector.tobytes())).fetchone()[0]
-                self._facts[identity_id] = IdentityFacts(0, set(), message.ts)
-                prototype = vector
+                identity_id = provisional_id if provisional_id is not None else self.draft.provisional_id()
+                facts, prototype, new = IdentityFacts(0, set(), message.ts), vector, True
             else:
-                old = self.prototypes[identity_id]  # present: the matcher refreshed before assigning
-                rate = min(prototype_rate, 1.0 / (self._facts[identity_id].sightings + 1))
+                old = self.prototype(identity_id)  # present: the matcher refreshed before assigning
+                facts, new = self._identity_facts(identity_id).copy(), False
+                rate = min(prototype_rate, 1.0 / (facts.sightings + 1))
                 prototype = (1 - rate) * old + rate * vector
                 prototype = (prototype / np.linalg.norm(prototype)).astype(np.float32)
-            facts = self._facts[identity_id]
             facts.sightings += 1
             facts.modalities.add(message.modality)
             facts.last_seen = max(facts.last_seen, message.ts)
-            self._pending_identities[identity_id] = prototype
-            self._pending_sightings[message.site, message.camera_id, message.seq] = SightingRow(
+            key = (message.site, message.camera_id, message.seq)
+            sighting = SightingRow(
                 message.camera_id, message.seq, message.site, message.track_id, message.modality,
                 message.first_ts if message.first_ts is not None else message.ts, message.ts,
                 json.dumps(list(message.box)), message.score, message.quality, message.frames,
                 int(message.final), identity_id, similarity, vector.tobytes(), decision)
-            # In the index at once: the next message of a batch must find this identity. A
-            # transaction that fails reloads the index from the store (:meth:`transaction`).
-            self.index.upsert(identity_id, prototype)
-        return identity_id
+            write = Write(identity_id, new, key, sighting, prototype, facts, message.ts)
+            self.draft.record(write)
+        return write
 
     def _flush(self) -> None:
-        """Write the transaction's sightings and identity updates, a statement per table."""
-        if self._pending_identities:
-            version = self._version_for_writes()
+        """Write the draft: its new identities numbered by the store, its sightings and identity
+        updates, a statement per table."""
+        writes = self.draft.writes() if self.draft is not None else []
+        if not writes:
+            return
+        created = {write.identity: write.created_ts for write in writes if write.new}
+        self.committed_ids = dict(zip(created, self.db.reserve_identity_ids(len(created)), strict=True))
+        version = self._bump("version")
+        identities = self.draft.prototypes
+        facts = self.draft.facts
+
+        def row(identity: int) -> tuple:
+            return (facts[identity].last_seen, facts[identity].sightings, ",".join(sorted(facts[identity].modalities)),
+                    identities[identity].tobytes(), version)
+
+        if created:
+            self.db.executemany(
+                "INSERT INTO identities (created, last_seen, sightings, modalities, prototype, version, id) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(ts, *row(identity), self.committed_ids[identity]) for identity, ts in created.items()])
+        updated = [identity for identity in identities if identity not in created]
+        if updated:
             self.db.executemany(
                 "UPDATE identities SET last_seen = ?, sightings = ?, modalities = ?, prototype = ?, version = ? "
-                "WHERE id = ?",
-                [(self._facts[i].last_seen, self._facts[i].sightings, ",".join(sorted(self._facts[i].modalities)),
-                  prototype.tobytes(), version, i) for i, prototype in self._pending_identities.items()])
-        if self._pending_sightings:
-            self.db.executemany("INSERT INTO sightings VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                                list(self._pending_sightings.values()))
+                "WHERE id = ?", [(*row(identity), identity) for identity in updated])
+        self.db.executemany("INSERT INTO sightings VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                            [sighting._replace(identity_id=self.committed_ids.get(sighting.identity_id,
+                                                                                  sighting.identity_id))
+                             for sighting in self.draft.sightings.values()])
+        self._synced_after_commit = version
+
+    def _adopt_draft(self) -> None:
+        """The committed draft into the index and the facts beside it."""
+        for identity, prototype in self.draft.prototypes.items():
+            identity = self.committed_ids.get(identity, identity)
+            self.index.upsert(identity, prototype)
+        for identity, facts in self.draft.facts.items():
+            self._facts[self.committed_ids.get(identity, identity)] = facts
 
     @contextmanager
     def transaction(self):
-        """One write transaction around what runs inside, exclusive across the processes that
-        share the store; nested uses join the outer one, so a batch of messages commits once.
-        It starts by loading what other processes wrote (:attr:`changed_elsewhere`). On
-        failure the store rolls back and the index, which took the batch's prototypes as
-        they came, is rebuilt from it."""
+        """The write transaction of a batch, exclusive across the processes that share the store:
+        it starts by loading what other processes committed since (:attr:`changed_elsewhere`),
+        and writes the draft at the end. On failure the store rolls back, and the index, which
+        takes the draft only after the commit, needs no repair."""
         with self.lock:
-            if self._in_transaction:
-                yield
-                return
             self.db.begin()
+            locked_at = time.perf_counter()  # the lock is held from here (waiting for it is not counted)
             self._in_transaction = True
+            self._synced_after_commit = None
             try:
-                if self._index_stale:
-                    self.rebuild_index()
                 self.changed_elsewhere = self._follow_others()
                 yield
                 self._flush()
                 self.db.commit()
-                if self._write_version is not None:
-                    self.synced_version = self._write_version
             except BaseException:
                 self.db.rollback()
-                self._index_stale = True  # it took this transaction's prototypes as they came
-                self._pending_identities.clear()
-                self._pending_sightings.clear()
-                self.rebuild_index()
                 raise
             finally:
                 self._in_transaction = False
-                self._write_version = None
-                self._pending_identities.clear()
-                self._pending_sightings.clear()
+                self.locked_seconds += time.perf_counter() - locked_at
+            if self._synced_after_commit is not None:
+                self.synced_version = self._synced_after_commit
+            if self.draft is not None:
+                self._adopt_draft()
 
     # -- re-association ----------------------------------------------------------------------
 
@@ -428,7 +547,6 @@ class Gallery:
                 self._facts.update((row[0], IdentityFacts.of(row)) for row in rows)
                 slices.append(np.stack([np.frombuffer(row[1], dtype=np.float32) for row in rows]))
             self.index.rebuild_from(ids, np.concatenate(slices) if slices else None)
-            self._index_stale = False
 
     def search(self, vector: np.ndarray, k: int = 5) -> list[tuple[int, float]]:
         """Top-k ``(identity_id, cosine)`` by prototype."""
@@ -441,8 +559,13 @@ class Gallery:
             return self.index.candidates(vectors, k)
 
     def rank(self, vector: np.ndarray, identities, k: int = 5) -> list[tuple[int, float]]:
+        """Top-k of ``identities`` by cosine with their prototypes as the open draft leaves them."""
         with self.lock:
-            return self.index.rank(vector, identities, k)
+            return self.index.rank(vector, identities, k, self.draft.prototypes if self.draft is not None else None)
+
+    def nearest_created(self, vector: np.ndarray, k: int = 5) -> list[int]:
+        """The open draft's new identities nearest ``vector`` (the index has not seen them)."""
+        return self.draft.nearest_created(vector, k) if self.draft is not None else []
 
     # -- retention ----------------------------------------------------------------------------
 

@@ -185,16 +185,26 @@ class PrototypeIndex:
         _, rows = self._index.search(np.ascontiguousarray(vectors, dtype=np.float32), wanted)
         return self._rows.identities(rows)
 
-    def rank(self, vector: np.ndarray, identities, k: int = 5) -> list[tuple[int, float]]:
-        """Top-k of ``identities`` by exact cosine with their current prototypes."""
+    def rank(self, vector: np.ndarray, identities, k: int = 5,
+             overrides: dict[int, np.ndarray] | None = None) -> list[tuple[int, float]]:
+        """Top-k of ``identities`` by exact cosine with their current prototypes (``overrides``'
+        first: a batch's prototypes before it commits)."""
         vector = np.asarray(vector, dtype=np.float32)
-        known = [identity for identity in dict.fromkeys(identities) if identity in self.prototypes]
+        overrides = overrides or {}
+        known, rows = [], []
+        for identity in dict.fromkeys(identities):
+            prototype = overrides.get(identity)
+            if prototype is None:
+                prototype = self.prototypes.get(identity)
+            if prototype is not None:
+                known.append(identity)
+                rows.append(prototype)
         if not known:
             return []
         # One matrix product for a message's candidates (those of the search, the nearest of
         # the identities its batch created, any another instance wrote): a dot product each,
         # in Python, cost more than the product.
-        scores = np.array([self.prototypes[identity] for identity in known]) @ vector
+        scores = np.array(rows) @ vector
         order = np.argsort(-scores, kind="stable")[:k]
         return [(known[i], float(scores[i])) for i in order]
 

@@ -28,8 +28,18 @@ A message is acknowledged only after its batch committed and its event's PUBACK 
 Scale-out: with ``shared_group`` the matcher subscribes through an MQTT v5 shared
 subscription (``$share/<group>/...``) and several matchers split the stream. The
 broker spreads *messages*, not cameras, so every matcher instance must then use the
-same gallery (one SQLite file on shared storage is enough for a few instances); with
-separate galleries, give each instance its own cameras by site instead (``--site``).
+same gallery (PostgreSQL, ``--db postgresql://...``); with separate galleries, give each
+instance its own cameras by site instead (``--site``).
+
+Instances sharing a gallery commit one batch at a time (the store's write transaction is
+exclusive), and each commits what one instance alone would have decided after the
+batches committed before it. To keep that exclusive part short, a batch is decided
+tentatively before its transaction, against what the instance knew then; once the
+transaction holds the lock, only the messages another instance's commit could have
+changed are decided again: one whose camera track or ``(site, camera, seq)`` another
+instance stored meanwhile, one that weighed (or chose) an identity another instance
+changed, or one that a changed identity now matches. A message decided again differently
+makes the identities it chose before and now changed for the messages after it.
 """
 
 from __future__ import annotations
@@ -39,6 +49,8 @@ import logging
 import queue
 import threading
 import time
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
@@ -49,7 +61,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from hybreid import protocol
 from hybreid.errors import UserError, validation_problem
 from hybreid.matcher.database import StoreUnavailable
-from hybreid.matcher.gallery import Gallery
+from hybreid.matcher.gallery import Gallery, Write
 from hybreid.matcher.reassociate import Transit, cluster, plan
 from hybreid.mqtt import BrokerConfig, make_client
 from hybreid.protocol import FeatureMessage, ProtocolError
@@ -111,35 +123,27 @@ class ThresholdsFile(BaseModel):
     cross_modality: _Threshold | None = None
 
 
-class _CreatedInBatch:
-    """The identities a batch has created so far, with their current prototypes in one matrix:
-    every later message of the batch scores them (the batch's index search ran before they
-    existed), and gathering a hundred prototypes a message cost more than its search."""
+@dataclass(eq=False)
+class _Decision:
+    """One message's decision, with what it rested on (to tell, under the store's lock,
+    whether another instance's commit changed it)."""
 
-    def __init__(self, capacity: int):
-        self.capacity = capacity
-        self.ids: list[int] = []
-        self._row: dict[int, int] = {}
-        self._matrix: np.ndarray | None = None
+    message: FeatureMessage
+    searched: list[int] | None  # the identities the batch's index search found for it
+    track_identity: int | None  # its camera track's identity when it was decided
+    identity: int
+    similarity: float
+    decision: str
+    weighed: set[int]  # identities whose prototype, modalities or sightings it compared
+    write: Write | None = None  # None for a redelivery: nothing stored
 
-    def follow(self, identity: int, prototype: np.ndarray, new: bool) -> None:
-        """Record a new identity, or the moved prototype of one this batch created."""
-        if new:
-            if self._matrix is None:
-                self._matrix = np.empty((self.capacity, prototype.size), dtype=np.float32)
-            self._row[identity] = len(self.ids)
-            self.ids.append(identity)
-        row = self._row.get(identity)
-        if row is not None:
-            self._matrix[row] = prototype
+    @property
+    def key(self) -> tuple[str, str, int]:
+        return self.message.site, self.message.camera_id, self.message.seq
 
-    def nearest(self, vector: np.ndarray, k: int) -> list[int]:
-        if not self.ids:
-            return []
-        scores = self._matrix[: len(self.ids)] @ vector.astype(np.float32, copy=False)
-        if len(self.ids) > k:
-            return [self.ids[i] for i in np.argpartition(-scores, k - 1)[:k]]
-        return list(self.ids)
+    @property
+    def track(self) -> tuple[str, str, int]:
+        return self.message.site, self.message.camera_id, self.message.track_id
 
 
 class Matcher:
@@ -148,6 +152,8 @@ class Matcher:
     def __init__(self, gallery: Gallery, policy: MatchPolicy, max_bytes: int = protocol.MAX_PAYLOAD_BYTES):
         self.gallery, self.policy, self.max_bytes = gallery, policy, max_bytes
         self.accepted = self.duplicates = 0
+        self.decided_again = 0  # messages decided again under the store's lock (another instance's commit)
+        self.busy_seconds = 0.0  # deciding batches
         self.lock = threading.Lock()
 
     def _check(self, message: FeatureMessage) -> FeatureMessage:
@@ -175,56 +181,137 @@ class Matcher:
         stored and the exception propagates: the caller acknowledges nothing of it.
         """
         with self.lock:
-            self.gallery.refresh()  # a purge or re-association by another process since the last batch
-            decoded: list[FeatureMessage | ProtocolError] = []
-            for topic, payload in messages:
-                try:
-                    decoded.append(protocol.decode_feature(payload, topic, self.max_bytes))
-                except ProtocolError as exc:
-                    decoded.append(exc)
-            candidates = self._batch_candidates(decoded)
-            created = _CreatedInBatch(len(messages))  # candidates for the messages after
-            events: list[dict | None] = []
-            accepted = duplicates = 0
-            with self.gallery.transaction():
-                # Another instance's batch, committed since the search, may hold a better match.
-                elsewhere = self.gallery.changed_elsewhere
-                if elsewhere is None:  # identities rewritten wholesale: each message searches again
-                    candidates = [None] * len(decoded)
-                valid = [m for m in decoded if isinstance(m, FeatureMessage)]
-                stored_before = self.gallery.stored_decisions([(m.site, m.camera_id, m.seq) for m in valid])
-                tracks = self.gallery.track_identities([(m.site, m.camera_id, m.track_id) for m in valid])
-                for (topic, _), message, found in zip(messages, decoded, candidates, strict=True):
-                    try:  # inside the batch: the model the first message binds holds for the next
-                        if isinstance(message, ProtocolError):
-                            raise message
-                        self._check(message)
-                    except ProtocolError as exc:
-                        self.gallery.count_rejection(exc.reason)
-                        log.warning("rejected a message on %s: %s", topic, exc)
-                        events.append(None)
-                        continue
-                    key = (message.site, message.camera_id, message.seq)
-                    track = (message.site, message.camera_id, message.track_id)
-                    if key in stored_before:
-                        duplicates += 1
-                        events.append(self._event(message, *stored_before[key]))
-                        continue
+            started = time.perf_counter()
+            try:
+                return self._handle_batch(messages)
+            finally:
+                self.busy_seconds += time.perf_counter() - started
+
+    def _handle_batch(self, messages: list[tuple[str, bytes]]) -> list[dict | None]:
+        self.gallery.refresh()  # what other processes committed since the last batch
+        decoded: list[FeatureMessage | ProtocolError] = []
+        for topic, payload in messages:
+            try:
+                decoded.append(protocol.decode_feature(payload, topic, self.max_bytes))
+            except ProtocolError as exc:
+                decoded.append(exc)
+        searched = self._batch_candidates(decoded)
+        rejected: Counter[str] = Counter()
+        decisions: list[_Decision | None] = []
+        with self.gallery.drafting(len(messages)):
+            valid = [m for m in decoded if isinstance(m, FeatureMessage)]
+            stored = self.gallery.stored_decisions([(m.site, m.camera_id, m.seq) for m in valid])
+            tracks = self.gallery.track_identities([(m.site, m.camera_id, m.track_id) for m in valid])
+            for (topic, _), message, found in zip(messages, decoded, searched, strict=True):
+                try:  # inside the batch: the model the first message binds holds for the next
+                    if isinstance(message, ProtocolError):
+                        raise message
+                    self._check(message)
                     if self.gallery.model is None:
                         self.gallery.bind_model(message.model_identity)
-                    if found is not None:
-                        found = found + elsewhere + created.nearest(message.embedding, self.policy.top_k)
-                    identity, similarity, decision = self.assign(message, found, tracks.get(track))
-                    identity = self.gallery.store(message, identity, similarity, self.policy.prototype_rate,
-                                                  decision)
-                    stored_before[key] = (identity, similarity, decision)  # a redelivery later in the batch
-                    tracks[track] = identity
-                    created.follow(identity, self.gallery.prototypes[identity], decision == "new")
-                    accepted += 1
-                    events.append(self._event(message, identity, similarity, decision))
-            self.accepted += accepted
-            self.duplicates += duplicates
-            return events
+                        self._check(message)  # another instance may have bound another model first
+                except ProtocolError as exc:
+                    rejected[exc.reason] += 1
+                    log.warning("rejected a message on %s: %s", topic, exc)
+                    decisions.append(None)
+                    continue
+                decisions.append(self._decide(message, found, stored, tracks))
+            with self.gallery.transaction():
+                for reason, count in rejected.items():
+                    self.gallery.count_rejection(reason, count)
+                self._settle([d for d in decisions if d is not None], messages=len(messages))
+            committed = self.gallery.committed_ids
+        events: list[dict | None] = []
+        for decision in decisions:
+            if decision is None:
+                events.append(None)
+                continue
+            if decision.write is None:
+                self.duplicates += 1
+            else:
+                self.accepted += 1
+            events.append(self._event(decision.message, committed.get(decision.identity, decision.identity),
+                                      decision.similarity, decision.decision))
+        return events
+
+    def _decide(self, message: FeatureMessage, searched: list[int] | None, stored: dict, tracks: dict,
+                also: list[int] = (), provisional_id: int | None = None) -> _Decision:
+        """Decide one message against the gallery and the draft, record it in the draft, and
+        note it in ``stored`` and ``tracks`` for the messages after it. ``also``: identities to
+        score besides the search's (another instance's, written since the search)."""
+        key = (message.site, message.camera_id, message.seq)
+        track = (message.site, message.camera_id, message.track_id)
+        if key in stored:
+            return _Decision(message, searched, None, *stored[key], weighed=set())
+        if searched is None:
+            (searched,) = self.gallery.candidates(message.embedding[None], self.policy.top_k)
+        found = [*searched, *also, *self.gallery.nearest_created(message.embedding, self.policy.top_k)]
+        track_identity = tracks.get(track)
+        identity, similarity, decision, weighed = self._assign(message, found, track_identity)
+        write = self.gallery.store(message, identity, similarity, self.policy.prototype_rate, decision,
+                                   provisional_id)
+        stored[key] = (write.identity, similarity, decision)
+        tracks[track] = write.identity
+        return _Decision(message, searched, track_identity, write.identity, similarity, decision, weighed, write)
+
+    def _settle(self, decisions: list[_Decision], messages: int) -> None:
+        """Under the store's lock: decide again the messages that what other instances committed
+        since the tentative decisions could change (see the module's docstring); apply the
+        others again as they were."""
+        changed = self.gallery.changed_elsewhere
+        if changed == []:  # nobody committed since the tentative decisions: they stand as made
+            return
+        stored = self.gallery.stored_decisions([d.key for d in decisions])
+        tracks = self.gallery.track_identities([d.track for d in decisions])
+        if changed is None:  # identities rewritten wholesale (a purge, a re-association): all again
+            self.gallery.draft.undo_to(0)
+            for d in decisions:
+                self._redo(d, self._decide(d.message, None, stored, tracks))
+            self.decided_again += len(decisions)
+            return
+        lowest = min(self.policy.same_modality, self.policy.cross_modality)
+        near_changed = self._near(decisions, changed, lowest)
+        dirty = set(changed)
+        redone: list[int] = []  # identities a decision taken again moved (scored against each later message)
+        taking_back = False
+        for d, near in zip(decisions, near_changed, strict=True):
+            if d.write is None:  # a redelivery: the decision stored with it, as settled by now
+                d.identity, d.similarity, d.decision = stored[d.key]
+                continue
+            affected = (d.key in stored or tracks.get(d.track) != d.track_identity or bool(near)
+                        or d.identity in dirty or not d.weighed.isdisjoint(dirty)
+                        or bool(self._near([d], redone, lowest)[0]))
+            if not affected:
+                if taking_back:
+                    self.gallery.draft.record(d.write)
+                stored[d.key] = (d.identity, d.similarity, d.decision)
+                tracks[d.track] = d.identity
+                continue
+            if not taking_back:
+                self.gallery.draft.undo_to(d.write.mark)
+                taking_back = True
+            again = self._decide(d.message, d.searched, stored, tracks, near,
+                                 d.identity if d.decision == "new" else None)
+            self.decided_again += 1
+            if (again.identity, again.decision) != (d.identity, d.decision):
+                dirty |= {d.identity, again.identity}
+                redone += [d.identity, again.identity]
+            self._redo(d, again)
+
+    @staticmethod
+    def _redo(decision: _Decision, again: _Decision) -> None:
+        for field in ("track_identity", "identity", "similarity", "decision", "weighed", "write"):
+            setattr(decision, field, getattr(again, field))
+
+    def _near(self, decisions: list[_Decision], identities: list[int], lowest: float) -> list[list[int]]:
+        """For each decision, which of ``identities`` (as the draft leaves them) its message scores
+        at or above ``lowest``: one matrix product for the batch."""
+        known = [(i, p) for i in dict.fromkeys(identities) if (p := self.gallery.prototype(i)) is not None]
+        if not known or not decisions:
+            return [[] for _ in decisions]
+        scores = np.stack([d.message.embedding for d in decisions]).astype(np.float32) @ \
+            np.stack([p for _, p in known]).T
+        return [[known[j][0] for j in np.flatnonzero(row >= lowest)] for row in scores]
 
     def _batch_candidates(self, decoded: list) -> list[list[int] | None]:
         """Each message's candidate identities from one index search of the whole batch (None:
@@ -268,16 +355,20 @@ class Matcher:
         log.info("re-association: %d tracklets moved, %d identities merged", len(moved), len(merged))
         return events
 
-    def assign(self, message: FeatureMessage, candidates: list[int] | None = None,
-               track_identity: int | None = None) -> tuple[int | None, float, str]:
-        """``candidates``: the identities to score (from a batch search); None searches the index.
-        ``track_identity``: the identity the message's camera track already has, if any."""
-        if track_identity is not None and track_identity in self.gallery.prototypes:
-            similarity = float(self.gallery.prototypes[track_identity] @ message.embedding)
-            return track_identity, similarity, "update"
+    def _assign(self, message: FeatureMessage, candidates: list[int],
+                track_identity: int | None) -> tuple[int | None, float, str, set[int]]:
+        """The message's identity (None: a new one), similarity and decision, and the identities
+        weighed: ``candidates`` are scored, ``track_identity`` is the identity its camera
+        track already has, if any."""
+        prototype = self.gallery.prototype(track_identity) if track_identity is not None else None
+        if prototype is not None:
+            return track_identity, float(prototype @ message.embedding), "update", {track_identity}
         first_ts = message.first_ts if message.first_ts is not None else message.ts
-        ranked = (self.gallery.search(message.embedding, self.policy.top_k) if candidates is None
-                  else self.gallery.rank(message.embedding, candidates, self.policy.top_k))
+        ranked = self.gallery.rank(message.embedding, candidates, self.policy.top_k)
+        lowest = min(self.policy.same_modality, self.policy.cross_modality)
+        weighed = {identity for identity, similarity in ranked if similarity >= lowest}
+        if track_identity is not None:
+            weighed.add(track_identity)
         for identity, similarity in ranked:
             cross = message.modality not in self.gallery.identity_modalities(identity)
             threshold = self.policy.cross_modality if cross else self.policy.same_modality
@@ -285,8 +376,8 @@ class Matcher:
                 continue
             if self.gallery.busy_elsewhere(identity, message.site, message.camera_id, first_ts, message.ts):
                 continue
-            return identity, similarity, "cross_modality_match" if cross else "match"
-        return None, 0.0, "new"
+            return identity, similarity, "cross_modality_match" if cross else "match", weighed
+        return None, 0.0, "new", weighed
 
 
 BATCH_SIZE = 256
@@ -494,12 +585,17 @@ class MatcherService:
                     log.info("matcher: %s", json.dumps(self.status()))
         finally:
             self.stop()
+            log.info("matcher stopped: %s", json.dumps(self.counters()))
 
     def request_stop(self, *_) -> None:
         self._stopping.set()
 
-    def status(self) -> dict:
-        return {**self.matcher.gallery.stats(), "accepted": self.matcher.accepted,
-                "duplicates": self.matcher.duplicates, "internal_errors": self.internal_errors,
-                "time": time.time()}
+    def counters(self) -> dict:
+        """What this instance did since it started (no database needed)."""
+        return {"accepted": self.matcher.accepted, "duplicates": self.matcher.duplicates,
+                "decided_again": self.matcher.decided_again, "busy_seconds": round(self.matcher.busy_seconds, 3),
+                "locked_seconds": round(self.matcher.gallery.locked_seconds, 3),
+                "internal_errors": self.internal_errors}
 
+    def status(self) -> dict:
+        return {**self.matcher.gallery.stats(), **self.counters(), "time": time.time()}
