@@ -166,6 +166,7 @@ def cli_cases(folder: Path, site: dict, gallery: Path) -> dict[str, list[str]]:
                                         str(folder / "thresholds-nan.json")],
         "matcher run: broker url http": ["matcher", "run", "--db", str(gallery), "--broker", "http://x:1"],
         "matcher run: transit bonus NaN": ["matcher", "run", "--db", str(gallery), "--transit-bonus", "nan"],
+        "matcher run: no search threads": ["matcher", "run", "--db", str(gallery), "--threads", "0"],
         "matcher run: password file missing": ["matcher", "run", "--db", str(gallery), "--password-file",
                                                str(folder / "nope")],
         "matcher run: gallery not SQLite": ["matcher", "run", "--db", str(folder / "not-a-db.sqlite")],

@@ -354,3 +354,12 @@ def test_waiting_for_a_subscription_without_a_broker_is_one_clear_error(tmp_path
     service.start()
     with pytest.raises(UserError, match="could not subscribe at the broker at " + url):
         service.wait_until_subscribed(timeout=1.0)
+
+
+def test_matcher_threads_limit_both_of_its_compute_pools():
+    """`matcher run --threads`: FAISS's OpenMP pool and NumPy's BLAS pool, both (in a process of
+    its own: the limit holds for the process)."""
+    code = ("from hybreid.matcher.index import limit_threads; from threadpoolctl import threadpool_info; "
+            "limit_threads(1); print(sorted({(p['internal_api'], p['num_threads']) for p in threadpool_info()}))")
+    pools = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "('openmp', 1)" in pools and "('openblas', 1)" in pools and ", 2)" not in pools

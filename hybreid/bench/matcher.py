@@ -15,6 +15,7 @@ package). A table, JSON and a PNG of ingest rate by gallery size.
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import signal
 import subprocess
@@ -151,9 +152,11 @@ def _in_process(gallery: Gallery, broker: Mosquitto, payloads: list, work: Path)
 def _processes(gallery: Gallery, broker: Mosquitto, payloads: list, instances: int, index: str,
                prefilled: int, work: Path) -> dict:
     """``instances`` ``hybreid matcher run`` processes in one shared-subscription group."""
+    # The host's cores shared out, as an operator would (`matcher run --threads`).
+    threads = max(1, (os.cpu_count() or 1) // instances)
     command = [sys.executable, "-m", "hybreid.cli", "matcher", "run", "--broker", broker.url, "--db",
                gallery.db.url, "--site", "bench", "--shared-group", "bench", "--protocol", "5", "--index", index,
-               "--reassociate-every", "0", "--report-every", "3600"]
+               "--reassociate-every", "0", "--report-every", "3600", "--threads", str(threads)]
     processes = [subprocess.Popen([*command, "--client-id", f"bench-matcher-{i}"], stdout=subprocess.DEVNULL,
                                   stderr=subprocess.PIPE, text=True) for i in range(instances)]
     counters: list[dict] = []  # each instance's, logged as it stops
@@ -185,8 +188,9 @@ def _processes(gallery: Gallery, broker: Mosquitto, payloads: list, instances: i
         for reader in readers:
             reader.join(10)
     if len(counters) == instances and all(counters):
-        total = {key: sum(c[key] for c in counters) for key in ("accepted", "decided_again", "busy_seconds",
-                                                                  "locked_seconds")}
+        total = {key: sum(c[key] for c in counters) for key in ("accepted", "duplicates", "decided_again", "batches",
+                                                                  "busy_seconds", "locked_seconds")}
+        measured["mean_batch"] = (total["accepted"] + total["duplicates"]) / max(total["batches"], 1)
         measured["locked_share"] = total["locked_seconds"] / max(total["busy_seconds"], 1e-9)
         measured["decided_again"] = total["decided_again"] / max(total["accepted"], 1)
     return measured

@@ -10,6 +10,7 @@ from hybreid.errors import UserError
 
 # hybreid.matcher.index.KINDS, spelled here so building the parser needs no FAISS.
 INDEXES = ["auto", "flat", "hnsw", "ivf"]
+MAX_THREADS = 1024
 
 
 def _gallery(args, create: bool = False):
@@ -45,6 +46,12 @@ def _run(args) -> None:
     from hybreid.matcher.service import Matcher, MatcherService, MatchPolicy
     from hybreid.mqtt import BrokerConfig
 
+    if args.threads is not None:
+        if not 1 <= args.threads <= MAX_THREADS:
+            raise UserError(f"--threads must be between 1 and {MAX_THREADS}, got {args.threads}")
+        from hybreid.matcher.index import limit_threads
+
+        limit_threads(args.threads)
     choices = {} if args.transit_bonus is None else {"transit_bonus": args.transit_bonus}
     policy = (MatchPolicy.from_thresholds_file(args.thresholds, **choices) if args.thresholds
               else MatchPolicy.checked(**choices))
@@ -103,6 +110,9 @@ def register(commands) -> None:
                      help="FAISS index of the identities: auto is exact below 5,000 identities, IVF above, "
                           "searched deep enough for recall@1 >= 0.99 against exact search")
     run.add_argument("--shared-group", help="MQTT v5 shared subscription group (several matchers, one gallery)")
+    run.add_argument("--threads", type=int,
+                     help="compute threads: index search and NumPy (default: all cores; several instances on "
+                          "one host: a share each)")
     run.add_argument("--client-id", default="hybreid-matcher", help="MQTT client id")
     run.add_argument("--username", help="MQTT user")
     run.add_argument("--password-file", help="file holding the MQTT password (or set HYBREID_MQTT_PASSWORD)")

@@ -235,10 +235,12 @@ class Gallery:
         if latest <= self.synced_version:
             return []
         rows = self.db.execute(f"SELECT {IDENTITY_COLUMNS} FROM identities WHERE version > ?",
-                               (self.synced_version,)).fetchall()
+                               (self.synced_version,), binary=True).fetchall()
         for row in rows:
             self._facts[row[0]] = IdentityFacts.of(row)
-            self.index.upsert(row[0], np.frombuffer(row[1], dtype=np.float32).copy())
+        if rows:
+            self.index.upsert_many([row[0] for row in rows], np.stack([np.frombuffer(row[1], dtype=np.float32)
+                                                                       for row in rows]))
         self.synced_version = latest
         return [row[0] for row in rows]
 
@@ -293,7 +295,7 @@ class Gallery:
         committed (a redelivery); one query for a batch."""
         with self.lock:
             found = self._rows_by_keys("site, camera_id, seq, identity_id, similarity, decision",
-                                       "site, camera_id, seq", keys)
+                                       ["site", "camera_id", "seq"], keys)
         return {(row[0], row[1], row[2]): (row[3], row[4], row[5]) for row in found}
 
     def stored_decision(self, site: str, camera_id: str, seq: int) -> tuple[int, float, str] | None:
@@ -305,23 +307,23 @@ class Gallery:
         with self.lock:
             latest: dict[tuple[str, str, int], tuple[int, int]] = {}
             for site, camera, track, seq, identity in self._rows_by_keys(
-                    "site, camera_id, track_id, seq, identity_id", "site, camera_id, track_id", keys):
+                    "site, camera_id, track_id, seq, identity_id", ["site", "camera_id", "track_id"], keys):
                 key = (site, camera, track)
                 if key not in latest or seq > latest[key][0]:
                     latest[key] = (seq, identity)
         return {key: identity for key, (_, identity) in latest.items()}
 
-    def _rows_by_keys(self, columns: str, key_columns: str, keys) -> list:
-        """The sightings whose ``key_columns`` equal one of ``keys``. A row-value list, not a chain
-        of ORs: PostgreSQL planned a 200-key chain for longer than it ran (a fifth of a batch)."""
+    def _rows_by_keys(self, columns: str, key_columns: list[str], keys) -> list:
+        """The sightings whose ``key_columns`` equal one of ``keys``, as a join with the keys."""
         keys = sorted(set(keys))
+        select = ", ".join(f"s.{name.strip()}" for name in columns.split(","))
+        join = " AND ".join(f"s.{name} = wanted.{name}" for name in key_columns)
+        types = ["text", "text", "bigint"]  # every key here is (site, camera_id, a number)
         rows = []
-        width = len(key_columns.split(","))
         for start in range(0, len(keys), 200):  # within every engine's limit on bound parameters
-            chunk = keys[start:start + 200]
-            values = ", ".join(["(" + ", ".join("?" * width) + ")"] * len(chunk))
-            rows += self.db.execute(f"SELECT {columns} FROM sightings WHERE ({key_columns}) IN (VALUES {values})",
-                                    [value for key in chunk for value in key]).fetchall()
+            wanted, params = self.db.keys_table(key_columns, types, keys[start:start + 200])
+            rows += self.db.execute(f"{wanted} SELECT {select} FROM wanted JOIN sightings s ON {join}",
+                                    params).fetchall()
         return rows
 
     def busy_elsewhere(self, identity_id: int, site: str, camera_id: str, first_ts: float, ts: float) -> bool:
@@ -422,9 +424,9 @@ class Gallery:
 
     def _adopt_draft(self) -> None:
         """The committed draft into the index and the facts beside it."""
-        for identity, prototype in self.draft.prototypes.items():
-            identity = self.committed_ids.get(identity, identity)
-            self.index.upsert(identity, prototype)
+        if self.draft.prototypes:
+            self.index.upsert_many([self.committed_ids.get(identity, identity) for identity in self.draft.prototypes],
+                                   np.stack(list(self.draft.prototypes.values())))
         for identity, facts in self.draft.facts.items():
             self._facts[self.committed_ids.get(identity, identity)] = facts
 
@@ -479,7 +481,7 @@ class Gallery:
                 "SELECT s.site, s.camera_id, s.track_id, s.identity_id, s.modality, s.first_ts, s.ts, s.seq, "
                 "s.embedding FROM sightings s JOIN (SELECT DISTINCT site, camera_id, track_id FROM sightings "
                 "WHERE ts >= ?) w ON s.site = w.site AND s.camera_id = w.camera_id AND s.track_id = w.track_id "
-                "ORDER BY s.seq", (latest - window_s,)).fetchall()
+                "ORDER BY s.seq", (latest - window_s,), binary=True).fetchall()
             grouped: dict[tuple[str, str, int], list] = {}
             for row in rows:
                 grouped.setdefault((row[0], row[1], row[2]), []).append(row)
@@ -524,7 +526,7 @@ class Gallery:
     def _recompute_identity(self, identity_id: int) -> None:
         """Prototype, modalities, counts from the identity's sightings; delete it when it has none."""
         rows = self.db.execute("SELECT embedding, modality, ts FROM sightings WHERE identity_id = ?",
-                               (identity_id,)).fetchall()
+                               (identity_id,), binary=True).fetchall()
         if not rows:
             self.db.execute("DELETE FROM identities WHERE id = ?", (identity_id,))
             return
@@ -539,7 +541,7 @@ class Gallery:
     def rebuild_index(self) -> None:
         with self.lock:
             self.synced_version = self._meta_int("version")
-            cursor = self.db.execute(f"SELECT {IDENTITY_COLUMNS} FROM identities")
+            cursor = self.db.execute(f"SELECT {IDENTITY_COLUMNS} FROM identities", binary=True)
             ids, slices, self._facts = [], [], {}
             # a slice of rows at a time: a million prototypes as Python bytes would take 4 GiB more
             for rows in iter(lambda: cursor.fetchmany(LOAD_SLICE), []):

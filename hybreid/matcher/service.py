@@ -154,6 +154,7 @@ class Matcher:
         self.accepted = self.duplicates = 0
         self.decided_again = 0  # messages decided again under the store's lock (another instance's commit)
         self.busy_seconds = 0.0  # deciding batches
+        self.batches = 0
         self.lock = threading.Lock()
 
     def _check(self, message: FeatureMessage) -> FeatureMessage:
@@ -186,6 +187,7 @@ class Matcher:
                 return self._handle_batch(messages)
             finally:
                 self.busy_seconds += time.perf_counter() - started
+                self.batches += 1
 
     def _handle_batch(self, messages: list[tuple[str, bytes]]) -> list[dict | None]:
         self.gallery.refresh()  # what other processes committed since the last batch
@@ -593,7 +595,8 @@ class MatcherService:
     def counters(self) -> dict:
         """What this instance did since it started (no database needed)."""
         return {"accepted": self.matcher.accepted, "duplicates": self.matcher.duplicates,
-                "decided_again": self.matcher.decided_again, "busy_seconds": round(self.matcher.busy_seconds, 3),
+                "decided_again": self.matcher.decided_again, "batches": self.matcher.batches,
+                "busy_seconds": round(self.matcher.busy_seconds, 3),
                 "locked_seconds": round(self.matcher.gallery.locked_seconds, 3),
                 "internal_errors": self.internal_errors}
 
