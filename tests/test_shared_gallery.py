@@ -216,6 +216,41 @@ def test_a_decision_made_again_makes_the_ones_that_relied_on_it_again(postgres):
     assert stored == {near["identity"], far["identity"]}
 
 
+@pytest.mark.parametrize(("visible_at", "infrared_at", "infrared_first"),
+                         [(0, 63, False), (0, 63, True), (36, 70, False)],
+                         ids=["the other's move reaches it", "before the visible match", "both moves reach it"])
+def test_a_prototype_another_instance_moved_is_scored_as_committed_not_as_the_batch_moved_it(
+        postgres, visible_at, infrared_at, infrared_first):
+    """The batch moved a known identity's prototype (a visible match), and another instance
+    moved it too, towards where an infrared sighting of the batch lies: that sighting, new
+    against the batch's own prototype, is decided again and matches across the gap, as one
+    instance deciding the other's commit first would; whether the other's move alone brings
+    the prototype near it or only both moves do, and before or after the visible match."""
+    along, across = unit(31), unit(32)
+    across = across - (across @ along) * along
+    across /= np.linalg.norm(across)
+
+    def at(degrees: float) -> np.ndarray:
+        return (np.cos(np.radians(degrees)) * along + np.sin(np.radians(degrees)) * across).astype(np.float32)
+
+    first = [feature("cam1", 0, 1, at(0), ts=10.0)]
+    other = [feature("cam3", 0, 9, at(36), ts=40.0)]
+    batch = [feature("cam1", 1, 2, at(visible_at), ts=100.0),
+             feature("cam2", 0, 5, at(infrared_at), modality="infrared", ts=200.0)]
+    if infrared_first:
+        batch.reverse()
+    late, early = two_instances(postgres.new_database())
+    alone = Matcher(Gallery(postgres.new_database()), POLICY)
+    late.handle_batch(first)
+    alone.handle_batch(first)
+    with committing_between(late, early, other):
+        events = late.handle_batch(batch)
+    alone.handle_batch(other)
+    expected = alone.handle_batch(batch)
+    assert expected[0 if infrared_first else 1]["type"] == "cross_modality_match"  # the case this test is about
+    assert decisions(events) == decisions(expected)
+
+
 def test_a_message_another_instance_stored_meanwhile_is_stored_once_with_its_decision(postgres):
     late, early = two_instances(postgres.new_database())
     message = feature("cam1", 0, 1, unit(5), ts=100.0)

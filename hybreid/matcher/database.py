@@ -44,6 +44,10 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS merges (old_id {int} PRIMARY KEY, into_id {int} NOT NULL, ts {real} NOT NULL);
 CREATE TABLE IF NOT EXISTS rejections (reason TEXT PRIMARY KEY, count {int} NOT NULL);
 """
+# Embeddings are float32 noise to a compressor: PostgreSQL's attempt to compress each one
+# (pglz) was wasted work, a sixth of the server's CPU with three matcher instances.
+UNCOMPRESSED = ["ALTER TABLE identities ALTER COLUMN prototype SET STORAGE EXTERNAL",
+                "ALTER TABLE sightings ALTER COLUMN embedding SET STORAGE EXTERNAL"]
 # Advisory lock keys (any constants no other application on the database uses).
 WRITER_LOCK = 0x6879_6272_6964  # "hybrid"
 SCHEMA_LOCK = WRITER_LOCK + 1
@@ -146,7 +150,7 @@ class PostgresDatabase:
         with _translated_errors(self):
             self.connection.execute("SELECT pg_advisory_lock(%s)", (SCHEMA_LOCK,))  # two instances starting
             try:
-                for statement in SCHEMA.format(**TYPES["postgresql"]).split(";"):
+                for statement in SCHEMA.format(**TYPES["postgresql"]).split(";") + UNCOMPRESSED:
                     if statement.strip():
                         self.connection.execute(statement)
             finally:

@@ -272,7 +272,9 @@ class Matcher:
             self.decided_again += len(decisions)
             return
         lowest = min(self.policy.same_modality, self.policy.cross_modality)
-        near_changed = self._near(decisions, changed, lowest)
+        # Scored against the others' committed prototypes: the draft may still hold this batch's
+        # tentative move of one of them, taken back below before anything relies on it.
+        near_changed = self._near(decisions, changed, lowest, self.gallery.prototypes.get)
         dirty = set(changed)
         redone: list[int] = []  # identities a decision taken again moved (scored against each later message)
         taking_back = False
@@ -295,7 +297,9 @@ class Matcher:
             again = self._decide(d.message, d.searched, stored, tracks, near,
                                  d.identity if d.decision == "new" else None)
             self.decided_again += 1
-            if (again.identity, again.decision) != (d.identity, d.decision):
+            same = ((again.identity, again.decision) == (d.identity, d.decision) and again.write is not None
+                    and np.array_equal(again.write.prototype, d.write.prototype))
+            if not same:  # what the later messages saw of these identities is not what they are now
                 dirty |= {d.identity, again.identity}
                 redone += [d.identity, again.identity]
             self._redo(d, again)
@@ -305,10 +309,12 @@ class Matcher:
         for field in ("track_identity", "identity", "similarity", "decision", "weighed", "write"):
             setattr(decision, field, getattr(again, field))
 
-    def _near(self, decisions: list[_Decision], identities: list[int], lowest: float) -> list[list[int]]:
-        """For each decision, which of ``identities`` (as the draft leaves them) its message scores
-        at or above ``lowest``: one matrix product for the batch."""
-        known = [(i, p) for i in dict.fromkeys(identities) if (p := self.gallery.prototype(i)) is not None]
+    def _near(self, decisions: list[_Decision], identities: list[int], lowest: float,
+              prototype=None) -> list[list[int]]:
+        """For each decision, which of ``identities`` (their ``prototype``; by default as the draft
+        leaves them) its message scores at or above ``lowest``: one matrix product for the batch."""
+        prototype = prototype or self.gallery.prototype
+        known = [(i, p) for i in dict.fromkeys(identities) if (p := prototype(i)) is not None]
         if not known or not decisions:
             return [[] for _ in decisions]
         scores = np.stack([d.message.embedding for d in decisions]).astype(np.float32) @ \
