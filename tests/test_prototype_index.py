@@ -24,7 +24,7 @@ def test_an_exact_index_updates_a_prototype_in_place():
     index = PrototypeIndex("flat")
     index.rebuild({i + 10: v for i, v in enumerate(vectors)})
     moved = unit(1, 32, 1)[0]
-    index.upsert(15, moved)
+    index.upsert_many([15], [moved])
     assert index._index.ntotal == 100  # rewritten, not appended
     (best, score), *_ = index.search(moved, 3)
     assert best == 15 and score == pytest.approx(1.0, abs=1e-5)
@@ -49,11 +49,11 @@ def test_a_small_move_keeps_its_entry_and_a_large_one_is_indexed_again(kind):
     index = PrototypeIndex(kind)
     index.rebuild({i: v for i, v in enumerate(vectors)})
     nudged = 0.999 * vectors[3] + 0.001 * vectors[4]
-    index.upsert(3, nudged / np.linalg.norm(nudged))
+    index.upsert_many([3], [nudged / np.linalg.norm(nudged)])
     assert index._index.ntotal == 4000  # no insertion
     (best, score), *_ = index.search(vectors[3], 1)
     assert best == 3 and score == pytest.approx(float(index.prototypes[3] @ vectors[3]))  # the current prototype
-    index.upsert(3, vectors[5])
+    index.upsert_many([3], [vectors[5]])
     assert index._index.ntotal == 4001 and index._stale == 1
 
 
@@ -62,12 +62,12 @@ def test_hnsw_skips_stale_entries_and_rebuilds_when_they_pile_up():
     index = PrototypeIndex("hnsw")
     index.rebuild({i: v for i, v in enumerate(vectors)})
     moved = unit(1, 32, 6)[0]
-    index.upsert(7, moved)
+    index.upsert_many([7], [moved])
     assert index._index.ntotal == 2001 and index._stale == 1
     results = index.search(moved, 5)
     assert [i for i, _ in results].count(7) == 1 and results[0] == (7, pytest.approx(1.0, abs=1e-5))
     for identity in range(8, 8 + 500):  # a fifth of the index stale: rebuilt
-        index.upsert(identity, near(vectors[identity][None], seed=identity)[0])
+        index.upsert_many([identity], [near(vectors[identity][None], seed=identity)[0]])
     assert index._stale < 100 and index._index.ntotal < 2400
 
 
@@ -78,7 +78,7 @@ def test_auto_is_exact_while_small_and_ivf_once_the_gallery_grows(monkeypatch):
     index.rebuild({i: v for i, v in enumerate(vectors[:2550])})
     assert index.structure == "flat" and index.recall_at_1 is None
     for i in range(2550, 2700):
-        index.upsert(i, vectors[i])
+        index.upsert_many([i], [vectors[i]])
     assert index.structure == "ivf" and index.recall_at_1 >= 0.99
     assert index.search(vectors[2699], 1)[0][0] == 2699
 
@@ -96,7 +96,7 @@ def test_ivf_is_trained_again_once_the_gallery_has_outgrown_its_lists(monkeypatc
     index.rebuild({i: v for i, v in enumerate(vectors[:2600])})
     assert index._trained_for == 2600
     for i in range(2600, 3000):
-        index.upsert(i, vectors[i])
+        index.upsert_many([i], [vectors[i]])
     assert index._trained_for > 2860 and index._index.ntotal == len(index.prototypes)
     assert index.search(vectors[2999], 1)[0][0] == 2999
 
@@ -128,5 +128,28 @@ def test_the_index_keeps_the_matrix_it_is_built_from_rather_than_copies():
     index = PrototypeIndex("flat")
     index.rebuild_from(list(range(300)), vectors)
     assert all(np.shares_memory(index.prototypes[i], vectors) for i in (0, 150, 299))
-    index.upsert(7, vectors[8])  # an update replaces the row's prototype, never writes into the matrix
+    index.upsert_many([7], [vectors[8]])  # an update replaces the row's prototype, never writes into the matrix
     assert np.array_equal(index.prototypes[7], vectors[8]) and not np.array_equal(vectors[7], vectors[8])
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivf"])
+def test_many_prototypes_in_one_call_new_moved_and_repeated(kind):
+    """A batch's prototypes in one call: new identities are found, a moved one is indexed again,
+    and an identity given twice keeps its last prototype and one current entry."""
+    vectors = unit(4000, 32, 11)
+    index = PrototypeIndex(kind)
+    index.rebuild({i: v for i, v in enumerate(vectors[:3000])})
+    entries = index._index.ntotal
+    fresh = list(range(3000, 3010))
+    batch = np.stack([*vectors[3000:3010], vectors[3500], vectors[3600], vectors[3700]])
+    index.upsert_many([*fresh, 5, 7, 7], batch)
+    assert not any(np.shares_memory(index.prototypes[i], batch) for i in (*fresh, 5, 7))  # the batch can go
+    for identity in fresh:
+        assert index.search(vectors[identity], 1)[0][0] == identity
+    assert index.search(vectors[3500], 1)[0][0] == 5
+    (best, score), *_ = index.search(vectors[3700], 1)
+    assert best == 7 and score == pytest.approx(1.0, abs=1e-5) and np.array_equal(index.prototypes[7], vectors[3700])
+    assert index.search(vectors[3600], 1)[0][0] != 7  # its first prototype of the call was replaced
+    moved_entries = 0 if kind == "flat" else 2  # flat rewrites in place; IVF adds 5 and 7 once each
+    assert index._index.ntotal == entries + len(fresh) + moved_entries
+    assert int(index._rows.current[: index._rows.count].sum()) == len(index.prototypes) == 3010

@@ -93,8 +93,8 @@ def committing_between(late: Matcher, early: Matcher, early_batch: list[tuple[st
     tentatively and before ``late``'s transaction holds the store's lock, the interleaving
     two instances meet when they decide at once. Counts the messages ``late`` decides again
     under the lock."""
-    original, decide = late.gallery.transaction, late._decide
-    decided_again = []
+    original, settle, decide = late.gallery.transaction, late._settle, late._decide
+    decided_again, settling = [], []
 
     @contextmanager
     def transaction():
@@ -102,17 +102,24 @@ def committing_between(late: Matcher, early: Matcher, early_batch: list[tuple[st
         with original():
             yield
 
+    def settled(*args):
+        settling.append(True)
+        try:
+            return settle(*args)
+        finally:
+            settling.clear()
+
     def counted(*args, **kwargs):
-        if late.gallery._in_transaction:
+        if settling:
             decided_again.append(args[0].seq)
         return decide(*args, **kwargs)
 
     events: list[dict | None] = []
-    late.gallery.transaction, late._decide = transaction, counted
+    late.gallery.transaction, late._settle, late._decide = transaction, settled, counted
     try:
         yield events, decided_again
     finally:
-        del late.gallery.transaction, late._decide
+        del late.gallery.transaction, late._settle, late._decide
 
 
 def crowd(seed: int, count: int) -> list[tuple[str, bytes]]:

@@ -113,9 +113,6 @@ class Draft:
         self._created_matrix: np.ndarray | None = None
         self._capacity = capacity
 
-    def __len__(self) -> int:
-        return len(self._journal)
-
     def provisional_id(self) -> int:
         self._last_provisional -= 1  # never reused within the batch: a taken-back id may still be read
         return self._last_provisional
@@ -170,7 +167,6 @@ class Gallery:
         self.db = open_database(location)
         self.location = self.db.location
         self.index = PrototypeIndex(index)
-        self._in_transaction = False
         # Time spent in write transactions, which every instance sharing the store takes in
         # turn: the share of it in a busy instance's time bounds what more instances can add.
         self.locked_seconds = 0.0
@@ -439,7 +435,6 @@ class Gallery:
         with self.lock:
             self.db.begin()
             locked_at = time.perf_counter()  # the lock is held from here (waiting for it is not counted)
-            self._in_transaction = True
             self._synced_after_commit = None
             try:
                 self.changed_elsewhere = self._follow_others()
@@ -450,7 +445,6 @@ class Gallery:
                 self.db.rollback()
                 raise
             finally:
-                self._in_transaction = False
                 self.locked_seconds += time.perf_counter() - locked_at
             if self._synced_after_commit is not None:
                 self.synced_version = self._synced_after_commit

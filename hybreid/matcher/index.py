@@ -156,14 +156,15 @@ class PrototypeIndex:
         if self.structure != "flat":
             self._calibrate(matrix)
 
-    def upsert(self, identity: int, vector: np.ndarray) -> None:
-        self.upsert_many([identity], np.asarray(vector, dtype=np.float32)[None])
-
     def upsert_many(self, identities: list[int], vectors: np.ndarray) -> None:
-        """Set these identities' prototypes; the entries to add go to FAISS in one call (a batch
-        of new identities, or another instance's, one at a time cost a fifth of a busy
-        instance's time)."""
-        given = dict(zip(identities, np.asarray(vectors, dtype=np.float32), strict=True))  # the last of a repeat
+        """Set these identities' prototypes; the entries to add go to FAISS in one call (a
+        batch's new identities, or another instance's: added one at a time, they took a fifth
+        of an instance's CPU under cProfile)."""
+        # Each row its own copy (the last of a repeated identity): a view would keep the whole
+        # matrix of a catch-up or a commit alive for as long as one of its identities is not
+        # updated again.
+        given = {identity: np.array(vector, dtype=np.float32)
+                 for identity, vector in zip(identities, vectors, strict=True)}
         if self._index is None:
             self.rebuild({**self.prototypes, **given})
             return

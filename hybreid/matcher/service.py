@@ -221,7 +221,7 @@ class Matcher:
             with self.gallery.transaction():
                 for reason, count in rejected.items():
                     self.gallery.count_rejection(reason, count)
-                self._settle([d for d in decisions if d is not None], messages=len(messages))
+                self._settle([d for d in decisions if d is not None])
             committed = self.gallery.committed_ids
         events: list[dict | None] = []
         for decision in decisions:
@@ -256,7 +256,7 @@ class Matcher:
         tracks[track] = write.identity
         return _Decision(message, searched, track_identity, write.identity, similarity, decision, weighed, write)
 
-    def _settle(self, decisions: list[_Decision], messages: int) -> None:
+    def _settle(self, decisions: list[_Decision]) -> None:
         """Under the store's lock: decide again the messages that what other instances committed
         since the tentative decisions could change (see the module's docstring); apply the
         others again as they were."""
