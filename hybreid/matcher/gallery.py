@@ -386,12 +386,12 @@ class Gallery:
             self.draft.record(write)
         return write
 
-    def _flush(self) -> None:
+    def _flush(self) -> int | None:
         """Write the draft: its new identities numbered by the store, its sightings and identity
-        updates, a statement per table."""
+        updates, a statement per table. Returns the version stamped on them (None: nothing to write)."""
         writes = self.draft.writes() if self.draft is not None else []
         if not writes:
-            return
+            return None
         created = {write.identity: write.created_ts for write in writes if write.new}
         self.committed_ids = dict(zip(created, self.db.reserve_identity_ids(len(created)), strict=True))
         version = self._bump("version")
@@ -416,7 +416,7 @@ class Gallery:
                             [sighting._replace(identity_id=self.committed_ids.get(sighting.identity_id,
                                                                                   sighting.identity_id))
                              for sighting in self.draft.sightings.values()])
-        self._synced_after_commit = version
+        return version
 
     def _adopt_draft(self) -> None:
         """The committed draft into the index and the facts beside it."""
@@ -435,19 +435,18 @@ class Gallery:
         with self.lock:
             self.db.begin()
             locked_at = time.perf_counter()  # the lock is held from here (waiting for it is not counted)
-            self._synced_after_commit = None
             try:
                 self.changed_elsewhere = self._follow_others()
                 yield
-                self._flush()
+                written = self._flush()
                 self.db.commit()
             except BaseException:
                 self.db.rollback()
                 raise
             finally:
                 self.locked_seconds += time.perf_counter() - locked_at
-            if self._synced_after_commit is not None:
-                self.synced_version = self._synced_after_commit
+            if written is not None:
+                self.synced_version = written
             if self.draft is not None:
                 self._adopt_draft()
 

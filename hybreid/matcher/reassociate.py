@@ -71,20 +71,24 @@ def _walk(a: Tracklet, b: Tracklet, transit: Transit | None) -> tuple[float, tup
     return None if link is None else (later.first_ts - earlier.last_ts, link)
 
 
-def cannot_link(a: Tracklet, b: Tracklet, transit: Transit | None = None) -> bool:
+def relation(a: Tracklet, b: Tracklet, transit: Transit | None = None) -> tuple[bool, bool]:
+    """(cannot link, plausible transit) of two tracklets, the camera link looked up once."""
     if a.first_ts < b.last_ts and b.first_ts < a.last_ts:
-        return True  # different cameras: two places at once; one camera: two people in one frame
+        return True, False  # different cameras: two places at once; one camera: two people in one frame
     walk = _walk(a, b, transit)
-    return walk is not None and walk[0] < walk[1][0]
+    if walk is None:
+        return False, False
+    gap, (least, most) = walk
+    return gap < least, least <= gap and (most is None or gap <= most)
+
+
+def cannot_link(a: Tracklet, b: Tracklet, transit: Transit | None = None) -> bool:
+    return relation(a, b, transit)[0]
 
 
 def plausible_transit(a: Tracklet, b: Tracklet, transit: Transit | None) -> bool:
     """Connected cameras, and the gap between the tracklets within the link's walking time."""
-    walk = _walk(a, b, transit)
-    if walk is None:
-        return False
-    gap, (least, most) = walk
-    return least <= gap and (most is None or gap <= most)
+    return relation(a, b, transit)[1]
 
 
 def cluster(tracklets: list[Tracklet], same_threshold: float, cross_threshold: float,
@@ -97,12 +101,11 @@ def cluster(tracklets: list[Tracklet], same_threshold: float, cross_threshold: f
     similarity = vectors @ vectors.T
     forbidden = np.zeros((count, count), dtype=bool)
     plausible = np.zeros((count, count), dtype=bool)
-    for i in range(count):  # both relations are symmetric: each pair once
+    for i in range(count):  # both relations are symmetric: each pair once, then mirrored
         for j in range(i + 1, count):
-            forbidden[i, j] = forbidden[j, i] = cannot_link(tracklets[i], tracklets[j], transit)
-            if transit_bonus:
-                plausible[i, j] = plausible[j, i] = plausible_transit(tracklets[i], tracklets[j], transit)
-    similarity += transit_bonus * plausible
+            forbidden[i, j], plausible[i, j] = relation(tracklets[i], tracklets[j], transit)
+    forbidden |= forbidden.T
+    similarity += transit_bonus * (plausible | plausible.T)
     clusters: dict[int, list[int]] = {i: [i] for i in range(count)}
     modalities = {i: {tracklets[i].modality} for i in range(count)}
     while True:
