@@ -53,8 +53,11 @@ def test_the_cpu_target_defaults_to_this_machine_and_refuses_an_unknown_one():
     assert QuantizationConfig(target="cpu", cpu_isa="avx2").cpu_format.reduce_range
     with pytest.raises(UserError, match="instruction set must be one of"):
         QuantizationConfig(target="cpu", cpu_isa="avx1024")
-    with pytest.raises(UserError, match="cpu target only"):
+    with pytest.raises(UserError, match="cpu and openvino targets only"):
         QuantizationConfig(target="tensorrt", cpu_isa="avx2")
+    assert QuantizationConfig(target="openvino").cpu_isa == cpu_isa()
+    openvino_avx2 = QuantizationConfig(target="openvino", cpu_isa="avx2").cpu_format
+    assert (openvino_avx2.activations, openvino_avx2.reduce_range) == ("int8", True)
 
 
 @pytest.fixture(scope="module")
@@ -71,6 +74,8 @@ def test_a_copy_for_another_form_warns_and_one_for_the_same_form_does_not(contra
     assert other_cpu_warning(dataclasses.replace(contract, cpu_isa="avx2"), "m", machine_isa="avx512-vnni")
     assert other_cpu_warning(vnni, "m", machine_isa="avx-vnni") is None  # same form: nothing to say
     assert other_cpu_warning(contract, "m", machine_isa="avx2") is None  # FP32 and TensorRT copies name none
+    openvino = dataclasses.replace(contract, cpu_isa="avx512-vnni", precision="int8-openvino-minmax")
+    assert "--target openvino --cpu-isa avx2" in other_cpu_warning(openvino, "m", machine_isa="avx2")
 
 
 def test_a_hostile_instruction_set_name_is_cut_short(contract):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hybreid.calibration.int8 import TARGETS
+from hybreid.calibration.int8 import CPU_TARGETS, TARGETS
 from hybreid.command_line import ARTIFACT_HELP, add_output, command, group, output_file, output_folder
 from hybreid.data.datasets import READERS
 from hybreid.errors import UserError
@@ -13,9 +13,9 @@ def _int8(args) -> None:
     from hybreid.calibration.report import run_int8
     from hybreid.data.datasets import load_dataset
 
-    if args.cpu_isa and args.target != "cpu":
-        raise UserError("--cpu-isa applies to --target cpu only (the tensorrt and openvino forms are one form "
-                        "for every GPU or CPU)")
+    if args.cpu_isa and args.target not in CPU_TARGETS:
+        raise UserError("--cpu-isa applies to --target cpu and openvino only (the tensorrt form is one form "
+                        "for every GPU)")
     dataset = load_dataset(args.eval_dataset, args.eval_root) if args.eval_dataset else None
     methods = ("minmax", "entropy", "percentile") if args.method == "all" else (args.method,)
     placement = {"exclude_nodes": tuple(args.exclude), "quantize_concat_inputs": args.quantize_concat_inputs,
@@ -46,7 +46,7 @@ def register(commands) -> None:
                            "on the CPU's instruction set; openvino: symmetric S8S8 with the attention quantised, "
                            "for OpenVINO's runtime (x86-64, Intel or AMD)")
     int8.add_argument("--cpu-isa", choices=list(CPU_ISAS),
-                      help="with --target cpu: the camera boxes' instruction set (default: this CPU's)")
+                      help="with --target cpu or openvino: the camera boxes' instruction set (default: this CPU's)")
     int8.add_argument("--method", choices=["minmax", "entropy", "percentile", "all"], default="all",
                       help="how activation ranges are chosen")
     int8.add_argument("--source", default="synthetic", help="calibration crops: synthetic, folder:PATH or "

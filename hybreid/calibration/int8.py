@@ -14,13 +14,17 @@ Made with ONNX Runtime's static quantiser (Q/DQ format, per-channel weights):
   when it loads a copy made for another instruction set.
 - ``--target openvino``: OpenVINO's runtime (:mod:`hybreid.inference.openvino_backend`)
   on any x86-64 CPU: symmetric int8 activations (zero point 0), and the attention
-  MatMuls quantised too. An activation zero point leaves a Convert and a Subtract in
-  float before every op OpenVINO cannot fold it into (14 % of the paper HAResformer's
-  INT8 time); OpenVINO fuses quantised ``Q K^T``, Softmax and ``attention x V`` into one
-  int8 kernel (its largest attention, 2592 tokens, 87 ms in bfloat16, 49 ms in int8).
-  Measured under OpenVINO on an AMD EPYC with AVX-512 VNNI, batch 8, against ONNX
-  Runtime FP32: paper FusionReID 2.92x (``cpu`` form) -> 3.19x (3.45x with its float ops
-  in bfloat16); HAResformer with every layer quantised (``quantize_output_layers``,
+  MatMuls quantised too. Made for a CPU without VNNI, its weights are 7-bit: OpenVINO's
+  kernels there shift int8 activations to uint8 and multiply with ``vpmaddubsw``, whose
+  int16 sums saturate at full range (the tiny FusionReID under OpenVINO on an AMD EPYC
+  Zen 3: worst cosine to FP32 0.9898 at full range, 0.9937 with 7-bit weights). An
+  activation zero point leaves a Convert and a Subtract in float before every op
+  OpenVINO cannot fold it into (14 % of the paper HAResformer's INT8 time); OpenVINO
+  fuses quantised ``Q K^T``, Softmax and ``attention x V`` into one int8 kernel (its
+  largest attention, 2592 tokens, 87 ms in bfloat16, 49 ms in int8). Measured under
+  OpenVINO on an AMD EPYC with AVX-512 VNNI, batch 8, against ONNX Runtime FP32: paper
+  FusionReID 2.92x (``cpu`` form) -> 3.19x (3.45x with its float ops in bfloat16);
+  HAResformer with every layer quantised (``quantize_output_layers``,
   ``quantize_token_writers``) 3.32x.
 
 Only the compute-heavy ops are quantised (Conv, MatMul, Gemm): Softmax, LayerNorm and
@@ -65,6 +69,7 @@ from hybreid.machine import CPU_INT8_FORMATS, CPU_ISAS, CpuInt8Format
 
 METHODS = ("minmax", "entropy", "percentile")
 TARGETS = ("tensorrt", "cpu", "openvino")
+CPU_TARGETS = ("cpu", "openvino")  # made for an instruction set; TensorRT's form is one for every GPU
 
 
 def cpu_int8_format(isa: str) -> CpuInt8Format:
@@ -76,7 +81,7 @@ def cpu_int8_format(isa: str) -> CpuInt8Format:
 @dataclass(frozen=True)
 class QuantizationConfig:
     target: str = "tensorrt"
-    cpu_isa: str = ""  # the ``cpu`` target's instruction set (default: this CPU's)
+    cpu_isa: str = ""  # the ``cpu`` and ``openvino`` targets' instruction set (default: this CPU's)
     method: str = "minmax"
     op_types: tuple[str, ...] = ("Conv", "MatMul", "Gemm")
     exclude_nodes: tuple[str, ...] = ()
@@ -90,17 +95,24 @@ class QuantizationConfig:
             raise UserError(f"target must be one of {TARGETS}, got {self.target!r}")
         if self.method not in METHODS:
             raise UserError(f"method must be one of {METHODS}, got {self.method!r}")
-        if self.target == "cpu":
+        if self.target in CPU_TARGETS:
             from hybreid.machine import cpu_isa
 
             object.__setattr__(self, "cpu_isa", self.cpu_isa or cpu_isa())
             cpu_int8_format(self.cpu_isa)
         elif self.cpu_isa:
-            raise UserError("an instruction set applies to the cpu target only")
+            raise UserError("an instruction set applies to the cpu and openvino targets only")
 
     @property
     def cpu_format(self) -> CpuInt8Format | None:
-        return CPU_INT8_FORMATS[self.cpu_isa] if self.target == "cpu" else None
+        """The Q/DQ form for the CPU: the ``cpu`` target's from its instruction set; the
+        ``openvino`` target's activations are always int8, its weight range the instruction set's."""
+        if self.target == "cpu":
+            return CPU_INT8_FORMATS[self.cpu_isa]
+        if self.target == "openvino":
+            made_for = CPU_INT8_FORMATS[self.cpu_isa]
+            return CpuInt8Format("int8", made_for.reduce_range, made_for.why)
+        return None
 
     @property
     def attention_quantized(self) -> bool:

@@ -2,7 +2,8 @@
 
 Per method: mean and worst cosine of INT8 to FP32 embeddings, mAP and Rank-1 of FP32 and
 INT8 on an evaluation split, ONNX Runtime CPU throughput FP32 vs INT8, and the nodes
-left in float. The Q/DQ model is also run with ONNX Runtime's Q/DQ fusion disabled
+left in float, and which precision the boxes should run (INT8 only where it is clearly
+faster than FP32 on the kind of CPU it is made for). The Q/DQ model is also run with ONNX Runtime's Q/DQ fusion disabled
 (exact fake-quantisation, the numerics a GPU engine computes), so the accuracy figure
 holds beyond this CPU.
 """
@@ -29,6 +30,7 @@ from hybreid.errors import UserError
 from hybreid.eval.protocols import score
 from hybreid.inference.embedder import OnnxRuntimeEmbedder
 from hybreid.inference.loader import load_embedder
+from hybreid.machine import CPU_INT8_FORMATS
 from hybreid.tables import format_table
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
@@ -65,14 +67,47 @@ def embed_images(embedder: OnnxRuntimeEmbedder, paths: list[str], batch: int = 3
     return np.concatenate(out)
 
 
-def _throughput(embedder: OnnxRuntimeEmbedder, batch: np.ndarray, repeats: int) -> float:
-    embedder.run(batch)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+# INT8 is worth its accuracy cost only where it is clearly faster: a gain under this is within
+# what two cores shared with other work spread between runs of one model (up to 25 % here).
+INT8_MIN_SPEEDUP = 1.1
+
+
+def _interleaved_throughputs(embedders: list, batch: np.ndarray, repeats: int) -> list[float]:
+    """Images/s of each embedder, timed in turn round by round so that a machine busier at
+    one moment than another weighs on all of them alike (medians of ``repeats`` rounds)."""
+    for embedder in embedders:
         embedder.run(batch)
-        times.append(time.perf_counter() - start)
-    return len(batch) / float(np.median(times))
+    times: list[list[float]] = [[] for _ in embedders]
+    for _ in range(repeats):
+        for embedder, spent in zip(embedders, times, strict=True):
+            start = time.perf_counter()
+            embedder.run(batch)
+            spent.append(time.perf_counter() - start)
+    return [len(batch) / float(np.median(spent)) for spent in times]
+
+
+def recommendation(report: dict) -> dict:
+    """Which precision the boxes should run: INT8 only where it was measured clearly faster than
+    FP32 on the kind of CPU it is made for. A TensorRT copy's CPU speed says nothing of a GPU."""
+    runs = [run for run in report["runs"] if "failed" not in run and not run["quantize_attention"]]
+    if not runs:
+        return {"precision": "fp32", "why": "no INT8 copy was made"}
+    best = max(runs, key=lambda run: run["speedup"])
+    cpu = report.get("cpu")
+    if cpu is None:
+        return {"precision": "int8", "path": best["path"],
+                "why": "the tensorrt form's speed is the GPU's: measure it with `hybreid bench latency` on the "
+                       "device"}
+    if CPU_INT8_FORMATS[cpu["measured_on"]] != CPU_INT8_FORMATS[cpu["isa"]]:
+        return {"precision": "int8", "path": best["path"], "speedup": best["speedup"],
+                "why": f"made for {cpu['isa']} but measured on {cpu['measured_on']}: its speed-up is not known "
+                       "until it is measured on such a box"}
+    if best["speedup"] < INT8_MIN_SPEEDUP:
+        return {"precision": "fp32", "speedup": best["speedup"],
+                "why": f"INT8 runs at {best['speedup']:.2f}x FP32 on this {cpu['measured_on']} CPU (below "
+                       f"{INT8_MIN_SPEEDUP}x): its accuracy cost buys no speed here; run the FP32 model"}
+    return {"precision": "int8", "path": best["path"], "speedup": best["speedup"],
+            "why": f"INT8 runs at {best['speedup']:.2f}x FP32 on this {cpu['measured_on']} CPU"}
 
 
 def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -112,8 +147,7 @@ def run_int8(onnx_path: str | Path, out_dir: str | Path, target: str = "tensorrt
     report: dict = {"model": fp32.contract.identity, "target": target, "calibration_source": source,
                     "cpu": {"isa": cpu_isa, "features": sorted(cpu_features()), "measured_on": this_cpu_isa(),
                             **(dataclasses.asdict(cpu_format) if cpu_format else {})} if cpu_isa else None,
-                    "calibration_images": len(calibration), "fp32": {
-                        "images_per_s": _throughput(fp32, speed_batch, repeats)}}
+                    "calibration_images": len(calibration), "fp32": {}}
     if reference is not None:
         report["fp32"].update(_metrics(eval_dataset, reference, split))
     runs = [(method, False) for method in methods]
@@ -136,10 +170,10 @@ def run_int8(onnx_path: str | Path, out_dir: str | Path, target: str = "tensorrt
         int8 = load_embedder(result.path, threads, ["openvino" if target == "openvino" else "CPUExecutionProvider"])
         exact = OnnxRuntimeEmbedder(result.path, providers=["CPUExecutionProvider"], threads=threads,
                                     disable_qdq_fusion=True)
+        fp32_rate, int8_rate = _interleaved_throughputs([fp32, int8], speed_batch, repeats)
         row: dict = {"method": method, "quantize_attention": config.attention_quantized, "path": str(result.path),
-                     "unquantized_nodes": result.unquantized,
-                     "images_per_s": _throughput(int8, speed_batch, repeats)}
-        row["speedup"] = row["images_per_s"] / report["fp32"]["images_per_s"]
+                     "unquantized_nodes": result.unquantized, "images_per_s": int8_rate,
+                     "fp32_images_per_s": fp32_rate, "speedup": int8_rate / fp32_rate}
         for label, embedder in (("fused", int8), ("fake_quant", exact)):
             cos = _cosines(embedder.embed_preprocessed(probe), reference_probe)
             row[f"{label}_cosine_mean"], row[f"{label}_cosine_worst"] = float(cos.mean()), float(cos.min())
@@ -152,8 +186,11 @@ def run_int8(onnx_path: str | Path, out_dir: str | Path, target: str = "tensorrt
             scales = activation_scales(onnx.load(str(result.path)))
             row["calibration_cache"] = str(write_calibration_cache(scales, result.path.with_suffix(".cache")))
         report["runs"].append(row)
+    report["recommendation"] = recommendation(report)
     (out_dir / "quantization_report.json").write_text(json.dumps(report, indent=2))
     print(format_report(report))
+    print(f"{'run INT8' if report['recommendation']['precision'] == 'int8' else 'keep FP32'}: "
+          f"{report['recommendation']['why']}")
     print(f"saved {out_dir / 'quantization_report.json'}")
     return report
 
@@ -178,7 +215,7 @@ def format_report(report: dict) -> str:
                      run["fused_cosine_worst"], run["fake_quant_cosine_worst"],
                      100 * base.get("mAP", float("nan")), 100 * metrics.get("mAP", float("nan")),
                      100 * base.get("rank1", float("nan")), 100 * metrics.get("rank1", float("nan")),
-                     base["images_per_s"], run["images_per_s"], run["speedup"], len(run["unquantized_nodes"])])
+                     run["fp32_images_per_s"], run["images_per_s"], run["speedup"], len(run["unquantized_nodes"])])
     cpu = report.get("cpu")
     form = (f" for {cpu['isa']}: { {'uint8': 'U8', 'int8': 'S8'}[cpu['activations']]}S8"
             f"{' with reduce_range' if cpu['reduce_range'] else ''}, measured on {cpu['measured_on']}"

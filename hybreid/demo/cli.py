@@ -28,7 +28,9 @@ def register(commands) -> None:
     demo.add_argument("--epochs", type=int, default=defaults.epochs, help="training epochs")
     demo.add_argument("--train-ids", type=int, default=defaults.train_ids, help="synthetic training identities")
     demo.add_argument("--test-ids", type=int, default=defaults.test_ids, help="synthetic test identities")
-    demo.add_argument("--edge-precision", choices=["int8", "fp32"], default="int8", help="the model the cameras run")
+    demo.add_argument("--edge-precision", choices=["auto", "int8", "fp32"], default=defaults.edge_precision,
+                      help="the model the cameras run (auto: INT8 where the calibration measured it clearly faster "
+                           "than FP32 on this CPU)")
     demo.add_argument("--broker", help="mqtt://host:port of a running broker (default: an embedded one)")
     demo.add_argument("--retrain", action="store_true", help="train again even if a previous model matches")
     demo.add_argument("--seed", type=int, default=0, help="random seed")

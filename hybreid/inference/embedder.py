@@ -32,9 +32,10 @@ def other_cpu_warning(contract: ModelContract, source: str, machine_isa: str | N
     if made_for == here:
         return None
     made = repr(contract.cpu_isa[:40]) if made_for is None else contract.cpu_isa
+    target = "openvino" if contract.precision.startswith("int8-openvino") else "cpu"
     return (f"{source} was calibrated for the {made} instruction set, this CPU is {machine_isa} ({here.why}): it "
             f"runs, but slower or less accurately; calibrate it for this box with `hybreid calibrate int8 "
-            f"--target cpu --cpu-isa {machine_isa}`")
+            f"--target {target} --cpu-isa {machine_isa}`")
 
 
 class Embedder:
@@ -50,6 +51,20 @@ class Embedder:
     @property
     def dim(self) -> int:
         return self.contract.embedding_dim
+
+    def probe(self, source: str) -> None:
+        """Embed one blank crop: a model whose contract does not describe its graph (a damaged
+        or forged one) fails here in one sentence rather than in the middle of real work."""
+        crop = np.zeros((self.contract.height, self.contract.width, 3), dtype=np.uint8)
+        try:
+            output = self.embed([crop])
+        except Exception as exc:  # ONNX Runtime, OpenVINO and TensorRT raise their own types
+            raise UserError(f"model {source} does not run on its own contract "
+                            f"({exc.__class__.__name__}: {' '.join(str(exc).split())[:300]}); export it again") \
+                from None
+        if output.shape != (1, self.contract.embedding_dim):
+            raise UserError(f"model {source} gives embeddings of shape {output.shape[1:]}, "
+                            f"its contract says {self.contract.embedding_dim}; export it again")
 
     def embed(self, crops: Sequence[np.ndarray]) -> np.ndarray:
         """Embeddings ``[len(crops), D]`` of RGB ``uint8`` crops of any size."""
