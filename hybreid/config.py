@@ -12,6 +12,7 @@ from pathlib import Path
 import yaml
 
 from hybreid.errors import UserError
+from hybreid.files import MIB, read_text_file
 
 # The configs shipped with the package: in a source checkout `hybreid/configs` links to
 # `configs/`, and a wheel carries copies.
@@ -31,6 +32,57 @@ def _numbers(value):
     return value
 
 
+MAX_CONFIG_BYTES = MIB
+# What a YAML document may expand to: a billion-laughs file is a few hundred bytes whose
+# aliases expand to 10^9 nodes, and a few hundred nested brackets overflow the recursion of
+# everything that walks the result. Counted on the composed node graph, before anything is
+# built from it.
+MAX_YAML_NODES = 200_000
+MAX_YAML_DEPTH = 64
+
+
+def _expanded_size(root) -> tuple[int, int]:
+    """Nodes and depth of a YAML node graph as its aliases expand (each shared node counted
+    where it is used, computed once: no expansion)."""
+    sizes: dict[int, tuple[int, int]] = {}
+    pending = [(root, False)]
+    while pending:  # iterative: the depth itself may be what is hostile
+        node, children_done = pending.pop()
+        if id(node) in sizes:
+            continue
+        children = [] if isinstance(node, yaml.ScalarNode) else (
+            [part for pair in node.value for part in pair] if isinstance(node, yaml.MappingNode) else node.value)
+        if not children_done:
+            pending.append((node, True))
+            pending.extend((child, False) for child in children if id(child) not in sizes)
+            if len(pending) > MAX_YAML_NODES:
+                return MAX_YAML_NODES + 1, 0
+            continue
+        known = [sizes.get(id(child), (1, 1)) for child in children]  # a cycle back to an open node: 1
+        sizes[id(node)] = (1 + sum(count for count, _ in known), 1 + max((depth for _, depth in known), default=0))
+    return sizes[id(root)]
+
+
+def parse_yaml(text: str, where: str):
+    """YAML text as Python data (the safe loader), refusing what would expand past
+    :data:`MAX_YAML_NODES` nodes or nest deeper than :data:`MAX_YAML_DEPTH`."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        nodes, depth = _expanded_size(node)
+        if nodes > MAX_YAML_NODES:
+            raise UserError(f"{where} expands to more than {MAX_YAML_NODES} values (aliases of aliases?); refusing it")
+        if depth > MAX_YAML_DEPTH:
+            raise UserError(f"{where} nests deeper than {MAX_YAML_DEPTH} levels; refusing it")
+        return loader.construct_document(node)
+    except RecursionError:
+        raise UserError(f"{where} nests too deeply to read; refusing it") from None
+    finally:
+        loader.dispose()
+
+
 def parse_overrides(items: list[str]) -> dict:
     """``["a=1", "b.c=[2,3]"]`` -> ``{"a": 1, "b": {"c": [2, 3]}}``."""
     result: dict = {}
@@ -39,9 +91,10 @@ def parse_overrides(items: list[str]) -> dict:
         if not sep or not key:
             raise UserError(f"override {item!r} is not of the form key=value")
         try:
-            parsed = yaml.safe_load(value)
+            parsed = parse_yaml(value, f"override {key}")
         except yaml.YAMLError as exc:
-            raise UserError(f"override {item!r}: cannot parse the value ({exc})") from exc
+            problem = getattr(exc, "problem", None) or exc.__class__.__name__
+            raise UserError(f"override {key!r}: cannot parse the value as YAML ({problem})") from None
         target = result
         *parents, leaf = key.split(".")
         for part in parents:
@@ -74,13 +127,9 @@ def find_config(path: str | Path) -> Path:
 
 def load_yaml(path: str | Path) -> dict:
     path = find_config(path)
-    if not path.is_file():
-        raise UserError(f"config file {path} does not exist" if not path.exists() else
-                        f"config file {path} is not a file")
+    text = read_text_file(path, "config file", MAX_CONFIG_BYTES)
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except UnicodeDecodeError as exc:
-        raise UserError(f"config file {path} is not UTF-8 text") from exc
+        data = parse_yaml(text, f"config file {path}") or {}
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

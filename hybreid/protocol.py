@@ -60,8 +60,19 @@ def events_topic(site: str) -> str:
     return f"{TOPIC_ROOT}/{site}/events"
 
 
+def status_login(box_user: str, camera_id: str) -> str:
+    """The MQTT user a camera's status connection logs in as: a broker that binds client ids to
+    users (``use_username_as_clientid``) needs a user per connection; camera ids hold no dot,
+    so the name is unambiguous."""
+    return f"{box_user}.{camera_id}"
+
+
 def features_subscription(site: str = "+") -> str:
     return f"{TOPIC_ROOT}/{site}/+/features"
+
+
+def status_subscription(site: str = "+") -> str:
+    return f"{TOPIC_ROOT}/{site}/+/status"
 
 
 class ProtocolError(ValueError):
@@ -138,7 +149,8 @@ class ModelIdentity(_Schema):
 
 
 class FeaturePayload(_Schema):
-    v: Literal[1]
+    # An integer, strictly: Literal[1] also lets true and 1.0 through (they equal 1 in Python).
+    v: Annotated[int, Field(ge=VERSION, le=VERSION)]
     site: Name
     camera_id: Name
     modality: Literal["visible", "infrared"]
@@ -228,13 +240,59 @@ def decode_feature(data: bytes, topic: str | None = None, max_bytes: int = MAX_P
     )
 
 
+CAMERA_STATES = ("online", "no_frames", "offline")
+MAX_STATUS_BYTES = 4096
+
+
 def encode_status(state: str, camera_id: str, ts: float, **details) -> bytes:
     return json.dumps({"v": VERSION, "camera_id": camera_id, "state": state, "ts": ts, **details}).encode()
+
+
+class StatusPayload(BaseModel):
+    model_config = ConfigDict(extra="ignore", strict=True)  # details may ride along
+    v: Annotated[int, Field(ge=VERSION, le=VERSION)]
+    camera_id: Name
+    state: Literal["online", "no_frames", "offline"]
+    ts: Timestamp
+
+
+@dataclass
+class CameraStatus:
+    site: str
+    camera_id: str
+    state: str
+    ts: float
+
+
+def decode_status(data: bytes, topic: str) -> CameraStatus:
+    """A camera's retained status; :class:`ProtocolError` for one that is malformed, oversized or
+    whose camera disagrees with its topic."""
+    if len(data) > MAX_STATUS_BYTES:
+        raise ProtocolError("too_large", f"{len(data)} bytes > {MAX_STATUS_BYTES}")
+    try:
+        payload = StatusPayload.model_validate_json(data)
+    except ValidationError as exc:
+        error = exc.errors(include_url=False)[0]
+        raise ProtocolError(_reason(error), ".".join(str(p) for p in error["loc"]) or "top level") from None
+    parts = topic.split("/")
+    if len(parts) != 5 or topic != status_topic(parts[2], payload.camera_id):
+        raise ProtocolError("topic_mismatch", f"payload says camera {payload.camera_id}")
+    return CameraStatus(parts[2], payload.camera_id, payload.state, payload.ts)
 
 
 def encode_event(event: dict) -> bytes:
     """An event as JSON; NaN or infinity raise ValueError rather than go out as invalid JSON."""
     return json.dumps({"v": VERSION, **event}, separators=(",", ":"), allow_nan=False).encode()
+
+
+MAX_LOGGED_CHARS = 200
+
+
+def loggable(text: str, limit: int = MAX_LOGGED_CHARS) -> str:
+    """``text`` as a log line may hold it: control characters escaped, cut at ``limit``
+    characters (a topic or a payload field may be as long as the broker allows)."""
+    shown = text[:limit].encode("unicode_escape").decode("ascii")[:limit]
+    return shown if len(text) <= limit else f"{shown}... ({len(text)} characters)"
 
 
 def message_summary(message: FeatureMessage) -> dict:

@@ -202,3 +202,99 @@ def test_a_typo_in_the_build_options_of_a_manifest_gets_a_suggestion(onnx_file, 
     capsys.readouterr()
     assert main(["bundle", "verify", str(bundle)]) == 2
     assert "did you mean 'max_batch'?" in capsys.readouterr().err
+
+
+def _sparse_member(name: str, stored: bytes, declared: int) -> bytes:
+    """A GNU sparse tar header and data: ``stored`` bytes in the archive that expand to
+    ``declared`` bytes when read (an old-GNU 'S' member, which tarfile reads)."""
+    info = tarfile.TarInfo(name)
+    info.size = len(stored)
+    header = bytearray(info.tobuf(format=tarfile.GNU_FORMAT))
+    header[156:157] = tarfile.GNUTYPE_SPARSE
+    header[386:398] = b"%011o\0" % 0  # the one stored run starts at offset 0...
+    header[398:410] = b"%011o\0" % len(stored)  # ...and holds the stored bytes
+    header[483:495] = b"\x80" + declared.to_bytes(11, "big")  # the size it expands to (base-256)
+    header[148:156] = b"        "
+    header[148:156] = b"%06o\0 " % sum(header[:512])
+    padding = b"\0" * (-len(stored) % 512)
+    return bytes(header[:512]) + stored + padding
+
+
+def test_a_member_declaring_a_terabyte_is_refused_before_it_is_read(onnx_file, keys, tmp_path, capsys):
+    """An 850-byte sparse member declaring 1 TiB, in a bundle signed by a trusted key, was hashed
+    for hours by `verify` and `install --trust`."""
+    private, public = keys["ours"]
+    good = create_bundle(tmp_path / "good.tar.gz", onnx_file, sign=private)
+    original = _members(good)
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        for name in ("manifest.json", "manifest.sig"):
+            info = tarfile.TarInfo(name)
+            info.size = len(original[name])
+            tar.addfile(info, io.BytesIO(original[name]))
+        tar.fileobj.write(_sparse_member("model.onnx", b"x" * 850, 1 << 40))
+        tar.offset += len(_sparse_member("model.onnx", b"x" * 850, 1 << 40))
+    import gzip
+
+    hostile = tmp_path / "sparse.tar.gz"
+    hostile.write_bytes(gzip.compress(raw.getvalue()))
+    with tarfile.open(hostile) as tar:
+        assert tar.getmember("model.onnx").size == 1 << 40  # what a reader of the archive is told
+    for argv in (["bundle", "verify", str(hostile)],
+                 ["bundle", "install", str(hostile), "--dir", str(tmp_path / "device"), "--trust", str(public)]):
+        assert main(argv) == 2
+        assert "declares 1099511627776 bytes" in capsys.readouterr().err
+    assert not (tmp_path / "device").exists()
+
+
+def test_an_older_bundle_is_not_installed_over_a_newer_one(onnx_file, tmp_path, capsys):
+    """An older bundle installed over a newer one was accepted silently and left the newer one's
+    files beside it."""
+    import time
+
+    from hybreid.contract import read_onnx_contract
+
+    newer_model = tmp_path / "newer.onnx"
+    newer_model.write_bytes(onnx_file.read_bytes())
+    import onnx
+
+    model = onnx.load(str(newer_model))
+    newer_contract = {**read_onnx_contract(onnx_file).__dict__, "weights_sha256": "fedcba9876543210"}
+    set_metadata(model, ModelContract(**newer_contract))
+    onnx.save(model, str(newer_model))
+    older = create_bundle(tmp_path / "older.tar.gz", onnx_file)
+    time.sleep(1.1)  # `created` counts seconds
+    newer = create_bundle(tmp_path / "newer.tar.gz", newer_model)
+    device = tmp_path / "device"
+    assert main(["bundle", "install", str(newer), "--dir", str(device)]) == 0
+    assert main(["bundle", "install", str(older), "--dir", str(device)]) == 2
+    assert "refusing a downgrade" in capsys.readouterr().err
+    assert sorted(p.name for p in device.iterdir()) == ["installed.json", "tiny_identity-fedcba9876543210"]
+    assert main(["bundle", "install", str(older), "--dir", str(device), "--allow-downgrade"]) == 0
+    assert sorted(p.name for p in device.iterdir()) == ["installed.json", "tiny_identity-0123456789abcdef"]
+    assert json.loads((device / "installed.json").read_text())["tiny_identity"]["folder"] == \
+        "tiny_identity-0123456789abcdef"
+
+
+def test_a_bundle_refuses_variants_of_another_model_or_for_another_target(onnx_file, tmp_path, capsys):
+    import onnx
+
+    from hybreid.contract import read_onnx_contract
+
+    contract = read_onnx_contract(onnx_file)
+    variants = {}
+    changes_of = {"other-weights": {"weights_sha256": "fedcba9876543210", "precision": "int8-tensorrt-minmax"},
+                  "cpu-int8": {"precision": "int8-cpu-minmax", "cpu_isa": "avx2"}, "fp32-as-fp16": {}}
+    for name, changes in changes_of.items():
+        model = onnx.load(str(onnx_file))
+        set_metadata(model, ModelContract(**{**contract.__dict__, **changes}))
+        variants[name] = tmp_path / f"{name}.onnx"
+        onnx.save(model, str(variants[name]))
+    cases = {"other-weights": ("--int8-artifact", "not a copy of"),
+             "cpu-int8": ("--int8-artifact", "--target tensorrt"),
+             "fp32-as-fp16": ("--fp16-artifact", "export onnx --fp16")}
+    for name, (flag, message) in cases.items():
+        out = tmp_path / f"{name}.tar.gz"
+        assert main(["bundle", "create", "--artifact", str(onnx_file), flag, str(variants[name]), "--out",
+                     str(out)]) == 2
+        assert message in capsys.readouterr().err and not out.exists()

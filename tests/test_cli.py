@@ -92,6 +92,21 @@ def test_deployment_commands_chain_through_the_cli(tmp_path, capsys):
     assert main(["matcher", "purge", "--db", str(db), "--older-than-days", "30"]) == 0
 
 
+def test_an_untrained_export_is_seeded_and_says_so(tmp_path, capsys):
+    """Without a checkpoint the weights are random: the same command must give the same model
+    (one content hash, so one gallery), and the output must say the weights are untrained."""
+    from hybreid.cli import main
+    from hybreid.contract import read_onnx_contract
+
+    hashes = []
+    for name, seed in (("a", "0"), ("b", "0"), ("c", "1")):
+        assert main(["export", "onnx", "--model", "haresformer_tiny", "--out", str(tmp_path / f"{name}.onnx"),
+                     "--seed", seed]) == 0
+        assert "UNTRAINED weights (random, seed" in capsys.readouterr().out
+        hashes.append(read_onnx_contract(tmp_path / f"{name}.onnx").weights_sha256)
+    assert hashes[0] == hashes[1] != hashes[2]
+
+
 def test_edge_scenes_writes_videos_and_ground_truth(tmp_path):
     result = run("edge", "scenes", "--out", str(tmp_path), "--people", "1", "--fps", "5")
     assert result.returncode == 0, result.stderr

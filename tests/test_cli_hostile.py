@@ -269,3 +269,101 @@ def test_the_mqtt_password_is_never_a_flag(world, capsys):
     with pytest.raises(SystemExit) as exit_status:
         main(["matcher", "run", "--db", str(gallery), "--password", "secret"])
     assert exit_status.value.code == 2 and "unrecognized arguments: --password" in capsys.readouterr().err
+
+
+BILLION_LAUGHS = 'a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]\n' + "".join(
+    f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join('*' + chr(97 + i) for _ in range(9))}]\n" for i in range(8))
+
+
+def hostile_file_cases(folder: Path, site: dict) -> dict[str, list[str]]:
+    """Files that once hung a command, filled its memory or ended in a traceback."""
+    import cv2
+    import numpy as np
+
+    fifo = folder / "fifo"
+    if not fifo.exists():
+        os.mkfifo(fifo)
+    (folder / "laughs.yaml").write_text(BILLION_LAUGHS)
+    (folder / "nested.yaml").write_text("site: " + "[" * 600 + "]" * 600 + "\n")
+    (folder / "huge.yaml").write_text("# padding\n" * 250_000)  # 2.5 MB
+    (folder / "ca.txt").write_text("this is not a certificate\n")
+    (folder / "good.yaml").write_text("cameras: [a, b]\n")
+    cv2.imwrite(str(folder / "person.png"), np.full((128, 64, 3), 120, np.uint8))
+    forged = _contract_graph(folder / "forged.onnx", output_dim=5)  # says 5 dimensions, gives 3
+    gallery = folder / "hostile-gallery.sqlite"
+
+    def site_with(**broker):
+        return _site_variant(folder, site, "broker-" + "-".join(broker), lambda data: data["broker"].update(broker))
+
+    matcher = ["matcher", "run", "--db", str(gallery), "--report-every", "0"]
+    return {
+        "edge run: billion laughs": ["edge", "run", "--config", str(folder / "laughs.yaml")],
+        "edge run: 600 nested brackets": ["edge", "run", "--config", str(folder / "nested.yaml")],
+        "edge run: a 2.5 MB site file": ["edge", "run", "--config", str(folder / "huge.yaml")],
+        "edge run: the site file a FIFO": ["edge", "run", "--config", str(fifo)],
+        "edge run: the site file /dev/zero": ["edge", "run", "--config", "/dev/zero"],
+        "edge run: password file /dev/zero": ["edge", "run", "--config", site_with(password_file="/dev/zero")],
+        "edge run: password file a FIFO": ["edge", "run", "--config", site_with(password_file=str(fifo))],
+        "edge run: CA file a FIFO": ["edge", "run", "--config",
+                                     site_with(url="mqtts://127.0.0.1:9", ca_certs=str(fifo))],
+        "edge run: CA file of text": ["edge", "run", "--config",
+                                      site_with(url="mqtts://127.0.0.1:9", ca_certs=str(folder / "ca.txt"))],
+        "matcher run: password file /dev/zero": [*matcher, "--password-file", "/dev/zero"],
+        "matcher run: password file a FIFO": [*matcher, "--password-file", str(fifo)],
+        "matcher run: thresholds /dev/zero": [*matcher, "--thresholds", "/dev/zero"],
+        "matcher run: thresholds a FIFO": [*matcher, "--thresholds", str(fifo)],
+        "matcher run: CA file a FIFO": [*matcher, "--broker", "mqtts://127.0.0.1:9", "--ca-certs", str(fifo)],
+        "matcher run: CA file of text": [*matcher, "--broker", "mqtts://127.0.0.1:9", "--ca-certs",
+                                         str(folder / "ca.txt")],
+        "matcher run: camera graph of laughs": [*matcher, "--camera-graph", str(folder / "laughs.yaml")],
+        "matcher run: camera graph refused": [*matcher, "--camera-graph", str(folder / "good.yaml")],
+        "matcher run: camera graph missing": [*matcher, "--camera-graph", str(folder / "nope.yaml")],
+        "matcher query: image with a forged contract": ["matcher", "query", "--db", str(folder / "gallery.sqlite"),
+                                                        "--image", str(folder / "person.png"), "--artifact",
+                                                        str(forged)],
+        "matcher purge: negative retention": ["matcher", "purge", "--db", str(folder / "gallery.sqlite"),
+                                              "--older-than-days=-5"],
+        "train: override of laughs": ["train", "--config", "configs/train/haresformer_synthetic.yaml",
+                                      "x={" + BILLION_LAUGHS.replace("\n", ", ") + "}"],
+        "train: override not YAML": ["train", "--config", "configs/train/haresformer_synthetic.yaml", "x=[a: b"],
+    }
+
+
+_RUN_CASES = """
+import json, resource, sys, io, contextlib
+from hybreid.cli import main
+cases, results = json.loads(sys.argv[1]), {}
+for name, argv in cases.items():
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = main(argv)
+    results[name] = [code, err.getvalue()[-400:]]
+print(json.dumps({"results": results, "max_rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
+"""
+
+
+def test_hostile_files_end_in_one_sentence_without_hanging_or_filling_memory(world):
+    """Billion laughs, deep nesting, an oversized file, /dev/zero, FIFOs and a text file as CA:
+    each refused in one sentence with status 2, within a bounded time and under 1 GB."""
+    folder, site, _ = world
+    cases = hostile_file_cases(folder, site)
+    before = {p: p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file()}
+    result = subprocess.run([sys.executable, "-c", _RUN_CASES, json.dumps(cases)], capture_output=True, text=True,
+                            timeout=300, cwd=Path(__file__).parent.parent)
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    failures = {name: (code, err) for name, (code, err) in report["results"].items()
+                if code != 2 or not err.strip().splitlines()[-1].startswith("hybreid: error: ") or "Traceback" in err}
+    assert not failures, failures
+    assert report["max_rss_kib"] < 1024 * 1024, report["max_rss_kib"]
+    after = {p: p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file()}
+    changed = {p for p in after if before.get(p) != after[p]} - {p for p in after if p.name.startswith("site-")}
+    assert not changed, changed
+    assert not (folder / "hostile-gallery.sqlite").exists()  # a refused `matcher run` creates no gallery
+
+
+def test_a_malformed_postgresql_url_never_prints_its_password(capsys):
+    for url in ("postgresql://u:s3cret pw@[bad/db", "postgresql://u:s3c%ZZret@127.0.0.1:1/db"):
+        assert main(["matcher", "query", "--db", url, "--identity", "1"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("hybreid: error: ") and "s3c" not in err, err

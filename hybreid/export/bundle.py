@@ -41,6 +41,8 @@ ROLES = {"onnx": "model.onnx", "fp16": "model.fp16.onnx", "int8_qdq": "model.int
          "calibration_cache": "calibration.cache"}
 MEMBERS = {MANIFEST, SIGNATURE, *ROLES.values()}
 MAX_MANIFEST_BYTES = 1 << 20
+MAX_FILE_BYTES = 16 << 30  # the paper models are 0.5 GB in FP32; a member declaring more is refused
+INSTALLED = "installed.json"  # in the models folder: which bundle of each model is installed
 
 Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 # The model name and weights hash form the install folder's name: no separators, no dots first.
@@ -54,7 +56,7 @@ class _Strict(BaseModel):
 class FileEntry(_Strict):
     name: str
     sha256: Sha256
-    bytes: int = Field(ge=0)
+    bytes: int = Field(ge=0, le=MAX_FILE_BYTES)
 
 
 class BuildSettings(_Strict):
@@ -68,7 +70,8 @@ class BuildSettings(_Strict):
 
 class Manifest(_Strict):
     format: Literal["hybreid-bundle-v1"]
-    created: str
+    # UTC, to the second: compared as text to tell an older bundle from a newer one
+    created: Annotated[str, StringConstraints(pattern=r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")]
     toolkit: str
     model: SafeName
     weights_sha256: SafeName
@@ -131,6 +134,23 @@ def key_fingerprint(public_key) -> str:
 
 # -- create -----------------------------------------------------------------------------------
 
+def _check_variants(contract, onnx: str | Path, fp16: str | Path | None, int8_qdq: str | Path | None) -> None:
+    """The FP16 and INT8 files must be copies of the FP32 model's weights, in the form the
+    device's TensorRT build reads: a bundle of mixed models would build an engine of another
+    model than its manifest names."""
+    for role, source, form in (("fp16", fp16, "fp16"), ("int8", int8_qdq, "int8-tensorrt")):
+        if source is None or not Path(source).is_file():
+            continue
+        variant = read_onnx_contract(Path(source))
+        if (variant.model, variant.weights_sha256) != (contract.model, contract.weights_sha256):
+            raise UserError(f"--{role}-artifact {source} is {variant.identity}, not a copy of {onnx} "
+                            f"({contract.identity}); convert that model")
+        if not variant.precision.startswith(form):
+            advice = ("calibrate it with `hybreid calibrate int8 --target tensorrt` (the device's TensorRT builds "
+                      "the engine from it)" if role == "int8" else "write it with `hybreid export onnx --fp16`")
+            raise UserError(f"--{role}-artifact {source} is a {variant.precision} copy; {advice}")
+
+
 def create_bundle(out: str | Path, onnx: str | Path, fp16: str | Path | None = None,
                   int8_qdq: str | Path | None = None, calibration_cache: str | Path | None = None,
                   build: BuildOptions | None = None, sign: str | Path | None = None) -> Path:
@@ -146,6 +166,7 @@ def create_bundle(out: str | Path, onnx: str | Path, fp16: str | Path | None = N
             raise UserError(f"{role} file {source} does not exist")
         files[role] = {"name": ROLES[role], "sha256": file_sha256(source), "bytes": source.stat().st_size}
     contract = read_onnx_contract(Path(onnx))
+    _check_variants(contract, onnx, fp16, int8_qdq)
     build = build or BuildOptions(precision="int8" if int8_qdq else "fp16" if fp16 else "fp32")
     manifest = {
         "format": FORMAT,
@@ -234,12 +255,16 @@ def _verify_open(tar: tarfile.TarFile, bundle: Path, trust: list[str | Path] | N
         manifest = Manifest.model_validate_json(manifest_bytes).model_dump()
     except ValidationError as exc:
         raise UserError(f"bundle {bundle}: its manifest is not valid ({validation_problem(exc, Manifest)})") from exc
-    for role, entry in manifest["files"].items():
+    for role, entry in manifest["files"].items():  # every size checked before anything is read
         if entry["name"] != ROLES[role]:
             raise UserError(f"bundle {bundle}: the manifest names {entry['name']!r} for {role}, "
                             f"expected {ROLES[role]}")
         if entry["name"] not in members:
             raise UserError(f"bundle {bundle} lacks {entry['name']}, which its manifest lists")
+        if members[entry["name"]].size != entry["bytes"]:  # a sparse member may declare a terabyte
+            raise UserError(f"bundle {bundle}: {entry['name']} declares {members[entry['name']].size} bytes, its "
+                            f"manifest {entry['bytes']}; refusing it")
+    for entry in manifest["files"].values():
         member = tar.extractfile(members[entry["name"]])
         digest = hashlib.sha256()
         for chunk in iter(lambda member=member: member.read(1 << 20), b""):
@@ -278,12 +303,36 @@ def verify_bundle(bundle: str | Path, trust: list[str | Path] | None = None) -> 
     return _with_bundle(bundle, lambda tar: _verify_open(tar, bundle, trust))
 
 
-def install_bundle(bundle: str | Path, target: str | Path, trust: list[str | Path] | None = None) -> Path:
+def _installed(target: Path) -> dict:
+    """What ``target`` holds: model name -> the installed bundle's folder and creation time."""
+    from hybreid.files import read_regular_file
+
+    record = target / INSTALLED
+    if not record.exists():
+        return {}
+    try:
+        data = json.loads(read_regular_file(record, "installed-bundles record", MAX_MANIFEST_BYTES))
+    except ValueError as exc:
+        raise UserError(f"{record} is damaged ({exc}); move it aside to install anyway") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{record} is damaged (not a JSON object); move it aside to install anyway")
+    return data
+
+
+def install_bundle(bundle: str | Path, target: str | Path, trust: list[str | Path] | None = None,
+                   allow_downgrade: bool = False) -> Path:
     """Verify, then unpack into ``target/<model>-<weights hash>/``; returns that folder.
 
-    Verification and unpacking read the same open file, so a bundle swapped on disk in
-    between cannot slip past the check.
+    A model has one folder: the bundle is unpacked into a new folder beside it that then takes
+    its place, and the folder of an earlier bundle of the model is removed, so no file of
+    another bundle stays beside the new one. A bundle older than the installed one of its model
+    (its manifest's ``created``) is refused unless ``allow_downgrade``. Verification and
+    unpacking read the same open file, so a bundle swapped on disk in between cannot slip
+    past the check.
     """
+    import shutil
+    import tempfile
+
     bundle = Path(bundle)
     target = Path(target).resolve()
 
@@ -292,14 +341,36 @@ def install_bundle(bundle: str | Path, target: str | Path, trust: list[str | Pat
         folder = target / f"{manifest['model']}-{manifest['weights_sha256']}"
         if folder.parent != target:  # the schema already refuses separators; this is the last word
             raise UserError(f"bundle {bundle} names a folder outside {target}; refusing it")
-        folder.mkdir(parents=True, exist_ok=True)
-        names = [MANIFEST] + ([SIGNATURE] if manifest["signed"] else []) + \
-            [entry["name"] for entry in manifest["files"].values()]
-        for name in names:
-            destination = folder / name
-            partial = destination.with_name(destination.name + ".partial")
-            partial.write_bytes(tar.extractfile(name).read())
-            partial.replace(destination)  # a reader never sees half a model
+        installed = _installed(target)
+        previous = installed.get(manifest["model"]) if isinstance(installed.get(manifest["model"]), dict) else {}
+        if str(previous.get("created", "")) > manifest["created"] and not allow_downgrade:
+            raise UserError(f"bundle {bundle} (created {manifest['created']}) is older than the installed "
+                            f"{manifest['model']} (created {previous['created']}); refusing a downgrade "
+                            "(--allow-downgrade installs it anyway)")
+        target.mkdir(parents=True, exist_ok=True)
+        fresh = Path(tempfile.mkdtemp(prefix=".installing-", dir=target))
+        try:
+            names = [MANIFEST] + ([SIGNATURE] if manifest["signed"] else []) + \
+                [entry["name"] for entry in manifest["files"].values()]
+            for name in names:
+                (fresh / name).write_bytes(tar.extractfile(name).read())
+            fresh.chmod(0o755)
+            retired = [folder] if folder.exists() else []
+            old = target / str(previous.get("folder", ""))
+            if previous.get("folder") and old.parent == target and old != folder and old.is_dir():
+                retired.append(old)
+            for path in retired:  # out of the way first: the swap below is one rename
+                path.replace(path.with_name(f".retired-{path.name}-{os.getpid()}"))
+            fresh.replace(folder)
+        except BaseException:
+            shutil.rmtree(fresh, ignore_errors=True)
+            raise
+        for path in retired:
+            shutil.rmtree(path.with_name(f".retired-{path.name}-{os.getpid()}"), ignore_errors=True)
+        installed[manifest["model"]] = {"folder": folder.name, "created": manifest["created"]}
+        record = target / INSTALLED
+        record.with_suffix(".partial").write_text(json.dumps(installed, indent=2))
+        record.with_suffix(".partial").replace(record)
         return folder
 
     return _with_bundle(bundle, install)

@@ -17,13 +17,18 @@ def _onnx(args) -> None:
         model, payload = load_model(args.checkpoint)
         name, config = payload["model"], payload["options"]
     else:
+        import torch
+
         from hybreid.config import parse_overrides
         from hybreid.models import build
 
         config = parse_overrides(args.overrides)
         name = args.model
+        # Seeded: the same command gives the same weights, so the same content hash and gallery.
+        torch.manual_seed(args.seed)
         model = build(name, **config).eval()
-        print(f"note: exporting {name} with untrained weights (give --checkpoint for a trained model)")
+        print(f"note: exporting {name} with UNTRAINED weights (random, seed {args.seed}): its embeddings do not "
+              "tell people apart; give --checkpoint for a trained model")
     path = export_onnx(model, args.out, name, config, opset=args.opset, preprocess_in_graph=args.preprocess_in_graph)
     print(f"wrote {path} (opset {args.opset}, dynamic batch, embedding dim {model.embedding_dim})")
     if args.fp16:
@@ -74,7 +79,7 @@ def _install(args) -> None:
     from hybreid.export import bundle
     from hybreid.inference.engine_cache import BuildOptions
 
-    folder = bundle.install_bundle(args.bundle, args.dir, args.trust)
+    folder = bundle.install_bundle(args.bundle, args.dir, args.trust, args.allow_downgrade)
     print(f"installed into {folder}")
     if args.build_engine:
         from hybreid.export.tensorrt_build import build_engine
@@ -97,6 +102,7 @@ def register(commands) -> None:
     source.add_argument("--checkpoint", help=CHECKPOINT_HELP)
     source.add_argument("--model", help=MODEL_HELP + " (untrained weights; for benchmarks)")
     onnx_cmd.add_argument("--out", required=True, help="ONNX file to write")
+    onnx_cmd.add_argument("--seed", type=int, default=0, help="with --model: the seed of the untrained weights")
     onnx_cmd.add_argument("--opset", type=int, default=17, help="ONNX opset")
     onnx_cmd.add_argument("--preprocess-in-graph", action="store_true",
                           help="input uint8 RGB crops [N, H, W, 3]; the graph normalises them")
@@ -130,6 +136,8 @@ def register(commands) -> None:
     install.add_argument("bundle", help="bundle file")
     install.add_argument("--dir", required=True, help="models folder on the device")
     install.add_argument("--build-engine", action="store_true", help="then build the TensorRT engine here")
+    install.add_argument("--allow-downgrade", action="store_true",
+                         help="install a bundle older than the installed one of its model")
     for sub in (verify, install):
         sub.add_argument("--trust", metavar="PUBKEY", action="append",
                          help="accept only a bundle signed by this Ed25519 public key (repeatable)")

@@ -43,6 +43,7 @@ CREATE INDEX IF NOT EXISTS identities_version ON identities (version);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS merges (old_id {int} PRIMARY KEY, into_id {int} NOT NULL, ts {real} NOT NULL);
 CREATE TABLE IF NOT EXISTS rejections (reason TEXT PRIMARY KEY, count {int} NOT NULL);
+CREATE TABLE IF NOT EXISTS pending_events (id {id}, payload TEXT NOT NULL, created {real} NOT NULL);
 """
 # Embeddings are float32 noise to a compressor: PostgreSQL's attempt to compress each one
 # (pglz) was wasted work, a sixth of the server's CPU with three matcher instances.
@@ -161,10 +162,10 @@ class PostgresDatabase:
             self.connection = self._psycopg.connect(self.url, autocommit=True, connect_timeout=5)
         except self._psycopg.OperationalError as exc:
             raise StoreUnavailable(f"PostgreSQL at {self.location} cannot be reached "
-                                   f"({_first_line(exc)})") from exc
-        except self._psycopg.ProgrammingError as exc:  # a malformed URL
+                                   f"({_without_secret(_first_line(exc), self.url)})") from exc
+        except self._psycopg.ProgrammingError as exc:  # a malformed URL, which the error may quote
             raise UserError(f"--db {self.location} is not a PostgreSQL URL psycopg accepts "
-                            f"({_first_line(exc)})") from exc
+                            f"({_without_secret(_first_line(exc), self.url)})") from None
 
     def _connected(self):
         """The connection, made again if the server went away since; never inside a transaction,
@@ -243,6 +244,20 @@ def _translated_errors(database: PostgresDatabase):
 
 def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [exc.__class__.__name__])[0][:200]
+
+
+def _without_secret(text: str, url: str) -> str:
+    """``text`` (an error about ``url``) with the URL's password, raw or decoded, masked: a
+    malformed URL makes psycopg quote the part it could not read, the password included."""
+    import re
+    from urllib.parse import unquote
+
+    found = re.match(r"^[A-Za-z]+://[^/@]*?:(?P<secret>[^@/]*)@", url)
+    if not found or not found["secret"]:
+        return text
+    for secret in sorted({found["secret"], unquote(found["secret"])}, key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
 
 
 def _without_password(url: str) -> str:

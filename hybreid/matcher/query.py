@@ -48,6 +48,7 @@ def by_image(gallery: Gallery, image_path: str, model_path: str, top_k: int = 5)
 
     image = read_rgb(image_path)
     embedder = load_embedder(model_path)
+    embedder.probe(model_path)
     if gallery.model and embedder.contract.identity != gallery.model:
         raise UserError(f"{model_path} is {embedder.contract.identity}, the gallery holds {gallery.model}: "
                         "query with the site's model")

@@ -8,6 +8,7 @@ from urllib.parse import urlparse
 import paho.mqtt.client as mqtt
 
 from hybreid.errors import UserError
+from hybreid.files import MIB, check_ca_file, read_regular_file
 
 
 @dataclass
@@ -30,6 +31,16 @@ class BrokerConfig:
         return parsed.hostname, parsed.port or (8883 if tls else 1883), tls
 
 
+def check_tls_files(config: BrokerConfig) -> None:
+    """The TLS files, refused in one sentence where TLS would hang on them (a FIFO), read an
+    endless device, or fail with an SSL traceback (a CA file holding no certificate)."""
+    if config.ca_certs:
+        check_ca_file(config.ca_certs)
+    for what, path in (("client certificate file", config.certfile), ("client key file", config.keyfile)):
+        if path:
+            read_regular_file(path, what, MIB)
+
+
 def make_client(config: BrokerConfig, will: tuple[str, bytes] | None = None,
                 persistent_session: bool = False) -> mqtt.Client:
     """A paho 2.x client (VERSION2 callbacks). ``persistent_session`` keeps the broker-side
@@ -41,6 +52,7 @@ def make_client(config: BrokerConfig, will: tuple[str, bytes] | None = None,
     if config.username:
         client.username_pw_set(config.username, config.password)
     if config.endpoint()[2]:
+        check_tls_files(config)
         client.tls_set(ca_certs=config.ca_certs, certfile=config.certfile, keyfile=config.keyfile)
     if will:
         client.will_set(will[0], will[1], qos=1, retain=True)
