@@ -19,6 +19,12 @@ from hybreid.edge_runtime.runtime import EdgeRuntime, SiteConfig
 from hybreid.synthetic.scenes import tracklet_ground_truth, tracklet_purity
 
 
+def contiguous(seqs: list[int]) -> bool:
+    """A camera's sequence numbers with none missing: one after another from its first (a new
+    outbox starts them at the clock, not at 0)."""
+    return bool(seqs) and seqs == list(range(seqs[0], seqs[0] + len(seqs)))
+
+
 def site(folder: Path, scenes_dir: Path, model: Path, broker_url: str, **extra) -> dict:
     config = {
         "site": "lab", "box_id": "box1",
@@ -57,7 +63,7 @@ def test_videos_to_broker_every_message_valid_and_tracklets_pure(tmp_path, scene
     assert {f.model_identity for f in features} == {f"haresformer_tiny@{runtime.contract.weights_sha256}"}
     for camera in ("cam1", "cam2"):
         seqs = sorted(f.seq for f in features if f.camera_id == camera)
-        assert seqs == list(range(len(seqs)))
+        assert contiguous(seqs)
     statuses = [json.loads(p) for t, p in subscriber.messages if t.endswith("/status")]
     assert {s["state"] for s in statuses} >= {"online", "offline"}
     purity = tracklet_purity(runtime.track_log, truth)
@@ -99,16 +105,15 @@ def test_broker_outage_and_killed_edge_lose_nothing(tmp_path, scenes, tiny_onnx,
 
     def complete() -> bool:
         features = subscriber.features()
-        return all(sorted({f.seq for f in features if f.camera_id == c}) ==
-                   list(range(max([f.seq for f in features if f.camera_id == c], default=-1) + 1))
-                   for c in ("cam1", "cam2")) and len(features) > 0
+        return all(contiguous(sorted({f.seq for f in features if f.camera_id == c})) for c in ("cam1", "cam2")) \
+            and len(features) > 0
     assert wait_for(complete, 20)
     subscriber.close()
     features = subscriber.features()
     counts = Counter((f.camera_id, f.seq) for f in features)
     for camera in ("cam1", "cam2"):
         seqs = sorted(seq for cam, seq in counts if cam == camera)
-        assert seqs == list(range(len(seqs))) and len(seqs) >= 4, (camera, seqs)  # zero missing
+        assert contiguous(seqs) and len(seqs) >= 4, (camera, seqs)  # zero missing
     duplicates = sum(n - 1 for n in counts.values())
     print(f"{len(counts)} distinct records, {duplicates} duplicates delivered")
 
@@ -135,3 +140,40 @@ sys.exit(code)
     summary = json.loads(result.stdout[result.stdout.index("{"):])
     assert summary["tracklets_published"] >= 8 and summary["mqtt_acknowledged"] == summary["tracklets_published"]
     assert summary["embed_backend"] == {"openvino": "openvino:CPU-f32"}.get(provider, f"onnxruntime:{provider}")
+
+
+def test_a_camera_that_delivers_no_frame_says_so_and_the_matcher_hears_it(tmp_path, scenes, tiny_onnx, mosquitto):
+    """A dead stream once stayed `online` on its retained status for the whole run, and `edge
+    run` exited 0: its status must follow its frames, the matcher must see it, and the box must
+    end with one sentence."""
+    from hybreid.matcher.gallery import Gallery
+    from hybreid.matcher.service import Matcher, MatcherService, MatchPolicy
+    from hybreid.mqtt import BrokerConfig
+    from hybreid.mqtt.mosquitto import free_port
+
+    scenes_dir, _ = scenes
+    config = site(tmp_path, scenes_dir, tiny_onnx, mosquitto.url, metrics={"no_frames_after_s": 1.0})
+    config["cameras"][0].update(loop=True, pace=True)  # a live camera that keeps delivering
+    config["cameras"][1] = {"id": "dead", "source": f"rtsp://127.0.0.1:{free_port()}/stream"}  # nothing there
+    config_path = tmp_path / "site.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    matcher = MatcherService(Matcher(Gallery(tmp_path / "g.sqlite"), MatchPolicy()),
+                             BrokerConfig(url=mosquitto.url, client_id="status-matcher"))
+    matcher.start()
+    matcher.wait_until_subscribed()
+    subscriber = Subscriber(mosquitto, client_id="status-watcher")
+    edge = subprocess.Popen([sys.executable, "-m", "hybreid.cli", "edge", "run", "--config", str(config_path),
+                             "--max-seconds", "8"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def states(camera: str) -> list[str]:
+        return [json.loads(p)["state"] for t, p in subscriber.messages if t == f"hybreid/v1/lab/{camera}/status"]
+    assert wait_for(lambda: matcher.cameras.get("lab/dead", {}).get("state") == "no_frames"
+                    and matcher.cameras.get("lab/cam1", {}).get("state") == "online", 30), matcher.cameras
+    _, err = edge.communicate(timeout=60)
+    assert wait_for(lambda: states("dead")[-1:] == ["offline"])
+    matcher.stop()
+    subscriber.close()
+    assert "online" not in states("dead") and states("dead")[0] == "no_frames"
+    assert "online" in states("cam1")
+    assert edge.returncode == 2
+    assert err.strip().splitlines()[-1].startswith("hybreid: error: camera(s) dead delivered no frame")

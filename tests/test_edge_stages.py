@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import cv2
@@ -282,30 +283,78 @@ class TestOutbox:
     def test_sequence_numbers_survive_reopening_and_acks_remove(self, tmp_path):
         outbox = Outbox(tmp_path / "o.sqlite")
         seqs = [outbox.add("cam1", "t", lambda s: f"m{s}".encode()) for _ in range(3)]
-        assert seqs == [0, 1, 2] and outbox.add("cam2", "t", lambda s: b"x") == 0
-        assert [outbox.next_track_id("cam1") for _ in range(2)] == [1, 2]
-        outbox.ack("cam1", 1)
+        first, other = seqs[0], outbox.add("cam2", "t", lambda s: b"x")
+        assert seqs == [first, first + 1, first + 2]
+        track = outbox.next_track_id("cam1")
+        assert outbox.next_track_id("cam1") == track + 1
+        outbox.ack("cam1", first + 1)
         outbox.close()
         again = Outbox(tmp_path / "o.sqlite")
-        assert [(c, s, p) for c, s, _, p in again.pending()] == [("cam1", 0, b"m0"), ("cam1", 2, b"m2"),
-                                                                 ("cam2", 0, b"x")]
-        assert again.add("cam1", "t", lambda s: b"y") == 3
-        assert again.next_track_id("cam1") == 3
+        assert [(c, s, p) for c, s, _, p in again.pending()] == [
+            ("cam1", first, f"m{first}".encode()), ("cam1", first + 2, f"m{first + 2}".encode()), ("cam2", other, b"x")]
+        assert again.add("cam1", "t", lambda s: b"y") == first + 3
+        assert again.next_track_id("cam1") == track + 2
         assert again.stats() == {"stored": 5, "acknowledged": 1}
+
+    def test_a_replaced_outbox_never_reuses_a_sequence_number_or_track_id(self, tmp_path):
+        """Moving a damaged outbox aside once restarted seq at 0, and the matcher dropped every
+        new sighting as a redelivery (and track 1 as an update of the old track 1)."""
+        old = Outbox(tmp_path / "old.sqlite")
+        sent = [old.add("cam1", "t", lambda s: b"p") for _ in range(16)]
+        tracks = [old.next_track_id("cam1") for _ in range(4)]
+        old.close()
+        (tmp_path / "old.sqlite").rename(tmp_path / "aside.sqlite")
+        new = Outbox(tmp_path / "old.sqlite")
+        assert new.add("cam1", "t", lambda s: b"p") > max(sent)
+        assert new.next_track_id("cam1") > max(tracks)
 
     @pytest.mark.parametrize(("policy", "kept", "counter"), [("drop_oldest", [2, 3, 4], "dropped_oldest"),
                                                               ("drop_newest", [0, 1, 2], "dropped_newest")])
     def test_full_outbox_policy_is_explicit_and_counted(self, tmp_path, policy, kept, counter):
         outbox = Outbox(tmp_path / "o.sqlite", max_messages=3, when_full=policy)
-        for _ in range(5):
+        first = outbox.add("cam", "t", lambda s: b"p")
+        for _ in range(4):
             outbox.add("cam", "t", lambda s: b"p")
-        assert [s for _, s, _, _ in outbox.pending()] == kept
+        assert [s - first for _, s, _, _ in outbox.pending()] == kept
         assert outbox.stats()[counter] == 2
 
     def test_damaged_outbox_file_is_one_clear_error(self, tmp_path):
         (tmp_path / "bad.sqlite").write_bytes(b"this is not sqlite" * 100)
-        with pytest.raises(UserError, match="not a usable SQLite file"):
+        with pytest.raises(UserError, match="is damaged"):
             Outbox(tmp_path / "bad.sqlite")
+
+    def test_a_damaged_outbox_is_left_untouched_and_what_it_holds_is_recovered(self, tmp_path, capsys):
+        """Random bytes over pages 3-5 once ended `edge run` in a traceback."""
+        import hashlib
+
+        from hybreid.cli import main
+
+        path = tmp_path / "o.sqlite"
+        outbox = Outbox(path)
+        payload = bytes(range(256)) * 16  # 4 KiB: about a page per record
+        sent = [outbox.add(f"cam{n % 2}", "t", lambda s: payload) for n in range(40)]
+        outbox.close()
+        data = bytearray(path.read_bytes())
+        page = 4096
+        data[2 * page:5 * page] = np.random.default_rng(0).integers(0, 256, 3 * page, dtype=np.uint8).tobytes()
+        path.write_bytes(bytes(data))
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        with pytest.raises(UserError, match="is damaged .* left untouched: recover") as error:
+            Outbox(path)
+        assert "\n" not in str(error.value)
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == digest
+        assert not (tmp_path / "o.sqlite-wal").exists() or (tmp_path / "o.sqlite-wal").stat().st_size == 0
+        assert main(["edge", "outbox-recover", str(path), "--out", str(tmp_path / "new.sqlite")]) == 0
+        report = json.loads(capsys.readouterr().out)
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == digest
+        recovered = Outbox(tmp_path / "new.sqlite")
+        rows = recovered.pending(limit=100)
+        # Pages 3-5 hold the tables' indexes here: read row by row, every record is still there.
+        assert len(rows) == report["recovered_records"] == 40
+        assert {(c, s) for c, s, _, _ in rows} == {(f"cam{n % 2}", s) for n, s in enumerate(sent)}
+        assert all(p == payload for _, _, _, p in rows)
+        assert recovered.add("cam0", "t", lambda s: b"x") > max(sent)  # nothing it sends repeats a number
+        assert main(["edge", "outbox-recover", str(path), "--out", str(tmp_path / "new.sqlite")]) == 2
 
 
 def crop(track: int, ts: float, quality: float, image=None) -> Crop:

@@ -75,6 +75,8 @@ def hostile_corpus() -> dict[str, tuple[str, bytes, str]]:
         "version 2": (_raw(v=2), "version"),
         "version as string": (_raw(v="1"), "version"),
         "version missing": (_without("v"), "version"),
+        "version true": (_raw(v=True), "version"),
+        "version 1.0": (_raw(v=1.0), "version"),
         "unknown field": (_raw(admin=True), "schema"),
         "site missing": (_without("site"), "schema"),
         "site with a slash": (_raw(site="lab/x"), "schema"),
@@ -170,6 +172,19 @@ def test_hostile_corpus_through_mosquitto_names_every_rejection(tmp_path, mosqui
     assert sorted(seqs) == sorted(stored)  # each valid message stored exactly once
     assert np.isfinite(prototypes).all() and np.allclose(np.linalg.norm(prototypes, axis=1), 1, atol=1e-5)
     print(f"{len(corpus)} kinds, rejections by reason: {dict(sorted(expected.items()))}")
+
+
+def test_a_huge_topic_is_logged_cut_short(tmp_path, caplog):
+    """A 60 KB topic once wrote a 120 KB log line per message."""
+    import logging
+
+    matcher = Matcher(Gallery(tmp_path / "g.sqlite"), MatchPolicy())
+    topic = protocol.features_topic("lab", "cam1") + "/" + "\x1b" * 60_000
+    with caplog.at_level(logging.WARNING, logger="hybreid.matcher"):
+        assert matcher.handle(topic, _raw()) is None
+    (record,) = [r for r in caplog.records if "rejected" in r.getMessage()]
+    assert len(record.getMessage()) < 1000 and "\x1b" not in record.getMessage()
+    assert matcher.gallery.rejections() == {"topic_mismatch": 1}
 
 
 def test_huge_finite_embeddings_keep_the_prototype_finite(tmp_path):
@@ -318,3 +333,108 @@ def test_events_survive_matcher_kills(tmp_path, mosquitto):
     with gallery.lock:
         rows = gallery.db.execute("SELECT camera_id, seq, identity_id FROM sightings").fetchall()
     assert len(rows) == 240 and {(c, s): i for c, s, i in rows} == decisions  # every event agrees with the store
+
+
+def test_a_negative_retention_is_refused_and_a_dry_run_deletes_nothing(tmp_path, capsys):
+    """`--older-than-days -5` once reached into the future and deleted every sighting."""
+    db = tmp_path / "g.sqlite"
+    matcher = Matcher(Gallery(db), MatchPolicy())
+    for seq in range(4):
+        matcher.handle(*feature("cam1", seq, seq, unit(seq), ts=time.time() - 86400 * seq))
+    matcher.gallery.close()
+    for age in ("-5", "nan", "-inf"):
+        assert main(["matcher", "purge", "--db", str(db), f"--older-than-days={age}"]) == 2
+        assert "--older-than-days must be" in capsys.readouterr().err
+    capsys.readouterr()
+    assert main(["matcher", "purge", "--db", str(db), "--older-than-days", "1.5", "--dry-run"]) == 0
+    assert json.loads(capsys.readouterr().out)["would_delete_sightings"] == 2  # 2 and 3 days old
+    assert Gallery(db).stats()["sightings"] == 4
+    assert main(["matcher", "purge", "--db", str(db), "--older-than-days", "1.5"]) == 0
+    assert json.loads(capsys.readouterr().out)["deleted_sightings"] == 2
+    assert Gallery(db).stats()["sightings"] == 2
+
+
+def test_a_broker_that_never_answers_and_a_lagging_matcher_are_said(tmp_path, mosquitto, caplog):
+    """A matcher whose broker never answered said nothing; one falling behind the cameras (its
+    queue at the broker growing) said nothing either."""
+    import logging
+    import threading
+
+    from hybreid.mqtt.mosquitto import free_port
+
+    url = f"mqtt://127.0.0.1:{free_port()}"  # nothing listens there
+    lonely = MatcherService(Matcher(Gallery(tmp_path / "a.sqlite"), MatchPolicy()), BrokerConfig(url=url))
+    with caplog.at_level(logging.WARNING, logger="hybreid.matcher"):
+        thread = threading.Thread(target=lonely.run_forever, kwargs={"report_unreachable_s": 0.5}, daemon=True)
+        thread.start()
+        assert wait_until(lambda: "no connection to the broker" in caplog.text, 10)
+        lonely.request_stop()
+        thread.join(10)
+    assert f"no connection to the broker at {url}" in caplog.text
+    assert lonely.status()["broker_connected"] is False
+    caplog.clear()
+    late = MatcherService(Matcher(Gallery(tmp_path / "b.sqlite"), MatchPolicy()),
+                          BrokerConfig(url=mosquitto.url, client_id="late"))
+    with caplog.at_level(logging.WARNING, logger="hybreid.matcher"):
+        thread = threading.Thread(target=late.run_forever, kwargs={"lag_warning_s": 30.0}, daemon=True)
+        thread.start()
+        assert late.subscribed.wait(10)
+        publish_all(mosquitto.port, [feature("cam1", 0, 1, unit(0), ts=time.time() - 300)])  # captured 5 min ago
+        assert wait_until(lambda: "behind the cameras" in caplog.text, 10)
+        late.request_stop()
+        thread.join(10)
+    assert 299 < late.status()["lag_s"] < 330 and late.status()["broker_connected"] is False  # stopped
+
+
+def _thresholds(path, model: str | None):
+    path.write_text(json.dumps({"model": model, "same_modality": {"threshold": 0.8},
+                                "cross_modality": {"threshold": 0.5}}))
+    return path
+
+
+def test_the_gallery_is_bound_to_the_thresholds_model_not_to_the_first_message(tmp_path, mosquitto, capsys):
+    """Messages of an older export queued at the broker once claimed a fresh gallery, and every
+    real message was then rejected as model_mismatch."""
+    from test_matcher import wait_for_line
+
+    db = tmp_path / "g.sqlite"
+    thresholds = _thresholds(tmp_path / "t.json", "m@h1")
+    session = subprocess.Popen([*matcher_command(mosquitto.url, db)[:-4], "--thresholds", str(thresholds)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        assert wait_for_line(session.stderr, "subscribed to")
+        session.terminate()
+        session.wait(20)
+        # while it is away: one message of an untrained export, then the site's real ones
+        publish_all(mosquitto.port, [feature("cam1", 0, 1, unit(0), model_hash="untrained"),
+                                     *[feature("cam1", seq, seq, unit(seq)) for seq in range(1, 4)]])
+        session = subprocess.Popen([*matcher_command(mosquitto.url, db)[:-4], "--thresholds", str(thresholds)],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        assert wait_until(lambda: db.exists() and Gallery(db).stats()["sightings"] == 3, 20)
+    finally:
+        session.terminate()
+        session.wait(20)
+    gallery = Gallery(db)
+    assert gallery.model == "m@h1" and gallery.rejections() == {"model_mismatch": 1}
+    other = _thresholds(tmp_path / "other.json", "m@h2")
+    for argv in (["--thresholds", str(other)],  # calibrated for another model than the gallery holds
+                 ["--thresholds", str(thresholds), "--model-identity", "m@h2"],  # they disagree
+                 ["--model-identity", "not an identity"]):
+        capsys.readouterr()
+        assert main(["matcher", "run", "--db", str(db), "--broker", mosquitto.url, *argv]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("hybreid: error: ") and err.count("\n") == 1, err
+    assert Gallery(db).model == "m@h1"
+
+
+def test_matching_at_default_thresholds_is_said(tmp_path, caplog):
+    import logging
+
+    from hybreid.matcher.cli import _gallery_model
+
+    class Args:
+        model_identity, thresholds = None, None
+    with caplog.at_level(logging.WARNING, logger="hybreid.matcher"):
+        assert _gallery_model(Args(), None) is None
+    assert "no --thresholds: matching at the default cosines 0.60 / 0.45" in caplog.text
+    assert "the gallery takes the model of the first message" in caplog.text

@@ -229,3 +229,58 @@ def test_an_online_merge_the_camera_graph_forbids_is_split(tmp_path):
     assert moved["camera_id"] == "cam2" and moved["from"] == first["identity"] != moved["identity"]
     assert matcher.gallery.stats()["identities"] == 2
     assert matcher.gallery.resolve(moved["identity"]) == moved["identity"]
+
+
+def test_merges_made_while_the_broker_is_away_are_announced_after_a_kill(tmp_path, mosquitto):
+    """3 merges committed with the broker down, then a SIGKILL: 0 merge events were ever
+    published. Re-association's events are stored with the change and sent once they can be."""
+    import signal
+    import subprocess
+    import sys
+
+    db = tmp_path / "g.sqlite"
+    matcher = Matcher(Gallery(db), POLICY)
+    assert [matcher.handle(*message)["identity"] for message in STREAM] == [1, 2, 3, 2]
+    matcher.gallery.close()
+    thresholds = tmp_path / "t.json"
+    thresholds.write_text(json.dumps({"model": "m@h1", "same_modality": {"threshold": 0.6},
+                                      "cross_modality": {"threshold": 0.45}}))
+    command = [sys.executable, "-m", "hybreid.cli", "matcher", "run", "--db", str(db), "--broker", mosquitto.url,
+               "--client-id", "durable", "--thresholds", str(thresholds), "--report-every", "0"]
+    mosquitto.stop()
+    first = subprocess.Popen([*command, "--reassociate-every", "0.3"], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    gallery = Gallery(db)
+    try:
+        deadline = time.monotonic() + 30
+        while not gallery.pending_events() and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    stored = [event for _, event in gallery.pending_events()]
+    assert {"type": "merge", "site": "lab", "from": 3, "into": 2, "ts": 1310.0} in stored
+    mosquitto.start()
+    received: list[dict] = []
+    subscribed = threading.Event()
+    listener = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="events")
+    listener.on_message = lambda c, u, message: received.append(json.loads(message.payload))
+    listener.on_subscribe = lambda *args: subscribed.set()
+    listener.on_connect = lambda client, *args: client.subscribe(protocol.events_topic("lab"), qos=1)
+    listener.connect("127.0.0.1", mosquitto.port)
+    listener.loop_start()
+    assert subscribed.wait(10)
+    second = subprocess.Popen([*command, "--reassociate-every", "0"], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while (gallery.pending_events() or not received) and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        second.terminate()
+        second.wait(20)
+        listener.disconnect()
+        listener.loop_stop()
+    assert {"v": 1, "type": "merge", "site": "lab", "from": 3, "into": 2, "ts": 1310.0} in received
+    assert all({"v": 1, **event} in received for event in stored)  # every stored event, reassigns too
+    assert gallery.pending_events() == []  # acknowledged, so no longer stored

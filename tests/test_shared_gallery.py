@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from test_matcher import connected_publisher, feature, unit, wait_for_line, wait_until
 
+from hybreid.matcher.database import StoreUnavailable
 from hybreid.matcher.gallery import Gallery
 from hybreid.matcher.service import Matcher, MatcherService, MatchPolicy
 from hybreid.mqtt import BrokerConfig
@@ -353,3 +354,98 @@ def test_an_unreachable_database_is_one_clear_error(capsys):
     assert main(["matcher", "query", "--db", url, "--identity", "1"]) == 2
     error = capsys.readouterr().err.strip()
     assert "cannot be reached" in error and "secret" not in error and len(error.splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_matcher_processes_outlive_a_database_restart(postgres, mosquitto):
+    """`matcher run` reporting every second while PostgreSQL restarts for 3 s: both instances
+    once exited with a traceback (the status line read the gallery). They must say so in one
+    line, keep running and store every message once the database is back."""
+    db = postgres.new_database()
+    processes = []
+    try:
+        for index in range(2):
+            processes.append(subprocess.Popen(
+                [sys.executable, "-m", "hybreid.cli", "matcher", "run", "--broker", mosquitto.url, "--db", db,
+                 "--client-id", f"reporting-{index}", "--shared-group", "matchers", "--protocol", "5",
+                 "--report-every", "0.5", "--reassociate-every", "1"], stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE, text=True))
+            assert wait_for_line(processes[-1].stderr, "subscribed to", 30)
+        _stream_through_a_database_restart(postgres, mosquitto, db)
+        assert [process.poll() for process in processes] == [None, None]  # both still serving
+        for process in processes:
+            process.send_signal(signal.SIGTERM)
+        errors = [process.communicate(timeout=30)[1] for process in processes]
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+    assert all("Traceback" not in err for err in errors), errors[0][-2000:]
+    assert all(process.returncode == 0 for process in processes)
+
+
+def _stream_through_a_database_restart(postgres, mosquitto, db: str) -> None:
+    """60 messages, the last 30 while the database is down for 3 s; returns once all are stored."""
+    messages = stream(60)
+    publisher = connected_publisher(mosquitto.port, "camera-publisher")
+    gallery = Gallery(db)
+
+    def stored() -> int:
+        try:
+            return gallery.stats()["sightings"]
+        except StoreUnavailable:  # the test's own connection went down with the server
+            return -1
+    for topic, payload in messages[:30]:
+        publisher.publish(topic, payload, qos=1).wait_for_publish(5)
+    assert wait_until(lambda: stored() == 30, 30)
+    postgres.kill()
+    for topic, payload in messages[30:]:
+        publisher.publish(topic, payload, qos=1).wait_for_publish(5)
+    time.sleep(3)
+    postgres.start()
+    publisher.disconnect()
+    publisher.loop_stop()
+    assert wait_until(lambda: stored() == 60, 60), stored()
+    keys = gallery.db.execute("SELECT camera_id, seq FROM sightings").fetchall()
+    assert len(keys) == len(set(keys)) == 60
+
+
+@pytest.mark.slow
+def test_a_dead_instances_messages_are_taken_over_by_a_drain(postgres, mosquitto):
+    """Two instances in one shared group, one SIGKILLed and left dead: a third of later messages
+    waited in its session. `matcher run --drain` under its client id decides them and ends the
+    session, after which the broker routes nothing more to it."""
+    db = postgres.new_database()
+    gallery = Gallery(db)
+    survivor, dead = matcher_process(mosquitto.url, db, "alive"), matcher_process(mosquitto.url, db, "gone")
+    dead.send_signal(signal.SIGKILL)
+    dead.wait()
+    messages = stream(120)
+    publisher = connected_publisher(mosquitto.port, "camera-publisher")
+    try:
+        for topic, payload in messages[:90]:
+            publisher.publish(topic, payload, qos=1).wait_for_publish(5)
+
+        def stored() -> int:
+            return gallery.db.execute("SELECT COUNT(*) FROM sightings").fetchone()[0]
+        wait_until(lambda: stored() >= 45, 30)
+        time.sleep(1)
+        held = 90 - stored()
+        assert held > 20, held  # waiting in the dead instance's session
+        drain = subprocess.run(
+            [sys.executable, "-m", "hybreid.cli", "matcher", "run", "--broker", mosquitto.url, "--db", db,
+             "--client-id", "gone", "--shared-group", "matchers", "--drain", "--reassociate-every", "0",
+             "--report-every", "0"], capture_output=True, text=True, timeout=120)
+        assert drain.returncode == 0, drain.stderr[-2000:]
+        assert "drained the session of gone" in drain.stderr
+        assert wait_until(lambda: stored() == 90, 30), stored()
+        for topic, payload in messages[90:]:  # the dead session is gone: all reach the survivor
+            publisher.publish(topic, payload, qos=1).wait_for_publish(5)
+        assert wait_until(lambda: stored() == 120, 30), stored()
+    finally:
+        publisher.disconnect()
+        publisher.loop_stop()
+        survivor.send_signal(signal.SIGTERM)
+        survivor.wait(30)
+    keys = gallery.db.execute("SELECT camera_id, seq FROM sightings").fetchall()
+    assert len(keys) == len(set(keys)) == 120

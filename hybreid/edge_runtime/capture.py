@@ -71,6 +71,7 @@ class CameraCapture(threading.Thread):
         self._stopping = threading.Event()
         self.finished = threading.Event()
         self.frames_read = self.frames_dropped = self.reconnects = 0
+        self.last_frame_at: float | None = None  # time.monotonic() of the newest frame read
         self.error: str | None = None  # why a video file could not be read
         self.modality = config.modality if config.modality != "auto" else None
 
@@ -130,6 +131,7 @@ class CameraCapture(threading.Thread):
                 ts = self.start_time + index / fps if self.config.is_file else time.time()
                 self._offer(Frame(self.config.id, index, ts, image, self.modality or "visible"))
                 self.frames_read += 1
+                self.last_frame_at = time.monotonic()
                 index += 1
             capture.release()
             if self.config.is_file and not self.config.loop:

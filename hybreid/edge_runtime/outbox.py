@@ -2,8 +2,12 @@
 when the broker acknowledges it, so a broker outage or a killed process loses nothing.
 
 SQLite in WAL mode, one file. Per camera it also keeps the sequence counter (protocol
-v1's ``seq`` never repeats, across restarts) and the track-id counter. The outbox has
-a size bound; when it is full the policy decides, and every decision is counted:
+v1's ``seq`` never repeats, across restarts) and the track-id counter. A camera's counters
+start at the clock in microseconds, not at 0: an outbox replaced by a new one (damaged,
+deleted, a box reinstalled) then numbers its records and tracks after everything the old
+one sent, so the matcher takes none of them for a redelivery or for an old track's update
+(it stays so while the box's clock is not set back past the old outbox's creation). The
+outbox has a size bound; when it is full the policy decides, and every decision is counted:
 
 - ``drop_oldest`` (default): the oldest unsent record makes room (a long outage keeps
   the most recent sightings);
@@ -12,6 +16,7 @@ a size bound; when it is full the policy decides, and every decision is counted:
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
 import time
@@ -32,6 +37,21 @@ CREATE TABLE IF NOT EXISTS stats (name TEXT PRIMARY KEY, value INTEGER NOT NULL)
 POLICIES = ("drop_oldest", "drop_newest")
 
 
+def _first_counter() -> int:
+    """Where a camera's new sequence and track counters start: the clock in microseconds."""
+    return time.time_ns() // 1000
+
+
+def damage(path: Path) -> str | None:
+    """What is wrong with the outbox file at ``path`` (read only, nothing written), or None."""
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+            problems = [row[0] for row in db.execute("PRAGMA quick_check(3)")]
+    except sqlite3.DatabaseError as exc:
+        return str(exc)
+    return None if problems == ["ok"] else " ".join(" ".join(problems).replace("*", "").split())[:300]
+
+
 class Outbox:
     def __init__(self, path: str | Path, max_messages: int = 100_000, when_full: str = "drop_oldest"):
         if when_full not in POLICIES:
@@ -39,6 +59,11 @@ class Outbox:
         self.path, self.max_messages, self.when_full = Path(path), max_messages, when_full
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
+        problem = damage(self.path) if self.path.exists() else None
+        if problem:  # checked read-only first: a damaged outbox is left exactly as it is
+            raise UserError(f"outbox {self.path} is damaged ({problem}); it was left untouched: recover what it "
+                            f"still holds with `hybreid edge outbox-recover {self.path} --out NEW.sqlite` and "
+                            "point outbox.path at the new file")
         try:
             self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -55,8 +80,9 @@ class Outbox:
         row = self._db.execute("SELECT next_seq, next_track FROM counters WHERE camera_id = ?",
                                (camera_id,)).fetchone()
         if row is None:
-            self._db.execute("INSERT INTO counters VALUES (?, 0, 1)", (camera_id,))
-            return 0, 1
+            first = _first_counter()
+            self._db.execute("INSERT INTO counters VALUES (?, ?, ?)", (camera_id, first, first))
+            return first, first
         return row
 
     def next_track_id(self, camera_id: str) -> int:
@@ -118,3 +144,67 @@ class Outbox:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+def _readable_rows(db: sqlite3.Connection, table: str, columns: str) -> tuple[list[tuple], int]:
+    """Every row of ``table`` a damaged file still gives, and how many rowids failed to read.
+
+    Row by row: one read across a damaged page fails as a whole, and would lose the rows
+    around the damage with it. No library reads around damage in a SQLite file (the sqlite3
+    shell's ``.recover`` is not in Python's module), hence this walk.
+    """
+    try:
+        (last,) = db.execute(f"SELECT max(rowid) FROM {table}").fetchone()
+    except sqlite3.DatabaseError:
+        last = None
+    rows, failed, rowid, since_found = [], 0, 0, 0
+    while (rowid < last) if last is not None else (since_found < 100_000):
+        rowid += 1
+        try:
+            row = db.execute(f"SELECT {columns} FROM {table} WHERE rowid = ?", (rowid,)).fetchone()
+        except sqlite3.DatabaseError:
+            failed += 1
+            since_found += 1
+            continue
+        if row is None:
+            since_found += 1
+        else:
+            rows.append(row)
+            since_found = 0
+    return rows, failed
+
+
+def recover(damaged: str | Path, out: str | Path) -> dict:
+    """Copy every record and counter a damaged outbox still holds into a new outbox at ``out``;
+    the damaged file is only read. The new counters start past every recovered number and the
+    clock, so nothing it sends repeats a number the old one may have sent."""
+    damaged, out = Path(damaged), Path(out)
+    if not damaged.is_file():
+        raise UserError(f"outbox {damaged} does not exist")
+    if out.exists():
+        raise UserError(f"{out} exists already; give a new file for the recovered outbox")
+    try:
+        source = sqlite3.connect(f"file:{damaged}?mode=ro", uri=True)
+        records, lost = _readable_rows(source, "outbox", "camera_id, seq, topic, payload, created")
+        counters, _ = _readable_rows(source, "counters", "camera_id, next_seq, next_track")
+    except sqlite3.DatabaseError as exc:
+        raise UserError(f"{damaged} cannot be read as an outbox at all ({exc})") from None
+    finally:
+        with contextlib.suppress(NameError):
+            source.close()
+    first = _first_counter()
+    next_seq, next_track = {}, {}
+    for camera_id, seq, track in counters:
+        next_seq[camera_id], next_track[camera_id] = max(seq, first), max(track, first)
+    for camera_id, seq, *_ in records:
+        next_seq[camera_id] = max(next_seq.get(camera_id, first), seq + 1)
+        next_track.setdefault(camera_id, first)
+    outbox = Outbox(out)
+    with outbox._lock:
+        outbox._db.execute("BEGIN IMMEDIATE")
+        outbox._db.executemany("INSERT OR IGNORE INTO outbox VALUES (?, ?, ?, ?, ?)", records)
+        outbox._db.executemany("INSERT INTO counters VALUES (?, ?, ?)",
+                               [(camera, next_seq[camera], next_track[camera]) for camera in next_seq])
+        outbox._db.execute("COMMIT")
+    outbox.close()
+    return {"recovered_records": len(records), "unreadable_rows": lost, "cameras": sorted(next_seq)}

@@ -13,9 +13,10 @@ refusal cannot be known here: the record is deleted as if delivered. Use MQTT 5.
 
 Every camera has its own retained status on ``hybreid/v1/{site}/{camera}/status`` and
 its own last will: a small status connection per camera (client id
-``<client_id>-<camera>``), because MQTT allows one will per connection and a box's
-cameras must each go ``offline`` when the box vanishes. TLS and username/password are
-supported.
+``<client_id>-<camera>``, user ``<username>.<camera>`` with the box's password, as
+``hybreid site broker-acl`` sets the broker up; ``broker.camera_logins: false`` keeps the
+box's user), because MQTT allows one will per connection and a box's cameras must each go
+``offline`` when the box vanishes. TLS and username/password are supported.
 """
 
 from __future__ import annotations
@@ -34,22 +35,38 @@ log = logging.getLogger("hybreid.edge.publish")
 
 
 class CameraStatus:
-    """One camera's retained status and last will, on a connection of its own."""
+    """One camera's retained status and last will, on a connection of its own.
 
-    def __init__(self, broker: BrokerConfig, site: str, camera: str):
+    The state follows the frames, not the connection: ``no_frames`` until the camera delivers
+    one and whenever it stops delivering (a dead stream, a missing device), ``online`` while
+    frames arrive, ``offline`` when the box stops (or, as the last will, vanishes).
+    """
+
+    def __init__(self, broker: BrokerConfig, site: str, camera: str, camera_logins: bool = True):
         self.topic, self.camera = protocol.status_topic(site, camera), camera
-        config = BrokerConfig(**{**broker.__dict__, "client_id": f"{broker.client_id}-{camera}"})
+        own = {"username": protocol.status_login(broker.username, camera)} if broker.username and camera_logins else {}
+        config = BrokerConfig(**{**broker.__dict__, "client_id": f"{broker.client_id}-{camera}", **own})
         self.client = make_client(config, (self.topic, protocol.encode_status("offline", camera, time.time())))
         self.client.on_connect = self._on_connect
         self.connected = threading.Event()
         self.broker = config
+        self.state = "no_frames"
 
     def _on_connect(self, client, userdata, flags, reason_code, properties=None):
         if reason_code.is_failure:
             log.warning("broker refused camera %s's status connection: %s", self.camera, reason_code)
             return
-        client.publish(self.topic, protocol.encode_status("online", self.camera, time.time()), qos=1, retain=True)
+        client.publish(self.topic, protocol.encode_status(self.state, self.camera, time.time()), qos=1, retain=True)
         self.connected.set()
+
+    def report(self, state: str) -> None:
+        """Publish ``state`` if it changed (and again on every reconnect)."""
+        if state == self.state:
+            return
+        self.state = state
+        if self.client.is_connected():
+            self.client.publish(self.topic, protocol.encode_status(state, self.camera, time.time()), qos=1,
+                                retain=True)
 
     def start(self) -> None:
         host, port, _ = self.broker.endpoint()
@@ -69,13 +86,14 @@ class CameraStatus:
 
 class Publisher(threading.Thread):
     def __init__(self, outbox: Outbox, broker: BrokerConfig, site: str, cameras: list[str],
-                 max_in_flight: int = 200, retry_refused_s: float = 60.0, report_unreachable_s: float = 10.0):
+                 max_in_flight: int = 200, retry_refused_s: float = 60.0, report_unreachable_s: float = 10.0,
+                 camera_logins: bool = True):
         super().__init__(name="publisher", daemon=True)
         self.outbox, self.broker, self.site, self.cameras = outbox, broker, site, cameras
         self.max_in_flight, self.retry_refused_s = max_in_flight, retry_refused_s
         self.report_unreachable_s = report_unreachable_s
         self.client = make_client(broker)
-        self.statuses = [CameraStatus(broker, site, camera) for camera in cameras]
+        self.statuses = [CameraStatus(broker, site, camera, camera_logins) for camera in cameras]
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_publish = self._on_publish

@@ -29,7 +29,9 @@ from hybreid.edge_runtime.site import resolve_paths, validate_site
 from hybreid.edge_runtime.stages import Crop, Frame, TrackletFeature
 from hybreid.edge_runtime.track import IoUTracker
 from hybreid.errors import UserError
+from hybreid.files import MAX_PASSWORD_BYTES, read_text_file
 from hybreid.mqtt import BrokerConfig
+from hybreid.mqtt.client import check_tls_files
 
 log = logging.getLogger("hybreid.edge")
 
@@ -56,11 +58,10 @@ class SiteConfig:
         broker = site.broker.model_dump(exclude_none=True)
         password_file = broker.pop("password_file", None)
         if password_file:
-            try:
-                broker["password"] = Path(password_file).read_text().strip()
-            except OSError as exc:
-                raise UserError(f"{source}: broker.password_file {password_file} cannot be read "
-                                f"({exc.strerror})") from exc
+            broker["password"] = read_text_file(password_file, f"{source}: broker.password_file",
+                                                MAX_PASSWORD_BYTES).strip()
+        # before the outbox is created or anything runs
+        check_tls_files(BrokerConfig(**{key: value for key, value in broker.items() if key != "camera_logins"}))
         return cls(site.site, site.box_id, [CameraConfig(**camera.model_dump()) for camera in site.cameras],
                    site.model.model_dump(exclude_none=True), site.detector.model_dump(),
                    site.box_filter.model_dump(), site.tracker.model_dump(), site.embed.model_dump(),
@@ -137,8 +138,11 @@ class EdgeRuntime:
         self.contract = self.embedder.contract
         self._probe_embedder()
         self.outbox = Outbox(**config.outbox)
-        broker = BrokerConfig(**{"client_id": f"hybreid-edge-{config.site}-{config.box_id}", **config.broker})
-        self.publisher = Publisher(self.outbox, broker, config.site, [c.id for c in config.cameras])
+        settings = dict(config.broker)
+        camera_logins = settings.pop("camera_logins", True)
+        broker = BrokerConfig(**{"client_id": f"hybreid-edge-{config.site}-{config.box_id}", **settings})
+        self.publisher = Publisher(self.outbox, broker, config.site, [c.id for c in config.cameras],
+                                   camera_logins=camera_logins)
         self.detector = make_detector(**config.detector)
         self.box_filter = BoxFilter(**config.box_filter)
         self.trackers = {c.id: IoUTracker(lambda cid=c.id: self.outbox.next_track_id(cid), **config.tracker)
@@ -156,18 +160,9 @@ class EdgeRuntime:
         self.track_log: list[tuple[str, int, int, tuple]] | None = [] if config.metrics.get("record_tracks") else None
 
     def _probe_embedder(self) -> None:
-        """Embed one blank crop before any thread starts: a graph that does not run as its
-        contract says fails here, in one sentence, not later in the embedding thread."""
-        crop = np.zeros((self.contract.height, self.contract.width, 3), dtype=np.uint8)
-        try:
-            output = self.embedder.embed([crop])
-        except Exception as exc:  # ONNX Runtime and TensorRT raise their own types
-            raise UserError(f"model {self.config.model['path']} does not run on its own contract "
-                            f"({exc.__class__.__name__}: {' '.join(str(exc).split())[:300]}); export it again") \
-                from exc
-        if output.shape != (1, self.contract.embedding_dim):
-            raise UserError(f"model {self.config.model['path']} gives embeddings of shape {output.shape[1:]}, "
-                            f"its contract says {self.contract.embedding_dim}; export it again")
+        """Before any thread starts: a graph that does not run as its contract says fails here,
+        in one sentence, not later in the embedding thread."""
+        self.embedder.probe(self.config.model["path"])
 
     # -- stages -------------------------------------------------------------------------
 
@@ -265,11 +260,26 @@ class EdgeRuntime:
             if time.monotonic() >= next_report:
                 log.info("edge metrics: %s", self.metrics.snapshot(self))
                 next_report += interval
+            self._report_camera_states()
         summary = self.shutdown()
         failure = failure or next((capture.error for capture in self.captures if capture.error), None)
+        silent = [capture.config.id for capture in self.captures if not capture.frames_read]
+        if not failure and silent:
+            failure = (f"camera(s) {', '.join(silent)} delivered no frame in {summary['elapsed_s']:.0f} s (their "
+                       "status said no_frames); check their source")
         if failure:
             raise UserError(f"{failure}; what was published is in the summary logged above")
         return summary
+
+    def _report_camera_states(self) -> None:
+        """Each camera's retained status from its frames: ``online`` while they arrive,
+        ``no_frames`` when none came for ``no_frames_after_s``."""
+        now, quiet = time.monotonic(), self.config.metrics["no_frames_after_s"]
+        for capture, status in zip(self.captures, self.publisher.statuses, strict=True):
+            if capture.done:  # a video file played to its end: the box's stop says offline
+                continue
+            arrived = capture.last_frame_at is not None and now - capture.last_frame_at < quiet
+            status.report("online" if arrived else "no_frames")
 
     def shutdown(self) -> dict:
         for capture in self.captures:

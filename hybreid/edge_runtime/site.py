@@ -109,6 +109,9 @@ class Broker(Section):
     keyfile: str | None = None
     protocol: Literal["3.1.1", "5"] = "3.1.1"
     keepalive: Annotated[int, Field(ge=5, le=3600)] = 30
+    # Each camera's status connection logs in as <username>.<camera> (a broker that binds client
+    # ids to users needs a user per connection); false: as <username>.
+    camera_logins: bool = True
 
     @model_validator(mode="after")
     def _mqtt_url(self) -> Broker:
@@ -131,6 +134,8 @@ class Outbox(Section):
 class Metrics(Section):
     interval_s: Annotated[float, Field(gt=0, le=86400, allow_inf_nan=False)] = 30.0
     record_tracks: bool = False
+    # a camera that delivered no frame for this long says no_frames on its retained status
+    no_frames_after_s: Annotated[float, Field(gt=0, le=86400, allow_inf_nan=False)] = 10.0
 
 
 class SiteFile(Section):

@@ -33,18 +33,48 @@ def _broker_password(args) -> str | None:
     import os
 
     if args.password_file:
-        try:
-            return Path(args.password_file).read_text().strip()
-        except OSError as exc:
-            raise UserError(f"password file {args.password_file} cannot be read ({exc.strerror})") from exc
+        from hybreid.files import MAX_PASSWORD_BYTES, read_text_file
+
+        return read_text_file(args.password_file, "password file", MAX_PASSWORD_BYTES).strip()
     return os.environ.get("HYBREID_MQTT_PASSWORD")
+
+
+def _gallery_model(args, thresholds) -> str | None:
+    """The model the gallery is for: ``--model-identity``, else the thresholds file's; they must agree.
+    Without either the gallery takes the first accepted message's model, and a message of an
+    older export still queued at the broker would claim it: said here."""
+    import logging
+    import re
+
+    from hybreid.matcher.service import MatchPolicy
+
+    log = logging.getLogger("hybreid.matcher")
+    if args.model_identity is not None and not re.match(r"^[A-Za-z0-9_.+-]{1,128}@[A-Za-z0-9_.+-]{1,128}$",
+                                                            args.model_identity):
+        raise UserError(f"--model-identity must be NAME@WEIGHTS_HASH (as the features carry it), "
+                        f"got {args.model_identity[:80]!r}")
+    calibrated_for = thresholds.model if thresholds is not None else None
+    if args.model_identity and calibrated_for and args.model_identity != calibrated_for:
+        raise UserError(f"--thresholds {args.thresholds} were calibrated for {calibrated_for}, not for "
+                        f"--model-identity {args.model_identity}; calibrate them for this model "
+                        "(`hybreid calibrate threshold`)")
+    if thresholds is None:
+        defaults = MatchPolicy()
+        log.warning("no --thresholds: matching at the default cosines %.2f / %.2f, calibrated for no model; give the "
+                    "file `hybreid calibrate threshold` writes", defaults.same_modality, defaults.cross_modality)
+    model = args.model_identity or calibrated_for
+    if model is None:
+        log.warning("no --model-identity (nor thresholds naming one): the gallery takes the model of the first "
+                    "message it accepts, even one of an older export still queued at the broker")
+    return model
 
 
 def _run(args) -> None:
     import signal
 
-    from hybreid.matcher.service import Matcher, MatcherService, MatchPolicy
+    from hybreid.matcher.service import Matcher, MatcherService, MatchPolicy, ThresholdsFile
     from hybreid.mqtt import BrokerConfig
+    from hybreid.mqtt.client import check_tls_files
 
     if args.threads is not None:
         if not 1 <= args.threads <= MAX_THREADS:
@@ -53,17 +83,31 @@ def _run(args) -> None:
 
         limit_threads(args.threads)
     choices = {} if args.transit_bonus is None else {"transit_bonus": args.transit_bonus}
-    policy = (MatchPolicy.from_thresholds_file(args.thresholds, **choices) if args.thresholds
-              else MatchPolicy.checked(**choices))
+    thresholds = ThresholdsFile.load(args.thresholds) if args.thresholds else None
+    policy = MatchPolicy.from_thresholds(thresholds, **choices) if thresholds else MatchPolicy.checked(**choices)
+    model = _gallery_model(args, thresholds)
     broker = BrokerConfig(url=args.broker, client_id=args.client_id, username=args.username,
                           password=_broker_password(args), ca_certs=args.ca_certs, protocol=args.protocol)
     broker.endpoint()  # a malformed URL is one clear error before anything starts
-    service = MatcherService(Matcher(_gallery(args, create=True), policy), broker, site=args.site,
-                             shared_group=args.shared_group)
+    if args.drain:
+        broker.protocol = "5"  # ending a session on disconnect is MQTT 5's
+    check_tls_files(broker)
+    transit = None
     if args.camera_graph:
         from hybreid.matcher.camera_graph import CameraGraph
 
-        service.transit = CameraGraph.load(args.camera_graph).transit
+        transit = CameraGraph.load(args.camera_graph).transit
+    # Every input checked: only now may a gallery be created (a refused option left an empty one).
+    gallery = _gallery(args, create=True)
+    if model is not None:
+        if gallery.model not in (None, model):
+            gallery.close()
+            raise UserError(f"gallery {args.db} holds embeddings of {gallery.model}, not of {model}: embeddings of "
+                            "two models cannot be compared; give the new model a new gallery (--db)")
+        gallery.bind_model(model)
+    service = MatcherService(Matcher(gallery, policy), broker, site=args.site, shared_group=args.shared_group,
+                             drain=args.drain)
+    service.transit = transit
     signal.signal(signal.SIGTERM, service.request_stop)
     signal.signal(signal.SIGINT, service.request_stop)
     service.run_forever(report_every=args.report_every, reassociate_every=args.reassociate_every)
@@ -71,6 +115,11 @@ def _run(args) -> None:
 
 
 def _purge(args) -> None:
+    import math
+
+    if args.older_than_days is not None and not (math.isfinite(args.older_than_days) and args.older_than_days >= 0):
+        raise UserError(f"--older-than-days must be a number of days, 0 or more, got {args.older_than_days} (a "
+                        "negative age would reach into the future and delete everything)")
     gallery = _gallery(args)
     if args.older_than_days is not None:
         import time
@@ -78,8 +127,9 @@ def _purge(args) -> None:
         args.until = time.time() - 86400 * args.older_than_days
     identity = gallery.resolve(args.identity) if args.identity is not None else None  # a merged id: its survivor
     deleted = gallery.purge(identity=identity, camera=args.camera, since=args.since, until=args.until,
-                            site=args.site)
-    print(json.dumps({"deleted_sightings": deleted, **gallery.stats()}))
+                            site=args.site, dry_run=args.dry_run)
+    key = "would_delete_sightings" if args.dry_run else "deleted_sightings"
+    print(json.dumps({key: deleted, **gallery.stats()}))
 
 
 def _query(args) -> None:
@@ -105,7 +155,11 @@ def register(commands) -> None:
                      help="the gallery: a SQLite file (created if missing), or postgresql://USER@HOST:PORT/DB, "
                           "which several matchers in one --shared-group share")
     run.add_argument("--site", default="+", help="one site, or + for all")
-    run.add_argument("--thresholds", help="JSON from `hybreid calibrate threshold`")
+    run.add_argument("--thresholds", help="JSON from `hybreid calibrate threshold` (it names the model the gallery "
+                                          "is for)")
+    run.add_argument("--model-identity", help="the gallery's model, NAME@WEIGHTS_HASH as the features carry it "
+                                              "(default: the thresholds file's); messages of any other model are "
+                                              "rejected")
     run.add_argument("--index", choices=INDEXES, default="auto",
                      help="FAISS index of the identities: auto is exact below 5,000 identities, IVF above, "
                           "searched deep enough for recall@1 >= 0.99 against exact search")
@@ -114,11 +168,15 @@ def register(commands) -> None:
                      help="compute threads: index search and NumPy (default: all cores; several instances on "
                           "one host: a share each)")
     run.add_argument("--client-id", default="hybreid-matcher", help="MQTT client id")
+    run.add_argument("--drain", action="store_true",
+                     help="take over the session of an instance that will not come back (its --client-id, or its "
+                          "--username where the broker binds client ids to users): decide what waits there, end "
+                          "the session, exit")
     run.add_argument("--username", help="MQTT user")
     run.add_argument("--password-file", help="file holding the MQTT password (or set HYBREID_MQTT_PASSWORD)")
     run.add_argument("--ca-certs", help="CA certificates for mqtts://")
     run.add_argument("--protocol", choices=["3.1.1", "5"], default="3.1.1", help="MQTT version")
-    run.add_argument("--report-every", type=float, default=60.0, help="seconds between status lines")
+    run.add_argument("--report-every", type=float, default=60.0, help="seconds between status lines (0: never)")
     run.add_argument("--reassociate-every", type=float, default=10.0,
                      help="seconds between re-associations of the recent tracklets (0: never)")
     run.add_argument("--camera-graph", help="YAML of connected cameras and their walking times, or a site "
@@ -137,6 +195,7 @@ def register(commands) -> None:
         sub.add_argument("--until", type=float, help="epoch seconds")
     purge.add_argument("--site", help="one site")
     purge.add_argument("--older-than-days", type=float, help="retention: delete what is older")
+    purge.add_argument("--dry-run", action="store_true", help="count what would be deleted; delete nothing")
     query.add_argument("--image", help="a person crop to look up")
     query.add_argument("--artifact", help=ARTIFACT_HELP + ", to embed --image")
     query.add_argument("--top-k", type=int, default=5, help="identities to return for --image")

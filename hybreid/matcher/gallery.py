@@ -19,6 +19,7 @@ identities and prototypes. A batch's decisions wait in a :class:`Draft` until th
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from contextlib import contextmanager
@@ -491,9 +492,12 @@ class Gallery:
                                           identities).fetchall()) if identities else {}
         return tracklets, {i: totals.get(i, 0) - inside[i] for i in identities}
 
-    def apply_reassociation(self, plan: Plan, ts: float) -> tuple[dict[int, int], dict[tuple[str, str, int], int]]:
+    def apply_reassociation(self, plan: Plan, ts: float, events_of=None) -> tuple[dict[int, int],
+                                                                                  dict[tuple[str, str, int], int]]:
         """Move tracklets, create the new identities and record the merges in one transaction;
-        returns (merged: old -> surviving, moved: tracklet -> identity)."""
+        returns (merged: old -> surviving, moved: tracklet -> identity). ``events_of(merged, moved)``
+        gives the events that announce it, stored in the same transaction until
+        :meth:`events_delivered` (a merge committed is a merge announced, whatever fails after)."""
         moved: dict[tuple[str, str, int], int] = {}
         with self._rewriting_identities():
             for group in plan.new_groups:
@@ -514,7 +518,22 @@ class Gallery:
                 self.db.execute("UPDATE merges SET into_id = ? WHERE into_id = ?", (survivor, old))
             for identity in touched:
                 self._recompute_identity(identity)
+            if events_of is not None:
+                self.db.executemany("INSERT INTO pending_events (payload, created) VALUES (?, ?)",
+                                    [(json.dumps(event), ts) for event in events_of(dict(plan.merged), moved)])
         return dict(plan.merged), moved
+
+    def pending_events(self, limit: int = 500) -> list[tuple[int, dict]]:
+        """Stored events not yet acknowledged by the broker, oldest first: ``[(id, event)]``."""
+        with self.lock:
+            rows = self.db.execute("SELECT id, payload FROM pending_events ORDER BY id LIMIT ?", (limit,)).fetchall()
+        return [(row[0], json.loads(row[1])) for row in rows]
+
+    def events_delivered(self, ids: list[int]) -> None:
+        if not ids:
+            return
+        with self.lock:
+            self.db.executemany("DELETE FROM pending_events WHERE id = ?", [(i,) for i in ids])
 
     def _recompute_identity(self, identity_id: int) -> None:
         """Prototype, modalities, counts from the identity's sightings; delete it when it has none."""
@@ -565,9 +584,9 @@ class Gallery:
     # -- retention ----------------------------------------------------------------------------
 
     def purge(self, identity: int | None = None, camera: str | None = None, since: float | None = None,
-              until: float | None = None, site: str | None = None) -> int:
+              until: float | None = None, site: str | None = None, dry_run: bool = False) -> int:
         """Delete sightings matching every given criterion, then identities left with none;
-        returns the number of sightings deleted."""
+        returns the number of sightings deleted (``dry_run``: that would be, deleting nothing)."""
         clauses, values = [], []
         for clause, value in (("identity_id = ?", identity), ("camera_id = ?", camera), ("ts >= ?", since),
                               ("ts < ?", until), ("site = ?", site)):
@@ -576,6 +595,10 @@ class Gallery:
                 values.append(value)
         if not clauses:
             raise UserError("purge needs at least one of identity, site, camera, since, until")
+        if dry_run:
+            with self.lock:
+                return self.db.execute(f"SELECT COUNT(*) FROM sightings WHERE {' AND '.join(clauses)}",
+                                       values).fetchone()[0]
         with self._rewriting_identities():
             deleted = self.db.execute(f"DELETE FROM sightings WHERE {' AND '.join(clauses)}", values).rowcount
             self.db.execute("DELETE FROM identities WHERE id NOT IN (SELECT DISTINCT identity_id FROM sightings)")

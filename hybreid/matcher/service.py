@@ -18,7 +18,10 @@ Prototypes move towards each new sighting at a bounded rate (``1/n``, at most
 ``prototype_rate``). Decisions go out on ``hybreid/v1/{site}/events``, at least once: a
 feature is acknowledged to the broker only after its event's PUBACK, and a feature
 delivered again (after a crash) re-emits the decision stored with it. Consumers
-de-duplicate events on ``(site, camera_id, seq)``.
+de-duplicate events on ``(site, camera_id, seq)``. Re-association's ``reassign`` and
+``merge`` events are stored in the gallery with the change they announce and leave it only
+when the broker acknowledges them (sent again after a broker outage or a crash; consumers
+de-duplicate them on their content).
 
 Ingest is micro-batched: paho's network thread only queues each message; a worker takes
 what has arrived (up to ``BATCH_SIZE``, waiting at most ``BATCH_WAIT_S`` for more), decides
@@ -30,6 +33,16 @@ subscription (``$share/<group>/...``) and several matchers split the stream. The
 broker spreads *messages*, not cameras, so every matcher instance must then use the
 same gallery (PostgreSQL, ``--db postgresql://...``); with separate galleries, give each
 instance its own cameras by site instead (``--site``).
+
+An instance killed and left dead holds the messages the broker already routed to its
+persistent session (a third of them, with three instances) until it comes back: run each
+instance under a supervisor that restarts it (its session, and the messages in it, are
+resumed by the same client id). For an instance that will not come back, any host takes its
+session over with ``matcher run --drain`` under its client id (its user, where the broker
+binds client ids to users): the messages waiting there are decided into the shared gallery,
+then the session is ended, so the broker stops routing the group's messages to it. The
+broker keeps an abandoned session for ``session_expiry`` (a day) and then drops it with its
+messages: drain before that.
 
 Instances sharing a gallery commit one batch at a time (the store's write transaction is
 exclusive), and each commits what one instance alone would have decided after the
@@ -56,10 +69,11 @@ from typing import Annotated
 
 import numpy as np
 import paho.mqtt.client as mqtt
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from hybreid import protocol
 from hybreid.errors import UserError, validation_problem
+from hybreid.files import MIB, read_regular_file
 from hybreid.matcher.database import StoreUnavailable
 from hybreid.matcher.gallery import Gallery, Write
 from hybreid.matcher.reassociate import Transit, cluster, plan
@@ -89,14 +103,10 @@ class MatchPolicy(BaseModel):
     @classmethod
     def from_thresholds_file(cls, path: str | Path, **overrides) -> MatchPolicy:
         """The thresholds written by ``hybreid calibrate threshold``, validated here."""
-        path = Path(path)
-        try:
-            thresholds = ThresholdsFile.model_validate_json(path.read_bytes())
-        except OSError as exc:
-            raise UserError(f"thresholds file {path} cannot be read ({exc.strerror})") from exc
-        except ValidationError as exc:
-            raise UserError(f"{path} is not a valid thresholds file from `hybreid calibrate threshold` "
-                            f"({validation_problem(exc, ThresholdsFile)})") from exc
+        return cls.from_thresholds(ThresholdsFile.load(path), **overrides)
+
+    @classmethod
+    def from_thresholds(cls, thresholds: ThresholdsFile, **overrides) -> MatchPolicy:
         same = thresholds.same_modality.threshold
         cross = thresholds.cross_modality.threshold if thresholds.cross_modality else same
         return cls.checked(same_modality=same, cross_modality=cross, **overrides)
@@ -115,12 +125,25 @@ class _Threshold(BaseModel):
     threshold: Cosine
 
 
+# A model's identity as the contract forms it (name@weights hash): the gallery is bound to one.
+ModelIdentityText = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.+-]{1,128}@[A-Za-z0-9_.+-]{1,128}$")]
+
+
 class ThresholdsFile(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
-    model: str | None = None
+    model: ModelIdentityText | None = None  # the model they were calibrated for
     target_false_match_rate: Annotated[float, Field(gt=0, lt=1)] | None = None
     same_modality: _Threshold
     cross_modality: _Threshold | None = None
+
+    @classmethod
+    def load(cls, path: str | Path) -> ThresholdsFile:
+        path = Path(path)
+        try:
+            return cls.model_validate_json(read_regular_file(path, "thresholds file", MIB))
+        except ValidationError as exc:
+            raise UserError(f"{path} is not a valid thresholds file from `hybreid calibrate threshold` "
+                            f"({validation_problem(exc, ThresholdsFile)})") from exc
 
 
 @dataclass(eq=False)
@@ -155,6 +178,9 @@ class Matcher:
         self.decided_again = 0  # messages decided again under the store's lock (another instance's commit)
         self.busy_seconds = 0.0  # deciding batches
         self.batches = 0
+        # How far behind the cameras the matcher is: the newest capture time it decided, against
+        # the clock (None before the first sighting). Grows while messages queue at the broker.
+        self.lag_s: float | None = None
         self.lock = threading.Lock()
 
     def _check(self, message: FeatureMessage) -> FeatureMessage:
@@ -197,6 +223,9 @@ class Matcher:
                 decoded.append(protocol.decode_feature(payload, topic, self.max_bytes))
             except ProtocolError as exc:
                 decoded.append(exc)
+        captured = [m.ts for m in decoded if isinstance(m, FeatureMessage)]
+        if captured:
+            self.lag_s = max(time.time() - max(captured), 0.0)
         searched = self._batch_candidates(decoded)
         rejected: Counter[str] = Counter()
         decisions: list[_Decision | None] = []
@@ -214,7 +243,7 @@ class Matcher:
                         self._check(message)  # another instance may have bound another model first
                 except ProtocolError as exc:
                     rejected[exc.reason] += 1
-                    log.warning("rejected a message on %s: %s", topic, exc)
+                    log.warning("rejected a message on %s: %s", protocol.loggable(topic), protocol.loggable(str(exc)))
                     decisions.append(None)
                     continue
                 decisions.append(self._decide(message, found, stored, tracks))
@@ -340,9 +369,10 @@ class Matcher:
                 "seq": message.seq, "track_id": message.track_id, "modality": message.modality, "ts": message.ts,
                 "similarity": similarity}
 
-    def reassociate(self, transit: Transit | None = None) -> list[dict]:
+    def reassociate(self, transit: Transit | None = None, durable: bool = False) -> list[dict]:
         """Cluster the recent tracklets again (:mod:`.reassociate`); returns the ``reassign``
-        and ``merge`` events of what changed."""
+        and ``merge`` events of what changed. ``durable``: the events are also stored with the
+        change, until the broker acknowledges them (:meth:`Gallery.pending_events`)."""
         with self.lock:
             self.gallery.refresh()
             tracklets, outside = self.gallery.recent_tracklets(self.policy.window_s)
@@ -352,16 +382,20 @@ class Matcher:
             if not changes.moves and not changes.new_groups:
                 return []
             now = max(t.last_ts for t in tracklets)
-            merged, moved = self.gallery.apply_reassociation(changes, now)
-        previous = {t.key: t.identity for t in tracklets}
-        events = [{"type": "reassign", "site": site, "camera_id": camera, "track_id": track,
-                   "from": previous[site, camera, track], "identity": identity, "ts": now}
-                  for (site, camera, track), identity in sorted(moved.items())]
-        for old, survivor in sorted(merged.items()):
-            sites = sorted({key[0] for key, identity in previous.items() if identity == old})
-            events += [{"type": "merge", "site": site, "from": old, "into": survivor, "ts": now} for site in sites]
+            previous = {t.key: t.identity for t in tracklets}
+
+            def events_of(merged: dict[int, int], moved: dict) -> list[dict]:
+                events = [{"type": "reassign", "site": site, "camera_id": camera, "track_id": track,
+                           "from": previous[site, camera, track], "identity": identity, "ts": now}
+                          for (site, camera, track), identity in sorted(moved.items())]
+                for old, survivor in sorted(merged.items()):
+                    sites = sorted({key[0] for key, identity in previous.items() if identity == old})
+                    events += [{"type": "merge", "site": site, "from": old, "into": survivor, "ts": now}
+                               for site in sites]
+                return events
+            merged, moved = self.gallery.apply_reassociation(changes, now, events_of if durable else None)
         log.info("re-association: %d tracklets moved, %d identities merged", len(moved), len(merged))
-        return events
+        return events_of(merged, moved)
 
     def _assign(self, message: FeatureMessage, candidates: list[int],
                 track_identity: int | None) -> tuple[int | None, float, str, set[int]]:
@@ -390,15 +424,25 @@ class Matcher:
 
 BATCH_SIZE = 256
 BATCH_WAIT_S = 0.005
+LAG_WARNING_S = 120.0  # behind the cameras by more than this: said in the log, once a minute at most
+UNREACHABLE_WARNING_S = 10.0  # no broker connection for this long: said, then at growing intervals
+STORED_EVENTS_EVERY_S = 2.0  # stored events not yet acknowledged are looked for this often
+DRAIN_IDLE_S = 3.0  # a drained session: nothing arrived for this long after the reconnect
 STORE_RETRY_S = 2.0  # between attempts while the gallery's database is unreachable
 _UNKNOWN = object()  # a PUBACK whose event mid the worker has not recorded yet
 
 
 class MatcherService:
+    """The matcher on MQTT. ``drain``: take over the session of an instance that will not come
+    back (its client id, or with client ids bound to users, its user): decide what waits in it,
+    subscribed to nothing new, then end the session so the broker stops routing the shared
+    group's messages to it (see the module's docstring)."""
+
     def __init__(self, matcher: Matcher, broker: BrokerConfig, site: str = "+", shared_group: str | None = None,
-                 session_expiry: int = 24 * 3600):
+                 session_expiry: int = 24 * 3600, drain: bool = False):
         self.matcher, self.broker, self.site, self.shared_group = matcher, broker, site, shared_group
-        self.session_expiry = session_expiry
+        self.session_expiry, self.drain = session_expiry, drain
+        self.last_message_at = time.monotonic()
         self.transit: Transit | None = None  # the camera graph's walking times
         # A persistent session: QoS 1 messages sent while the matcher is down wait at the
         # broker, and a message is acknowledged only after its sighting is committed.
@@ -409,13 +453,18 @@ class MatcherService:
         # a matcher killed in between gets the feature again and re-emits the stored decision.
         self.client.manual_ack_set(True)
         self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
         self.client.on_subscribe = self._on_subscribe
         self.client.on_message = self._on_message
         self.client.on_publish = self._on_publish
-        self._awaiting_event_ack: dict[int, int | None] = {}  # event mid -> feature mid (None: no feature)
+        # event mid -> what its PUBACK settles: ("feature", the feature's mid), ("stored", a stored
+        # event's id), or None
+        self._awaiting_event_ack: dict[int, tuple[str, int] | None] = {}
         # The worker publishes while paho's thread reads PUBACKs, so an event's PUBACK can come
         # before the worker has recorded its mid: it is kept here until the worker looks.
-        self._early_event_acks: set[int] = set()
+        self._early_event_acks: dict[int, bool] = {}  # mid -> refused
+        self._stored_in_flight: set[int] = set()  # stored events sent, their PUBACK not come yet
+        self._delivered_events: queue.Queue = queue.Queue()  # stored events the broker acknowledged
         # Guards the two above; never held while calling paho, which holds its own locks
         # when it calls on_publish (holding ours around publish() deadlocked).
         self._ack_lock = threading.Lock()
@@ -425,9 +474,11 @@ class MatcherService:
         # Set on the broker's SUBACK, not on CONNACK: a message published between the two
         # would not reach a first-time subscriber.
         self.subscribed = threading.Event()
+        self.connected = threading.Event()
         self._stopping = threading.Event()
         self.internal_errors = 0
         self.store_unavailable = False
+        self.cameras: dict[str, dict] = {}  # "site/camera" -> its latest status
 
     @property
     def subscription(self) -> str:
@@ -438,44 +489,118 @@ class MatcherService:
         if reason_code.is_failure:
             log.warning("broker refused the matcher: %s", reason_code)
             return
-        client.subscribe(self.subscription, qos=1)
+        self.connected.set()
+        if self.drain:  # what the session holds arrives by itself; nothing new may join it
+            self.last_message_at = time.monotonic()
+            client.unsubscribe(self.subscription)
+            self.subscribed.set()
+            return
+        # Statuses outside the shared group: every instance follows every camera.
+        client.subscribe([(self.subscription, 1), (protocol.status_subscription(self.site), 1)])
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties=None):
+        self.connected.clear()
+        with self._ack_lock:
+            self._stored_in_flight.clear()  # sent again once connected: the events stay stored
+        if not self._worker_stop.is_set():
+            log.warning("disconnected from the broker (%s); unacknowledged messages wait there", reason_code)
 
     def _on_subscribe(self, client, userdata, mid, reason_codes, properties=None):
-        refused = [code for code in reason_codes if code.is_failure]
-        if refused:
-            log.warning("broker refused the matcher's subscription to %s: %s", self.subscription, refused[0])
+        if reason_codes[0].is_failure:
+            log.warning("broker refused the matcher's subscription to %s: %s", self.subscription, reason_codes[0])
             return
+        if len(reason_codes) > 1 and reason_codes[1].is_failure:
+            log.warning("broker refused the cameras' statuses to the matcher: %s", reason_codes[1])
         log.info("subscribed to %s", self.subscription)
         self.subscribed.set()
 
     def _on_message(self, client, userdata, message):
+        self.last_message_at = time.monotonic()
+        if message.topic.endswith("/status"):
+            self._follow_camera(message)
+            client.ack(message.mid, message.qos)
+            return
         self._inbox.put(message)  # decided by the worker, in batches (paho's thread must keep reading)
+
+    def _follow_camera(self, message) -> None:
+        """A camera's retained status: kept for :meth:`status`, and said when it stops delivering."""
+        try:
+            status = protocol.decode_status(message.payload, message.topic)
+        except ProtocolError as exc:
+            log.warning("ignored a status message on %s: %s", protocol.loggable(message.topic),
+                        protocol.loggable(str(exc)))
+            return
+        key = f"{status.site}/{status.camera_id}"
+        previous = self.cameras.get(key, {}).get("state")
+        self.cameras[key] = {"state": status.state, "since": status.ts}
+        if status.state != previous and status.state != "online":
+            log.warning("camera %s is %s", key, status.state)
 
     def _on_publish(self, client, userdata, mid, reason_code=None, properties=None):
         with self._ack_lock:
-            feature_mid = self._awaiting_event_ack.pop(mid, _UNKNOWN)
-            if feature_mid is _UNKNOWN:
-                self._early_event_acks.add(mid)
-        if feature_mid not in (_UNKNOWN, None):
-            client.ack(feature_mid, 1)
+            settles = self._awaiting_event_ack.pop(mid, _UNKNOWN)
+            if settles is _UNKNOWN:
+                self._early_event_acks[mid] = reason_code is not None and reason_code.is_failure
+        if settles not in (_UNKNOWN, None):
+            self._settle(settles, refused=reason_code is not None and reason_code.is_failure)
 
-    def _publish_event(self, event: dict, feature=None) -> None:
-        """Publish an event (QoS 1); ``feature``'s message is acknowledged when the event's PUBACK
-        comes. Should the connection be gone, the feature stays unacknowledged: the broker
-        delivers it again after the reconnect, and its event goes out then."""
+    def _settle(self, settles: tuple[str, int], refused: bool) -> None:
+        """An event's PUBACK came: acknowledge its feature, or mark its stored copy delivered (a
+        refused one stays stored, sent again later). Never a database call here: this may run
+        in paho's network thread."""
+        kind, key = settles
+        if kind == "feature":
+            self.client.ack(key, 1)
+            return
+        with self._ack_lock:
+            self._stored_in_flight.discard(key)
+        if not refused:
+            self._delivered_events.put(key)
+
+    def _publish_event(self, event: dict, feature=None, stored_id: int | None = None) -> None:
+        """Publish an event (QoS 1); ``feature``'s message is acknowledged, or the stored event
+        ``stored_id`` marked delivered, when the event's PUBACK comes. Should the connection be
+        gone, the feature stays unacknowledged (the broker delivers it again after the
+        reconnect, and its event goes out then), and a stored event stays stored."""
         info = self.client.publish(protocol.events_topic(event["site"]), protocol.encode_event(event), qos=1)
         # Recorded even when the connection is gone: paho may still send the event after the
         # reconnect, and its PUBACK must then find its mid (an unclaimed one would wait here
-        # for the mid's reuse and acknowledge another feature early).
-        feature_mid = feature.mid if feature is not None and info.rc == mqtt.MQTT_ERR_SUCCESS else None
+        # for the mid's reuse and settle another record early).
+        sent = info.rc == mqtt.MQTT_ERR_SUCCESS
+        settles = (("feature", feature.mid) if feature is not None else ("stored", stored_id)
+                   if stored_id is not None else None) if sent else None
         with self._ack_lock:
-            acknowledged = info.mid in self._early_event_acks
-            if acknowledged:
-                self._early_event_acks.discard(info.mid)
-            else:
-                self._awaiting_event_ack[info.mid] = feature_mid
-        if acknowledged and feature_mid is not None:
-            self.client.ack(feature.mid, feature.qos)
+            early = self._early_event_acks.pop(info.mid, None)
+            if early is None:
+                self._awaiting_event_ack[info.mid] = settles
+            elif stored_id is not None and not sent:
+                self._stored_in_flight.discard(stored_id)
+        if early is not None and settles is not None:
+            self._settle(settles, refused=early)
+
+    def publish_stored_events(self) -> int:
+        """Send the stored events nobody has had acknowledged yet (after a crash, a broker outage,
+        or just now); returns how many went out."""
+        if not self.connected.is_set():
+            return 0
+        with self._ack_lock:
+            in_flight = set(self._stored_in_flight)
+        pending = [(key, event) for key, event in self.matcher.gallery.pending_events() if key not in in_flight]
+        for key, event in pending:
+            with self._ack_lock:
+                self._stored_in_flight.add(key)
+            self._publish_event(event, stored_id=key)
+        return len(pending)
+
+    def _forget_delivered_events(self) -> None:
+        delivered = []
+        while not self._delivered_events.empty():
+            delivered.append(self._delivered_events.get())
+        try:
+            self.matcher.gallery.events_delivered(delivered)
+        except StoreUnavailable:  # deleted next time; meanwhile they may go out once more
+            for key in delivered:
+                self._delivered_events.put(key)
 
     def _work(self) -> None:
         while not self._worker_stop.is_set():
@@ -529,7 +654,7 @@ class MatcherService:
         except Exception:  # a bug must not take the site down: count it, keep serving
             self.internal_errors += 1
             self.matcher.gallery.count_rejection("internal_error")
-            log.exception("failed to process a message on %s", message.topic)
+            log.exception("failed to process a message on %s", protocol.loggable(message.topic))
             return None
 
     def start(self) -> None:
@@ -549,14 +674,32 @@ class MatcherService:
         self._worker = threading.Thread(target=self._work, name="matcher-batches", daemon=True)
         self._worker.start()
 
-    def stop(self) -> None:
+    def stop(self, end_session: bool = False) -> None:
         """Stop deciding, then disconnect: messages still queued were never acknowledged, so the
-        broker delivers them again to the next session."""
+        broker delivers them again to the next session. ``end_session``: the broker forgets the
+        session (a drained one), with everything acknowledged first."""
         self._worker_stop.set()
         if self._worker is not None:
             self._worker.join()
-        self.client.disconnect()
+        if end_session:
+            deadline = time.monotonic() + 10
+            while self._awaiting_event_ack and time.monotonic() < deadline:  # the last events' PUBACKs
+                time.sleep(0.05)
+            from paho.mqtt.packettypes import PacketTypes
+            from paho.mqtt.properties import Properties
+
+            properties = Properties(PacketTypes.DISCONNECT)
+            properties.SessionExpiryInterval = 0
+            self.client.disconnect(properties=properties)
+        else:
+            self.client.disconnect()
         self.client.loop_stop()
+
+    def drained(self, idle_s: float) -> bool:
+        """A draining service has decided and acknowledged all its session held: nothing came for
+        ``idle_s`` and nothing waits."""
+        return (self.subscribed.is_set() and time.monotonic() - self.last_message_at >= idle_s
+                and self._inbox.empty() and not self._awaiting_event_ack)
 
     def wait_until_subscribed(self, timeout: float = 10.0) -> None:
         """Block until the broker has acknowledged the subscription; stop and raise if it does not."""
@@ -565,20 +708,34 @@ class MatcherService:
             raise UserError(f"the matcher could not subscribe at the broker at {self.broker.url}")
 
     def reassociate(self) -> list[dict]:
-        """Re-associate now and publish the events (QoS 1)."""
-        events = self.matcher.reassociate(self.transit)
-        for event in events:
-            self._publish_event(event)
+        """Re-associate now; its events are stored with the change and then published (QoS 1):
+        a merge committed while the broker is away, or just before a crash, is announced later."""
+        events = self.matcher.reassociate(self.transit, durable=True)
+        self.publish_stored_events()
         return events
 
-    def run_forever(self, report_every: float = 60.0, reassociate_every: float = 10.0) -> None:
+    def run_forever(self, report_every: float = 60.0, reassociate_every: float = 10.0,
+                    report_unreachable_s: float = UNREACHABLE_WARNING_S, lag_warning_s: float = LAG_WARNING_S) -> None:
         """Serve until asked to stop: report every ``report_every`` seconds, re-associate
-        every ``reassociate_every`` (0: never)."""
+        every ``reassociate_every`` (0: never); say when the broker has been out of reach for
+        ``report_unreachable_s`` and when the decisions lag the cameras by ``lag_warning_s``."""
         self.start()
-        next_report = next_reassociation = time.monotonic()
+        next_report = next_reassociation = away_since = next_resend = time.monotonic()
+        said_away = said_lag = 0.0
         try:
             while not self._stopping.wait(0.2):
                 now = time.monotonic()
+                if self.connected.is_set():
+                    away_since, said_away = now, 0.0
+                elif now - away_since >= max(report_unreachable_s, 6 * said_away):
+                    said_away = now - away_since
+                    log.warning("no connection to the broker at %s for %.0f s; nothing is decided meanwhile",
+                                self.broker.url, said_away)
+                lag = self.matcher.lag_s
+                if lag is not None and lag > lag_warning_s and now - said_lag >= 60:
+                    said_lag = now
+                    log.warning("the matcher is %.0f s behind the cameras (the newest sighting it decided was "
+                                "captured that long ago): messages are queueing at the broker", lag)
                 if reassociate_every and now >= next_reassociation + reassociate_every:
                     next_reassociation = now
                     try:
@@ -588,11 +745,22 @@ class MatcherService:
                     except Exception:  # a bug in re-association must not stop the online matching
                         self.internal_errors += 1
                         log.exception("re-association failed")
-                if now >= next_report + report_every:
+                if now >= next_resend + STORED_EVENTS_EVERY_S:
+                    next_resend = now
+                    try:
+                        self._forget_delivered_events()
+                        self.publish_stored_events()
+                    except StoreUnavailable:
+                        pass  # the events stay stored; sent once the database is back
+                if report_every and now >= next_report + report_every:
                     next_report = now
                     log.info("matcher: %s", json.dumps(self.status()))
+                if self.drain and self.drained(DRAIN_IDLE_S):
+                    log.info("drained the session of %s: %d messages decided; the session is ended",
+                             self.broker.client_id, self.matcher.accepted + self.matcher.duplicates)
+                    break
         finally:
-            self.stop()
+            self.stop(end_session=self.drain and self.drained(DRAIN_IDLE_S))
             log.info("matcher stopped: %s", json.dumps(self.counters()))
 
     def request_stop(self, *_) -> None:
@@ -604,7 +772,15 @@ class MatcherService:
                 "decided_again": self.matcher.decided_again, "batches": self.matcher.batches,
                 "busy_seconds": round(self.matcher.busy_seconds, 3),
                 "locked_seconds": round(self.matcher.gallery.locked_seconds, 3),
-                "internal_errors": self.internal_errors}
+                "internal_errors": self.internal_errors, "broker_connected": self.connected.is_set(),
+                "lag_s": None if self.matcher.lag_s is None else round(self.matcher.lag_s, 1),
+                "inbox": self._inbox.qsize()}
 
     def status(self) -> dict:
-        return {**self.matcher.gallery.stats(), **self.counters(), "time": time.time()}
+        """The gallery's figures and this instance's counters; the counters alone, with the reason,
+        while the gallery's database is away (a status report must not stop the service)."""
+        try:
+            gallery = self.matcher.gallery.stats()
+        except StoreUnavailable as exc:
+            gallery = {"store": f"unavailable: {exc}"}
+        return {**gallery, **self.counters(), "cameras": dict(self.cameras), "time": time.time()}

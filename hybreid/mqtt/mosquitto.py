@@ -21,8 +21,9 @@ class Mosquitto:
     """A Mosquitto process that can be stopped and started again (same port, persistent state)."""
 
     def __init__(self, folder: str | Path, security: str | Path | None = None):
-        """``security``: a file of configuration lines (password file, ACL) to include; without
-        it anyone may connect anonymously."""
+        """``security``: a file of the listener's configuration lines (password file, ACL, queue
+        and persistence settings, as ``hybreid site broker-acl`` writes them) to include; without
+        it anyone may connect anonymously, and the queue is deep and persistent here."""
         binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         if not Path(binary).exists():
             raise UserError("mosquitto is not installed: apt-get install mosquitto (make test does it as root)")
@@ -31,11 +32,10 @@ class Mosquitto:
         self.config = self.folder / "mosquitto.conf"
         # Run as root, Mosquitto drops to user 'mosquitto' unless told otherwise, and then
         # cannot write its persistence file here.
-        access = Path(security).read_text() if security else "allow_anonymous true\n"
-        self.config.write_text(
-            f"listener {self.port} 127.0.0.1\n{access}persistence true\n"
-            f"persistence_location {self.folder}/\nuser root\nmax_queued_messages 100000\n"
-        )
+        settings = Path(security).read_text() if security else (
+            f"allow_anonymous true\npersistence true\npersistence_location {self.folder}/\n"
+            "max_queued_messages 100000\n")
+        self.config.write_text(f"listener {self.port} 127.0.0.1\n{settings}user root\n")
         self.process: subprocess.Popen | None = None
         self.url = f"mqtt://127.0.0.1:{self.port}"
 
