@@ -249,36 +249,41 @@ def _burst(broker: Mosquitto, user: str, password: str, topic: str, count: int) 
     box.close()
 
 
+def _one_box_site(tmp_path: Path, **extra) -> tuple[Path, dict[str, str]]:
+    """broker-acl's files for one box (box-a, camera cam-01 at the lobby) and their passwords."""
+    site = _site_file(tmp_path, "box-a", "lobby", ["cam-01"], **extra)
+    out = tmp_path / "broker-files"
+    assert main(["site", "broker-acl", str(site), "--out", str(out), "--persistence-dir", str(tmp_path / "m")]) == 0
+    return out / "mosquitto.conf", {p.name: p.read_text().strip() for p in (out / "passwords").iterdir()}
+
+
+def _received_after_a_return(broker: Mosquitto, password: str, count: int, timeout: float) -> int:
+    """How many features the matcher's session receives when it comes back."""
+    matcher = Session(broker, "matcher", password, "hybreid-matcher")
+    deadline = time.monotonic() + timeout
+    while len(matcher.received) < count and time.monotonic() < deadline:
+        time.sleep(0.05)
+    matcher.leave()
+    return len(matcher.received)
+
+
 def test_the_matchers_queue_holds_every_acknowledged_record_of_a_burst(tmp_path):
     """With Mosquitto's default max_queued_messages (1,000), a burst of 5,000 features while the
     matcher was away lost about 4,000 records the box was told were delivered."""
-    site = _site_file(tmp_path, "box-a", "lobby", ["cam-01"], outbox={"max_messages": 6000})
-    out = tmp_path / "broker-files"
-    assert main(["site", "broker-acl", str(site), "--out", str(out), "--persistence-dir", str(tmp_path / "m")]) == 0
-    passwords = {p.name: p.read_text().strip() for p in (out / "passwords").iterdir()}
-    with Mosquitto(tmp_path / "m", security=out / "mosquitto.conf") as broker:
-        matcher = Session(broker, "matcher", passwords["matcher"], "hybreid-matcher")
-        matcher.leave()
+    settings, passwords = _one_box_site(tmp_path, outbox={"max_messages": 6000})
+    with Mosquitto(tmp_path / "m", security=settings) as broker:
+        Session(broker, "matcher", passwords["matcher"], "hybreid-matcher").leave()
         _burst(broker, "box-a", passwords["box-a"], protocol.features_topic("lobby", "cam-01"), 5000)
-        matcher = Session(broker, "matcher", passwords["matcher"], "hybreid-matcher")
-        deadline = time.monotonic() + 30
-        while len(matcher.received) < 5000 and time.monotonic() < deadline:
-            time.sleep(0.1)
-        matcher.leave()
-    assert len(matcher.received) == 5000
+        assert _received_after_a_return(broker, passwords["matcher"], 5000, 30) == 5000
 
 
 def test_a_box_cannot_take_over_the_matchers_session(tmp_path):
     """A box connecting with the matcher's client id and a clean session once wiped the matcher's
     queue (10 of 20 features lost): client ids are bound to users."""
-    site = _site_file(tmp_path, "box-a", "lobby", ["cam-01"])
-    out = tmp_path / "broker-files"
-    assert main(["site", "broker-acl", str(site), "--out", str(out), "--persistence-dir", str(tmp_path / "m")]) == 0
-    passwords = {p.name: p.read_text().strip() for p in (out / "passwords").iterdir()}
+    settings, passwords = _one_box_site(tmp_path)
     topic = protocol.features_topic("lobby", "cam-01")
-    with Mosquitto(tmp_path / "m", security=out / "mosquitto.conf") as broker:
-        matcher = Session(broker, "matcher", passwords["matcher"], "hybreid-matcher")
-        matcher.leave()
+    with Mosquitto(tmp_path / "m", security=settings) as broker:
+        Session(broker, "matcher", passwords["matcher"], "hybreid-matcher").leave()
         _burst(broker, "box-a", passwords["box-a"], topic, 10)
         for claimed in ("hybreid-matcher", "matcher"):  # the id the matcher gave, and its user's
             thief = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=claimed, clean_session=True)
@@ -291,12 +296,7 @@ def test_a_box_cannot_take_over_the_matchers_session(tmp_path):
             thief.disconnect()
             thief.loop_stop()
         _burst(broker, "box-a", passwords["box-a"], topic, 10)
-        matcher = Session(broker, "matcher", passwords["matcher"], "hybreid-matcher")
-        deadline = time.monotonic() + 10
-        while len(matcher.received) < 20 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        matcher.leave()
-    assert len(matcher.received) == 20
+        assert _received_after_a_return(broker, passwords["matcher"], 20, 10) == 20
 
 
 def test_overwrite_keeps_credentials_and_makes_password_files_private(tmp_path):

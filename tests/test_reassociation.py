@@ -119,19 +119,26 @@ def test_cross_modality_links_need_mutual_nearest_neighbours():
     assert cluster(tracklets, 0.6, 0.7) == [[0], [1], [2], [3]]  # nothing reaches a stricter threshold
 
 
-def test_merge_events_go_out_and_query_follows_the_merge(store, mosquitto, capsys):
-    db = store
-    service = MatcherService(Matcher(Gallery(db), POLICY), BrokerConfig(url=mosquitto.url, client_id="m"))
+def event_listener(port: int) -> tuple[mqtt.Client, list[dict]]:
+    """A client that records the lab's events, once subscribed."""
     received: list[dict] = []
     subscribed = threading.Event()
     listener = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="events")
     listener.on_message = lambda c, u, message: received.append(json.loads(message.payload))
     listener.on_subscribe = lambda *args: subscribed.set()
     listener.on_connect = lambda client, *args: client.subscribe(protocol.events_topic("lab"), qos=1)
-    listener.connect("127.0.0.1", mosquitto.port)
+    listener.connect("127.0.0.1", port)
     listener.loop_start()
+    assert subscribed.wait(10)
+    return listener, received
+
+
+def test_merge_events_go_out_and_query_follows_the_merge(store, mosquitto, capsys):
+    db = store
+    service = MatcherService(Matcher(Gallery(db), POLICY), BrokerConfig(url=mosquitto.url, client_id="m"))
+    listener, received = event_listener(mosquitto.port)
     service.start()
-    assert service.subscribed.wait(10) and subscribed.wait(10)
+    assert service.subscribed.wait(10)
     publisher = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="edge")
     publisher.connect("127.0.0.1", mosquitto.port)
     publisher.loop_start()
@@ -261,15 +268,7 @@ def test_merges_made_while_the_broker_is_away_are_announced_after_a_kill(tmp_pat
     stored = [event for _, event in gallery.pending_events()]
     assert {"type": "merge", "site": "lab", "from": 3, "into": 2, "ts": 1310.0} in stored
     mosquitto.start()
-    received: list[dict] = []
-    subscribed = threading.Event()
-    listener = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="events")
-    listener.on_message = lambda c, u, message: received.append(json.loads(message.payload))
-    listener.on_subscribe = lambda *args: subscribed.set()
-    listener.on_connect = lambda client, *args: client.subscribe(protocol.events_topic("lab"), qos=1)
-    listener.connect("127.0.0.1", mosquitto.port)
-    listener.loop_start()
-    assert subscribed.wait(10)
+    listener, received = event_listener(mosquitto.port)
     second = subprocess.Popen([*command, "--reassociate-every", "0"], stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
     try:

@@ -46,11 +46,10 @@ def _gallery_model(args, thresholds) -> str | None:
     import logging
     import re
 
-    from hybreid.matcher.service import MatchPolicy
+    from hybreid.matcher.service import MODEL_IDENTITY_PATTERN, MatchPolicy
 
     log = logging.getLogger("hybreid.matcher")
-    if args.model_identity is not None and not re.match(r"^[A-Za-z0-9_.+-]{1,128}@[A-Za-z0-9_.+-]{1,128}$",
-                                                            args.model_identity):
+    if args.model_identity is not None and not re.match(MODEL_IDENTITY_PATTERN, args.model_identity):
         raise UserError(f"--model-identity must be NAME@WEIGHTS_HASH (as the features carry it), "
                         f"got {args.model_identity[:80]!r}")
     calibrated_for = thresholds.model if thresholds is not None else None

@@ -126,7 +126,8 @@ class _Threshold(BaseModel):
 
 
 # A model's identity as the contract forms it (name@weights hash): the gallery is bound to one.
-ModelIdentityText = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.+-]{1,128}@[A-Za-z0-9_.+-]{1,128}$")]
+MODEL_IDENTITY_PATTERN = r"^[A-Za-z0-9_.+-]{1,128}@[A-Za-z0-9_.+-]{1,128}$"
+ModelIdentityText = Annotated[str, StringConstraints(pattern=MODEL_IDENTITY_PATTERN)]
 
 
 class ThresholdsFile(BaseModel):
@@ -465,7 +466,7 @@ class MatcherService:
         self._early_event_acks: dict[int, bool] = {}  # mid -> refused
         self._stored_in_flight: set[int] = set()  # stored events sent, their PUBACK not come yet
         self._delivered_events: queue.Queue = queue.Queue()  # stored events the broker acknowledged
-        # Guards the two above; never held while calling paho, which holds its own locks
+        # Guards the four above; never held while calling paho, which holds its own locks
         # when it calls on_publish (holding ours around publish() deadlocked).
         self._ack_lock = threading.Lock()
         self._inbox: queue.Queue = queue.Queue()
@@ -570,11 +571,11 @@ class MatcherService:
         settles = (("feature", feature.mid) if feature is not None else ("stored", stored_id)
                    if stored_id is not None else None) if sent else None
         with self._ack_lock:
+            if stored_id is not None and not sent:
+                self._stored_in_flight.discard(stored_id)  # sent again on the next round
             early = self._early_event_acks.pop(info.mid, None)
             if early is None:
                 self._awaiting_event_ack[info.mid] = settles
-            elif stored_id is not None and not sent:
-                self._stored_in_flight.discard(stored_id)
         if early is not None and settles is not None:
             self._settle(settles, refused=early)
 
