@@ -375,8 +375,8 @@ class TestInt8Recommendation:
 
     @staticmethod
     def _report(speedups, isa="avx2", measured_on="avx2", target="cpu"):
-        runs = [{"method": f"m{i}", "quantize_attention": False, "path": f"m{i}.onnx", "speedup": s}
-                for i, s in enumerate(speedups)]
+        runs = [{"method": f"m{i}", "quantize_attention": target == "openvino", "comparison": False,
+                 "path": f"m{i}.onnx", "speedup": s} for i, s in enumerate(speedups)]
         cpu = {"isa": isa, "measured_on": measured_on} if target != "tensorrt" else None
         return {"target": target, "cpu": cpu, "runs": runs}
 
@@ -403,6 +403,14 @@ class TestInt8Recommendation:
 
         advice = recommendation(self._report([0.8], isa="avx512-vnni", measured_on="avx2"))
         assert advice["precision"] == "int8" and "measured on avx2" in advice["why"]
+
+    def test_the_openvino_form_quantises_attention_and_is_weighed_all_the_same(self):
+        from hybreid.calibration.report import recommendation
+
+        assert recommendation(self._report([0.83], target="openvino"))["why"].startswith("INT8 runs at 0.83x")
+        comparison = self._report([0.5, 1.6])
+        comparison["runs"][1]["comparison"] = True  # the run that also quantises attention, for comparison only
+        assert recommendation(comparison)["precision"] == "fp32"
 
     def test_tensorrt_speed_is_the_gpus(self):
         from hybreid.calibration.report import recommendation

@@ -89,7 +89,7 @@ def _interleaved_throughputs(embedders: list, batch: np.ndarray, repeats: int) -
 def recommendation(report: dict) -> dict:
     """Which precision the boxes should run: INT8 only where it was measured clearly faster than
     FP32 on the kind of CPU it is made for. A TensorRT copy's CPU speed says nothing of a GPU."""
-    runs = [run for run in report["runs"] if "failed" not in run and not run["quantize_attention"]]
+    runs = [run for run in report["runs"] if "failed" not in run and not run.get("comparison")]
     if not runs:
         return {"precision": "fp32", "why": "no INT8 copy was made"}
     best = max(runs, key=lambda run: run["speedup"])
@@ -165,13 +165,15 @@ def run_int8(onnx_path: str | Path, out_dir: str | Path, target: str = "tensorrt
             if len(runs) == 1:
                 raise
             tqdm.write(f"skipped: {exc}")
-            report["runs"].append({"method": method, "quantize_attention": attention, "failed": str(exc)})
+            report["runs"].append({"method": method, "quantize_attention": attention, "comparison": attention,
+                                   "failed": str(exc)})
             continue
         int8 = load_embedder(result.path, threads, ["openvino" if target == "openvino" else "CPUExecutionProvider"])
         exact = OnnxRuntimeEmbedder(result.path, providers=["CPUExecutionProvider"], threads=threads,
                                     disable_qdq_fusion=True)
         fp32_rate, int8_rate = _interleaved_throughputs([fp32, int8], speed_batch, repeats)
-        row: dict = {"method": method, "quantize_attention": config.attention_quantized, "path": str(result.path),
+        row: dict = {"method": method, "quantize_attention": config.attention_quantized, "comparison": attention,
+                     "path": str(result.path),
                      "unquantized_nodes": result.unquantized, "images_per_s": int8_rate,
                      "fp32_images_per_s": fp32_rate, "speedup": int8_rate / fp32_rate}
         for label, embedder in (("fused", int8), ("fake_quant", exact)):
