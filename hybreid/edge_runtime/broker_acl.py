@@ -103,10 +103,18 @@ def acl_text(boxes: list[BoxAccess], matcher_users: list[str], readers: list[str
 
 
 def _write_private(path: Path, text: str) -> None:
-    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    os.fchmod(descriptor, 0o600)  # the mode of os.open applies to a new file only
-    with os.fdopen(descriptor, "w") as handle:
-        handle.write(text)
+    """``text`` in a new file of mode 0600 that then replaces ``path``: whatever was there
+    (a file left at 0644, a link to somewhere else) is replaced, never written through."""
+    import tempfile
+
+    descriptor, partial = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # mode 0600
+    try:
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(text)
+        os.replace(partial, path)
+    except BaseException:
+        Path(partial).unlink(missing_ok=True)
+        raise
 
 
 def _passwords(folder: Path, users: list[str], keep: bool) -> dict[str, str]:
