@@ -154,8 +154,8 @@ def _readable_rows(db: sqlite3.Connection, table: str, columns: str) -> tuple[li
     shell's ``.recover`` is not in Python's module), hence this walk.
     """
     try:
-        (last,) = db.execute(f"SELECT max(rowid) FROM {table}").fetchone()
-    except sqlite3.DatabaseError:
+        last = db.execute(f"SELECT max(rowid) FROM {table}").fetchone()[0] or 0
+    except sqlite3.DatabaseError:  # the table's last page is damaged: walk until a long gap
         last = None
     rows, failed, rowid, since_found = [], 0, 0, 0
     while (rowid < last) if last is not None else (since_found < 100_000):
@@ -183,15 +183,13 @@ def recover(damaged: str | Path, out: str | Path) -> dict:
         raise UserError(f"outbox {damaged} does not exist")
     if out.exists():
         raise UserError(f"{out} exists already; give a new file for the recovered outbox")
-    try:
-        source = sqlite3.connect(f"file:{damaged}?mode=ro", uri=True)
+    with contextlib.closing(sqlite3.connect(f"file:{damaged}?mode=ro", uri=True)) as source:
+        try:
+            source.execute("SELECT name FROM sqlite_master").fetchall()
+        except sqlite3.DatabaseError as exc:  # its first page, which names the tables, is gone
+            raise UserError(f"{damaged} cannot be read as an outbox at all ({exc})") from None
         records, lost = _readable_rows(source, "outbox", "camera_id, seq, topic, payload, created")
         counters, _ = _readable_rows(source, "counters", "camera_id, next_seq, next_track")
-    except sqlite3.DatabaseError as exc:
-        raise UserError(f"{damaged} cannot be read as an outbox at all ({exc})") from None
-    finally:
-        with contextlib.suppress(NameError):
-            source.close()
     first = _first_counter()
     next_seq, next_track = {}, {}
     for camera_id, seq, track in counters:

@@ -50,22 +50,24 @@ class SiteConfig:
     broker: dict = field(default_factory=dict)
     outbox: dict = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)
+    camera_logins: bool = True  # each camera's status connection logs in as <username>.<camera>
 
     @classmethod
     def from_dict(cls, data: dict, base: Path = Path("."), source: str = "site config") -> SiteConfig:
         """Validate ``data`` against the site schema (:mod:`.site`); relative paths are relative to ``base``."""
         site = resolve_paths(validate_site(data, source), base)
         broker = site.broker.model_dump(exclude_none=True)
+        camera_logins = broker.pop("camera_logins")
         password_file = broker.pop("password_file", None)
         if password_file:
             broker["password"] = read_text_file(password_file, f"{source}: broker.password_file",
                                                 MAX_PASSWORD_BYTES).strip()
-        # before the outbox is created or anything runs
-        check_tls_files(BrokerConfig(**{key: value for key, value in broker.items() if key != "camera_logins"}))
+        check_tls_files(BrokerConfig(**broker))  # before the outbox is created or anything runs
         return cls(site.site, site.box_id, [CameraConfig(**camera.model_dump()) for camera in site.cameras],
                    site.model.model_dump(exclude_none=True), site.detector.model_dump(),
                    site.box_filter.model_dump(), site.tracker.model_dump(), site.embed.model_dump(),
-                   site.publish.model_dump(), broker, site.outbox.model_dump(), site.metrics.model_dump())
+                   site.publish.model_dump(), broker, site.outbox.model_dump(), site.metrics.model_dump(),
+                   camera_logins)
 
     @classmethod
     def load(cls, path: str | Path) -> SiteConfig:
@@ -138,11 +140,9 @@ class EdgeRuntime:
         self.contract = self.embedder.contract
         self._probe_embedder()
         self.outbox = Outbox(**config.outbox)
-        settings = dict(config.broker)
-        camera_logins = settings.pop("camera_logins", True)
-        broker = BrokerConfig(**{"client_id": f"hybreid-edge-{config.site}-{config.box_id}", **settings})
+        broker = BrokerConfig(**{"client_id": f"hybreid-edge-{config.site}-{config.box_id}", **config.broker})
         self.publisher = Publisher(self.outbox, broker, config.site, [c.id for c in config.cameras],
-                                   camera_logins=camera_logins)
+                                   camera_logins=config.camera_logins)
         self.detector = make_detector(**config.detector)
         self.box_filter = BoxFilter(**config.box_filter)
         self.trackers = {c.id: IoUTracker(lambda cid=c.id: self.outbox.next_track_id(cid), **config.tracker)
