@@ -143,18 +143,17 @@ sys.exit(code)
 
 
 def test_a_camera_that_delivers_no_frame_says_so_and_the_matcher_hears_it(tmp_path, scenes, tiny_onnx, mosquitto):
-    """A dead stream once stayed `online` on its retained status for the whole run, and `edge
-    run` exited 0: its status must follow its frames, the matcher must see it, and the box must
-    end with one sentence."""
+    """A camera that never delivers (a dead stream, a missing device) once stayed `online` on its
+    retained status for the whole run, and `edge run` exited 0: its status must follow its
+    frames, the matcher must see it, and the box must end with one sentence."""
     from hybreid.matcher.gallery import Gallery
     from hybreid.matcher.service import Matcher, MatcherService, MatchPolicy
     from hybreid.mqtt import BrokerConfig
-    from hybreid.mqtt.mosquitto import free_port
 
     scenes_dir, _ = scenes
     config = site(tmp_path, scenes_dir, tiny_onnx, mosquitto.url, metrics={"no_frames_after_s": 1.0})
     config["cameras"][0].update(loop=True, pace=True)  # a live camera that keeps delivering
-    config["cameras"][1] = {"id": "dead", "source": f"rtsp://127.0.0.1:{free_port()}/stream"}  # nothing there
+    config["cameras"][1] = {"id": "dead", "source": 63}  # /dev/video63: a device that is not there
     config_path = tmp_path / "site.yaml"
     config_path.write_text(yaml.safe_dump(config))
     matcher = MatcherService(Matcher(Gallery(tmp_path / "g.sqlite"), MatchPolicy()),
