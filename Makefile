@@ -51,7 +51,7 @@ $(VTEST):
 	@test -s $@ || echo "vtest.avi could not be extracted (needs apt-get as root): the real-footage test will say so"
 
 test: $(STAMP) mosquitto postgres $(VTEST)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --durations=25
 
 demo: $(STAMP)
 	$(BIN)/hybreid demo
