@@ -188,6 +188,13 @@ def _reason(error: dict) -> str:
     return "schema"
 
 
+def _invalid(exc: ValidationError) -> ProtocolError:
+    """pydantic's first complaint about a payload, as a counted reason and where it is."""
+    error = exc.errors(include_url=False)[0]
+    where = ".".join(str(part) for part in error["loc"]) or "top level"
+    return ProtocolError(_reason(error), f"{where}: {error['msg']}")
+
+
 def decode_feature(data: bytes, topic: str | None = None, max_bytes: int = MAX_PAYLOAD_BYTES,
                    now: float | None = None, max_clock_skew_s: float = 86400.0) -> FeatureMessage:
     """Parse and validate one feature message; raise :class:`ProtocolError` with a reason.
@@ -206,9 +213,7 @@ def decode_feature(data: bytes, topic: str | None = None, max_bytes: int = MAX_P
     try:
         payload = FeaturePayload.model_validate_json(data)
     except ValidationError as exc:
-        error = exc.errors(include_url=False)[0]
-        where = ".".join(str(part) for part in error["loc"]) or "top level"
-        raise ProtocolError(_reason(error), f"{where}: {error['msg']}") from None
+        raise _invalid(exc) from None
     if topic is not None and topic != features_topic(payload.site, payload.camera_id):
         raise ProtocolError("topic_mismatch", f"payload says {payload.site}/{payload.camera_id}, topic is {topic}")
     if payload.camera_id in RESERVED_CAMERA_IDS:
@@ -240,7 +245,6 @@ def decode_feature(data: bytes, topic: str | None = None, max_bytes: int = MAX_P
     )
 
 
-CAMERA_STATES = ("online", "no_frames", "offline")
 MAX_STATUS_BYTES = 4096
 
 
@@ -257,14 +261,14 @@ class StatusPayload(BaseModel):
 
 
 @dataclass
-class CameraStatus:
+class StatusMessage:
     site: str
     camera_id: str
     state: str
     ts: float
 
 
-def decode_status(data: bytes, topic: str) -> CameraStatus:
+def decode_status(data: bytes, topic: str) -> StatusMessage:
     """A camera's retained status; :class:`ProtocolError` for one that is malformed, oversized or
     whose camera disagrees with its topic."""
     if len(data) > MAX_STATUS_BYTES:
@@ -272,12 +276,11 @@ def decode_status(data: bytes, topic: str) -> CameraStatus:
     try:
         payload = StatusPayload.model_validate_json(data)
     except ValidationError as exc:
-        error = exc.errors(include_url=False)[0]
-        raise ProtocolError(_reason(error), ".".join(str(p) for p in error["loc"]) or "top level") from None
+        raise _invalid(exc) from None
     parts = topic.split("/")
     if len(parts) != 5 or topic != status_topic(parts[2], payload.camera_id):
         raise ProtocolError("topic_mismatch", f"payload says camera {payload.camera_id}")
-    return CameraStatus(parts[2], payload.camera_id, payload.state, payload.ts)
+    return StatusMessage(parts[2], payload.camera_id, payload.state, payload.ts)
 
 
 def encode_event(event: dict) -> bytes:

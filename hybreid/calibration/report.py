@@ -1,11 +1,11 @@
 """``hybreid calibrate int8``: quantise with each method and report what INT8 costs.
 
 Per method: mean and worst cosine of INT8 to FP32 embeddings, mAP and Rank-1 of FP32 and
-INT8 on an evaluation split, ONNX Runtime CPU throughput FP32 vs INT8, and the nodes
-left in float, and which precision the boxes should run (INT8 only where it is clearly
-faster than FP32 on the kind of CPU it is made for). The Q/DQ model is also run with ONNX Runtime's Q/DQ fusion disabled
-(exact fake-quantisation, the numerics a GPU engine computes), so the accuracy figure
-holds beyond this CPU.
+INT8 on an evaluation split, ONNX Runtime CPU throughput FP32 vs INT8, the nodes left in
+float, and which precision the boxes should run (INT8 only where it is clearly faster
+than FP32 on the kind of CPU it is made for). The Q/DQ model is also run with ONNX
+Runtime's Q/DQ fusion disabled (exact fake-quantisation, the numerics a GPU engine
+computes), so the accuracy figure holds beyond this CPU.
 """
 
 from __future__ import annotations

@@ -355,18 +355,19 @@ def install_bundle(bundle: str | Path, target: str | Path, trust: list[str | Pat
             for name in names:
                 (fresh / name).write_bytes(tar.extractfile(name).read())
             fresh.chmod(0o755)
-            retired = [folder] if folder.exists() else []
             old = target / str(previous.get("folder", ""))
+            current = [folder] if folder.exists() else []
             if previous.get("folder") and old.parent == target and old != folder and old.is_dir():
-                retired.append(old)
-            for path in retired:  # out of the way first: the swap below is one rename
-                path.replace(path.with_name(f".retired-{path.name}-{os.getpid()}"))
+                current.append(old)
+            retired = [path.with_name(f".retired-{path.name}-{os.getpid()}") for path in current]
+            for path, aside in zip(current, retired, strict=True):  # out of the way: the swap is one rename
+                path.replace(aside)
             fresh.replace(folder)
         except BaseException:
             shutil.rmtree(fresh, ignore_errors=True)
             raise
-        for path in retired:
-            shutil.rmtree(path.with_name(f".retired-{path.name}-{os.getpid()}"), ignore_errors=True)
+        for aside in retired:
+            shutil.rmtree(aside, ignore_errors=True)
         installed[manifest["model"]] = {"folder": folder.name, "created": manifest["created"]}
         record = target / INSTALLED
         record.with_suffix(".partial").write_text(json.dumps(installed, indent=2))
