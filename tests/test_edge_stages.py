@@ -164,7 +164,7 @@ class TestDetect:
         assert person.box == pytest.approx((160, 420, 80, 240))
 
     def test_unknown_detector_is_one_clear_error(self):
-        with pytest.raises(UserError, match="background, hog or yolo"):
+        with pytest.raises(UserError, match="background, hog, nanodet or yolo"):
             make_detector("magic")
         with pytest.raises(UserError, match="detector.path"):
             make_detector("yolo")

@@ -76,6 +76,13 @@ def _identities(args) -> None:
     identities.run(args.artifact, output_folder(args), people=args.people, policy=policy)
 
 
+def _detector(args) -> None:
+    from hybreid.bench import detector
+
+    detector.run(args.video, args.truth, output_folder(args), nanodet=args.nanodet, openvino=not args.no_openvino,
+                 artifact=args.artifact)
+
+
 def _site(args) -> None:
     from hybreid.bench import site
     from hybreid.matcher.service import MatchPolicy
@@ -160,6 +167,17 @@ def register(commands) -> None:
     ident.add_argument("--same", type=float, default=0.6, help="same-modality threshold without --thresholds")
     ident.add_argument("--cross", type=float, default=0.45, help="cross-modality threshold without --thresholds")
     add_output(ident, "bench-identities", "the JSON")
+
+    det = command(bench, "detector", "person detectors on real footage: recall against a hand count, time a frame, "
+                                     "and with --artifact the edge runtime's tracks", _detector)
+    det.add_argument("--video", required=True, help="a video file (e.g. OpenCV's vtest.avi)")
+    det.add_argument("--truth", required=True, help="its hand count: frame,x,y rows, one per person "
+                                                    "(benchmarks/detector/vtest_people.csv for vtest.avi)")
+    det.add_argument("--nanodet", help="NanoDet-g ONNX (`hybreid detector fetch`) to compare with background "
+                                       "subtraction")
+    det.add_argument("--no-openvino", action="store_true", help="leave out NanoDet on OpenVINO")
+    det.add_argument("--artifact", help=ARTIFACT_HELP + ": also run the edge runtime on the video with each detector")
+    add_output(det, "bench-detector", "the JSON and the picture")
 
     site = command(bench, "site", "a synthetic site (4+ cameras, minutes) -> edge -> broker -> matcher: IDF1 "
                                   "online and re-associated, timelines", _site)

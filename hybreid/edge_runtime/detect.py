@@ -6,6 +6,8 @@
   by the camera's perspective (:class:`PersonSizes`, :func:`split_region`).
 - ``hog``: OpenCV's HOG people detector, where the installed OpenCV still has it (OpenCV
   5 moved it out of the main package; hybreid pins ``opencv-python-headless<5``).
+- ``nanodet``: NanoDet-g, a COCO CNN detector for real cameras (``hybreid detector fetch``
+  converts it), on ONNX Runtime or OpenVINO (:mod:`hybreid.inference.nanodet`).
 - ``yolo``: a person detector from a user's Ultralytics ONNX export, either the raw
   ``(1, 4 + classes, N)`` output (boxes then NMS here) or the NMS-free ``(1, N, 6)``
   output; the letterbox is undone so boxes are in frame pixels.
@@ -292,6 +294,21 @@ class YoloOnnxDetector:
         return decode_yolo(output, scale, pad, self.person_class, self.score_threshold)
 
 
+class NanoDetDetector:
+    """NanoDet-g's person boxes; one compiled model serves every camera that uses it."""
+
+    def __init__(self, path: str, runtime: str = "onnxruntime", threads: int | None = None,
+                 score_threshold: float = 0.45, iou_threshold: float = 0.45):
+        from hybreid.inference.nanodet import NanoDet
+
+        self.model = NanoDet(path, runtime, threads, score_threshold, iou_threshold)
+
+    def __call__(self, camera_id: str, image: np.ndarray) -> list[Detection]:
+        boxes = self.model.detect(image)
+        return [Detection(tuple(float(v) for v in box), float(score))
+                for box, score in zip(boxes.xywh, boxes.scores, strict=True)]
+
+
 def make_detector(kind: str, **options):
     if kind == "background":
         return BackgroundSubtractionDetector(**options)
@@ -301,4 +318,6 @@ def make_detector(kind: str, **options):
         if "path" not in options:
             raise UserError("the yolo detector needs detector.path: an Ultralytics ONNX export")
         return YoloOnnxDetector(**options)
-    raise UserError(f"detector must be background, hog or yolo, got {kind!r}")
+    if kind == "nanodet":
+        return NanoDetDetector(**options)
+    raise UserError(f"detector must be background, hog, nanodet or yolo, got {kind!r}")

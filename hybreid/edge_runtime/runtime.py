@@ -9,6 +9,7 @@ track is finalised and embedded, and the outbox is flushed to the broker for up 
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
 import threading
@@ -51,6 +52,7 @@ class SiteConfig:
     outbox: dict = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)
     camera_logins: bool = True  # each camera's status connection logs in as <username>.<camera>
+    camera_detectors: dict[str, dict] = field(default_factory=dict)  # a camera's own detector, by camera id
 
     @classmethod
     def from_dict(cls, data: dict, base: Path = Path("."), source: str = "site config") -> SiteConfig:
@@ -63,11 +65,13 @@ class SiteConfig:
             broker["password"] = read_text_file(password_file, f"{source}: broker.password_file",
                                                 MAX_PASSWORD_BYTES).strip()
         check_tls_files(BrokerConfig(**broker))  # before the outbox is created or anything runs
-        return cls(site.site, site.box_id, [CameraConfig(**camera.model_dump()) for camera in site.cameras],
+        return cls(site.site, site.box_id,
+                   [CameraConfig(**camera.model_dump(exclude={"detector"})) for camera in site.cameras],
                    site.model.model_dump(exclude_none=True), site.detector.model_dump(),
                    site.box_filter.model_dump(), site.tracker.model_dump(), site.embed.model_dump(),
                    site.publish.model_dump(), broker, site.outbox.model_dump(), site.metrics.model_dump(),
-                   camera_logins)
+                   camera_logins, {camera.id: camera.detector.model_dump() for camera in site.cameras
+                                   if camera.detector is not None})
 
     @classmethod
     def load(cls, path: str | Path) -> SiteConfig:
@@ -143,7 +147,7 @@ class EdgeRuntime:
         broker = BrokerConfig(**{"client_id": f"hybreid-edge-{config.site}-{config.box_id}", **config.broker})
         self.publisher = Publisher(self.outbox, broker, config.site, [c.id for c in config.cameras],
                                    camera_logins=config.camera_logins)
-        self.detector = make_detector(**config.detector)
+        self.detectors = self._make_detectors()
         self.box_filter = BoxFilter(**config.box_filter)
         self.trackers = {c.id: IoUTracker(lambda cid=c.id: self.outbox.next_track_id(cid), **config.tracker)
                          for c in config.cameras}
@@ -158,6 +162,18 @@ class EdgeRuntime:
         # (camera, frame, track, box) of every confirmed track in every frame, for scoring
         # tracklets against ground truth (tests, benchmarks, the demo).
         self.track_log: list[tuple[str, int, int, tuple]] | None = [] if config.metrics.get("record_tracks") else None
+
+    def _make_detectors(self) -> dict[str, object]:
+        """Each camera's detector; cameras configured alike share one (one compiled CNN in memory)."""
+        made: dict[str, object] = {}
+        detectors = {}
+        for camera in self.config.cameras:
+            options = self.config.camera_detectors.get(camera.id, self.config.detector)
+            key = json.dumps(options, sort_keys=True)
+            if key not in made:
+                made[key] = make_detector(**options)
+            detectors[camera.id] = made[key]
+        return detectors
 
     def _probe_embedder(self) -> None:
         """Before any thread starts: a graph that does not run as its contract says fails here,
@@ -182,7 +198,7 @@ class EdgeRuntime:
     def process(self, frame: Frame) -> None:
         """Detect and track one frame; queue crops of confirmed tracks and the ends of tracks."""
         start = time.perf_counter()
-        detections = self.box_filter(self.detector(frame.camera_id, frame.image))
+        detections = self.box_filter(self.detectors[frame.camera_id](frame.camera_id, frame.image))
         detected = time.perf_counter()
         height, width = frame.image.shape[:2]
         seen, ended = self.trackers[frame.camera_id].update(detections, (width, height))

