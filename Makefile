@@ -12,6 +12,9 @@ install: $(STAMP)
 $(STAMP): setup.cfg pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --progress-bar off -c constraints.txt -e '.[all]'
+	@# TrackEval (HOTA) without its dependencies: its wheel asks for the full opencv-python,
+	@# which would shadow opencv-python-headless; what it uses (numpy, scipy) is installed.
+	$(BIN)/python -m pip install --quiet --progress-bar off --no-deps trackeval==1.3.0
 	@touch $(STAMP)
 
 # The broker the tests run against. Installed with apt when missing and we are root;

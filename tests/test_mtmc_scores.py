@@ -51,3 +51,20 @@ def test_mot_files_round_trip_and_bad_rows_are_one_clear_error(tmp_path):
     bad.write_text("1,1,10,20,40,100\nframe,id\n")
     with pytest.raises(UserError, match="bad.txt:2 is not a MOTChallenge row"):
         read_mot(bad)
+
+
+def test_hota_splits_a_swapped_identity_from_a_missed_detection():
+    """One person over ten frames. Given two ids (five frames each) with perfect boxes,
+    every detection is right (DetA 1) and each match's id covers half the person's frames
+    (AssA 0.5): HOTA = sqrt(1 x 0.5). With one id but half the frames missed, each match
+    sees its id on five of the person's ten frames again (AssA 0.5) and detection finds
+    five of ten (DetA 0.5): HOTA 0.5."""
+    from hybreid.eval.mtmc import hota_scores
+
+    box = (10.0, 10.0, 20.0, 40.0)
+    truth = {"cam": [(frame, 1, box) for frame in range(1, 11)]}
+    swapped = {"cam": [(frame, 7 if frame <= 5 else 8, box) for frame in range(1, 11)]}
+    half = {"cam": [(frame, 7, box) for frame in range(1, 6)]}
+    assert hota_scores(truth, truth) == pytest.approx({"hota": 1.0, "deta": 1.0, "assa": 1.0})
+    assert hota_scores(truth, swapped) == pytest.approx({"hota": 0.5 ** 0.5, "deta": 1.0, "assa": 0.5})
+    assert hota_scores(truth, half) == pytest.approx({"hota": 0.5, "deta": 0.5, "assa": 0.5})

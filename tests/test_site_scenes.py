@@ -125,3 +125,35 @@ def test_site_benchmark_scores_online_and_reassociated_with_a_timeline(small_sit
     assert ceiling["mtmc"]["idf1"] >= max(result[m]["mtmc"]["idf1"] for m in ("online", "re-associated"))
     assert result["edge"]["frames"] == 3 * 240
     assert (out / "timeline_haresformer_tiny.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_site_benchmark_renders_each_seed_once_and_reports_mean_and_minimum(small_site, tiny_onnx, tmp_path,
+                                                                            monkeypatch, capsys):
+    import hybreid.bench.site as bench_site
+
+    _, spec_path, _ = small_site
+    cache, out = tmp_path / "cache", tmp_path / "bench"
+    argv = ["bench", "site", "--artifact", str(tiny_onnx), "--spec", str(spec_path), "--seed", "3", "--seed", "4",
+            "--site-cache", str(cache), "--out", str(out)]
+    assert main(argv) == 0
+    renderings = sorted(path.name for path in cache.iterdir())
+    assert len(renderings) == 2 and renderings[0].startswith("synthetic-seed3-")
+    truths = [json.loads((cache / name / "ground_truth.json").read_text()) for name in renderings]
+    assert truths[0]["cameras"][0]["boxes"] != truths[1]["cameras"][0]["boxes"]  # two different sites
+    records = json.loads((out / "site.json").read_text())
+    assert [r["seed"] for r in records] == [3, 4]
+    for record in records:
+        for method in ("online", "re-associated", "true identities"):
+            assert 0 <= record[method]["hota"]["hota"] <= 1 and 0 < record[method]["hota"]["deta"] <= 1
+    (summary,) = json.loads((out / "summary.json").read_text())
+    idf1 = [r["re-associated"]["mtmc"]["idf1"] for r in records]
+    assert summary["mean"]["IDF1 re-associated"] == pytest.approx(sum(idf1) / 2)
+    assert summary["min"]["IDF1 re-associated"] == pytest.approx(min(idf1))
+    table = capsys.readouterr().out
+    assert "seed 3" in table and "seed 4" in table and "| min" in table
+    assert (out / "timeline_haresformer_tiny_seed4.png").is_file()
+
+    # the second run takes both renderings from the cache
+    monkeypatch.setattr(bench_site, "render_site", lambda *args, **kwargs: pytest.fail("rendered again"))
+    assert bench_site.rendered_site(SiteSpec.load(spec_path).model_copy(update={"seed": 3}), cache)[1] == truths[0]
+    assert main(argv[:-1] + [str(tmp_path / "again"), "--scenes", str(cache / renderings[0])]) == 2

@@ -91,7 +91,8 @@ def _site(args) -> None:
     policies = [MatchPolicy.from_thresholds_file(path) for path in args.thresholds] if args.thresholds else \
         [MatchPolicy() for _ in args.artifact]
     spec = SiteSpec.load(args.spec) if args.spec else default_spec()
-    site.run(args.artifact, output_folder(args), policies, spec, scenes=args.scenes)
+    site.run(args.artifact, output_folder(args), policies, spec, scenes=args.scenes, seeds=args.seed,
+             cache=args.site_cache)
 
 
 def register(commands) -> None:
@@ -185,4 +186,9 @@ def register(commands) -> None:
     site.add_argument("--thresholds", action="append", help="its thresholds JSON, in the order of --artifact")
     site.add_argument("--spec", help="site spec YAML (default: 4 cameras, 30 people, 3 minutes)")
     site.add_argument("--scenes", help="a folder `edge scenes --site` rendered from the same spec (reused)")
+    site.add_argument("--seed", type=int, action="append",
+                      help="render the spec with this seed (repeatable: a row each, then the mean and the minimum; "
+                           "default: the spec's own)")
+    site.add_argument("--site-cache", help="where renderings are kept, by spec hash (default: "
+                                           "~/.cache/hybreid/sites)")
     add_output(site, "bench-site", "the JSON and the timelines")

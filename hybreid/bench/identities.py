@@ -104,8 +104,9 @@ def score_site(site: dict, truth: dict) -> dict[str, dict]:
     """Online-only and re-associated identities, each scored by multi-camera IDF1 and by pairs;
     and the ceiling the detector and tracker leave: every published tracklet given its true
     person (``true identities``), so what IDF1 misses there is detection and tracking."""
-    from hybreid.eval.mtmc import identity_scores
+    from hybreid.eval.mtmc import hota_scores, hota_unavailable_reason, identity_scores
 
+    with_hota = hota_unavailable_reason() is None
     labels = {key: value["pid"] for key, value in tracklet_ground_truth(site["runtime"].track_log, truth).items()}
     ceiling = [{**s, "identity_id": labels.get((s["camera_id"], s["track_id"]), -1 - index)}
                for index, s in enumerate(site["sightings"])]
@@ -113,17 +114,23 @@ def score_site(site: dict, truth: dict) -> dict[str, dict]:
     for method, sightings in (("online", site["sightings_online"]), ("re-associated", site["sightings"]),
                               ("true identities", ceiling)):
         scores[method] = score_identities(sightings, labels)
-        scores[method]["mtmc"] = identity_scores(truth_boxes(truth), identity_boxes(site["runtime"].track_log,
-                                                                                     sightings))
+        predicted = identity_boxes(site["runtime"].track_log, sightings)
+        scores[method]["mtmc"] = identity_scores(truth_boxes(truth), predicted)
+        if with_hota:
+            scores[method]["hota"] = hota_scores(truth_boxes(truth), predicted)
     return scores
 
 
 def format_scores(scores: dict[str, dict], title: str) -> str:
-    rows = [[method, s["identities"], s["mtmc"]["idf1"], s["mtmc"]["idp"], s["mtmc"]["idr"], s["purity"],
-             s["pairwise"]["f1"], s["cross_modality"]["precision"], s["cross_modality"]["recall"]]
+    def hota(s: dict, key: str):
+        return s["hota"][key] if "hota" in s else "-"
+
+    rows = [[method, s["identities"], s["mtmc"]["idf1"], hota(s, "hota"), hota(s, "assa"), hota(s, "deta"),
+             s["mtmc"]["idp"], s["mtmc"]["idr"], s["purity"], s["pairwise"]["f1"], s["cross_modality"]["precision"],
+             s["cross_modality"]["recall"]]
             for method, s in scores.items()]
-    return format_table(["identities by", "identities", "IDF1", "IDP", "IDR", "purity", "pairwise F1",
-                         "vis-IR link P", "vis-IR link R"], rows, floatfmt=".3f", title=title)
+    return format_table(["identities by", "identities", "IDF1", "HOTA", "AssA", "DetA", "IDP", "IDR", "purity",
+                         "pairwise F1", "vis-IR link P", "vis-IR link R"], rows, floatfmt=".3f", title=title)
 
 
 def run(model: str | Path, out: str | Path, people: int = 6, policy: MatchPolicy | None = None,
