@@ -283,3 +283,21 @@ def test_merges_made_while_the_broker_is_away_are_announced_after_a_kill(tmp_pat
     assert {"v": 1, "type": "merge", "site": "lab", "from": 3, "into": 2, "ts": 1310.0} in received
     assert all({"v": 1, **event} in received for event in stored)  # every stored event, reassigns too
     assert gallery.pending_events() == []  # acknowledged, so no longer stored
+
+
+def test_partition_score_weighs_each_pair_against_its_modalitys_threshold_and_cannot_links():
+    """Three tracklets: two visible ones at cosine 0.7 (same-modality threshold 0.6: +0.1),
+    an infrared one at 0.5 to the first (cross threshold 0.45: +0.05) and 0.3 to the
+    second (-0.15), overlapping the second in time (two places at once: -2)."""
+    from hybreid.matcher.reassociate import by_identity, partition_score
+
+    v1, v2, ir = vectors_with_cosines([[1.0, 0.7, 0.5], [0.7, 1.0, 0.3], [0.5, 0.3, 1.0]])
+    tracklets = [Tracklet(("s", "cam1", 1), 1, "visible", 0, 10, v1),
+                 Tracklet(("s", "cam2", 1), 1, "visible", 100, 110, v2),
+                 Tracklet(("s", "cam3", 1), 2, "infrared", 105, 115, ir)]
+    score = lambda clusters: partition_score(tracklets, clusters, 0.6, 0.45)  # noqa: E731
+    assert by_identity(tracklets) == [[0, 1], [2]]
+    assert score([[0, 1], [2]]) == pytest.approx(0.1)
+    assert score([[0, 2], [1]]) == pytest.approx(0.05)
+    assert score([[0], [1], [2]]) == 0.0
+    assert score([[0, 1, 2]]) == pytest.approx(0.1 + 0.05 - 2.0)

@@ -26,6 +26,11 @@ identities:
   cluster of its first sighting); a cluster whose identities all stayed elsewhere gets a
   new identity; an identity left without sightings is merged into the one that took them.
 
+A guard keeps the online identities where the clustering explains the window worse than
+they do (:func:`partition_score`): greedy agglomeration can chain people through one
+ambiguous tracklet, and a re-association that loses against the decisions it revisits
+must not replace them.
+
 scipy's and scikit-learn's agglomerative clustering take no cannot-link constraints, so
 the agglomeration is written here; a window holds tens to hundreds of tracklets.
 """
@@ -91,12 +96,10 @@ def plausible_transit(a: Tracklet, b: Tracklet, transit: Transit | None) -> bool
     return relation(a, b, transit)[1]
 
 
-def cluster(tracklets: list[Tracklet], same_threshold: float, cross_threshold: float,
-            transit: Transit | None = None, transit_bonus: float = 0.0) -> list[list[int]]:
-    """Constrained average-linkage clusters of tracklet indices."""
+def _evidence(tracklets: list[Tracklet], transit: Transit | None,
+              transit_bonus: float) -> tuple[np.ndarray, np.ndarray]:
+    """Every pair's cosine (plus the transit bonus where the walk fits) and whether it may not link."""
     count = len(tracklets)
-    if count == 0:
-        return []
     vectors = np.stack([t.embedding for t in tracklets]).astype(np.float64)
     similarity = vectors @ vectors.T
     forbidden = np.zeros((count, count), dtype=bool)
@@ -105,7 +108,48 @@ def cluster(tracklets: list[Tracklet], same_threshold: float, cross_threshold: f
         for j in range(i + 1, count):
             forbidden[i, j], plausible[i, j] = relation(tracklets[i], tracklets[j], transit)
     forbidden |= forbidden.T
-    similarity += transit_bonus * (plausible | plausible.T)
+    return similarity + transit_bonus * (plausible | plausible.T), forbidden
+
+
+# What one pair that may not link (two places at once) costs a partition: more than any
+# pair's similarity can earn.
+CANNOT_LINK_COST = 2.0
+
+
+def partition_score(tracklets: list[Tracklet], clusters: list[list[int]], same_threshold: float,
+                    cross_threshold: float, transit: Transit | None = None, transit_bonus: float = 0.0) -> float:
+    """How well ``clusters`` explain the tracklets, by the evidence the matcher has (the
+    correlation-clustering objective): every pair kept together earns its similarity above
+    the threshold of its modalities (loses it below), and costs ``CANNOT_LINK_COST`` where it
+    may not link."""
+    if not tracklets:
+        return 0.0
+    similarity, forbidden = _evidence(tracklets, transit, transit_bonus)
+    modality = [t.modality for t in tracklets]
+    score = 0.0
+    for members in clusters:
+        for x, i in enumerate(members):
+            for j in members[x + 1:]:
+                threshold = same_threshold if modality[i] == modality[j] else cross_threshold
+                score += -CANNOT_LINK_COST if forbidden[i, j] else similarity[i, j] - threshold
+    return score
+
+
+def by_identity(tracklets: list[Tracklet]) -> list[list[int]]:
+    """The online decisions as clusters: the tracklets of each identity."""
+    groups: dict[int, list[int]] = {}
+    for index, tracklet in enumerate(tracklets):
+        groups.setdefault(tracklet.identity, []).append(index)
+    return sorted(groups.values(), key=min)
+
+
+def cluster(tracklets: list[Tracklet], same_threshold: float, cross_threshold: float,
+            transit: Transit | None = None, transit_bonus: float = 0.0) -> list[list[int]]:
+    """Constrained average-linkage clusters of tracklet indices."""
+    count = len(tracklets)
+    if count == 0:
+        return []
+    similarity, forbidden = _evidence(tracklets, transit, transit_bonus)
     clusters: dict[int, list[int]] = {i: [i] for i in range(count)}
     modalities = {i: {tracklets[i].modality} for i in range(count)}
     while True:

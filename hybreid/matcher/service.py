@@ -76,7 +76,7 @@ from hybreid.errors import UserError, validation_problem
 from hybreid.files import MIB, read_regular_file
 from hybreid.matcher.database import StoreUnavailable
 from hybreid.matcher.gallery import Gallery, Write
-from hybreid.matcher.reassociate import Transit, cluster, plan
+from hybreid.matcher.reassociate import Transit, by_identity, cluster, partition_score, plan
 from hybreid.mqtt import BrokerConfig, make_client
 from hybreid.protocol import FeatureMessage, ProtocolError
 
@@ -377,8 +377,14 @@ class Matcher:
         with self.lock:
             self.gallery.refresh()
             tracklets, outside = self.gallery.recent_tracklets(self.policy.window_s)
-            clusters = cluster(tracklets, self.policy.same_modality, self.policy.cross_modality, transit,
-                               self.policy.transit_bonus)
+            evidence = (self.policy.same_modality, self.policy.cross_modality, transit, self.policy.transit_bonus)
+            clusters = cluster(tracklets, *evidence)
+            online = partition_score(tracklets, by_identity(tracklets), *evidence)
+            clustered = partition_score(tracklets, clusters, *evidence)
+            if clustered < online:
+                log.info("re-association kept the online identities: its clusters score %.2f against their %.2f",
+                         clustered, online)
+                return []
             changes = plan(tracklets, clusters, outside)
             if not changes.moves and not changes.new_groups:
                 return []
