@@ -377,6 +377,47 @@ class TestEmbedding:
         assert np.allclose(final.embedding, expected, atol=1e-6)
         assert final.quality == pytest.approx(5 / 3) and final.first_ts == 0.0 and final.ts == 1.2
 
+    def test_a_track_that_changes_person_is_published_as_two_tracklets(self):
+        """Eight crops of one person, then six of another (a pair the tracker swapped): the
+        first eight go out as a finished tracklet when the last four crops look like someone
+        else; the rest goes out under a new track id, from the other person's first frame."""
+        person_a, person_b = np.array([1.0, 0.0, 0.0], np.float32), np.array([0.0, 1.0, 0.0], np.float32)
+        rng = np.random.default_rng(0)
+        new_ids = iter([101, 102])
+        out = []
+        aggregator = TrackletAggregator(out.append, interval_s=0, split_below=0.8,
+                                        new_track_id=lambda camera: next(new_ids))
+        for step in range(14):
+            person = person_a if step < 8 else person_b
+            noisy = person + rng.normal(0, 0.05, 3).astype(np.float32)
+            aggregator.add(crop(7, step * 0.2, 1.0), noisy / np.linalg.norm(noisy))
+        aggregator.end("cam", 7)
+        first, second = out
+        assert (first.track_id, first.frames, first.final) == (7, 8, True) and first.embedding @ person_a > 0.99
+        assert (second.track_id, second.frames, second.final) == (101, 6, True) and second.embedding @ person_b > 0.99
+        assert second.first_ts == pytest.approx(8 * 0.2)
+        (split,) = aggregator.splits
+        assert (split.camera_id, split.track_id, split.frame, split.new_track_id) == ("cam", 7, 16, 101)
+
+        from hybreid.edge_runtime.runtime import published_track_log
+
+        log = [("cam", frame, 7, (0, 0, 1, 1)) for frame in (14, 15, 16, 17)] + [("cam", 16, 8, (0, 0, 1, 1))]
+        assert [track for _, _, track, _ in published_track_log(log, aggregator.splits)] == [7, 7, 101, 101, 8]
+
+    def test_one_person_or_a_day_night_switch_is_no_split(self):
+        person = np.array([1.0, 0.0, 0.0], np.float32)
+        infrared_look = np.array([0.0, 0.0, 1.0], np.float32)  # the same person seen in infrared
+        out = []
+        aggregator = TrackletAggregator(out.append, interval_s=0, split_below=0.8, new_track_id=lambda camera: 99)
+        for step in range(14):
+            aggregator.add(crop(1, step * 0.2, 1.0), person)
+            switched = crop(2, step * 0.2, 1.0)
+            switched.modality = "visible" if step < 8 else "infrared"
+            aggregator.add(switched, person if step < 8 else infrared_look)
+        aggregator.end("cam", 1)
+        aggregator.end("cam", 2)
+        assert [(f.track_id, f.frames) for f in out] == [(1, 14), (2, 14)] and aggregator.splits == []
+
     def test_worker_batches_crops_and_finalises_after_them(self, tiny_onnx):
         from hybreid.inference import load_embedder
 

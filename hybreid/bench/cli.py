@@ -92,7 +92,7 @@ def _site(args) -> None:
         [MatchPolicy() for _ in args.artifact]
     spec = SiteSpec.load(args.spec) if args.spec else default_spec()
     site.run(args.artifact, output_folder(args), policies, spec, scenes=args.scenes, seeds=args.seed,
-             cache=args.site_cache)
+             cache=args.site_cache, split_below=args.split_below)
 
 
 def register(commands) -> None:
@@ -189,6 +189,9 @@ def register(commands) -> None:
     site.add_argument("--seed", type=int, action="append",
                       help="render the spec with this seed (repeatable: a row each, then the mean and the minimum; "
                            "default: the spec's own)")
+    site.add_argument("--split-below", type=float, metavar="COSINE",
+                      help="the edge splits a track whose last crops fall below this cosine to its earlier ones "
+                           "(embed.split_below; default: never)")
     site.add_argument("--site-cache", help="where renderings are kept, by spec hash (default: "
                                            "~/.cache/hybreid/sites)")
     add_output(site, "bench-site", "the JSON and the timelines")

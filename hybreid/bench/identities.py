@@ -28,10 +28,11 @@ from hybreid.tables import format_table
 
 def run_site(model: str | Path, scenes: Path, truth: dict, broker_url: str, policy: MatchPolicy, work: Path,
              site: str = "bench", progress: bool = False, transit: Transit | None = None,
-             mqtt_protocol: str = "5") -> dict:
+             mqtt_protocol: str = "5", split_below: float | None = None) -> dict:
     """The edge runtime on every camera video of ``truth`` and a matcher, through the
     broker at ``broker_url`` (speaking ``mqtt_protocol``, "5" or "3.1.1"); waits until the
-    matcher has every published tracklet.
+    matcher has every published tracklet. ``split_below``: the edge splits a track whose
+    crops change person (``embed.split_below`` of the site file).
 
     Returns the edge summary, the gallery's sightings, the matcher's status and the
     runtime (its ``track_log`` ties sightings to ground truth).
@@ -47,7 +48,7 @@ def run_site(model: str | Path, scenes: Path, truth: dict, broker_url: str, poli
                     for c in truth["cameras"]],
         "model": {"path": str(model)}, "broker": {"url": broker_url, "protocol": mqtt_protocol},
         "outbox": {"path": str(work / "outbox.sqlite")}, "metrics": {"record_tracks": True},
-        "publish": {"interval_s": 0},
+        "publish": {"interval_s": 0}, "embed": {"split_below": split_below},
     })
     runtime = EdgeRuntime(config)
     total = truth["frames"] * len(truth["cameras"])

@@ -81,8 +81,8 @@ def summarise(records: list[dict], title: str) -> tuple[str, dict]:
 
 
 def run(models: list[str], out: str | Path, policies: list[MatchPolicy], spec: SiteSpec | None = None,
-        scenes: str | Path | None = None, seeds: list[int] | None = None, cache: str | Path | None = None
-        ) -> list[dict]:
+        scenes: str | Path | None = None, seeds: list[int] | None = None, cache: str | Path | None = None,
+        split_below: float | None = None) -> list[dict]:
     """``scenes``: a folder already rendered from ``spec``; otherwise each of ``seeds`` (the
     spec's own by default) renders the spec anew, kept in ``cache``."""
     if len(policies) != len(models):
@@ -112,7 +112,8 @@ def run(models: list[str], out: str | Path, policies: list[MatchPolicy], spec: S
                 run_dir = Path(work)
                 with Mosquitto(run_dir / "broker") as broker:
                     site = run_site(model, folder, truth, broker.url, policy, run_dir, site=spec.site,
-                                    progress=True, transit=graph.transit if graph else None)
+                                    progress=True, transit=graph.transit if graph else None,
+                                    split_below=split_below)
             scores = score_site(site, truth)
             name = site["runtime"].contract.identity
             print(format_scores(scores, f"{name}, seed {seed}: {len(truth['cameras'])} cameras, {truth['frames']} "
@@ -121,6 +122,7 @@ def run(models: list[str], out: str | Path, policies: list[MatchPolicy], spec: S
             timeline = _timeline(site, truth, out / f"timeline_{Path(model).stem}{suffix}.png", f"{name}, seed {seed}")
             model_records.append({"model": name, "seed": seed, "thresholds": [policy.same_modality,
                                                                               policy.cross_modality],
+                                  "split_below": split_below,
                                   "edge": {k: site["edge"][k] for k in ("frames", "fps", "tracklets_published")},
                                   "events": len(site["events"]), "timeline": str(timeline), **scores})
         table, summary = summarise(model_records, f"{model_records[0]['model']} on {len(sites)} rendering(s) of "

@@ -23,7 +23,7 @@ from hybreid import protocol
 from hybreid.config import load_yaml
 from hybreid.edge_runtime.capture import CameraCapture, CameraConfig
 from hybreid.edge_runtime.detect import BoxFilter, make_detector
-from hybreid.edge_runtime.embed import EmbedderFailed, EmbedWorker, TrackEnd, TrackletAggregator
+from hybreid.edge_runtime.embed import EmbedderFailed, EmbedWorker, Split, TrackEnd, TrackletAggregator
 from hybreid.edge_runtime.outbox import Outbox
 from hybreid.edge_runtime.publish import Publisher
 from hybreid.edge_runtime.site import resolve_paths, validate_site
@@ -134,6 +134,25 @@ def crop_quality(score: float, box: tuple[float, float, float, float], reference
     return quality * (SHARED_CROP_WEIGHT if shared else 1.0) * (CUT_CROP_WEIGHT if cut else 1.0)
 
 
+def published_track_log(track_log: list[tuple[str, int, int, tuple]], splits: list[Split]
+                        ) -> list[tuple[str, int, int, tuple]]:
+    """The track log under the track ids the tracklets were published with: a split track's
+    boxes from the split's frame on belong to its new id."""
+    by_track: dict[tuple[str, int], list[Split]] = {}
+    for split in sorted(splits, key=lambda split: split.frame):
+        by_track.setdefault((split.camera_id, split.track_id), []).append(split)
+    if not by_track:
+        return track_log
+    result = []
+    for camera, frame, track, box in track_log:
+        published = track
+        for split in by_track.get((camera, track), ()):
+            if frame >= split.frame:
+                published = split.new_track_id
+        result.append((camera, frame, published, box))
+    return result
+
+
 class EdgeRuntime:
     def __init__(self, config: SiteConfig, embedder=None):
         from hybreid.inference import load_embedder
@@ -153,7 +172,8 @@ class EdgeRuntime:
                          for c in config.cameras}
         embed = {"max_batch": 16, "max_wait_ms": 50, "crop_interval": 2, "max_crops_per_track": 32, **config.embed}
         self.crop_interval, self.max_crops = embed.pop("crop_interval"), embed.pop("max_crops_per_track")
-        self.aggregator = TrackletAggregator(self._publish_tracklet, config.publish.get("interval_s", 10.0))
+        self.aggregator = TrackletAggregator(self._publish_tracklet, config.publish.get("interval_s", 10.0),
+                                             embed.pop("split_below", None), self.outbox.next_track_id)
         self.worker = EmbedWorker(self.embedder, self.aggregator, **embed)
         self.captures = [CameraCapture(c) for c in config.cameras]
         self.crops_per_track: dict[tuple[str, int], int] = {}
@@ -307,6 +327,8 @@ class EdgeRuntime:
                 except EmbedderFailed:
                     break
         self.worker.drain()
+        if self.track_log is not None:
+            self.track_log = published_track_log(self.track_log, self.aggregator.splits)
         flushed = self.publisher.flush(self.config.publish.get("flush_timeout_s", 10.0))
         snapshot = self.metrics.snapshot(self)
         snapshot["flushed"] = flushed

@@ -107,6 +107,10 @@ class Embed(Section):
     max_wait_ms: Annotated[float, Field(ge=0, le=60000, allow_inf_nan=False)] = 50
     crop_interval: Annotated[int, Field(ge=1, le=10000)] = 2
     max_crops_per_track: Annotated[int, Field(ge=1, le=100000)] = 32
+    # split a track where its last crops' mean falls below this cosine to the mean of those
+    # before (two people the tracker swapped); the matcher's same-modality threshold is a
+    # start; none: never split
+    split_below: Annotated[float, Field(ge=-1, le=1, allow_inf_nan=False)] | None = None
 
 
 class Publish(Section):
