@@ -29,6 +29,7 @@ def detector_options(nanodet: str | None, openvino: bool) -> dict[str, dict]:
     options = {"background": {"kind": "background"}}
     if nanodet:
         options["nanodet"] = {"kind": "nanodet", "path": nanodet}
+        options["nanodet, 2 tiles"] = {"kind": "nanodet", "path": nanodet, "tiles": 2}
         if openvino:
             options["nanodet (OpenVINO)"] = {"kind": "nanodet", "path": nanodet, "runtime": "openvino"}
     return options

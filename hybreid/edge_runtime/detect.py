@@ -298,10 +298,10 @@ class NanoDetDetector:
     """NanoDet-g's person boxes; one compiled model serves every camera that uses it."""
 
     def __init__(self, path: str, runtime: str = "onnxruntime", threads: int | None = None,
-                 score_threshold: float = 0.45, iou_threshold: float = 0.45):
+                 score_threshold: float = 0.45, iou_threshold: float = 0.45, tiles: int = 1):
         from hybreid.inference.nanodet import NanoDet
 
-        self.model = NanoDet(path, runtime, threads, score_threshold, iou_threshold)
+        self.model = NanoDet(path, runtime, threads, score_threshold, iou_threshold, tiles)
 
     def __call__(self, camera_id: str, image: np.ndarray) -> list[Detection]:
         boxes = self.model.detect(image)

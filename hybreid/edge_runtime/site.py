@@ -46,6 +46,8 @@ class NanoDetDetector(Section):
     threads: Annotated[int, Field(ge=1, le=256)] | None = None
     score_threshold: Fraction = 0.45
     iou_threshold: Fraction = 0.45
+    # also look at this many overlapping columns of the frame (people under ~30 px); 1: the whole frame only
+    tiles: Annotated[int, Field(ge=1, le=4)] = 1
 
 
 class YoloDetector(Section):

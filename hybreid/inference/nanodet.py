@@ -115,17 +115,35 @@ def read_metadata(path: str | Path) -> dict[str, str]:
     return {p.key[len(METADATA_PREFIX):]: p.value for p in model.metadata_props if p.key.startswith(METADATA_PREFIX)}
 
 
+# Tiles overlap by this share of their width, so a person on a border is whole in one of them.
+TILE_OVERLAP = 0.2
+
+
+def tile_windows(width: int, height: int, columns: int) -> list[tuple[int, int, int, int]]:
+    """``columns`` side-by-side windows ``(x, y, w, h)`` over the frame, overlapping."""
+    tile_width = min(width, int(round(width / columns * (1 + TILE_OVERLAP))))
+    step = (width - tile_width) / max(columns - 1, 1)
+    return [(int(round(column * step)), 0, tile_width, height) for column in range(columns)]
+
+
 class NanoDet:
-    """One compiled NanoDet; ``detect`` returns a frame's person boxes."""
+    """One compiled NanoDet; ``detect`` returns a frame's person boxes.
+
+    The model sees a frame squeezed to 416 x 416: a person 30 pixels tall in a 576-row
+    frame is 22 there, below what it finds. With ``tiles`` of 2 or more it also looks at
+    that many overlapping columns of the frame, each squeezed alone, and keeps the boxes of
+    all views through one NMS: on vtest.avi, two columns found 142 of 151 counted people
+    instead of 135 (3 boxes on no counted person), at three times the compute.
+    """
 
     def __init__(self, path: str | Path, runtime: str = "onnxruntime", threads: int | None = None,
-                 score_threshold: float = 0.45, iou_threshold: float = 0.45):
+                 score_threshold: float = 0.45, iou_threshold: float = 0.45, tiles: int = 1):
         path = Path(path)
         if not path.is_file():
             raise UserError(f"detector model {path} does not exist (`hybreid detector fetch` makes it)")
         if runtime not in RUNTIMES:
             raise UserError(f"detector runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
-        self.path, self.runtime = path, runtime
+        self.path, self.runtime, self.tiles = path, runtime, tiles
         self.score_threshold, self.iou_threshold = score_threshold, iou_threshold
         try:
             input_shape, output_shapes = self._load(path, threads)
@@ -168,7 +186,24 @@ class NanoDet:
         self._run = lambda batch: session.run(None, {name: batch})
         return session.get_inputs()[0].shape, [tuple(output.shape) for output in session.get_outputs()]
 
-    def detect(self, image: np.ndarray) -> Boxes:
+    def _detect_view(self, image: np.ndarray) -> Boxes:
         height, width = image.shape[:2]
         outputs = self._run(preprocess(image, self.size))
         return decode(outputs, self.layout, self.size, (width, height), self.score_threshold, self.iou_threshold)
+
+    def detect(self, image: np.ndarray) -> Boxes:
+        whole = self._detect_view(image)
+        if self.tiles < 2:
+            return whole
+        import cv2
+
+        height, width = image.shape[:2]
+        views = [whole]
+        for x, y, w, h in tile_windows(width, height, self.tiles):
+            found = self._detect_view(image[y : y + h, x : x + w])
+            views.append(Boxes(found.xywh + np.array([x, y, 0, 0], np.float32), found.scores))
+        xywh = np.concatenate([view.xywh for view in views])
+        scores = np.concatenate([view.scores for view in views])
+        keep = np.asarray(cv2.dnn.NMSBoxes(xywh.tolist(), scores.tolist(), self.score_threshold,
+                                           self.iou_threshold), dtype=int).reshape(-1)
+        return Boxes(xywh[keep], scores[keep])
