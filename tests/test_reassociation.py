@@ -289,15 +289,31 @@ def test_partition_score_weighs_each_pair_against_its_modalitys_threshold_and_ca
     """Three tracklets: two visible ones at cosine 0.7 (same-modality threshold 0.6: +0.1),
     an infrared one at 0.5 to the first (cross threshold 0.45: +0.05) and 0.3 to the
     second (-0.15), overlapping the second in time (two places at once: -2)."""
-    from hybreid.matcher.reassociate import by_identity, partition_score
+    from hybreid.matcher.reassociate import online_clusters, partition_score
 
     v1, v2, ir = vectors_with_cosines([[1.0, 0.7, 0.5], [0.7, 1.0, 0.3], [0.5, 0.3, 1.0]])
     tracklets = [Tracklet(("s", "cam1", 1), 1, "visible", 0, 10, v1),
                  Tracklet(("s", "cam2", 1), 1, "visible", 100, 110, v2),
                  Tracklet(("s", "cam3", 1), 2, "infrared", 105, 115, ir)]
     score = lambda clusters: partition_score(tracklets, clusters, 0.6, 0.45)  # noqa: E731
-    assert by_identity(tracklets) == [[0, 1], [2]]
+    assert online_clusters(tracklets) == [[0, 1], [2]]
     assert score([[0, 1], [2]]) == pytest.approx(0.1)
     assert score([[0, 2], [1]]) == pytest.approx(0.05)
     assert score([[0], [1], [2]]) == 0.0
     assert score([[0, 1, 2]]) == pytest.approx(0.1 + 0.05 - 2.0)
+
+
+def test_the_guard_keeps_the_online_identities_only_where_the_clusters_explain_worse():
+    """Two groups. In the first the clusters join two tracklets the online decisions kept
+    apart (cosine 0.9 >= 0.6: better); in the second they part two the online decisions
+    joined (cosine 0.7: joining earned 0.1): that group keeps its online identity."""
+    from hybreid.matcher.reassociate import guard
+
+    a1, a2, b1, b2 = vectors_with_cosines([[1.0, 0.9, 0.0, 0.0], [0.9, 1.0, 0.0, 0.0],
+                                           [0.0, 0.0, 1.0, 0.7], [0.0, 0.0, 0.7, 1.0]])
+    tracklets = [Tracklet(("s", "cam1", 1), 1, "visible", 0, 10, a1),
+                 Tracklet(("s", "cam2", 1), 2, "visible", 50, 60, a2),
+                 Tracklet(("s", "cam3", 1), 3, "visible", 100, 110, b1),
+                 Tracklet(("s", "cam4", 1), 3, "visible", 150, 160, b2)]
+    assert guard(tracklets, [[0, 1], [2], [3]], 0.6, 0.45) == ([[0, 1], [2, 3]], 1)
+    assert guard(tracklets, [[0, 1], [2, 3]], 0.6, 0.45) == ([[0, 1], [2, 3]], 0)

@@ -26,10 +26,10 @@ identities:
   cluster of its first sighting); a cluster whose identities all stayed elsewhere gets a
   new identity; an identity left without sightings is merged into the one that took them.
 
-A guard keeps the online identities where the clustering explains the window worse than
-they do (:func:`partition_score`): greedy agglomeration can chain people through one
-ambiguous tracklet, and a re-association that loses against the decisions it revisits
-must not replace them.
+A guard keeps the online identities wherever the clustering explains their tracklets
+worse than they do (:func:`guard`, :func:`partition_score`): greedy agglomeration can
+chain people through one ambiguous tracklet, and a re-association that loses against the
+decisions it revisits must not replace them.
 
 scipy's and scikit-learn's agglomerative clustering take no cannot-link constraints, so
 the agglomeration is written here; a window holds tens to hundreds of tracklets.
@@ -135,12 +135,48 @@ def partition_score(tracklets: list[Tracklet], clusters: list[list[int]], same_t
     return score
 
 
-def by_identity(tracklets: list[Tracklet]) -> list[list[int]]:
+def online_clusters(tracklets: list[Tracklet]) -> list[list[int]]:
     """The online decisions as clusters: the tracklets of each identity."""
     groups: dict[int, list[int]] = {}
     for index, tracklet in enumerate(tracklets):
         groups.setdefault(tracklet.identity, []).append(index)
     return sorted(groups.values(), key=min)
+
+
+def guard(tracklets: list[Tracklet], clusters: list[list[int]], same_threshold: float, cross_threshold: float,
+          transit: Transit | None = None, transit_bonus: float = 0.0) -> tuple[list[list[int]], int]:
+    """``clusters`` where they explain their tracklets better than the online decisions, the
+    online decisions elsewhere; and how many parts kept the online decisions.
+
+    A part is a set of tracklets that the clusters and the online identities both keep
+    together (a connected component of "same cluster or same identity"): the two partitions
+    differ inside parts only, so each part is scored on its own (:func:`partition_score`)."""
+    parent = list(range(len(tracklets)))
+
+    def root(index: int) -> int:
+        while parent[index] != index:
+            parent[index] = parent[parent[index]]
+            index = parent[index]
+        return index
+
+    online = online_clusters(tracklets)
+    for group in clusters + online:
+        for member in group[1:]:
+            parent[root(member)] = root(group[0])
+    parts: dict[int, tuple[list[list[int]], list[list[int]]]] = {}
+    for group in clusters:
+        parts.setdefault(root(group[0]), ([], []))[0].append(group)
+    for group in online:
+        parts.setdefault(root(group[0]), ([], []))[1].append(group)
+    evidence = (same_threshold, cross_threshold, transit, transit_bonus)
+    chosen, kept = [], 0
+    for new, old in parts.values():
+        if partition_score(tracklets, new, *evidence) >= partition_score(tracklets, old, *evidence):
+            chosen += new
+        else:
+            chosen += old
+            kept += 1
+    return sorted(chosen, key=min), kept
 
 
 def cluster(tracklets: list[Tracklet], same_threshold: float, cross_threshold: float,

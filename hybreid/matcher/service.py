@@ -76,7 +76,7 @@ from hybreid.errors import UserError, validation_problem
 from hybreid.files import MIB, read_regular_file
 from hybreid.matcher.database import StoreUnavailable
 from hybreid.matcher.gallery import Gallery, Write
-from hybreid.matcher.reassociate import Transit, by_identity, cluster, partition_score, plan
+from hybreid.matcher.reassociate import Transit, cluster, guard, plan
 from hybreid.mqtt import BrokerConfig, make_client
 from hybreid.protocol import FeatureMessage, ProtocolError
 
@@ -378,13 +378,10 @@ class Matcher:
             self.gallery.refresh()
             tracklets, outside = self.gallery.recent_tracklets(self.policy.window_s)
             evidence = (self.policy.same_modality, self.policy.cross_modality, transit, self.policy.transit_bonus)
-            clusters = cluster(tracklets, *evidence)
-            online = partition_score(tracklets, by_identity(tracklets), *evidence)
-            clustered = partition_score(tracklets, clusters, *evidence)
-            if clustered < online:
-                log.info("re-association kept the online identities: its clusters score %.2f against their %.2f",
-                         clustered, online)
-                return []
+            clusters, kept = guard(tracklets, cluster(tracklets, *evidence), *evidence)
+            if kept:
+                log.info("re-association kept the online identities of %d group(s) its clusters explained worse",
+                         kept)
             changes = plan(tracklets, clusters, outside)
             if not changes.moves and not changes.new_groups:
                 return []
