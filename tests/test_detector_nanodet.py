@@ -377,6 +377,6 @@ def test_bench_detector_scores_each_detector_against_the_hand_count(tmp_path):
     if NANODET.is_file():
         assert rows["nanodet"]["found"] >= 9
     picture = cv2.imread(str(tmp_path / "out" / "vtest60_detections.png"))
-    assert picture is not None and picture.shape[0] == len(rows) * 576 // 2  # a row of frames per detector
+    assert picture is not None and picture.shape[0] == len(rows) * 576 // 3  # a row of frames per detector
     (tmp_path / "short.csv").write_text("frame,x,y\n900,1,1\n")
     assert main(argv[:5] + [str(tmp_path / "short.csv"), "--no-openvino", "--out", str(tmp_path / "o2")]) == 2

@@ -73,7 +73,7 @@ def edge_run(video: Path, artifact: str, options: dict, work: Path) -> dict:
     with Mosquitto(work / "broker") as broker:
         config = SiteConfig.from_dict({
             "site": "footage", "cameras": [{"id": "video", "source": str(video), "detector": options}],
-            "model": {"path": artifact}, "broker": {"url": broker.url},
+            "model": {"path": artifact}, "broker": {"url": broker.url, "protocol": "5"},
             "outbox": {"path": str(work / "outbox.sqlite")}, "metrics": {"record_tracks": True},
             "box_filter": {"min_height": 24},
         })
@@ -106,8 +106,8 @@ def draw(video: Path, truth: Points, boxes: dict[str, dict[int, np.ndarray]], pa
                 cv2.rectangle(tile, (int(x), int(y)), (int(x + w), int(y + h)), (0, 200, 0), 2)
             for x, y in truth[frame]:
                 cv2.circle(tile, (int(x), int(y)), 5, (0, 0, 255), -1)
-            cv2.putText(tile, f"{name}, frame {frame}", (8, 24), cv2.FONT_HERSHEY_SIMPLEX, 0.7, (255, 255, 255), 2)
-            tiles.append(cv2.resize(tile, None, fx=0.5, fy=0.5, interpolation=cv2.INTER_AREA))
+            cv2.putText(tile, f"{name}, frame {frame}", (8, 36), cv2.FONT_HERSHEY_SIMPLEX, 1.2, (255, 255, 255), 3)
+            tiles.append(cv2.resize(tile, None, fx=1 / 3, fy=1 / 3, interpolation=cv2.INTER_AREA))
         rows.append(np.hstack(tiles))
     cv2.imwrite(str(path), np.vstack(rows))
     return path
