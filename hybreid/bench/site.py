@@ -46,7 +46,8 @@ def rendered_site(spec: SiteSpec, cache: Path) -> tuple[Path, dict]:
     if truth_file.is_file():
         return folder, json.loads(truth_file.read_text())
     partial = folder.with_name(folder.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
+    for unfinished in (partial, folder):  # a folder without its ground truth was cut short
+        shutil.rmtree(unfinished, ignore_errors=True)
     render_site(partial, spec)
     (partial / "spec.json").write_text(spec.model_dump_json(indent=2))
     partial.rename(folder)

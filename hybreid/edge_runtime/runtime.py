@@ -162,11 +162,11 @@ class EdgeRuntime:
                                                                            if k in ("threads", "providers", "device")})
         self.contract = self.embedder.contract
         self._probe_embedder()
+        self.detectors = self._make_detectors()  # a detector file that does not load: before any file is made
         self.outbox = Outbox(**config.outbox)
         broker = BrokerConfig(**{"client_id": f"hybreid-edge-{config.site}-{config.box_id}", **config.broker})
         self.publisher = Publisher(self.outbox, broker, config.site, [c.id for c in config.cameras],
                                    camera_logins=config.camera_logins)
-        self.detectors = self._make_detectors()
         self.box_filter = BoxFilter(**config.box_filter)
         self.trackers = {c.id: IoUTracker(lambda cid=c.id: self.outbox.next_track_id(cid), **config.tracker)
                          for c in config.cameras}

