@@ -163,15 +163,12 @@ class NanoDet:
 
     def _load(self, path: Path, threads: int | None) -> tuple[list, list[tuple]]:
         if self.runtime == "openvino":
-            from hybreid.inference.openvino_backend import _core, openvino_unavailable_reason
+            from hybreid.inference.openvino_backend import compile_for_cpu, openvino_unavailable_reason
 
             reason = openvino_unavailable_reason()
             if reason:
                 raise UserError(reason)
-            config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
-            if threads:
-                config["INFERENCE_NUM_THREADS"] = threads
-            compiled = _core().compile_model(_core().read_model(str(path)), "CPU", config)
+            _, compiled = compile_for_cpu(path, "openvino", threads)
             self._request = compiled.create_infer_request()
             self._run = lambda batch: [self._request.infer([batch])[output] for output in compiled.outputs]
             return (list(compiled.inputs[0].get_partial_shape().to_shape()),

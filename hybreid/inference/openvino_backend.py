@@ -62,6 +62,16 @@ def openvino_unavailable_reason(provider: str = "openvino") -> str | None:
     return bf16_unavailable_reason() if PRECISIONS[provider.lower()] == "bf16" else None
 
 
+def compile_for_cpu(path: str | Path, provider: str = "openvino", threads: int | None = None):
+    """(the model as OpenVINO read it, the model compiled for this CPU), its float ops in the
+    precision ``provider`` names; OpenVINO's RuntimeError where it cannot."""
+    config = {"INFERENCE_PRECISION_HINT": PRECISIONS[provider.lower()], "PERFORMANCE_HINT": "LATENCY"}
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = threads
+    model = _core().read_model(str(path))
+    return model, _core().compile_model(model, "CPU", config)
+
+
 class OpenVinoEmbedder(Embedder):
     """An ONNX artifact compiled by OpenVINO for this CPU."""
 
@@ -73,12 +83,8 @@ class OpenVinoEmbedder(Embedder):
         if reason:
             raise UserError(reason)
         precision = PRECISIONS[provider.lower()]
-        config = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY"}
-        if threads:
-            config["INFERENCE_NUM_THREADS"] = threads
         try:
-            model = _core().read_model(str(path))
-            compiled = _core().compile_model(model, "CPU", config)
+            model, compiled = compile_for_cpu(path, provider, threads)
         except RuntimeError as exc:  # OpenVINO raises RuntimeError for a graph it cannot read or compile
             first_line = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
             raise UserError(f"OpenVINO cannot compile {path} ({first_line}): the file is damaged or uses an "
