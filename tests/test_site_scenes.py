@@ -134,14 +134,14 @@ def test_site_benchmark_renders_each_seed_once_and_reports_mean_and_minimum(smal
     _, spec_path, _ = small_site
     cache, out = tmp_path / "cache", tmp_path / "bench"
     argv = ["bench", "site", "--artifact", str(tiny_onnx), "--spec", str(spec_path), "--seed", "3", "--seed", "4",
-            "--site-cache", str(cache), "--out", str(out)]
+            "--site-cache", str(cache), "--transit-bonus", "0.05", "--out", str(out)]
     assert main(argv) == 0
     renderings = sorted(path.name for path in cache.iterdir())
     assert len(renderings) == 2 and renderings[0].startswith("synthetic-seed3-")
     truths = [json.loads((cache / name / "ground_truth.json").read_text()) for name in renderings]
     assert truths[0]["cameras"][0]["boxes"] != truths[1]["cameras"][0]["boxes"]  # two different sites
     records = json.loads((out / "site.json").read_text())
-    assert [r["seed"] for r in records] == [3, 4]
+    assert [r["seed"] for r in records] == [3, 4] and {r["transit_bonus"] for r in records} == {0.05}
     for record in records:
         for method in ("online", "re-associated", "true identities"):
             assert 0 <= record[method]["hota"]["hota"] <= 1 and 0 < record[method]["hota"]["deta"] <= 1

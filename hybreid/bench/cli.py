@@ -88,8 +88,9 @@ def _site(args) -> None:
     from hybreid.matcher.service import MatchPolicy
     from hybreid.synthetic.site import SiteSpec, default_spec
 
-    policies = [MatchPolicy.from_thresholds_file(path) for path in args.thresholds] if args.thresholds else \
-        [MatchPolicy() for _ in args.artifact]
+    choices = {} if args.transit_bonus is None else {"transit_bonus": args.transit_bonus}
+    policies = [MatchPolicy.from_thresholds_file(path, **choices) for path in args.thresholds] if args.thresholds \
+        else [MatchPolicy.checked(**choices) for _ in args.artifact]
     spec = SiteSpec.load(args.spec) if args.spec else default_spec()
     site.run(args.artifact, output_folder(args), policies, spec, scenes=args.scenes, seeds=args.seed,
              cache=args.site_cache, split_below=args.split_below)
@@ -189,6 +190,8 @@ def register(commands) -> None:
     site.add_argument("--seed", type=int, action="append",
                       help="render the spec with this seed (repeatable: a row each, then the mean and the minimum; "
                            "default: the spec's own)")
+    site.add_argument("--transit-bonus", type=float,
+                      help="as `matcher run --transit-bonus`: added to the cosine of a walk the camera graph allows")
     site.add_argument("--split-below", type=float, metavar="COSINE",
                       help="the edge splits a track whose last crops fall below this cosine to its earlier ones "
                            "(embed.split_below; default: never)")

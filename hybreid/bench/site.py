@@ -123,7 +123,7 @@ def run(models: list[str], out: str | Path, policies: list[MatchPolicy], spec: S
             timeline = _timeline(site, truth, out / f"timeline_{Path(model).stem}{suffix}.png", f"{name}, seed {seed}")
             model_records.append({"model": name, "seed": seed, "thresholds": [policy.same_modality,
                                                                               policy.cross_modality],
-                                  "split_below": split_below,
+                                  "split_below": split_below, "transit_bonus": policy.transit_bonus,
                                   "edge": {k: site["edge"][k] for k in ("frames", "fps", "tracklets_published")},
                                   "events": len(site["events"]), "timeline": str(timeline), **scores})
         table, summary = summarise(model_records, f"{model_records[0]['model']} on {len(sites)} rendering(s) of "
