@@ -133,7 +133,8 @@ def test_site_benchmark_renders_each_seed_once_and_reports_mean_and_minimum(smal
 
     _, spec_path, _ = small_site
     cache, out = tmp_path / "cache", tmp_path / "bench"
-    argv = ["bench", "site", "--artifact", str(tiny_onnx), "--spec", str(spec_path), "--seed", "3", "--seed", "4",
+    argv = ["bench", "site", "--artifact", str(tiny_onnx), "--spec", str(spec_path),
+            "--seed", "3", "--seed", "4", "--seed", "4",  # a seed given twice is one rendering
             "--site-cache", str(cache), "--transit-bonus", "0.05", "--out", str(out)]
     assert main(argv) == 0
     renderings = sorted(path.name for path in cache.iterdir())

@@ -101,7 +101,7 @@ def run(models: list[str], out: str | Path, policies: list[MatchPolicy], spec: S
         sites.append((spec.seed, folder, truth))
     else:
         cache = Path(cache) if cache else default_cache()
-        for seed in seeds or [spec.seed]:
+        for seed in dict.fromkeys(seeds or [spec.seed]):  # a seed given twice is one rendering
             folder, truth = rendered_site(spec.model_copy(update={"seed": seed}), cache)
             sites.append((seed, folder, truth))
     records, summaries = [], []
