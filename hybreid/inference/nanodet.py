@@ -133,7 +133,7 @@ class NanoDet:
     frame is 22 there, below what it finds. With ``tiles`` of 2 or more it also looks at
     that many overlapping columns of the frame, each squeezed alone, and keeps the boxes of
     all views through one NMS: on vtest.avi, two columns found 142 of 151 counted people
-    instead of 135 (3 boxes on no counted person), at three times the compute.
+    instead of 135 (one box on no counted person), at three times the compute.
     """
 
     def __init__(self, path: str | Path, runtime: str = "onnxruntime", threads: int | None = None,
