@@ -132,14 +132,14 @@ class TrackletAggregator:
         start the track's next tracklet, under a new id."""
         recent = list(tracklet.recent)
         first = recent[0][2]
+        recent_sum, recent_weight = sum(vector for vector, _, _ in recent), sum(weight for _, weight, _ in recent)
         before = _Tracklet(tracklet.camera_id, tracklet.modality, tracklet.track_id, tracklet.first_ts,
-                           tracklet.weighted_sum - sum(vector for vector, _, _ in recent),
-                           tracklet.weight - sum(weight for _, weight, _ in recent), tracklet.frames - len(recent),
-                           tracklet.settled_last, tracklet.best_score)
+                           tracklet.weighted_sum - recent_sum, tracklet.weight - recent_weight,
+                           tracklet.frames - len(recent), tracklet.settled_last, tracklet.best_score)
         self.emit(self._feature(before, final=True))
         after = _Tracklet(tracklet.camera_id, tracklet.modality, self.new_track_id(tracklet.camera_id), first.ts,
-                          sum(vector for vector, _, _ in recent), sum(weight for _, weight, _ in recent), len(recent),
-                          recent[-1][2], max(crop.score for _, _, crop in recent), first.ts, deque(recent))
+                          recent_sum, recent_weight, len(recent), recent[-1][2],
+                          max(crop.score for _, _, crop in recent), first.ts, deque(recent))
         self.splits.append(Split(tracklet.camera_id, key[1], first.frame_index, after.track_id))
         self.tracklets[key] = after
         return after

