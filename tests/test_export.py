@@ -17,7 +17,7 @@ from hybreid.errors import UserError
 from hybreid.export.bundle import create_bundle, install_bundle, verify_bundle
 from hybreid.export.onnx_export import PreprocessingWrapper, export_onnx, weights_hash
 from hybreid.export.precision import convert_to_fp16, fp32_nodes
-from hybreid.export.tensorrt_build import plan_build
+from hybreid.export.tensorrt_build import plan_engine
 from hybreid.inference import OnnxRuntimeEmbedder, load_embedder
 from hybreid.inference.engine_cache import (
     BuildOptions,
@@ -256,15 +256,25 @@ class TestTensorRTDecisions:
         with pytest.raises(UserError, match="no other.json beside it"):
             read_sidecar(tmp_path / "other.engine")
 
-    def test_precision_plan_per_tensorrt_generation(self):
-        assert plan_build("fp16", "10.3.0", has_qdq=False) == {
-            "strongly_typed": False, "flags": ["FP16", "OBEY_PRECISION_CONSTRAINTS"],
-            "calibration_cache": False, "pin_fp32": True}
-        assert plan_build("int8", "10.3.0", has_qdq=False)["calibration_cache"]
-        assert not plan_build("int8", "10.13.0", has_qdq=True)["calibration_cache"]
-        assert plan_build("fp16", "11.0.0", has_qdq=False)["strongly_typed"]
+    def test_precision_plan_per_tensorrt_generation(self, exported, tmp_path):
+        _, path, _ = exported["haresformer_tiny"]
+        fp16 = tmp_path / "h.fp16.onnx"
+        convert_to_fp16(path, fp16)
+        orin = {"gpu_name": "Orin", "compute_capability": "8.7"}
+        jetpack6, jetpack7 = DeviceInfo("10.3.0", **orin), DeviceInfo("11.4.1", **orin)
+        plan = plan_engine(path, BuildOptions("fp16"), jetpack6)
+        assert plan.flags == ("FP16", "OBEY_PRECISION_CONSTRAINTS") and not plan.strongly_typed
+        softmax_and_norms = {n.name for n in onnx.load(str(path)).graph.node
+                             if n.op_type in ("Softmax", "LayerNormalization")}
+        assert softmax_and_norms and softmax_and_norms <= set(plan.fp32_layers)
+        assert plan_engine(path, BuildOptions("int8"), jetpack6).calibration_cache
+        typed = plan_engine(fp16, BuildOptions("fp16"), jetpack7)
+        assert typed.strongly_typed and typed.flags == () and not typed.fp32_layers
+        assert typed.cache_key != plan_engine(fp16, BuildOptions("fp16"), jetpack6).cache_key
         with pytest.raises(UserError, match="Q/DQ ONNX"):
-            plan_build("int8", "11.0.0", has_qdq=False)
+            plan_engine(path, BuildOptions("int8"), jetpack7)
+        with pytest.raises(UserError, match="is FP32: export it with `hybreid export onnx --fp16`"):
+            plan_engine(path, BuildOptions("fp16"), jetpack7)
 
     def test_missing_tensorrt_is_one_clear_error(self, tmp_path, exported):
         engine = tmp_path / "m.engine"
@@ -327,3 +337,26 @@ assert 'torch' not in sys.modules
     result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["(1,", "1088)", "(1,", "1088)"]
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_engine_dry_run_explains_jetpack_6_and_7_without_a_gpu(exported, name, tmp_path):
+    """`export engine --dry-run` on a CPU machine, for both paper models and both generations."""
+    _, path, _ = exported[name]
+    fp16 = tmp_path / f"{name}.fp16.onnx"
+    convert_to_fp16(path, fp16)
+
+    def dry_run(artifact, version):
+        return subprocess.run([sys.executable, "-m", "hybreid", "export", "engine", "--artifact", str(artifact),
+                               "--precision", "fp16", "--dry-run", "--tensorrt-version", version],
+                              capture_output=True, text=True)
+
+    jetpack6 = dry_run(path, "10.3.0")
+    assert jetpack6.returncode == 0, jetpack6.stderr
+    assert "FP16, OBEY_PRECISION_CONSTRAINTS" in jetpack6.stdout and "weakly typed" in jetpack6.stdout
+    assert "LayerNorm" in jetpack6.stdout and "nothing was built" in jetpack6.stdout
+    jetpack7 = dry_run(fp16, "11.4.1")
+    assert jetpack7.returncode == 0, jetpack7.stderr
+    assert "strongly typed" in jetpack7.stdout and "| builder flags          | none" in jetpack7.stdout
+    refused = dry_run(path, "11.4.1")
+    assert refused.returncode == 2 and "TensorRT 11 takes the precision from the ONNX" in refused.stderr

