@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo lint install mosquitto postgres clean
+.PHONY: test test-fast demo lint install mosquitto postgres clean
 
 install: $(STAMP)
 
@@ -78,6 +78,11 @@ $(NVIDIA_BINDINGS): tests/support/nvidia_bindings.py tests/support/dump_bindings
 
 test: $(STAMP) mosquitto postgres $(VTEST) $(NANODET) $(NVIDIA_BINDINGS)
 	$(BIN)/python -m pytest --durations=25
+
+# The fast lane while working: every test not marked slow (no model training, no videos,
+# no whole site), under a minute on 2 cores. `make test` runs them all.
+test-fast: $(STAMP) mosquitto postgres $(NVIDIA_BINDINGS)
+	$(BIN)/python -m pytest -m "not slow" -q --durations=10
 
 demo: $(STAMP)
 	$(BIN)/hybreid demo

@@ -47,9 +47,8 @@ class CpuInt8Format:
 
 
 CPU_INT8_FORMATS = {
-    # Measured with ONNX Runtime's CPU kernels on an AMD EPYC with AVX-512 VNNI, paper
-    # FusionReID, batch 8, interleaved: U8S8 at full range 1.94x FP32 (cosine 0.9992),
-    # U8S8 with reduce_range 1.98x (0.9982), S8S8 1.37x (0.9992).
+    # Chosen by measurement with ONNX Runtime's CPU kernels (docs/deployment.md, "INT8
+    # calibration and match thresholds").
     "amx": CpuInt8Format("uint8", False, "AMX and VNNI accumulate uint8 x int8 products in int32: full range, "
                                         "no saturation (AMX itself not measured here)"),
     "avx512-vnni": CpuInt8Format("uint8", False, "VNNI's vpdpbusd accumulates uint8 x int8 products in int32: "

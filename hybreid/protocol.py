@@ -5,7 +5,9 @@ Topics (``site`` and ``camera_id`` are ``[A-Za-z0-9_-]{1,64}``):
 - ``hybreid/v1/{site}/{camera_id}/features`` — one tracklet embedding per message, QoS 1;
 - ``hybreid/v1/{site}/{camera_id}/status`` — retained ``online``/``offline`` JSON; the
   broker publishes ``offline`` as the camera's last will;
-- ``hybreid/v1/{site}/events`` — the matcher's identity decisions.
+- ``hybreid/v1/{site}/events`` — the matcher's identity decisions and re-association's
+  reassignments and merges (:class:`DecisionEvent`, :class:`ReassignEvent`,
+  :class:`MergeEvent`; :func:`decode_event`).
 
 A feature message is UTF-8 JSON, readable by any MQTT client (``mosquitto_sub -v -t
 'hybreid/v1/#'``)::
@@ -30,7 +32,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Annotated, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter, ValidationError
 
 from hybreid.contract import model_identity
 
@@ -191,6 +193,8 @@ def _reason(error: dict) -> str:
 def _invalid(exc: ValidationError) -> ProtocolError:
     """pydantic's first complaint about a payload, as a counted reason and where it is."""
     error = exc.errors(include_url=False)[0]
+    if error["loc"] and error["loc"][0] in EVENT_TYPES:  # an event's own fields, under its type's tag
+        error = {**error, "loc": error["loc"][1:]}
     where = ".".join(str(part) for part in error["loc"]) or "top level"
     return ProtocolError(_reason(error), f"{where}: {error['msg']}")
 
@@ -283,9 +287,73 @@ def decode_status(data: bytes, topic: str) -> StatusMessage:
     return StatusMessage(parts[2], payload.camera_id, payload.state, payload.ts)
 
 
-def encode_event(event: dict) -> bytes:
-    """An event as JSON; NaN or infinity raise ValueError rather than go out as invalid JSON."""
-    return json.dumps({"v": VERSION, **event}, separators=(",", ":"), allow_nan=False).encode()
+class _Event(_Schema):
+    model_config = ConfigDict(extra="forbid", strict=True, populate_by_name=True)
+    v: Annotated[int, Field(ge=VERSION, le=VERSION)] = VERSION
+    site: Name
+    ts: Timestamp
+
+
+class DecisionEvent(_Event):
+    """The matcher's decision on one feature message (de-duplicate on ``(site, camera_id, seq)``)."""
+
+    type: Literal["new", "match", "cross_modality_match", "update"]
+    identity: Int64
+    camera_id: Name
+    seq: Int64
+    track_id: Int64
+    modality: Literal["visible", "infrared"]
+    similarity: Annotated[float, Field(allow_inf_nan=False, ge=-1.001, le=1.001)]
+
+
+class ReassignEvent(_Event):
+    """Re-association gave a camera track another identity."""
+
+    type: Literal["reassign"]
+    camera_id: Name
+    track_id: Int64
+    from_identity: Int64 = Field(alias="from")
+    identity: Int64
+
+
+class MergeEvent(_Event):
+    """Re-association merged identity ``from`` into ``into``."""
+
+    type: Literal["merge"]
+    from_identity: Int64 = Field(alias="from")
+    into: Int64
+
+
+Event = Annotated[DecisionEvent | ReassignEvent | MergeEvent, Field(discriminator="type")]
+EVENT_TYPES = ("new", "match", "cross_modality_match", "update", "reassign", "merge")
+_EVENTS = TypeAdapter(Event)
+MAX_EVENT_BYTES = 4096
+
+
+def event(**fields) -> dict:
+    """An event's fields, checked against its schema: the matcher builds every event it sends
+    here, so a consumer can decode each one (:func:`decode_event`)."""
+    try:
+        return _EVENTS.validate_python({"v": VERSION, **fields}).model_dump(by_alias=True, exclude={"v"})
+    except ValidationError as exc:
+        raise _invalid(exc) from None
+
+
+def encode_event(fields: dict) -> bytes:
+    """An event as JSON with the protocol's version, checked against its schema (NaN or infinity
+    are refused, never sent)."""
+    return json.dumps({"v": VERSION, **event(**fields)}, separators=(",", ":")).encode()
+
+
+def decode_event(data: bytes, max_bytes: int = MAX_EVENT_BYTES) -> DecisionEvent | ReassignEvent | MergeEvent:
+    """An event from ``hybreid/v1/{site}/events``; :class:`ProtocolError` for one that is
+    malformed, oversized or of another version."""
+    if len(data) > max_bytes:
+        raise ProtocolError("too_large", f"{len(data)} bytes > {max_bytes}")
+    try:
+        return _EVENTS.validate_json(data)
+    except ValidationError as exc:
+        raise _invalid(exc) from None
 
 
 MAX_LOGGED_CHARS = 200

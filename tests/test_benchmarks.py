@@ -13,6 +13,7 @@ from hybreid.bench import fidelity, latency, training
 from hybreid.errors import UserError
 
 
+@pytest.mark.slow
 def test_latency_benchmark_writes_cells_json_and_png(tmp_path):
     cells = latency.run(["haresformer_tiny"], [1, 2], tmp_path, threads=1, repeats=2, warmup=1)
     assert {(c.backend, c.batch) for c in cells} == {(b, n) for b in ("torch", "onnxruntime-fp32") for n in (1, 2)}
@@ -40,6 +41,7 @@ def test_latency_benchmark_with_an_engine_and_no_tensorrt_is_one_clear_error(tmp
     assert not (tmp_path / "latency.json").exists()
 
 
+@pytest.mark.slow
 def test_fidelity_benchmark_reports_parity_and_fp16(tmp_path):
     (result,) = fidelity.run(["haresformer_tiny"], tmp_path, fp16_batch=2)
     assert set(result["parity"]) == {1, 3, 17}
@@ -49,6 +51,7 @@ def test_fidelity_benchmark_reports_parity_and_fp16(tmp_path):
     assert 0.9 < result["torch_half"]["min_cosine"] <= 1.0 + 1e-6
 
 
+@pytest.mark.slow
 def test_matcher_benchmark_measures_ingest_and_latency(tmp_path):
     from hybreid.bench import matcher
 
@@ -56,11 +59,18 @@ def test_matcher_benchmark_measures_ingest_and_latency(tmp_path):
     assert result["messages"] == 60 and result["ingest_per_s"] > 0
     assert 0 < result["assign_p50_ms"] <= result["assign_p99_ms"]
     assert result["structure"] == "flat" and result["recall_at_1"] == 1.0  # auto is exact at this size
-    # Half the messages are near an existing identity, half are strangers.
-    assert 20 <= result["new_identities"] <= 40
-    assert json.loads((tmp_path / "matcher.json").read_text())[0]["identities"] == 200
+    assert result["recall_at_or_above_threshold"] == 1.0
+    bands = result["recall_by_band"]
+    # The bands cover 0.7 to 1 with the operating threshold (the tiny HAResformer's) as an edge.
+    assert bands[0]["band"][0] == 0.7 and bands[-1]["band"][1] == 1.0
+    assert round(result["operating_cosine"], 3) in [band["band"][0] for band in bands]
+    # A sighting far from its own prototype is more often nearer another person's.
+    assert bands[-1]["own_identity_first"] > bands[0]["own_identity_first"]
+    saved = json.loads((tmp_path / "matcher.json").read_text())
+    assert saved["runs"][0]["identities"] == 200 and saved["geometry"]["model"].startswith("haresformer_tiny@")
 
 
+@pytest.mark.slow
 def test_pipeline_benchmark_compares_with_the_embedder_alone(tmp_path, tiny_onnx):
     from hybreid.bench import pipeline
 
@@ -71,6 +81,7 @@ def test_pipeline_benchmark_compares_with_the_embedder_alone(tmp_path, tiny_onnx
     assert result["mqtt_acknowledged"] == result["tracklets"] and result["tracklet_purity"] > 0.8
 
 
+@pytest.mark.slow
 def test_latency_benchmark_times_a_plain_timm_reference_and_openvino_beside_our_model(tmp_path, tiny_onnx, capsys):
     """OpenVINO cells where its runtime runs (bfloat16 ones where the CPU has it); elsewhere a
     note says why they are left out. Every cell of our model carries its cosine to FP32."""
@@ -121,6 +132,7 @@ def test_the_roofline_reference_is_the_fastest_gemm_of_the_precision():
     assert reference_rate(rates, int8=True) == 1300.0
     assert reference_rate({"torch": 200.0, "onnxruntime_weights": 450.0, "onnxruntime_int8": 900.0}, int8=True) == 900
 
+@pytest.mark.slow
 def test_training_benchmark_writes_each_dataset_at_its_own_image_density(tmp_path, monkeypatch):
     """SYSU-MM01 gets about as many images per identity and camera as the real one
     (20), Market1501 keeps its sparser 4: the per-benchmark setting must reach the writer."""
@@ -141,6 +153,7 @@ def test_node_flops_count_multiply_adds_of_matmuls_and_convolutions():
     assert node_flops("Softmax", [[2, 5]], [[2, 5]], None, {}) == 0
 
 
+@pytest.mark.slow
 def test_profile_accounts_for_the_models_flops_and_time(tmp_path, tiny_onnx, capsys):
     from hybreid.bench.flops import count_model
     from hybreid.cli import main
@@ -168,3 +181,25 @@ def test_profile_accounts_for_the_models_flops_and_time(tmp_path, tiny_onnx, cap
         fastest = max(references["torch"], references["onnxruntime_weights"])
         assert shape["roofline"] == pytest.approx(shape["gflops_per_s"] / fastest)
     assert (tmp_path / "profile.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.slow
+def test_an_embedding_geometry_is_measured_back_from_sightings_drawn_with_it():
+    """measure_geometry and SightingModel agree: people drawn with a known cone, spectrum and
+    genuine cosines measure back as that cone, spectrum and cosines."""
+    from hybreid.bench.sightings import EmbeddingGeometry, SightingModel, measure_geometry
+
+    truth = EmbeddingGeometry(model="truth@0", measured_on="drawn", dim=256, identities=400, mean_norm=0.6,
+                              spectrum_decay=1.0, genuine_quantiles=[0.80, 0.85, 0.90],
+                              same_modality_threshold=0.8, cross_modality_threshold=0.8)
+    draw = SightingModel(truth, 256, np.random.default_rng(3))
+    prototypes = draw.prototypes(400)
+    per_person = 6
+    sightings = draw.sightings(np.repeat(prototypes, per_person, axis=0), draw.genuine_cosines(400 * per_person))
+    pids = np.repeat(np.arange(1, 401), per_person)
+    measured = measure_geometry(sightings, pids, np.array(["visible"] * len(pids)), "truth@0", "drawn")
+    assert abs(measured.mean_norm - 0.6) < 0.05
+    assert abs(measured.spectrum_decay - 1.0) < 0.3
+    # Leave-one-out prototypes of 5 sightings sit a little farther from each sighting than the true one.
+    assert 0.70 < measured.genuine_quantiles[10] < 0.90
+    assert 0.0 < measured.same_modality_threshold <= 1.0

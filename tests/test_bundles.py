@@ -122,6 +122,7 @@ def hostile_bundles(good: Path, onnx_bytes: bytes) -> dict[str, list[tuple[str, 
     }
 
 
+@pytest.mark.slow
 def test_hostile_bundles_are_refused_and_nothing_lands_outside(onnx_file, tmp_path):
     good = create_bundle(tmp_path / "good.tar.gz", onnx_file)
     cases = hostile_bundles(good, onnx_file.read_bytes())
@@ -247,6 +248,7 @@ def test_a_member_declaring_a_terabyte_is_refused_before_it_is_read(onnx_file, k
     assert not (tmp_path / "device").exists()
 
 
+@pytest.mark.slow
 def test_an_older_bundle_is_not_installed_over_a_newer_one(onnx_file, tmp_path, capsys):
     """An older bundle installed over a newer one was accepted silently and left the newer one's
     files beside it."""

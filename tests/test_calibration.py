@@ -6,8 +6,8 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from conftest import requires_openvino
 from onnx import numpy_helper
+from support import requires_openvino
 
 from hybreid.calibration.int8 import (
     QuantizationConfig,
@@ -19,11 +19,12 @@ from hybreid.calibration.int8 import (
     split_concatenated_inputs,
     write_calibration_cache,
 )
-from hybreid.calibration.threshold import calibrate_thresholds, choose_threshold, load_thresholds, save_thresholds
+from hybreid.calibration.threshold import calibrate_thresholds, choose_threshold, save_thresholds
 from hybreid.errors import UserError
 from hybreid.export.onnx_export import export_onnx
 from hybreid.inference import OnnxRuntimeEmbedder, load_embedder
 from hybreid.models import build
+from hybreid.thresholds import ThresholdsFile
 
 
 @pytest.fixture(scope="module")
@@ -57,6 +58,7 @@ def _dequantized_inputs(node, producers) -> list[bool]:
     return [name in producers and producers[name].op_type == "DequantizeLinear" for name in node.input]
 
 
+@pytest.mark.slow
 def test_default_placement_keeps_attention_core_in_float(fp32_model):
     path, _, results = fp32_model
     original = onnx.load(str(path))
@@ -163,6 +165,7 @@ def test_openvino_target_weights_are_seven_bit_without_vnni_and_full_range_with_
         assert largest == widest if widest == 127 else largest <= widest, (key, largest)
 
 
+@pytest.mark.slow
 def test_int8_embeddings_stay_close_to_fp32(fp32_model):
     path, calibration, results = fp32_model
     reference = OnnxRuntimeEmbedder(path).embed_preprocessed(calibration)
@@ -174,6 +177,7 @@ def test_int8_embeddings_stay_close_to_fp32(fp32_model):
     assert OnnxRuntimeEmbedder(results[("cpu", False)].path).contract.model == "fusionreid_tiny"
 
 
+@pytest.mark.slow
 @requires_openvino
 def test_openvino_runs_the_cpu_int8_model_close_to_fp32(fp32_model):
     """OpenVINO runs the same Q/DQ file with its own INT8 kernels (an x86-64 box).
@@ -192,6 +196,7 @@ def test_openvino_runs_the_cpu_int8_model_close_to_fp32(fp32_model):
         assert cos.min() >= 0.99, (key, cos.min())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("providers", [None, pytest.param(["openvino"], marks=requires_openvino)],
                          ids=["cpu", "openvino"])
 def test_cpu_int8_model_of_real_looking_crops_runs_faithfully(fp32_model, tmp_path, providers):
@@ -254,13 +259,17 @@ class TestThresholds:
         assert 0 < same.threshold < 1e-6 and same.true_match_rate == 1.0
         assert 0 < cross.threshold < 1e-6 and cross.true_match_rate == 1.0
         assert (same.genuine_pairs, cross.genuine_pairs) == (4, 8)
-        saved = load_thresholds(save_thresholds(thresholds, tmp_path / "t.json", "m@h", 0.0))
-        assert saved["cross_modality"]["threshold"] == cross.threshold
+        saved = ThresholdsFile.load(save_thresholds(thresholds, tmp_path / "t.json", "m@h", 0.0))
+        assert saved.cross_modality.threshold == cross.threshold and saved.model == "m@h"
+        assert saved.cross_modality.genuine_pairs == 8  # the statistics ride along
         (tmp_path / "bad.json").write_text("{}")
-        with pytest.raises(UserError, match="not a thresholds file"):
-            load_thresholds(tmp_path / "bad.json")
+        with pytest.raises(UserError, match="not a valid thresholds file"):
+            ThresholdsFile.load(tmp_path / "bad.json")
+        with pytest.raises(UserError, match="calibrated thresholds cannot be used"):
+            save_thresholds(thresholds, tmp_path / "t.json", "no identity", 0.0)
 
 
+@pytest.mark.slow
 def test_concatenation_readers_are_split_into_exact_per_part_ops(tmp_path):
     """HAResformer's CFFM convolutions and HGAE read concatenations: each becomes one op per
     part, summed, which computes the same embedding and lets every part have its own scale."""
@@ -295,6 +304,7 @@ def test_concatenation_readers_are_split_into_exact_per_part_ops(tmp_path):
     assert not any("__part" in n.name for n in onnx.load(str(as_is.path)).graph.node)
 
 
+@pytest.mark.slow
 def test_layers_that_write_the_embedding_stay_float(tmp_path):
     """The last quantisable layer on every path to the output is kept float; the layers
     before them are quantised."""
@@ -328,6 +338,7 @@ def _activation_scales(path) -> dict[str, float]:
             for node in model.graph.node if node.op_type == "QuantizeLinear" and node.input[1] in initializers}
 
 
+@pytest.mark.slow
 def test_entropy_calibration_clips_where_minmax_does_not(tmp_path):
     """Entropy searches 2048-bin histograms for the best 128-bin range: narrower than
     MinMax where a few outliers stretch the range (a small network keeps the KL search,

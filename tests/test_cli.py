@@ -6,11 +6,14 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 
 def run(*args: str, cwd=None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "hybreid.cli", *args], capture_output=True, text=True, cwd=cwd)
 
 
+@pytest.mark.slow
 def test_models_lists_every_registry_entry():
     from hybreid.models import REGISTRY
 
@@ -20,6 +23,7 @@ def test_models_lists_every_registry_entry():
         assert name in result.stdout
 
 
+@pytest.mark.slow
 def test_bench_flops_prints_a_table_and_saves_json(tmp_path):
     out = tmp_path / "flops"
     result = run("bench", "flops", "--model", "haresformer_tiny", "--out", str(out), "hgae=false")
@@ -32,6 +36,7 @@ def test_bench_flops_prints_a_table_and_saves_json(tmp_path):
     assert hgae_row["all_params_m"] == 0  # the override switched HGAE off
 
 
+@pytest.mark.slow
 def test_results_never_overwrite_earlier_ones_unless_asked(tmp_path):
     out = tmp_path / "flops"
     assert run("bench", "flops", "--model", "haresformer_tiny", "--out", str(out)).returncode == 0
@@ -47,6 +52,7 @@ def test_results_never_overwrite_earlier_ones_unless_asked(tmp_path):
     assert len(list((tmp_path / "runs" / "bench-flops").glob("*/flops.json"))) == 2
 
 
+@pytest.mark.slow
 def test_unknown_model_is_one_clear_sentence():
     result = run("bench", "flops", "--model", "no_such_model")
     assert result.returncode == 2
@@ -54,12 +60,14 @@ def test_unknown_model_is_one_clear_sentence():
     assert "unknown model 'no_such_model'" in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_malformed_override_is_one_clear_sentence():
     result = run("bench", "flops", "--model", "fusionreid_tiny", "depth")
     assert result.returncode == 2
     assert "key=value" in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_deployment_commands_chain_through_the_cli(tmp_path, capsys):
     """data synth -> export onnx -> calibrate threshold -> bundle create/verify, and the
     matcher's query and purge on the gallery, as the README shows them (in-process)."""
@@ -92,6 +100,7 @@ def test_deployment_commands_chain_through_the_cli(tmp_path, capsys):
     assert main(["matcher", "purge", "--db", str(db), "--older-than-days", "30"]) == 0
 
 
+@pytest.mark.slow
 def test_an_untrained_export_is_seeded_and_says_so(tmp_path, capsys):
     """Without a checkpoint the weights are random: the same command must give the same model
     (one content hash, so one gallery), and the output must say the weights are untrained."""
@@ -107,6 +116,7 @@ def test_an_untrained_export_is_seeded_and_says_so(tmp_path, capsys):
     assert hashes[0] == hashes[1] != hashes[2]
 
 
+@pytest.mark.slow
 def test_edge_scenes_writes_videos_and_ground_truth(tmp_path):
     result = run("edge", "scenes", "--out", str(tmp_path), "--people", "1", "--fps", "5")
     assert result.returncode == 0, result.stderr
@@ -115,6 +125,7 @@ def test_edge_scenes_writes_videos_and_ground_truth(tmp_path):
     assert all((tmp_path / c["video"]).stat().st_size > 0 for c in truth["cameras"])
 
 
+@pytest.mark.slow
 def test_calibrate_int8_placement_options_reach_the_quantiser(tmp_path):
     from hybreid.cli import main
 

@@ -195,6 +195,7 @@ def cli_cases(folder: Path, site: dict, gallery: Path) -> dict[str, list[str]]:
     return cases
 
 
+@pytest.mark.slow
 def test_bad_cli_inputs_end_in_one_sentence_and_status_2(world, capsys):
     folder, site, gallery = world
     cases = cli_cases(folder, site, gallery)
@@ -223,6 +224,7 @@ def test_the_probe_refuses_a_model_that_breaks_its_contract(world, capsys):
     assert "its contract says 5" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_an_embedder_that_dies_mid_run_stops_the_box_with_one_sentence(world, tmp_path):
     """Batch 1 runs (the start-up probe passes), batch 2 fails in ONNX Runtime: the box must
     stop with exit status 2 and say why, not publish nothing and exit 0, nor hang."""
@@ -242,6 +244,7 @@ def test_an_embedder_that_dies_mid_run_stops_the_box_with_one_sentence(world, tm
     assert result.stderr.strip().splitlines()[-1].startswith("hybreid: error: the embedder stopped")
 
 
+@pytest.mark.slow
 def test_a_live_box_stops_by_itself_when_its_embedder_died(world, tmp_path):
     folder, site, _ = world
     batch_one = _contract_graph(tmp_path / "batch-one.onnx", reshape_to_batch_one=True)
@@ -346,6 +349,7 @@ print(json.dumps({"results": results, "max_rss_kib": peak}))
 """
 
 
+@pytest.mark.slow
 def test_hostile_files_end_in_one_sentence_without_hanging_or_filling_memory(world):
     """Billion laughs, deep nesting, an oversized file, /dev/zero, FIFOs and a text file as CA:
     each refused in one sentence with status 2, within a bounded time and under 1 GB."""

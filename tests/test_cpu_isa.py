@@ -84,6 +84,7 @@ def test_a_hostile_instruction_set_name_is_cut_short(contract):
     assert len(warning) < 400 and "\x1b" not in warning
 
 
+@pytest.mark.slow
 def test_loading_a_copy_made_for_another_instruction_set_warns(tiny_onnx, tmp_path, caplog):
     """A real quantised copy, made for a form other than this machine's, loaded here."""
     import numpy as np

@@ -109,6 +109,7 @@ def test_wrong_layout_names_what_is_missing(tmp_path):
         load_dataset("msmt17", tmp_path / "nowhere")
 
 
+@pytest.mark.slow
 def test_synthetic_layouts_load_with_the_real_readers(tmp_path):
     from hybreid.synthetic.datasets import write_market1501, write_sysu_mm01
 

@@ -19,6 +19,7 @@ def small_demo(tmp_path_factory):
     return out, run_demo(config)
 
 
+@pytest.mark.slow
 def test_summary_accounts_for_every_message_and_person(small_demo):
     out, summary = small_demo
     messages = summary["messages"]
@@ -60,6 +61,7 @@ def test_report_folder_holds_the_contact_sheet_and_plots(small_demo):
         assert (out / name).stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_second_run_reuses_the_trained_model(small_demo, capsys):
     out, summary = small_demo
     model = out / "train" / "model.pt"

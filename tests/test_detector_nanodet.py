@@ -104,13 +104,13 @@ def test_the_edge_refuses_a_site_whose_detector_file_is_garbage_with_exit_2(tmp_
 
 
 def test_a_camera_takes_its_own_detector_and_unknown_keys_are_refused(tmp_path):
-    from hybreid.edge_runtime.site import NanoDetDetector, validate_site
+    from hybreid.edge_runtime.site import NanoDetSettings, validate_site
 
     site = validate_site({"site": "s", "model": {"path": "m.onnx"},
                           "cameras": [{"id": "street", "source": "a.mp4",
                                        "detector": {"kind": "nanodet", "path": "n.onnx", "runtime": "openvino"}},
                                       {"id": "synthetic", "source": "b.mp4"}]})
-    assert isinstance(site.cameras[0].detector, NanoDetDetector) and site.cameras[0].detector.runtime == "openvino"
+    assert isinstance(site.cameras[0].detector, NanoDetSettings) and site.cameras[0].detector.runtime == "openvino"
     assert site.cameras[1].detector is None and site.detector.kind == "background"
     for wrong in ({"kind": "nanodet", "path": "n.onnx", "runtime": "tensorflow"},
                   {"kind": "nanodet", "path": "n.onnx", "score_treshold": 0.3},
@@ -220,6 +220,7 @@ def _frames(numbers: list[int]) -> dict[int, np.ndarray]:
     return frames
 
 
+@pytest.mark.slow
 @needs_model
 @needs_vtest
 def test_nanodet_finds_the_people_counted_by_hand_on_vtest():
@@ -248,6 +249,7 @@ def test_tiles_cover_the_frame_and_overlap():
     assert tile_windows(768, 576, 1) == [(0, 0, 768, 576)]
 
 
+@pytest.mark.slow
 @needs_model
 @needs_vtest
 def test_two_tiles_find_the_far_people_the_whole_frame_misses():
@@ -262,6 +264,7 @@ def test_two_tiles_find_the_far_people_the_whole_frame_misses():
     assert scores["tiled"]["boxes_on_no_counted_person"] <= 0.05 * scores["tiled"]["boxes"], scores
 
 
+@pytest.mark.slow
 @needs_model
 @needs_vtest
 def test_onnx_runtime_and_openvino_give_the_same_boxes():
@@ -278,12 +281,13 @@ def test_onnx_runtime_and_openvino_give_the_same_boxes():
         np.testing.assert_allclose(a.scores, b.scores, atol=1e-3)
 
 
+@pytest.mark.slow
 @needs_model
 @needs_vtest
 def test_vtest_through_the_edge_with_nanodet_publishes_valid_tracklets(tmp_path, tiny_onnx, mosquitto):
     """The first 300 frames of vtest.avi (the whole video runs in `bench detector`); the site's
     detector is background subtraction and the camera takes NanoDet."""
-    from conftest import Subscriber
+    from support import Subscriber
 
     from hybreid.edge_runtime.detect import NanoDetDetector
     from hybreid.edge_runtime.runtime import EdgeRuntime, SiteConfig
@@ -322,6 +326,7 @@ def test_vtest_through_the_edge_with_nanodet_publishes_valid_tracklets(tmp_path,
           f"{summary['fps']:.1f} frames/s")
 
 
+@pytest.mark.slow
 @needs_model
 def test_a_signed_bundle_carries_the_detector_to_the_box_and_refuses_it_altered(tmp_path, tiny_onnx):
     from hybreid.export.bundle import create_bundle, generate_key, install_bundle, verify_bundle
@@ -348,6 +353,7 @@ def test_a_signed_bundle_carries_the_detector_to_the_box_and_refuses_it_altered(
         create_bundle(tmp_path / "wrong.tar.gz", tiny_onnx, detector=tiny_onnx)
 
 
+@pytest.mark.slow
 @needs_vtest
 def test_bench_detector_scores_each_detector_against_the_hand_count(tmp_path):
     """The first 60 frames of vtest.avi and the people counted on its frames 15 and 48."""

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import WITHOUT_TORCH, Subscriber, requires_openvino
+from support import WITHOUT_TORCH, Subscriber, requires_openvino
 
 from hybreid.edge_runtime.runtime import EdgeRuntime, SiteConfig
 from hybreid.synthetic.scenes import tracklet_ground_truth, tracklet_purity
@@ -49,6 +49,7 @@ def wait_for(condition, timeout: float = 15.0) -> bool:
     return condition()
 
 
+@pytest.mark.slow
 def test_videos_to_broker_every_message_valid_and_tracklets_pure(tmp_path, scenes, tiny_onnx, mosquitto):
     scenes_dir, truth = scenes
     subscriber = Subscriber(mosquitto)
@@ -80,6 +81,7 @@ def run_edge(config_path: Path) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+@pytest.mark.slow
 def test_broker_outage_and_killed_edge_lose_nothing(tmp_path, scenes, tiny_onnx, mosquitto):
     scenes_dir, _ = scenes
     config = site(tmp_path, scenes_dir, tiny_onnx, mosquitto.url, embed={"max_batch": 4})
@@ -90,11 +92,12 @@ def test_broker_outage_and_killed_edge_lose_nothing(tmp_path, scenes, tiny_onnx,
     subscriber = Subscriber(mosquitto, client_id="durable-subscriber")
 
     edge = run_edge(config_path)
-    time.sleep(4)
+    assert wait_for(lambda: len(subscriber.features()) >= 2, 60), "the edge published nothing"
     mosquitto.stop()  # the broker goes away mid-run...
-    time.sleep(3)
+    before_outage = len(subscriber.features())
+    time.sleep(3)  # the outage: records wait in the outbox meanwhile
     mosquitto.start()  # ...and comes back
-    time.sleep(3)
+    assert wait_for(lambda: len(subscriber.features()) > before_outage, 60), "nothing came after the outage"
     edge.send_signal(signal.SIGKILL)  # the edge box loses power
     edge.wait()
     edge = run_edge(config_path)  # and boots again: same outbox, same counters
@@ -118,6 +121,7 @@ def test_broker_outage_and_killed_edge_lose_nothing(tmp_path, scenes, tiny_onnx,
     print(f"{len(counts)} distinct records, {duplicates} duplicates delivered")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("provider", ["CPUExecutionProvider", pytest.param("openvino", marks=requires_openvino)])
 def test_edge_runtime_runs_without_torch_or_timm(tmp_path, scenes, tiny_onnx, mosquitto, provider):
     """A camera box has no torch; it embeds with ONNX Runtime's CPU provider, or OpenVINO's runtime."""
@@ -142,12 +146,15 @@ sys.exit(code)
     assert summary["embed_backend"] == {"openvino": "openvino:CPU-f32"}.get(provider, f"onnxruntime:{provider}")
 
 
+@pytest.mark.slow
 def test_a_camera_that_delivers_no_frame_says_so_and_the_matcher_hears_it(tmp_path, scenes, tiny_onnx, mosquitto):
     """A camera that never delivers (a dead stream, a missing device) once stayed `online` on its
     retained status for the whole run, and `edge run` exited 0: its status must follow its
     frames, the matcher must see it, and the box must end with one sentence."""
+    from hybreid.matcher.assignment import Matcher
     from hybreid.matcher.gallery import Gallery
-    from hybreid.matcher.service import Matcher, MatcherService, MatchPolicy
+    from hybreid.matcher.policy import MatchPolicy
+    from hybreid.matcher.service import MatcherService
     from hybreid.mqtt import BrokerConfig
 
     scenes_dir, _ = scenes

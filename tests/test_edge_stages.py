@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from hybreid.edge_runtime.capture import CameraCapture, CameraConfig, decide_modality
+from hybreid.edge_runtime.capture import CameraCapture, decide_modality
 from hybreid.edge_runtime.detect import (
     BackgroundSubtractionDetector,
     BoxFilter,
@@ -21,6 +21,15 @@ from hybreid.edge_runtime.detect import (
 )
 from hybreid.edge_runtime.embed import EmbedWorker, TrackEnd, TrackletAggregator
 from hybreid.edge_runtime.outbox import Outbox
+from hybreid.edge_runtime.site import (
+    BackgroundDetectorSettings,
+    BoxFilterSettings,
+    CameraSettings,
+    EmbedSettings,
+    OutboxSettings,
+    TrackerSettings,
+    validate_detector,
+)
 from hybreid.edge_runtime.stages import Crop, Detection
 from hybreid.edge_runtime.track import IoUTracker, iou_matrix
 from hybreid.errors import UserError
@@ -38,7 +47,7 @@ def write_video(path, frames: int, size=(160, 120), fps=10):
 
 class TestCapture:
     def test_a_file_is_read_whole_without_drops(self, tmp_path):
-        capture = CameraCapture(CameraConfig("cam", str(write_video(tmp_path / "v.mp4", 25))))
+        capture = CameraCapture(CameraSettings(id="cam", source=str(write_video(tmp_path / "v.mp4", 25))))
         capture.start()
         frames = []
         while not capture.done:
@@ -52,7 +61,7 @@ class TestCapture:
         assert frames[0].image.shape == (120, 160, 3)
 
     def test_a_live_source_keeps_only_the_newest_frame(self, tmp_path):
-        config = CameraConfig("cam", str(write_video(tmp_path / "v.mp4", 40)), realtime=True)
+        config = CameraSettings(id="cam", source=str(write_video(tmp_path / "v.mp4", 40)), realtime=True)
         capture = CameraCapture(config)
         capture.start()
         capture.finished.wait(10)
@@ -60,8 +69,10 @@ class TestCapture:
         assert frame.index == 39  # everything before the newest was overwritten
         assert capture.frames_dropped == 39
 
+    @pytest.mark.slow
     def test_unreachable_stream_retries_with_backoff(self):
-        capture = CameraCapture(CameraConfig("cam", "rtsp://127.0.0.1:9/none"), timeout_ms=500, max_backoff=1.0)
+        capture = CameraCapture(CameraSettings(id="cam", source="rtsp://127.0.0.1:9/none"), timeout_ms=500,
+                                max_backoff=1.0)
         capture.start()
         time.sleep(2.5)
         capture.stop()
@@ -78,7 +89,7 @@ class TestCapture:
 
 class TestDetect:
     def test_background_subtraction_finds_a_walking_block(self):
-        detector = BackgroundSubtractionDetector(history=200, min_area=100)
+        detector = BackgroundSubtractionDetector(BackgroundDetectorSettings(history=200, min_area=100))
         rng = np.random.default_rng(0)
         found = []
         for i in range(40):
@@ -108,7 +119,8 @@ class TestDetect:
         """Grey frames with people drawn as solid boxes, in order (later ones in front); returns the
         detections of the last frame. Before ``scenes``, 40 frames teach the detector the camera's
         perspective: one person at a time, near (feet on row 230, 150 tall) or far (180, 110)."""
-        detector = BackgroundSubtractionDetector(min_area=100, scale=1.0, split_groups=split_groups)
+        detector = BackgroundSubtractionDetector(
+            BackgroundDetectorSettings(min_area=100, scale=1.0, split_groups=split_groups))
         rng = np.random.default_rng(0)
         teaching = [[(20 + 6 * i, 80, 45, 150)] if i % 2 else [(300 - 6 * i, 70, 33, 110)] for i in range(40)]
         found = []
@@ -119,6 +131,7 @@ class TestDetect:
             found = detector("cam", image)
         return [d.box for d in found]
 
+    @pytest.mark.slow
     def test_two_people_walking_together_are_split_by_the_perspective(self):
         far, near = (150, 70, 33, 110), (125, 80, 45, 150)  # the far one half hidden behind the near one
         boxes = self._walk_and_look([[far, near]])
@@ -128,6 +141,7 @@ class TestDetect:
         (merged,) = self._walk_and_look([[far, near]], split_groups=False)  # one region: the far one is lost
         assert iou_matrix(np.array([far]), np.array([merged]))[0, 0] < 0.5
 
+    @pytest.mark.slow
     def test_two_side_by_side_are_split_and_one_broad_person_is_not(self):
         left, right = (100, 80, 45, 150), (145, 80, 45, 150)  # shoulder to shoulder on one row
         boxes = self._walk_and_look([[left, right]])
@@ -138,7 +152,7 @@ class TestDetect:
         assert iou_matrix(np.array([broad]), np.array([box]))[0, 0] > 0.9
 
     def test_box_filter(self):
-        keep = BoxFilter(min_height=50, min_aspect=1.2, max_aspect=4, min_score=0.5)
+        keep = BoxFilter(BoxFilterSettings(min_height=50, min_aspect=1.2, max_aspect=4.0, min_score=0.5))
         detections = [Detection((0, 0, 30, 80), 0.9), Detection((0, 0, 80, 30), 0.9),  # lying: dropped
                       Detection((0, 0, 10, 40), 0.9), Detection((0, 0, 30, 80), 0.2)]  # small / unsure
         assert keep(detections) == [detections[0]]
@@ -164,10 +178,12 @@ class TestDetect:
         assert person.box == pytest.approx((160, 420, 80, 240))
 
     def test_unknown_detector_is_one_clear_error(self):
-        with pytest.raises(UserError, match="background, hog, nanodet or yolo"):
-            make_detector("magic")
-        with pytest.raises(UserError, match="detector.path"):
-            make_detector("yolo")
+        with pytest.raises(UserError, match="'background', 'hog', 'nanodet', 'yolo'"):
+            validate_detector({"kind": "magic"})
+        with pytest.raises(UserError, match="yolo.path"):
+            validate_detector({"kind": "yolo"})
+        assert isinstance(make_detector(validate_detector({"kind": "background", "min_area": 50})),
+                          BackgroundSubtractionDetector)
 
 
 class TestTrack:
@@ -177,7 +193,7 @@ class TestTrack:
 
     def test_confirmation_identity_and_end(self):
         ids = iter(range(100, 200))
-        tracker = IoUTracker(lambda: next(ids), n_init=3, max_age=2)
+        tracker = IoUTracker(lambda: next(ids), TrackerSettings(n_init=3, max_age=2))
         seen_ids = []
         for step in range(5):
             a = Detection((10 + 2 * step, 10, 20, 50), 0.9)
@@ -196,7 +212,7 @@ class TestTrack:
         """12 px a frame, a 30 px wide box, 4 frames unseen: the last box seen no longer overlaps
         where the person reappears, the predicted one does."""
         ids = iter(range(100))
-        tracker = IoUTracker(lambda: next(ids), n_init=2, max_age=10)
+        tracker = IoUTracker(lambda: next(ids), TrackerSettings(n_init=2, max_age=10))
         ended_ids, seen_ids = [], set()
         for frame in range(20):
             detections = [] if 8 <= frame < 12 else [Detection((12.0 * frame, 40, 30, 80), 0.9)]
@@ -207,7 +223,7 @@ class TestTrack:
 
     def test_two_people_crossing_keep_their_tracks(self):
         ids = iter(range(100))
-        tracker = IoUTracker(lambda: next(ids), n_init=2, max_age=5)
+        tracker = IoUTracker(lambda: next(ids), TrackerSettings(n_init=2, max_age=5))
         by_side: dict[str, set[int]] = {"left": set(), "right": set()}
         for frame in range(30):
             left = Detection((10.0 + 8 * frame, 40, 30, 80), 0.9)  # walks right
@@ -224,7 +240,7 @@ class TestTrack:
         now ends at its first miss past the edge (inside the frame a missed track still coasts:
         the walker above)."""
         ids = iter(range(100))
-        tracker = IoUTracker(lambda: next(ids), n_init=2, max_age=10)
+        tracker = IoUTracker(lambda: next(ids), TrackerSettings(n_init=2, max_age=10))
         leaving = [Detection((100.0 - 12 * frame, 40, 30, 80), 0.9) for frame in range(9)]  # x 100 .. 4
         entering = [Detection((0.0 + 12 * frame, 40, 30, 80), 0.9) for frame in range(8)]
         seen_ids, ended_ids = [], []
@@ -237,7 +253,7 @@ class TestTrack:
 
     def test_a_confirmed_track_keeps_the_boxes_that_confirmed_it(self):
         ids = iter(range(100))
-        tracker = IoUTracker(lambda: next(ids), n_init=3)
+        tracker = IoUTracker(lambda: next(ids), TrackerSettings(n_init=3))
         boxes = [(10.0 + 5 * step, 40, 30, 80) for step in range(4)]
         for box in boxes[:2]:
             seen, _ = tracker.update([Detection(box, 0.9)])
@@ -250,7 +266,7 @@ class TestTrack:
 
     def test_a_blob_someone_walks_into_is_widened_and_the_usual_width_survives_it(self):
         ids = iter(range(100))
-        tracker = IoUTracker(lambda: next(ids), n_init=2)
+        tracker = IoUTracker(lambda: next(ids), TrackerSettings(n_init=2))
         for frame in range(6):  # one walker, a box 30 wide by 90 high, a stride widening it to 36
             seen, _ = tracker.update([Detection((10.0 + 4 * frame, 40, 30 + 6 * (frame % 2), 90), 0.9)])
         track = seen[0]
@@ -273,7 +289,7 @@ class TestTrack:
 
     def test_one_frame_false_alarms_never_confirm(self):
         ids = iter(range(100))
-        tracker = IoUTracker(lambda: next(ids), n_init=2)
+        tracker = IoUTracker(lambda: next(ids), TrackerSettings(n_init=2))
         for step in range(4):
             seen, ended = tracker.update([Detection((50 * step, 0, 20, 50), 0.9)])
             assert seen == [] and ended == []
@@ -311,7 +327,7 @@ class TestOutbox:
     @pytest.mark.parametrize(("policy", "kept", "counter"), [("drop_oldest", [2, 3, 4], "dropped_oldest"),
                                                               ("drop_newest", [0, 1, 2], "dropped_newest")])
     def test_full_outbox_policy_is_explicit_and_counted(self, tmp_path, policy, kept, counter):
-        outbox = Outbox(tmp_path / "o.sqlite", max_messages=3, when_full=policy)
+        outbox = Outbox(tmp_path / "o.sqlite", OutboxSettings(max_messages=3, when_full=policy))
         first = outbox.add("cam", "t", lambda s: b"p")
         for _ in range(4):
             outbox.add("cam", "t", lambda s: b"p")
@@ -323,6 +339,7 @@ class TestOutbox:
         with pytest.raises(UserError, match="is damaged"):
             Outbox(tmp_path / "bad.sqlite")
 
+    @pytest.mark.slow
     def test_a_damaged_outbox_is_left_untouched_and_what_it_holds_is_recovered(self, tmp_path, capsys):
         """Random bytes over pages 3-5 once ended `edge run` in a traceback."""
         import hashlib
@@ -422,8 +439,8 @@ class TestEmbedding:
         from hybreid.inference import load_embedder
 
         out = []
-        worker = EmbedWorker(load_embedder(tiny_onnx), TrackletAggregator(out.append, interval_s=0), max_batch=4,
-                             max_wait_ms=500)
+        worker = EmbedWorker(load_embedder(tiny_onnx), TrackletAggregator(out.append, interval_s=0),
+                             EmbedSettings(max_batch=4, max_wait_ms=500.0))
         worker.start()
         rng = np.random.default_rng(0)
         for i in range(6):

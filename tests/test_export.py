@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from conftest import WITHOUT_TORCH, requires_openvino
+from support import WITHOUT_TORCH, requires_openvino
 
 from hybreid.contract import read_onnx_contract
 from hybreid.errors import UserError
@@ -52,6 +52,7 @@ def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", TINY)
 def test_parity_with_pytorch_at_batches_1_3_17(exported, name):
     model, path, _ = exported[name]
@@ -66,6 +67,7 @@ def test_parity_with_pytorch_at_batches_1_3_17(exported, name):
         print(f"{name} batch {batch}: max |diff| {np.abs(got - reference).max():.2e}")
 
 
+@pytest.mark.slow
 @requires_openvino
 @pytest.mark.parametrize("name", TINY)
 def test_openvino_provider_matches_pytorch_at_batches_1_3_17(exported, name):
@@ -175,6 +177,7 @@ def test_contract_and_identity_in_the_metadata(exported):
     assert weights_hash(other) != weights_hash(model)
 
 
+@pytest.mark.slow
 def test_damaged_onnx_files_give_one_clear_error(exported, tmp_path):
     path = exported["haresformer_tiny"][1]
     truncated = tmp_path / "truncated.onnx"
@@ -195,6 +198,7 @@ def test_damaged_onnx_files_give_one_clear_error(exported, tmp_path):
         OnnxRuntimeEmbedder(foreign)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", TINY)
 def test_fp16_graph_keeps_sensitive_nodes_fp32_and_stays_faithful(exported, name, tmp_path):
     _, path, _ = exported[name]
@@ -256,6 +260,7 @@ class TestTensorRTDecisions:
         with pytest.raises(UserError, match="no other.json beside it"):
             read_sidecar(tmp_path / "other.engine")
 
+    @pytest.mark.slow
     def test_precision_plan_per_tensorrt_generation(self, exported, tmp_path):
         _, path, _ = exported["haresformer_tiny"]
         fp16 = tmp_path / "h.fp16.onnx"
@@ -289,6 +294,7 @@ class TestTensorRTDecisions:
 
 
 class TestBundles:
+    @pytest.mark.slow
     def test_create_verify_install(self, exported, tmp_path):
         _, path, _ = exported["haresformer_tiny"]
         fp16 = tmp_path / "m.fp16.onnx"
@@ -301,6 +307,7 @@ class TestBundles:
         assert (folder / "model.onnx").read_bytes() == path.read_bytes()
         assert OnnxRuntimeEmbedder(folder / "model.fp16.onnx").contract.model == "haresformer_tiny"
 
+    @pytest.mark.slow
     def test_altered_and_truncated_bundles_are_refused(self, exported, tmp_path):
         _, path, _ = exported["haresformer_tiny"]
         bundle = create_bundle(tmp_path / "b.tar.gz", path)
@@ -322,6 +329,7 @@ class TestBundles:
             verify_bundle(truncated)
 
 
+@pytest.mark.slow
 def test_inference_runs_without_torch_or_timm(exported, tmp_path):
     """A camera box has no torch: block both imports in a fresh interpreter."""
     _, path, nhwc = exported["fusionreid_tiny"]
@@ -339,6 +347,7 @@ assert 'torch' not in sys.modules
     assert result.stdout.split() == ["(1,", "1088)", "(1,", "1088)"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", TINY)
 def test_engine_dry_run_explains_jetpack_6_and_7_without_a_gpu(exported, name, tmp_path):
     """`export engine --dry-run` on a CPU machine, for both paper models and both generations."""

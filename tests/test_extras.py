@@ -49,6 +49,7 @@ def hybreid(program: Path, verb: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([str(program), *verb.split()], cwd=cwd, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_the_edge_install_has_no_torch_timm_or_faiss(edge_only):
     python = edge_only.with_name("python")
     for module in ("torch", "timm", "faiss"):
@@ -56,6 +57,7 @@ def test_the_edge_install_has_no_torch_timm_or_faiss(edge_only):
         assert found.returncode != 0, f"{module} is installed: the test would prove nothing"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("verb, extra", NEEDS_MORE.items())
 def test_a_verb_that_needs_more_names_its_extra(edge_only, tmp_path, verb, extra):
     result = hybreid(edge_only, verb, tmp_path)
@@ -65,6 +67,7 @@ def test_a_verb_that_needs_more_names_its_extra(edge_only, tmp_path, verb, extra
     assert f"pip install 'hybreid[{extra}]'" in lines[0]
 
 
+@pytest.mark.slow
 def test_the_verbs_a_camera_box_runs_work_there(edge_only, tmp_path, tiny_onnx):
     assert hybreid(edge_only, "--version", tmp_path).stdout.startswith("hybreid ")
     scenes = hybreid(edge_only, "edge scenes --out scenes --people 1 --fps 5", tmp_path)

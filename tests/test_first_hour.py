@@ -6,6 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
+import pytest
 import yaml
 
 from hybreid.cli import main
@@ -13,6 +14,7 @@ from hybreid.cli import main
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_the_local_site_file_runs_the_edge_on_the_synthetic_videos(tmp_path, tiny_onnx, mosquitto, capsys):
     checkout = tmp_path / "checkout"
     (checkout / "configs").mkdir(parents=True)
@@ -36,9 +38,10 @@ def test_shipped_recipes_are_found_from_any_directory(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     for name in ("fusionreid_synthetic", "haresformer_synthetic", "fusionreid_market1501"):
         config = resolve_config(f"configs/train/{name}.yaml", {})
-        assert config["model"].split("_")[0] == name.split("_")[0]
+        assert config.model.split("_")[0] == name.split("_")[0]
 
 
+@pytest.mark.slow
 def test_the_synthetic_recipe_trains_from_a_fresh_checkout_as_the_readme_says(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)  # configs/ is not here: the shipped recipe is found anyway
     assert main(["data", "synth", "--layout", "market1501", "--out", "data/synthetic_market1501",

@@ -16,6 +16,7 @@ def haresformer_reports():
     return {name: flops.count_model(name) for name in ("haresformer_h1l1", "haresformer_h1l2", "haresformer_h2l1")}
 
 
+@pytest.mark.slow
 def test_fusionreid_matches_table_v():
     """153.8 M params within 1%, 28.1 GFLOPs within 2% (FusionReID Table V)."""
     report = flops.count_model("fusionreid_vitb16_s12")
@@ -35,6 +36,7 @@ def test_breakdown_rows_add_up_to_the_totals():
     assert heads.paper_params_m == 0 and heads.all_params_m > 0  # classifiers do not run at test time
 
 
+@pytest.mark.slow
 def test_htm_structures_match_table_iii():
     """One HTM layer: params within 1% (21.3 / 7.1 / 21.3 / 14.2 M), MACs within 5% (2.9 / 2.5 G)."""
     rows = {r["structure"]: r for r in flops.count_htm_structures()}
@@ -45,6 +47,7 @@ def test_htm_structures_match_table_iii():
             assert _within(rows[structure]["paper_gmacs"], gflops, 0.05), structure
 
 
+@pytest.mark.slow
 def test_haresformer_matches_table_v(haresformer_reports):
     """113.75 / 180.64 / 113.75 M params within 1%; 25.00 / 39.34 / 25.00 G MACs within 10%."""
     for name, (params, gflops) in {"haresformer_h1l1": (113.75, 25.00), "haresformer_h1l2": (180.64, 39.34),

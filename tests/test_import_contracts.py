@@ -18,7 +18,7 @@ def lint_imports(root: Path) -> subprocess.CompletedProcess:
 def test_the_package_keeps_its_import_contracts():
     result = lint_imports(REPO)
     assert result.returncode == 0, result.stdout[-2000:]
-    assert "Contracts: 2 kept, 0 broken." in result.stdout
+    assert "Contracts: 3 kept, 0 broken." in result.stdout
 
 
 def test_an_upward_import_and_torch_on_the_edge_break_them(tmp_path):
@@ -28,7 +28,14 @@ def test_an_upward_import_and_torch_on_the_edge_break_them(tmp_path):
     gallery = tmp_path / "hybreid" / "matcher" / "gallery.py"
     upward = "\n\ndef _upward():\n    from hybreid.edge_runtime import publish  # noqa: F401\n"
     gallery.write_text(gallery.read_text() + upward)
+    graph = tmp_path / "hybreid" / "matcher" / "camera_graph.py"
+    test_world = "\n\ndef _test_world():\n    from hybreid.synthetic import site  # noqa: F401\n"
+    graph.write_text(graph.read_text() + test_world)
+    publish = tmp_path / "hybreid" / "edge_runtime" / "publish.py"
+    publish.write_text(publish.read_text() + "\n\ndef _lab():\n    from hybreid.lab import mosquitto  # noqa: F401\n")
     result = lint_imports(tmp_path)
     assert result.returncode != 0
     assert "hybreid.matcher is not allowed to import hybreid.edge_runtime" in result.stdout
     assert "hybreid.protocol -> torch" in result.stdout
+    assert "hybreid.matcher.camera_graph -> hybreid.synthetic.site" in result.stdout
+    assert "hybreid.edge_runtime.publish -> hybreid.lab.mosquitto" in result.stdout

@@ -10,35 +10,27 @@ import sys
 import time
 
 import numpy as np
-import paho.mqtt.client as mqtt
 import pytest
+from support import (
+    DIM,
+    connected_publisher,
+    feature,
+    matcher_command,
+    publish_all,
+    start_matcher,
+    unit,
+    wait_until,
+)
 
 from hybreid import protocol
 from hybreid.errors import UserError
+from hybreid.matcher.assignment import Matcher
 from hybreid.matcher.database import StoreUnavailable
 from hybreid.matcher.gallery import Gallery
+from hybreid.matcher.policy import MatchPolicy
 from hybreid.matcher.query import by_camera, by_identity
-from hybreid.matcher.service import Matcher, MatcherService, MatchPolicy
+from hybreid.matcher.service import MatcherService
 from hybreid.mqtt import BrokerConfig
-from hybreid.protocol import FeatureMessage, encode_feature
-
-DIM = 16
-
-
-def unit(seed: int, noise: float = 0.0, base: int | None = None) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    vector = np.random.default_rng(base).normal(size=DIM) if base is not None else rng.normal(size=DIM)
-    vector = vector + noise * rng.normal(size=DIM)
-    return (vector / np.linalg.norm(vector)).astype(np.float32)
-
-
-def feature(camera="cam1", seq=0, track=1, embedding=None, modality="visible", ts=100.0, first_ts=None,
-            model_hash="h1") -> tuple[str, bytes]:
-    message = FeatureMessage(site="lab", camera_id=camera, modality=modality, ts=ts, seq=seq, track_id=track,
-                             box=(1, 2, 30, 80), score=0.9, model_name="m", model_hash=model_hash,
-                             embedding=unit(seq) if embedding is None else embedding,
-                             first_ts=ts - 2 if first_ts is None else first_ts)
-    return message.topic, encode_feature(message)
 
 
 @pytest.fixture
@@ -47,6 +39,7 @@ def matcher(store):
 
 
 class TestBatches:
+    @pytest.mark.slow
     def test_a_batch_is_decided_in_order_and_stored_once(self, matcher):
         person = unit(1)
         batch = [feature(seq=0, track=7, embedding=person),  # a new track...
@@ -180,55 +173,6 @@ HOSTILE = {
 }
 
 
-def connected_publisher(port: int, client_id: str) -> mqtt.Client:
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id)
-    client.connect("127.0.0.1", port)
-    client.loop_start()
-    return client
-
-
-def publish_all(port: int, messages: list[tuple[str, bytes]]) -> None:
-    client = connected_publisher(port, "hostile-publisher")
-    for topic, payload in messages:
-        client.publish(topic, payload, qos=1).wait_for_publish(5)
-    client.disconnect()
-    client.loop_stop()
-
-
-def matcher_command(broker_url: str, db) -> list[str]:
-    """`hybreid matcher run` as a process the tests can kill: a fixed client id keeps its broker
-    session across restarts; re-association is off so decisions compare with a plain Matcher's."""
-    return [sys.executable, "-m", "hybreid.cli", "matcher", "run", "--broker", broker_url, "--db", str(db),
-            "--client-id", "durable-matcher", "--report-every", "0.2", "--reassociate-every", "0"]
-
-
-def start_matcher(broker_url: str, db, stdout=subprocess.DEVNULL) -> subprocess.Popen:
-    """The killable matcher process, once it has subscribed: from then on the broker keeps its
-    session, through a kill, for the restart."""
-    process = subprocess.Popen(matcher_command(broker_url, db), stdout=stdout, stderr=subprocess.PIPE, text=True)
-    assert wait_for_line(process.stderr, "subscribed to"), "the matcher did not subscribe"
-    return process
-
-
-def wait_for_line(stream, marker: str, timeout: float = 15.0) -> bool:
-    """Read ``stream`` line by line until one holds ``marker``; False at its end or after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        line = stream.readline()
-        if not line:
-            return False
-        if marker in line:
-            return True
-    return False
-
-
-def wait_until(condition, timeout=15.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and not condition():
-        time.sleep(0.05)
-    return condition()
-
-
 def test_hostile_stream_through_the_broker(tmp_path, mosquitto):
     gallery = Gallery(tmp_path / "g.sqlite")
     service = MatcherService(Matcher(gallery, MatchPolicy()), BrokerConfig(url=mosquitto.url, client_id="matcher"))
@@ -252,6 +196,7 @@ def test_hostile_stream_through_the_broker(tmp_path, mosquitto):
     assert service.internal_errors == 0
 
 
+@pytest.mark.slow
 def test_a_message_that_breaks_its_batch_does_not_hold_the_others_back(tmp_path, mosquitto, monkeypatch, caplog):
     gallery = Gallery(tmp_path / "g.sqlite")
     matcher = Matcher(gallery, MatchPolicy())
@@ -274,6 +219,7 @@ def test_a_message_that_breaks_its_batch_does_not_hold_the_others_back(tmp_path,
     assert "deciding them one by one" in caplog.text  # the batch failed as a whole first
 
 
+@pytest.mark.slow
 def test_killed_matcher_resumes_to_the_same_gallery(tmp_path, mosquitto):
     messages = [feature(f"cam{seq % 3}", seq, seq // 2, unit(seq % 7, 0.05, base=seq % 7), ts=100 + 30 * seq)
                 for seq in range(60)]
@@ -328,7 +274,7 @@ def test_purge_and_queries(store):
 
 
 def test_identity_scores_by_hand():
-    from hybreid.matcher.scoring import score_identities
+    from hybreid.lab.scoring import score_identities
 
     # Person 1 seen visible on cam1 and infrared on cam2, person 2 visible on cam1.
     # The matcher merged person 1's visible sighting with person 2 (identity 10) and
@@ -346,8 +292,9 @@ def test_identity_scores_by_hand():
     assert scores["cross_modality"]["true_links"] == 1 and scores["cross_modality"]["predicted_links"] == 0
 
 
+@pytest.mark.slow
 def test_waiting_for_a_subscription_without_a_broker_is_one_clear_error(tmp_path):
-    from hybreid.mqtt.mosquitto import free_port
+    from hybreid.lab.mosquitto import free_port
 
     url = f"mqtt://127.0.0.1:{free_port()}"  # nothing listens there
     service = MatcherService(Matcher(Gallery(tmp_path / "g.sqlite"), MatchPolicy()), BrokerConfig(url=url))

@@ -13,7 +13,7 @@ from collections import Counter
 import numpy as np
 import paho.mqtt.client as mqtt
 import pytest
-from test_matcher import (
+from support import (
     DIM,
     connected_publisher,
     feature,
@@ -27,8 +27,10 @@ from test_matcher import (
 from hybreid import protocol
 from hybreid.cli import main
 from hybreid.errors import UserError
+from hybreid.matcher.assignment import Matcher
 from hybreid.matcher.gallery import Gallery
-from hybreid.matcher.service import Matcher, MatcherService, MatchPolicy
+from hybreid.matcher.policy import MatchPolicy
+from hybreid.matcher.service import MatcherService
 from hybreid.mqtt import BrokerConfig
 
 TOPIC = protocol.features_topic("lab", "cam1")
@@ -299,6 +301,7 @@ class EventLog:
         self.client.loop_stop()
 
 
+@pytest.mark.slow
 def test_events_survive_matcher_kills(tmp_path, mosquitto):
     """Killed three times mid-stream, the matcher still sends an event for every feature."""
     messages = [feature(f"cam{seq % 3}", seq, seq // 3, unit(seq % 11, 0.05, base=seq % 11), ts=1000 + 5 * seq)
@@ -354,13 +357,14 @@ def test_a_negative_retention_is_refused_and_a_dry_run_deletes_nothing(tmp_path,
     assert Gallery(db).stats()["sightings"] == 2
 
 
+@pytest.mark.slow
 def test_a_broker_that_never_answers_and_a_lagging_matcher_are_said(tmp_path, mosquitto, caplog):
     """A matcher whose broker never answered said nothing; one falling behind the cameras (its
     queue at the broker growing) said nothing either."""
     import logging
     import threading
 
-    from hybreid.mqtt.mosquitto import free_port
+    from hybreid.lab.mosquitto import free_port
 
     url = f"mqtt://127.0.0.1:{free_port()}"  # nothing listens there
     lonely = MatcherService(Matcher(Gallery(tmp_path / "a.sqlite"), MatchPolicy()), BrokerConfig(url=url))
@@ -392,10 +396,11 @@ def _thresholds(path, model: str | None):
     return path
 
 
+@pytest.mark.slow
 def test_the_gallery_is_bound_to_the_thresholds_model_not_to_the_first_message(tmp_path, mosquitto, capsys):
     """Messages of an older export queued at the broker once claimed a fresh gallery, and every
     real message was then rejected as model_mismatch."""
-    from test_matcher import wait_for_line
+    from support import wait_for_line
 
     db = tmp_path / "g.sqlite"
     thresholds = _thresholds(tmp_path / "t.json", "m@h1")

@@ -84,6 +84,7 @@ def test_every_trainable_parameter_gets_a_gradient(name, overrides):
     assert missing == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", TINY)
 def test_eval_is_deterministic_and_batch_independent(name):
     model = build(name).eval()
@@ -112,6 +113,7 @@ def test_cnn_keeps_last_stride_one():
     assert feature_map.shape[-2:] == (model.image_size[0] // 16, model.image_size[1] // 16)
 
 
+@pytest.mark.slow
 def test_overlapping_patch_grid_matches_the_paper():
     """ViT-B/16 at 256x128: stride 12 -> 21x10 = 210 patches, stride 16 -> 16x8 (FIELD-NOTES)."""
     s12 = build("fusionreid_vitb16_s12")

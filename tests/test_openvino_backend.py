@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import requires_openvino
+from support import requires_openvino
 
 from hybreid.errors import UserError
 from hybreid.inference import load_embedder
@@ -61,6 +61,7 @@ def test_a_missing_or_damaged_model_is_one_clear_error(tmp_path):
         load_embedder(damaged, providers=["openvino"])
 
 
+@pytest.mark.slow
 def test_a_copy_made_for_openvino_loaded_on_onnx_runtime_says_so(tiny_onnx, tmp_path, caplog):
     import logging
 

@@ -49,6 +49,7 @@ def test_an_interrupted_training_run_says_how_to_continue(monkeypatch, tmp_path,
     assert "hybreid train --config configs/train/fusionreid_synthetic.yaml optim.epochs=2 resume=auto" in err
 
 
+@pytest.mark.slow
 def test_calibration_shows_progress_and_no_library_chatter(tmp_path, tiny_onnx):
     # A process of its own: pytest's log capture would swallow the chatter this looks for.
     result = subprocess.run([sys.executable, "-m", "hybreid.cli", "calibrate", "int8", "--artifact", str(tiny_onnx),

@@ -86,3 +86,40 @@ def test_infinite_timestamp_is_rejected():
 def test_encoder_refuses_names_outside_the_topic_alphabet():
     with pytest.raises(ValueError, match="camera_id"):
         encode_feature(message(camera_id="cam/01"))
+
+
+class TestEvents:
+    """The events a consumer of ``hybreid/v1/{site}/events`` decodes, by their schema."""
+
+    def test_every_kind_round_trips_through_its_schema(self):
+        sent = [protocol.event(type="cross_modality_match", identity=3, site="lobby", camera_id="cam-01", seq=9,
+                               track_id=4, modality="infrared", ts=1763772000.5, similarity=0.81),
+                protocol.event(type="reassign", site="lobby", camera_id="cam-01", track_id=4, identity=5,
+                               ts=1763772010.0, **{"from": 3}),
+                protocol.event(type="merge", site="lobby", into=5, ts=1763772010.0, **{"from": 3})]
+        decoded = [protocol.decode_event(protocol.encode_event(event)) for event in sent]
+        assert [type(e).__name__ for e in decoded] == ["DecisionEvent", "ReassignEvent", "MergeEvent"]
+        assert decoded[0].similarity == 0.81 and decoded[0].modality == "infrared"
+        assert (decoded[1].from_identity, decoded[1].identity) == (3, 5)
+        assert json.loads(protocol.encode_event(sent[2])) == {"v": 1, "site": "lobby", "ts": 1763772010.0,
+                                                              "type": "merge", "from": 3, "into": 5}
+
+    @pytest.mark.parametrize("payload,reason", [
+        (b'{"v": 1, "type": "merge", "site": "lobby", "ts": 1.0, "from": 3}', "schema"),  # no "into"
+        (b'{"v": 2, "type": "merge", "site": "lobby", "ts": 1.0, "from": 3, "into": 5}', "version"),
+        (b'{"v": 1, "type": "teleport", "site": "lobby", "ts": 1.0}', "schema"),
+        (b'{"v": 1, "type": "merge", "site": "<script>", "ts": 1.0, "from": 3, "into": 5}', "schema"),
+        (b'{"v": 1, "type": "merge", "site": "lobby", "ts": 1.0, "from": 3, "into": 5, "x": 1}', "schema"),
+        (b'{"v": 1, "type": "match", "identity": 1, "site": "l", "camera_id": "c", "seq": 1, "track_id": 1, '
+         b'"modality": "visible", "ts": 1.0, "similarity": NaN}', "non_finite"),
+        (b"{" + b" " * 5000 + b"}", "too_large"),
+    ])
+    def test_a_malformed_event_is_refused_with_its_reason(self, payload, reason):
+        with pytest.raises(ProtocolError) as refused:
+            protocol.decode_event(payload)
+        assert refused.value.reason == reason
+
+    def test_the_matcher_cannot_send_an_event_outside_the_schema(self):
+        with pytest.raises(ProtocolError, match="similarity"):
+            protocol.event(type="match", identity=1, site="lobby", camera_id="cam-01", seq=1, track_id=1,
+                           modality="visible", ts=1.0, similarity=float("nan"))

@@ -153,3 +153,26 @@ def test_many_prototypes_in_one_call_new_moved_and_repeated(kind):
     moved_entries = 0 if kind == "flat" else 2  # flat rewrites in place; IVF adds 5 and 7 once each
     assert index._index.ntotal == entries + len(fresh) + moved_entries
     assert int(index._rows.current[: index._rows.count].sum()) == len(index.prototypes) == 3010
+
+
+@pytest.mark.slow
+def test_the_search_depth_is_set_for_the_weakest_match_the_thresholds_accept():
+    """Prototypes crowded in a cone and spread unevenly, as a trained model's are: an index
+    calibrated for sightings at the operating threshold's cosine finds them; one calibrated
+    for easy sightings (cosine 0.97) loses about a quarter of them."""
+    from hybreid.bench.sightings import EmbeddingGeometry, SightingModel
+
+    geometry = EmbeddingGeometry(model="test@0", measured_on="test", dim=128, identities=100, mean_norm=0.5,
+                                 spectrum_decay=0.8, genuine_quantiles=[0.8, 0.9, 1.0],
+                                 same_modality_threshold=0.84, cross_modality_threshold=0.84)
+    people = SightingModel(geometry, 128, np.random.default_rng(0))
+    prototypes = people.prototypes(20_000)
+    picked = people.rng.integers(0, len(prototypes), 400)
+    weak = people.sightings(prototypes[picked], people.rng.uniform(0.84, 0.90, 400))
+    recall = {}
+    for query_cosine in (geometry.operating_cosine, 0.97):
+        index = PrototypeIndex("auto", query_cosine=query_cosine)
+        index.rebuild_from(list(range(1, len(prototypes) + 1)), prototypes)
+        assert index.structure == "ivf"
+        recall[query_cosine] = index.measure_recall(weak, index.exact_top(weak))
+    assert recall[0.84] >= 0.99 and recall[0.97] < 0.9

@@ -22,6 +22,7 @@ def model(tiny_onnx, tmp_path):
     return copy
 
 
+@pytest.mark.slow
 def test_auto_measures_the_candidates_once_and_remembers_the_fastest(model, monkeypatch):
     embedder = load_embedder(model, threads=2, providers="auto")
     cache = json.loads(auto.cache_path(model).read_text())
@@ -36,6 +37,7 @@ def test_auto_measures_the_candidates_once_and_remembers_the_fastest(model, monk
     assert load_embedder(model, threads=2, providers="auto").backend == embedder.backend
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cache", ["not json", '{"key": 1}', '["a list"]'])
 def test_a_damaged_cache_is_measured_again(model, cache, caplog):
     auto.cache_path(model).write_text(cache)
@@ -45,6 +47,7 @@ def test_a_damaged_cache_is_measured_again(model, cache, caplog):
     assert json.loads(auto.cache_path(model).read_text())["chosen"] in ("CPUExecutionProvider", "openvino")
 
 
+@pytest.mark.slow
 def test_a_cache_for_another_box_or_a_hostile_choice_is_not_trusted(model):
     load_embedder(model, threads=2, providers="auto")
     entry = json.loads(auto.cache_path(model).read_text())

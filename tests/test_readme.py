@@ -89,6 +89,7 @@ def test_readme_command_parses(argv):
 
 
 # `bench flops --paper` counts every paper-size model (minutes); test_flops covers it.
+@pytest.mark.slow
 @pytest.mark.parametrize("argv", [a for a in readme_commands() if subcommand(a) in CHEAP and "--paper" not in a],
                          ids=lambda argv: " ".join(argv)[:60])
 def test_cheap_readme_commands_run(argv, tmp_path):

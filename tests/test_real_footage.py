@@ -7,13 +7,14 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import Subscriber
+from support import Subscriber
 
 from hybreid.edge_runtime.runtime import EdgeRuntime, SiteConfig
 
 VTEST = Path(__file__).resolve().parents[1] / ".cache" / "vtest.avi"
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not VTEST.is_file(), reason="needs .cache/vtest.avi, which `make test` extracts from Debian's "
                                                  "opencv-doc (apt-get as root)")
 def test_real_pedestrian_video_publishes_valid_tracklets(tmp_path, tiny_onnx, mosquitto):

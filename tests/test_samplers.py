@@ -7,6 +7,7 @@ from collections import Counter
 import pytest
 
 from hybreid.data.samplers import CrossModalitySampler, IdentitySampler
+from hybreid.train.config import OptimSection
 from hybreid.train.trainer import learning_rate
 
 
@@ -65,11 +66,11 @@ def test_cross_modality_batches_hold_k_visible_and_k_infrared():
 
 
 def test_learning_rate_schedules():
-    fusion = {"lr": 5e-3, "schedule": "warmup_cosine", "warmup_epochs": 10, "warmup_start_lr": 5e-4, "epochs": 180}
+    fusion = OptimSection(lr=5e-3, schedule="warmup_cosine", warmup_epochs=10, warmup_start_lr=5e-4, epochs=180)
     assert learning_rate(0, fusion) == pytest.approx(5e-4)
     assert learning_rate(5, fusion) == pytest.approx(5e-4 + 4.5e-3 / 2)
     assert learning_rate(10, fusion) == pytest.approx(5e-3)
     assert learning_rate(95, fusion) == pytest.approx(2.5e-3)
-    har = {"lr": 0.01, "schedule": "step", "step_epochs": [30], "gamma": 0.1}
+    har = OptimSection(lr=0.01, schedule="step", step_epochs=[30], gamma=0.1)
     assert learning_rate(29, har) == pytest.approx(0.01)
     assert learning_rate(30, har) == pytest.approx(0.001)

@@ -13,11 +13,13 @@ from contextlib import contextmanager
 
 import numpy as np
 import pytest
-from test_matcher import connected_publisher, feature, unit, wait_for_line, wait_until
+from support import connected_publisher, feature, unit, wait_for_line, wait_until
 
+from hybreid.matcher.assignment import Matcher
 from hybreid.matcher.database import StoreUnavailable
 from hybreid.matcher.gallery import Gallery
-from hybreid.matcher.service import Matcher, MatcherService, MatchPolicy
+from hybreid.matcher.policy import MatchPolicy
+from hybreid.matcher.service import MatcherService
 from hybreid.mqtt import BrokerConfig
 
 POLICY = MatchPolicy(same_modality=0.8, cross_modality=0.5)
@@ -142,6 +144,7 @@ def decisions(events: list[dict | None]) -> list[tuple]:
     return [(e["identity"], e["type"], round(e["similarity"], 5)) for e in events]
 
 
+@pytest.mark.slow
 def test_a_batch_settled_after_another_instances_commit_decides_as_one_instance_would(postgres):
     """One instance decides a batch, another commits its own in between, the first commits:
     the same events and prototypes as one instance deciding the second batch, then the first."""
@@ -348,7 +351,7 @@ def test_a_database_that_goes_away_and_comes_back_loses_nothing(postgres, mosqui
 
 def test_an_unreachable_database_is_one_clear_error(capsys):
     from hybreid.cli import main
-    from hybreid.mqtt.mosquitto import free_port
+    from hybreid.lab.mosquitto import free_port
 
     url = f"postgresql://hybreid:secret@127.0.0.1:{free_port()}/gallery"  # nothing listens there
     assert main(["matcher", "query", "--db", url, "--identity", "1"]) == 2

@@ -80,6 +80,7 @@ def small_site(tmp_path_factory):
     return folder, spec_path, json.loads((folder / "scenes" / "ground_truth.json").read_text())
 
 
+@pytest.mark.slow
 def test_rendered_site_has_videos_mot_ground_truth_and_a_day_night_switch(small_site):
     folder, _, truth = small_site
     assert truth["frames"] == 240 and [c["id"] for c in truth["cameras"]] == ["day", "night", "both"]
@@ -108,6 +109,7 @@ def test_rendered_site_has_videos_mot_ground_truth_and_a_day_night_switch(small_
     assert people <= set(range(1, 7)) and len(people) >= 4
 
 
+@pytest.mark.slow
 def test_site_benchmark_scores_online_and_reassociated_with_a_timeline(small_site, tiny_onnx, tmp_path):
     folder, spec_path, truth = small_site
     out = tmp_path / "bench"
@@ -127,6 +129,7 @@ def test_site_benchmark_scores_online_and_reassociated_with_a_timeline(small_sit
     assert (out / "timeline_haresformer_tiny.png").read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.slow
 def test_site_benchmark_renders_each_seed_once_and_reports_mean_and_minimum(small_site, tiny_onnx, tmp_path,
                                                                             monkeypatch, capsys):
     import hybreid.bench.site as bench_site

@@ -10,8 +10,8 @@ import torch
 import torch.multiprocessing as mp
 
 from hybreid.errors import UserError
+from hybreid.lab.mosquitto import free_port
 from hybreid.models.checkpoint import load_model
-from hybreid.mqtt.mosquitto import free_port
 from hybreid.synthetic.datasets import write_market1501
 from hybreid.train.config import resolve_config
 from hybreid.train.trainer import Trainer
@@ -36,11 +36,10 @@ def small_config(root, output, **extra) -> dict:
         "output": str(output),
         "loss": {},
     }
-    config = resolve_config(None, overrides)
-    config.update(extra)
-    return config
+    return resolve_config(None, {**overrides, **extra})
 
 
+@pytest.mark.slow
 def test_run_folder_holds_config_metrics_curves_and_model(market, tmp_path):
     config = small_config(market, tmp_path / "run", eval={"every": 2, "use_camids": False, "trials": 1,
                                                         "rerank": False})
@@ -57,6 +56,7 @@ def test_run_folder_holds_config_metrics_curves_and_model(market, tmp_path):
         assert model(torch.rand(2, 3, 64, 32)).shape == (2, model.embedding_dim)
 
 
+@pytest.mark.slow
 def test_resume_reproduces_the_next_losses(market, tmp_path):
     torch.set_num_threads(1)
     uninterrupted = Trainer(small_config(market, tmp_path / "a"), progress=False)
@@ -90,6 +90,7 @@ def _ddp_worker(rank: int, world_size: int, port: int, root: str, output: str) -
     torch.distributed.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_ddp_two_cpu_processes_end_with_identical_weights(market, tmp_path):
     port = free_port()
     mp.spawn(_ddp_worker, args=(2, port, str(market), str(tmp_path)), nprocs=2, join=True)

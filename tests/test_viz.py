@@ -120,6 +120,7 @@ def test_retrieval_order_is_the_evaluation_ranking(dataset_name, sysu, tmp_path)
     assert np.all(np.diff(distance[rankings[0]]) >= 0)
 
 
+@pytest.mark.slow
 def test_retrieval_and_distribution_figures(sysu, tmp_path):
     torch.manual_seed(0)
     model = build("haresformer_tiny", image_size=(64, 32)).eval()
@@ -131,6 +132,7 @@ def test_retrieval_and_distribution_figures(sysu, tmp_path):
         assert (tmp_path / name).stat().st_size > 10_000
 
 
+@pytest.mark.slow
 def test_gradcam_is_faithful_on_a_trained_model(trained_fusionreid):
     """Blanking the fifth of the pixels Grad-CAM ranks highest (maps averaged over the
     layers) lowers the explained similarity more than blanking the fifth it ranks
@@ -159,6 +161,7 @@ def test_gradcam_is_faithful_on_a_trained_model(trained_fusionreid):
     assert (moved["top"] > moved["bottom"]).mean() > 0.5, moved
 
 
+@pytest.mark.slow
 def test_viz_command_writes_figure_and_json(trained_fusionreid, tmp_path):
     from hybreid.models.checkpoint import save_model
 

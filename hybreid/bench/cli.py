@@ -60,16 +60,47 @@ def _pipeline(args) -> None:
 
 def _matcher(args) -> None:
     from hybreid.bench import matcher
+    from hybreid.bench.sightings import EmbeddingGeometry
 
+    if args.measure_geometry:
+        _measure_geometry(args)
+        return
     if args.instances and "postgresql" not in (args.store or []):
         raise UserError("--instances needs --store postgresql: several matchers share a PostgreSQL gallery")
+    geometry = EmbeddingGeometry.load(args.geometry) if args.geometry else None
     matcher.run(args.identities or [1000, 10000, 100000], output_folder(args), messages=args.messages, dim=args.dim,
-                index=args.index, stores=tuple(args.store or ["sqlite"]), instances=tuple(args.instances or [1]))
+                index=args.index, stores=tuple(args.store or ["sqlite"]), instances=tuple(args.instances or [1]),
+                geometry=geometry)
+
+
+def _measure_geometry(args) -> None:
+    """How a trained model's embeddings of labelled people spread, for `bench matcher --geometry`."""
+    import numpy as np
+
+    from hybreid.bench.sightings import measure_geometry, save_geometry
+    from hybreid.calibration.report import embed_images
+    from hybreid.data.datasets import load_dataset
+    from hybreid.inference import load_embedder
+    from hybreid.tables import format_table
+
+    if not args.root:
+        raise UserError("--measure-geometry needs --root, the labelled dataset to embed")
+    embedder = load_embedder(args.measure_geometry)
+    dataset = load_dataset(args.dataset, args.root)
+    samples = [s for s in dataset.query + dataset.gallery if s.pid > 0]
+    embeddings = embed_images(embedder, [s.path for s in samples])
+    geometry = measure_geometry(embeddings, np.array([s.pid for s in samples]), np.array([s.modality for s in samples]),
+                                embedder.contract.identity, f"{args.dataset} test split, {len(samples)} images")
+    path = save_geometry(geometry, output_folder(args) / "embedding_geometry.json")
+    print(format_table(["measure", "value"], [[key, value] for key, value in geometry.model_dump().items()
+                                               if key != "genuine_quantiles"]))
+    print(f"genuine cosines, 5 % / 50 % / 95 %: {geometry.genuine_quantiles[1]} / {geometry.genuine_quantiles[10]} / "
+          f"{geometry.genuine_quantiles[19]}; saved {path}")
 
 
 def _identities(args) -> None:
     from hybreid.bench import identities
-    from hybreid.matcher.service import MatchPolicy
+    from hybreid.matcher.policy import MatchPolicy
 
     policy = MatchPolicy.from_thresholds_file(args.thresholds) if args.thresholds else \
         MatchPolicy.checked(same_modality=args.same, cross_modality=args.cross)
@@ -85,7 +116,7 @@ def _detector(args) -> None:
 
 def _site(args) -> None:
     from hybreid.bench import site
-    from hybreid.matcher.service import MatchPolicy
+    from hybreid.matcher.policy import MatchPolicy
     from hybreid.synthetic.site import SiteSpec, default_spec
 
     choices = {} if args.transit_bonus is None else {"transit_bonus": args.transit_bonus}
@@ -98,6 +129,12 @@ def _site(args) -> None:
 
 def register(commands) -> None:
     bench = group(commands, "bench", "benchmarks (flops, train, latency, fidelity, pipeline, matcher, ...)")
+    for add in (_add_flops, _add_train, _add_latency, _add_profile, _add_fidelity, _add_pipeline, _add_matcher,
+                _add_identities, _add_detector, _add_site):
+        add(bench)
+
+
+def _add_flops(bench) -> None:
     flops = command(bench, "flops", "params and GFLOPs (paper count and full count) with a per-module breakdown",
                     _flops)
     flops.add_argument("--model", action="append", help=MODEL_HELP + " (repeatable)")
@@ -107,12 +144,16 @@ def register(commands) -> None:
     flops.add_argument("overrides", nargs="*", metavar="key=value",
                        help="model options, e.g. image_size=[384,128] depth=3 pooling=avg")
 
+
+def _add_train(bench) -> None:
     train = command(bench, "train", "train the tiny models on synthetic data; mAP trained vs untrained", _train)
     train.add_argument("--model", action="append", choices=["fusionreid_tiny", "haresformer_tiny"],
                        help="one of the tiny models (repeatable; default: both)")
     add_output(train, "bench-train", "the JSON, runs and plots")
     train.add_argument("--workdir", help="where to write the synthetic data (default: --out)")
 
+
+def _add_latency(bench) -> None:
     lat = command(bench, "latency", "torch eager vs ONNX Runtime (FP32, OpenVINO, INT8) and TensorRT: latency, "
                                     "roofline", _latency)
     lat.add_argument("--model", action="append", help=MODEL_HELP + " (repeatable; default: both paper models)")
@@ -133,6 +174,8 @@ def register(commands) -> None:
     add_output(lat, "bench-latency", "the JSON and plots")
     lat.add_argument("overrides", nargs="*", metavar="key=value", help="model options")
 
+
+def _add_profile(bench) -> None:
     prof = command(bench, "profile", "where an ONNX model's CPU time goes, operator by operator", _profile)
     prof.add_argument("--artifact", required=True, help="an exported ONNX model")
     prof.add_argument("--batch", type=int, default=8, help="batch size")
@@ -140,10 +183,14 @@ def register(commands) -> None:
     prof.add_argument("--runs", type=int, default=3, help="profiled runs after one warm-up")
     add_output(prof, "bench-profile", "the JSON and plots")
 
+
+def _add_fidelity(bench) -> None:
     fid = command(bench, "fidelity", "ONNX parity with PyTorch and FP16 fidelity, no GPU needed", _fidelity)
     fid.add_argument("--model", action="append", help=MODEL_HELP + " (repeatable; default: both paper models)")
     add_output(fid, "bench-fidelity", "the JSON")
 
+
+def _add_pipeline(bench) -> None:
     pipe = command(bench, "pipeline", "edge runtime on synthetic videos vs the embedder alone", _pipeline)
     pipe.add_argument("--artifact", action="append", required=True, help=ARTIFACT_HELP + " (repeatable)")
     pipe.add_argument("--people", type=int, default=6, help="people in the synthetic videos")
@@ -151,6 +198,8 @@ def register(commands) -> None:
     pipe.add_argument("--threads", type=int, help="ONNX Runtime threads (default: all cores)")
     add_output(pipe, "bench-pipeline", "the JSON")
 
+
+def _add_matcher(bench) -> None:
     mb = command(bench, "matcher", "matcher ingest rate and assignment latency vs gallery size", _matcher)
     mb.add_argument("--identities", action="append", type=int, help="gallery size (repeatable)")
     mb.add_argument("--messages", type=int, default=2000, help="features published per gallery size")
@@ -160,8 +209,16 @@ def register(commands) -> None:
                     help="gallery store (repeatable; default sqlite); postgresql starts a throwaway server")
     mb.add_argument("--instances", action="append", type=int,
                     help="with postgresql: also this many `matcher run` processes in one shared group (repeatable)")
+    mb.add_argument("--geometry", help="how the embeddings spread (a JSON of --measure-geometry; default: the tiny "
+                                       "HAResformer's, shipped with hybreid)")
+    mb.add_argument("--measure-geometry", metavar="ARTIFACT",
+                    help="instead: measure how this model's embeddings of --root's test people spread")
+    mb.add_argument("--dataset", default="sysu_mm01", help="with --measure-geometry: the dataset's layout")
+    mb.add_argument("--root", help="with --measure-geometry: the dataset's folder")
     add_output(mb, "bench-matcher", "the JSON")
 
+
+def _add_identities(bench) -> None:
     ident = command(bench, "identities", "videos -> edge -> broker -> matcher, scored vs ground truth", _identities)
     ident.add_argument("--artifact", required=True, help=ARTIFACT_HELP)
     ident.add_argument("--people", type=int, default=6, help="people in the synthetic videos")
@@ -170,6 +227,8 @@ def register(commands) -> None:
     ident.add_argument("--cross", type=float, default=0.45, help="cross-modality threshold without --thresholds")
     add_output(ident, "bench-identities", "the JSON")
 
+
+def _add_detector(bench) -> None:
     det = command(bench, "detector", "person detectors on real footage: recall against a hand count, time a frame, "
                                      "and with --artifact the edge runtime's tracks", _detector)
     det.add_argument("--video", required=True, help="a video file (e.g. OpenCV's vtest.avi)")
@@ -181,6 +240,8 @@ def register(commands) -> None:
     det.add_argument("--artifact", help=ARTIFACT_HELP + ": also run the edge runtime on the video with each detector")
     add_output(det, "bench-detector", "the JSON and the picture")
 
+
+def _add_site(bench) -> None:
     site = command(bench, "site", "a synthetic site (4+ cameras, minutes) -> edge -> broker -> matcher: IDF1 "
                                   "online and re-associated, timelines", _site)
     site.add_argument("--artifact", action="append", required=True, help=ARTIFACT_HELP + " (repeatable)")

@@ -19,6 +19,7 @@ import numpy as np
 from tqdm import tqdm
 
 from hybreid.edge_runtime.detect import make_detector
+from hybreid.edge_runtime.site import validate_detector
 from hybreid.errors import UserError
 from hybreid.eval.detection import Points, point_recall, read_points
 from hybreid.tables import format_table
@@ -38,7 +39,7 @@ def detector_options(nanodet: str | None, openvino: bool) -> dict[str, dict]:
 def detect_video(video: Path, options: dict, truth: Points) -> tuple[dict[int, np.ndarray], dict]:
     """Every frame through one detector (background subtraction needs them all); the boxes of
     the counted frames and the detector's timing."""
-    detector = make_detector(**options)
+    detector = make_detector(validate_detector(options))
     capture = cv2.VideoCapture(str(video))
     if not capture.isOpened():
         raise UserError(f"cannot open the video {video}")
@@ -68,7 +69,7 @@ def detect_video(video: Path, options: dict, truth: Points) -> tuple[dict[int, n
 def edge_run(video: Path, artifact: str, options: dict, work: Path) -> dict:
     """The edge runtime on the video with this detector, through a throwaway broker."""
     from hybreid.edge_runtime.runtime import EdgeRuntime, SiteConfig
-    from hybreid.mqtt.mosquitto import Mosquitto
+    from hybreid.lab.mosquitto import Mosquitto
 
     with Mosquitto(work / "broker") as broker:
         config = SiteConfig.from_dict({

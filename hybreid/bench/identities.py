@@ -15,13 +15,15 @@ from pathlib import Path
 from tqdm import tqdm
 
 from hybreid.edge_runtime.runtime import EdgeRuntime, SiteConfig
+from hybreid.lab.mosquitto import Mosquitto
+from hybreid.lab.scoring import score_identities
+from hybreid.matcher.assignment import Matcher
 from hybreid.matcher.gallery import Gallery
+from hybreid.matcher.policy import MatchPolicy
 from hybreid.matcher.query import by_camera
 from hybreid.matcher.reassociate import Transit
-from hybreid.matcher.scoring import score_identities
-from hybreid.matcher.service import Matcher, MatcherService, MatchPolicy
+from hybreid.matcher.service import MatcherService
 from hybreid.mqtt import BrokerConfig
-from hybreid.mqtt.mosquitto import Mosquitto
 from hybreid.synthetic.scenes import render_scenes, tracklet_ground_truth
 from hybreid.tables import format_table
 

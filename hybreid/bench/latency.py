@@ -217,48 +217,73 @@ def run(models: list[str], batches: list[int], out: str | Path, threads: int = 2
     drifts of a shared machine then hit every backend alike instead of whichever cell
     ran during them.
     """
-    from hybreid.bench.flops import count_model, full_gmacs
-    from hybreid.export.onnx_export import export_onnx
-    from hybreid.models import build
-
     if engines:
         from hybreid.inference.tensorrt_backend import import_tensorrt
 
         import_tensorrt()  # one clear error before any cell runs
-    openvino_providers = []
-    if openvino:
-        from hybreid.inference.openvino_backend import PRECISIONS, openvino_unavailable_reason
-
-        for provider in PRECISIONS:
-            missing = openvino_unavailable_reason(provider)
-            if missing:
-                print(f"{provider} cells left out: {missing}")
-            else:
-                openvino_providers.append(provider)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    specs, gflops = [], {}
-    foreign = set()  # INT8 copies of other weights than the FP32 file timed beside them
+    plan = _plan_cells(models, references, out, options or {}, int8 or {}, engines or {},
+                       _openvino_providers() if openvino else [])
+    timing = {"options": options or {}, "threads": threads, "repeats": repeats, "warmup": warmup}
+    specs = [(backend, {"backend": "torch" if backend == "torch" else "onnxruntime", "artifact": artifact,
+                        "providers": providers, "model": name, "batch": batch, **timing,
+                        "int8": "-int8" in backend})  # its roofline: against int8 GEMMs
+             for name, backend, artifact, providers in plan.backends for batch in batches]
+    measured = _measure(specs, GemmRates(threads, REFERENCE_KINDS + (INT8_KINDS if int8 else ())), rounds)
+    cells = _cells(specs, measured, plan)
+    _report(cells, measured, threads, rounds, out)
+    return cells
+
+
+@dataclass
+class _Plan:
+    backends: list[tuple[str, str, str | None, list[str] | None]]  # (model, backend, artifact, providers)
+    gflops: dict[str, float]
+    foreign: set[str]  # INT8 copies of other weights than the FP32 file timed beside them
+
+
+def _openvino_providers() -> list[str]:
+    from hybreid.inference.openvino_backend import PRECISIONS, openvino_unavailable_reason
+
+    available = []
+    for provider in PRECISIONS:
+        missing = openvino_unavailable_reason(provider)
+        if missing:
+            print(f"{provider} cells left out: {missing}")
+        else:
+            available.append(provider)
+    return available
+
+
+def _plan_cells(models: list[str], references: tuple[str, ...], out: Path, options: dict, int8: dict,
+                engines: dict, openvino_providers: list[str]) -> _Plan:
+    """Every model's ONNX file (exported once into ``out``) and the backends each is timed on."""
+    from hybreid.bench.flops import count_model, full_gmacs
+    from hybreid.export.onnx_export import export_onnx
+    from hybreid.models import build
+
+    plan = _Plan([], {}, set())
     for name in list(models) + [REFERENCE_PREFIX + reference for reference in references]:
         if name.startswith(REFERENCE_PREFIX):
             import timm
 
             timm_name = name[len(REFERENCE_PREFIX):]
             reference_model = timm.create_model(timm_name, pretrained=False).eval()
-            gflops[name] = 2 * full_gmacs(reference_model, REFERENCE_SIZE)
+            plan.gflops[name] = 2 * full_gmacs(reference_model, REFERENCE_SIZE)
             onnx_path = out / f"timm_{timm_name}.onnx"
             if not onnx_path.is_file():
                 _export_reference(reference_model, onnx_path)
         else:
-            gflops[name] = 2 * count_model(name, **(options or {})).full_gmacs
+            plan.gflops[name] = 2 * count_model(name, **options).full_gmacs
             onnx_path = out / f"{name}.onnx"
             if not onnx_path.is_file():
-                export_onnx(build(name, **(options or {})).eval(), onnx_path, name, options or {})
+                export_onnx(build(name, **options).eval(), onnx_path, name, options)
         backends = {"torch": (None, None), "onnxruntime-fp32": (str(onnx_path), CPU)}
         exported = not name.startswith(REFERENCE_PREFIX)  # OpenVINO cells need the model's contract
         for provider in openvino_providers if exported else ():
             backends["openvino-fp32" if provider == "openvino" else provider] = (str(onnx_path), [provider])
-        copies = (int8 or {}).get(name, [])
+        copies = int8.get(name, [])
         fp32_identity = read_onnx_contract(onnx_path).identity if copies else None
         for qdq in copies:
             contract = read_onnx_contract(qdq)
@@ -266,59 +291,77 @@ def run(models: list[str], batches: list[int], out: str | Path, threads: int = 2
             form = "" if len(copies) == 1 else f"-{_int8_form(contract)}"
             if contract.identity != fp32_identity:
                 print(f"{qdq} was made from other weights than {onnx_path}: its cosine to FP32 is left out")
-                foreign.add(qdq)
+                plan.foreign.add(qdq)
             backends[f"onnxruntime-int8{form}"] = (qdq, CPU)
             for provider in openvino_providers:
                 backends[f"{provider}-int8{form}"] = (qdq, [provider])
-        if engines and name in engines:
+        if name in engines:
             backends["tensorrt"] = (engines[name], None)
-        for backend, (artifact, providers) in backends.items():
-            for batch in batches:
-                specs.append((backend, {"backend": "torch" if backend == "torch" else "onnxruntime",
-                                        "artifact": artifact, "providers": providers, "model": name,
-                                        "options": options or {}, "batch": batch, "threads": threads,
-                                        "repeats": repeats, "warmup": warmup,
-                                        "int8": "-int8" in backend}))  # its roofline: against int8 GEMMs
-    gemm = GemmRates(threads, REFERENCE_KINDS + (INT8_KINDS if int8 else ()))
-    times = {i: [] for i in range(len(specs))}
-    embeddings: dict[int, np.ndarray] = {}
-    rss = dict.fromkeys(range(len(specs)), 0.0)
-    around = {i: [] for i in range(len(specs))}  # the GEMM rate around each timed run of a cell
-    around_int8 = {i: [] for i in range(len(specs))}
-    rates, by_kind = [], []
+        plan.backends += [(name, backend, artifact, providers) for backend, (artifact, providers) in backends.items()]
+    return plan
+
+
+@dataclass
+class _Measured:
+    times: dict[int, list[float]]
+    embeddings: dict[int, np.ndarray]
+    peak_rss: dict[int, float]
+    around: dict[int, list[float]]  # the float32 GEMM rate around each timed run of a cell
+    around_int8: dict[int, list[float]]
+    rates: list[float]
+    by_kind: list[dict]
+
+
+def _measure(specs: list[tuple[str, dict]], gemm: GemmRates, rounds: int) -> _Measured:
+    """Each cell in a subprocess of its own, ``rounds`` times, cells interleaved."""
+    cells = range(len(specs))
+    result = _Measured({i: [] for i in cells}, {}, dict.fromkeys(cells, 0.0), {i: [] for i in cells},
+                       {i: [] for i in cells}, [], [])
     progress = tqdm(total=rounds * len(specs), desc="latency cells")
     for _ in range(rounds):
         for index, (backend, spec) in enumerate(specs):
             progress.set_postfix_str(f"{spec['model']} {backend} batch {spec['batch']}")
             measured = _run_in_subprocess(spec, gemm)
-            by_kind += measured["rates"]
+            result.by_kind += measured["rates"]
             references = [reference_rate(measured_rates) for measured_rates in measured["rates"]]
-            rates += references
-            times[index] += measured["times"]
-            around[index] += [(before + after) / 2 for before, after in itertools.pairwise(references)]
+            result.rates += references
+            result.times[index] += measured["times"]
+            result.around[index] += [(before + after) / 2 for before, after in itertools.pairwise(references)]
             if spec["int8"]:
                 int8_rates = [reference_rate(measured_rates, int8=True) for measured_rates in measured["rates"]]
-                around_int8[index] += [(before + after) / 2 for before, after in itertools.pairwise(int8_rates)]
-            rss[index] = max(rss[index], measured["peak_rss_mib"])
+                result.around_int8[index] += [(before + after) / 2 for before, after in itertools.pairwise(int8_rates)]
+            result.peak_rss[index] = max(result.peak_rss[index], measured["peak_rss_mib"])
             if "embeddings" in measured:
-                embeddings[index] = np.asarray(measured["embeddings"], np.float32)
+                result.embeddings[index] = np.asarray(measured["embeddings"], np.float32)
             progress.update()
     progress.close()
-    fp32_of = {spec["model"]: embeddings.get(index) for index, (backend, spec) in enumerate(specs)
+    return result
+
+
+def _cells(specs: list[tuple[str, dict]], measured: _Measured, plan: _Plan) -> list[Cell]:
+    """Each cell's timing, its roofline against the GEMM rate around it, and its cosine to FP32."""
+    fp32_of = {spec["model"]: measured.embeddings.get(index) for index, (backend, spec) in enumerate(specs)
                if backend == "onnxruntime-fp32"}
     cells: list[Cell] = []
     for index, (backend, spec) in enumerate(specs):
-        cell_times, batch = np.array(times[index]), spec["batch"]
-        int8_rate = float(np.median(around_int8[index])) if around_int8[index] else None
-        ratios = gflops[spec["model"]] * batch / cell_times / np.array(around_int8[index] or around[index])
+        cell_times, batch, gflops = np.array(measured.times[index]), spec["batch"], plan.gflops[spec["model"]]
+        around, around_int8 = measured.around[index], measured.around_int8[index]
+        ratios = gflops * batch / cell_times / np.array(around_int8 or around)
         reference = fp32_of.get(spec["model"])
-        comparable = index in embeddings and reference is not None and spec["artifact"] not in foreign
-        cosines = (embeddings[index] * reference).sum(1) if comparable else None
+        comparable = index in measured.embeddings and reference is not None and spec["artifact"] not in plan.foreign
+        cosines = (measured.embeddings[index] * reference).sum(1) if comparable else None
         cells.append(Cell(spec["model"], backend, batch, 1000 * float(np.median(cell_times)),
                           1000 * float(np.percentile(cell_times, 90)), batch / float(np.median(cell_times)),
-                          rss[index], gflops[spec["model"]], float(np.median(around[index])),
-                          float(np.median(ratios)), None if cosines is None else float(cosines.mean()),
-                          None if cosines is None else float(cosines.min()), int8_rate))
+                          measured.peak_rss[index], gflops, float(np.median(around)), float(np.median(ratios)),
+                          None if cosines is None else float(cosines.mean()),
+                          None if cosines is None else float(cosines.min()),
+                          float(np.median(around_int8)) if around_int8 else None))
+    return cells
+
+
+def _report(cells: list[Cell], measured: _Measured, threads: int, rounds: int, out: Path) -> None:
+    """The table, ``latency.json`` and ``latency.png``."""
+    by_kind = measured.by_kind
     median_by_kind = ", ".join(f"{kind} {np.median([r[kind] for r in by_kind]):.0f}" for kind in REFERENCE_KINDS)
     int8_kinds = [kind for kind in INT8_KINDS if by_kind and kind in by_kind[0]]
     int8_text = ("; INT8 cells against the int8 matmul rate (the faster of " + ", ".join(
@@ -329,6 +372,7 @@ def run(models: list[str], batches: list[int], out: str | Path, threads: int = 2
     peak_text = (f"; the CPU's peak at its nominal clock {peak['gflops']:.0f} GFLOP/s ({peak['cores']} cores x "
                  f"{peak['ghz']:.2f} GHz x {peak['flops_per_cycle']} FLOP/cycle; boost clocks go above it)"
                  if peak else "")
+    rates = measured.rates
     rows = [[*asdict(c).values()] for c in cells]
     print(format_table(header, rows, floatfmt=[".2f"] * (len(header) - 3) + [".4f", ".4f", ".0f"],
                        title=f"latency on {threads} threads; float32 matmul rate {min(rates):.0f}-{max(rates):.0f} "
@@ -336,12 +380,11 @@ def run(models: list[str], batches: list[int], out: str | Path, threads: int = 2
                              f"against the rate around it{peak_text}"))
     summary = {"matmul_gflops": float(np.median(rates)), "theoretical_peak": peak, "matmul_gflops_measured": rates,
                "matmul_gflops_by_runtime": by_kind, "threads": threads,
-               "rounds": rounds, "cells": [{**asdict(cell), "run_seconds": times[index], "run_matmul_gflops":
-                                            around[index]} for index, cell in enumerate(cells)]}
+               "rounds": rounds, "cells": [{**asdict(cell), "run_seconds": measured.times[index], "run_matmul_gflops":
+                                            measured.around[index]} for index, cell in enumerate(cells)]}
     (out / "latency.json").write_text(json.dumps(summary, indent=2))
     _plot(cells, out / "latency.png")
     print(f"saved {out / 'latency.json'} and {out / 'latency.png'}")
-    return cells
 
 
 def _plot(cells: list[Cell], path: Path) -> None:

@@ -18,7 +18,7 @@ import numpy as np
 
 from hybreid.edge_runtime.runtime import EdgeRuntime, SiteConfig
 from hybreid.inference import load_embedder
-from hybreid.mqtt.mosquitto import Mosquitto
+from hybreid.lab.mosquitto import Mosquitto
 from hybreid.synthetic.scenes import render_scenes, tracklet_purity
 from hybreid.tables import format_table
 

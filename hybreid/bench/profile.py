@@ -46,17 +46,33 @@ def _shapes(described: list[dict]) -> list[list[int]]:
 def run(onnx_path: str | Path, out: str | Path, batch: int = 8, threads: int = 2, runs: int = 3,
         top: int = 12) -> dict:
     """Profile ``runs`` timed runs (after one warm-up) of ``onnx_path`` at ``batch``."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    gemm = GemmRates(threads, ALL_KINDS)
+    before = gemm.measure(repeats=5)
+    events, graph = _profiled_runs(onnx_path, batch, threads, runs)
+    after = gemm.measure(repeats=5)
+    by_op, by_shape = _time_and_flops(events, graph)
+    # The machine's rate drifts within minutes (other tenants): of the rates measured on both
+    # sides of the runs, the higher is what this machine can reach, and no shape is flattered.
+    references = {kind: max(speed, after[kind]) for kind, speed in before.items()}
+    summary = _summary(onnx_path, batch, threads, runs, by_op, by_shape, references)
+    _print_tables(summary, onnx_path, top)
+    (out / "profile.json").write_text(json.dumps(summary, indent=2))
+    _plot(summary["operators"][:top], out / "profile.png", summary)
+    print(f"saved {out / 'profile.json'} and {out / 'profile.png'}")
+    return summary
+
+
+def _profiled_runs(onnx_path: str | Path, batch: int, threads: int, runs: int) -> tuple[list[dict], object]:
+    """ONNX Runtime's profiling events of a warm-up and ``runs`` runs, and the optimised graph
+    they ran (its names for the weights of fused convolutions, which the profile lacks)."""
     import onnx
     import onnxruntime as ort
 
     from hybreid.inference.embedder import onnxruntime_session
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    gemm = GemmRates(threads, ALL_KINDS)
-    before = gemm.measure(repeats=5)
     with tempfile.TemporaryDirectory() as scratch:
-        # The optimised graph names the weights of fused convolutions; the profile does not.
         optimized = Path(scratch) / "optimized.onnx"
         options = ort.SessionOptions()
         options.enable_profiling = True
@@ -71,11 +87,17 @@ def run(onnx_path: str | Path, out: str | Path, batch: int = 8, threads: int = 2
         for _ in tqdm(range(1 + runs), desc=f"profile batch {batch}"):
             session.run(None, {feed_info.name: feed})
         events = json.loads(Path(session.end_profiling()).read_text())
-        after = gemm.measure(repeats=5)
         graph = onnx.load(str(optimized), load_external_data=False).graph
+    return events, graph
+
+
+def _time_and_flops(events: list[dict], graph) -> tuple[dict, dict]:
+    """Microseconds and FLOPs by operator and by (operator, shapes, right operand), the
+    warm-up run left out."""
+    import onnx
+
     initializers = {tensor.name: list(tensor.dims) for tensor in graph.initializer}
     nodes = {node.name: node for node in graph.node}
-
     by_op: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])  # microseconds, FLOPs
     by_shape: dict[tuple, list[float]] = defaultdict(lambda: [0.0, 0.0])
     seen: dict[str, int] = defaultdict(int)
@@ -99,31 +121,37 @@ def run(onnx_path: str | Path, out: str | Path, batch: int = 8, threads: int = 2
             key = (op, tuple(inputs[0]), tuple(outputs[0]), "weights" if right_is_weight else "activations")
             by_shape[key][0] += event["dur"]
             by_shape[key][1] += flops
+    return by_op, by_shape
+
+
+def _rate(us: float, flops: float) -> float | None:
+    return flops / us / 1e3 if flops else None  # FLOP per microsecond / 1e3 = GFLOP/s
+
+
+def _summary(onnx_path, batch: int, threads: int, runs: int, by_op: dict, by_shape: dict,
+             references: dict[str, float]) -> dict:
     total_us = sum(us for us, _ in by_op.values())
-    # The machine's rate drifts within minutes (other tenants): of the rates measured on both
-    # sides of the runs, the higher is what this machine can reach, and no shape is flattered.
-    references = {kind: max(speed, after[kind]) for kind, speed in before.items()}
     reference = reference_rate(references)
-
-    def rate(us: float, flops: float) -> float | None:
-        return flops / us / 1e3 if flops else None  # FLOP per microsecond / 1e3 = GFLOP/s
-
-    operators = [{"op": op, "share": us / total_us, "ms_per_run": us / runs / 1e3, "gflops_per_s": rate(us, fl)}
+    operators = [{"op": op, "share": us / total_us, "ms_per_run": us / runs / 1e3, "gflops_per_s": _rate(us, fl)}
                  for op, (us, fl) in sorted(by_op.items(), key=lambda item: -item[1][0])]
     shapes = [{"op": op, "input": list(inp), "output": list(outp), "right_operand": operand, "share": us / total_us,
-               "gflops_per_s": rate(us, fl), "roofline": rate(us, fl) / reference}
+               "gflops_per_s": _rate(us, fl), "roofline": _rate(us, fl) / reference}
               for (op, inp, outp, operand), (us, fl) in sorted(by_shape.items(), key=lambda item: -item[1][0])]
     gemm_us = sum(by_op[op][0] for op in MATMULS + CONVOLUTIONS if op in by_op)
     gemm_flops = sum(by_op[op][1] for op in MATMULS + CONVOLUTIONS if op in by_op)
-    summary = {"model": str(onnx_path), "batch": batch, "threads": threads, "runs": runs,
-               "ms_per_run": total_us / runs / 1e3, "gemm_share": gemm_us / total_us,
-               "gemm_gflop_per_image": gemm_flops / runs / batch / 1e9,
-               "gemm_gflops_per_s": rate(gemm_us, gemm_flops),
-               "matmul_2048_gflops_per_s": references, "operators": operators, "shapes": shapes}
+    return {"model": str(onnx_path), "batch": batch, "threads": threads, "runs": runs,
+            "ms_per_run": total_us / runs / 1e3, "gemm_share": gemm_us / total_us,
+            "gemm_gflop_per_image": gemm_flops / runs / batch / 1e9, "gemm_gflops_per_s": _rate(gemm_us, gemm_flops),
+            "matmul_2048_gflops_per_s": references, "reference_gflops_per_s": reference, "operators": operators,
+            "shapes": shapes}
+
+
+def _print_tables(summary: dict, onnx_path, top: int) -> None:
+    references, operators, shapes = summary["matmul_2048_gflops_per_s"], summary["operators"], summary["shapes"]
     print(format_table(["operator", "time %", "ms / run", "GFLOP/s"],
                        [[o["op"], 100 * o["share"], o["ms_per_run"], o["gflops_per_s"] or ""]
                         for o in operators[:top]], floatfmt=".1f",
-                       title=f"{Path(onnx_path).name}, batch {batch}, {threads} threads: "
+                       title=f"{Path(onnx_path).name}, batch {summary['batch']}, {summary['threads']} threads: "
                              f"{summary['ms_per_run']:.0f} ms of operator time per run, "
                              f"{100 * summary['gemm_share']:.0f} % in matmuls and convolutions "
                              f"at {summary['gemm_gflops_per_s'] or 0:.0f} GFLOP/s"))
@@ -135,11 +163,7 @@ def run(onnx_path: str | Path, out: str | Path, batch: int = 8, threads: int = 2
                              f"2048 matmul GFLOP/s: torch {references['torch']:.0f}, ONNX Runtime "
                              f"{references['onnxruntime_weights']:.0f} times weights, "
                              f"{references['onnxruntime_activations']:.0f} times activations; the roofline "
-                             f"against the fastest reference ({reference:.0f})"))
-    (out / "profile.json").write_text(json.dumps(summary, indent=2))
-    _plot(operators[:top], out / "profile.png", summary)
-    print(f"saved {out / 'profile.json'} and {out / 'profile.png'}")
-    return summary
+                             f"against the fastest reference ({summary['reference_gflops_per_s']:.0f})"))
 
 
 def _plot(operators: list[dict], path: Path, summary: dict) -> None:

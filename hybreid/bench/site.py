@@ -23,9 +23,9 @@ import numpy as np
 
 from hybreid.bench.identities import format_scores, run_site, score_site
 from hybreid.errors import UserError
+from hybreid.lab.mosquitto import Mosquitto
 from hybreid.matcher.camera_graph import CameraGraph
-from hybreid.matcher.service import MatchPolicy
-from hybreid.mqtt.mosquitto import Mosquitto
+from hybreid.matcher.policy import MatchPolicy
 from hybreid.synthetic.scenes import tracklet_ground_truth
 from hybreid.synthetic.site import SiteSpec, default_spec, render_site
 from hybreid.tables import format_table

@@ -55,10 +55,10 @@ def run_one(name: str, out: Path, workdir: Path) -> dict:
     run_options = {"model": name, "dataset": {"name": spec["dataset"], "root": str(root)}, "output": str(out / name)}
     config = resolve_config(spec["recipe"], run_options)
     dataset = load_dataset(spec["dataset"], root)
-    torch.manual_seed(config["seed"])
-    untrained = build(name, num_classes=dataset.num_train_pids, **config["model_options"])
-    use_camids = name.startswith("fusionreid") and config["eval"]["use_camids"]
-    before = evaluate(untrained, dataset, use_camids=False, trials=config["eval"]["trials"])
+    torch.manual_seed(config.seed)
+    untrained = build(name, num_classes=dataset.num_train_pids, **config.model_options)
+    use_camids = name.startswith("fusionreid") and config.eval.use_camids
+    before = evaluate(untrained, dataset, use_camids=False, trials=config.eval.trials)
     started = time.perf_counter()
     history = Trainer(config).fit()
     wall_seconds = time.perf_counter() - started
@@ -68,7 +68,7 @@ def run_one(name: str, out: Path, workdir: Path) -> dict:
         "dataset": f"synthetic {spec['dataset']}",
         "train_identities": dataset.num_train_pids,
         "test_identities": len({s.pid for s in dataset.query}),
-        "epochs": config["optim"]["epochs"],
+        "epochs": config.optim.epochs,
         # Training steps only; the wall time adds the evaluations that draw the curves.
         "train_seconds": sum(record["seconds"] for record in history),
         "wall_seconds": wall_seconds,

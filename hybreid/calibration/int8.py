@@ -64,6 +64,7 @@ import numpy as np
 
 from hybreid.contract import ModelContract, metadata_of, set_metadata
 from hybreid.errors import UserError
+from hybreid.export.graph import consumers, producers
 from hybreid.export.precision import unshare_initializers
 from hybreid.machine import CPU_INT8_FORMATS, CPU_ISAS, CpuInt8Format
 
@@ -144,10 +145,7 @@ def output_layers(model, op_types: tuple[str, ...]) -> list[str]:
     The walk stops at LayerNormalization: every transformer block adds into the residual
     stream that a LayerNorm closes, and without the stop every block would count.
     """
-    consumers: dict[str, list] = {}
-    for node in model.graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
+    readers = consumers(model.graph)
     outputs = {output.name for output in model.graph.output}
     stops = (*op_types, "LayerNormalization")
     reaching: dict[str, bool] = {}
@@ -157,7 +155,7 @@ def output_layers(model, op_types: tuple[str, ...]) -> list[str]:
             reaching[tensor] = False  # a graph is acyclic; this only stops re-walking shared paths
             reaching[tensor] = tensor in outputs or any(
                 node.op_type not in stops and any(reaches_output(out) for out in node.output)
-                for node in consumers.get(tensor, []))
+                for node in readers.get(tensor, []))
         return reaching[tensor]
 
     return [node.name for node in model.graph.node
@@ -170,14 +168,11 @@ SHAPE_OPS = ("Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze")
 def token_writers(model, op_types: tuple[str, ...]) -> list[str]:
     """Nodes of ``op_types`` whose output, only reshaped or transposed, is concatenated with
     other tokens: a ViT's patch embedding next to its class token."""
-    consumers: dict[str, list] = {}
-    for node in model.graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
+    readers = consumers(model.graph)
 
     def reaches_concat(tensor: str) -> bool:
         return any(node.op_type == "Concat" or (node.op_type in SHAPE_OPS and reaches_concat(node.output[0]))
-                   for node in consumers.get(tensor, []))
+                   for node in readers.get(tensor, []))
 
     return [node.name for node in model.graph.node if node.op_type in op_types and reaches_concat(node.output[0])]
 
@@ -188,9 +183,9 @@ def unquantized_nodes(model, config: QuantizationConfig) -> dict[str, str]:
     for name in config.exclude_nodes:
         keep[name] = "excluded by name"
     if not config.quantize_concat_inputs:
-        producers = {output: node for node in model.graph.node for output in node.output}
+        writers = producers(model.graph)
         for node in model.graph.node:
-            source = producers.get(node.input[0]) if node.input else None
+            source = writers.get(node.input[0]) if node.input else None
             if node.op_type in config.op_types and source is not None and source.op_type == "Concat":
                 keep.setdefault(node.name, "input is a concatenation (one activation scale for tensors of "
                                            "different ranges)")
@@ -219,11 +214,8 @@ def split_concatenated_inputs(model) -> list[str]:
     """
     from onnx import helper, numpy_helper
 
-    producers = {output: node for node in model.graph.node for output in node.output}
-    readers: dict[str, int] = {}
-    for node in model.graph.node:
-        for name in node.input:
-            readers[name] = readers.get(name, 0) + 1
+    writers = producers(model.graph)
+    readers = {name: len(nodes) for name, nodes in consumers(model.graph).items()}
     initializers = {i.name: i for i in model.graph.initializer}
     widths = {}
     for info in [*model.graph.value_info, *model.graph.input]:
@@ -234,7 +226,7 @@ def split_concatenated_inputs(model) -> list[str]:
     for node in list(model.graph.node):
         if node.op_type not in ("Conv", "Gemm") or len(node.input) < 2:
             continue
-        source = producers.get(node.input[0])
+        source = writers.get(node.input[0])
         if source is None or source.op_type != "Concat" or node.input[1] not in initializers:
             continue
         attributes = {a.name: helper.get_attribute_value(a) for a in node.attribute}
@@ -294,10 +286,7 @@ def _isolate_quantized_inputs(model, float_nodes: set[str]) -> None:
     """
     from onnx import helper
 
-    readers: dict[str, list] = {}
-    for node in model.graph.node:
-        for name in node.input:
-            readers.setdefault(name, []).append(node)
+    readers = consumers(model.graph)
     initializers = {i.name for i in model.graph.initializer}
     added = []
     for tensor, nodes in readers.items():

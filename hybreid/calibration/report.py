@@ -154,6 +154,8 @@ def run_int8(onnx_path: str | Path, out_dir: str | Path, target: str = "tensorrt
     if compare_attention and not resolved.attention_quantized:
         runs.append((methods[0], True))
     report["runs"] = []
+    measure = _Measure(fp32, probe, reference_probe, paths, reference, eval_dataset, split, speed_batch, repeats,
+                       threads)
     for method, attention in tqdm(runs, desc="calibrating and measuring INT8", unit="model"):
         config = QuantizationConfig(target=target, method=method, quantize_attention=attention, cpu_isa=cpu_isa,
                                     **(placement or {}))
@@ -168,26 +170,8 @@ def run_int8(onnx_path: str | Path, out_dir: str | Path, target: str = "tensorrt
             report["runs"].append({"method": method, "quantize_attention": attention, "comparison": attention,
                                    "failed": str(exc)})
             continue
-        int8 = load_embedder(result.path, threads, ["openvino" if target == "openvino" else "CPUExecutionProvider"])
-        exact = OnnxRuntimeEmbedder(result.path, providers=["CPUExecutionProvider"], threads=threads,
-                                    disable_qdq_fusion=True)
-        fp32_rate, int8_rate = _interleaved_throughputs([fp32, int8], speed_batch, repeats)
-        row: dict = {"method": method, "quantize_attention": config.attention_quantized, "comparison": attention,
-                     "path": str(result.path),
-                     "unquantized_nodes": result.unquantized, "images_per_s": int8_rate,
-                     "fp32_images_per_s": fp32_rate, "speedup": int8_rate / fp32_rate}
-        for label, embedder in (("fused", int8), ("fake_quant", exact)):
-            cos = _cosines(embedder.embed_preprocessed(probe), reference_probe)
-            row[f"{label}_cosine_mean"], row[f"{label}_cosine_worst"] = float(cos.mean()), float(cos.min())
-            if reference is not None:
-                feats = embed_images(embedder, paths)
-                row[label] = _metrics(eval_dataset, feats, split)
-        if target == "tensorrt":
-            import onnx
-
-            scales = activation_scales(onnx.load(str(result.path)))
-            row["calibration_cache"] = str(write_calibration_cache(scales, result.path.with_suffix(".cache")))
-        report["runs"].append(row)
+        report["runs"].append({"method": method, "quantize_attention": config.attention_quantized,
+                               "comparison": attention, **measure.copy(result, target)})
     report["recommendation"] = recommendation(report)
     (out_dir / "quantization_report.json").write_text(json.dumps(report, indent=2))
     print(format_report(report))
@@ -195,6 +179,45 @@ def run_int8(onnx_path: str | Path, out_dir: str | Path, target: str = "tensorrt
           f"{report['recommendation']['why']}")
     print(f"saved {out_dir / 'quantization_report.json'}")
     return report
+
+
+@dataclasses.dataclass
+class _Measure:
+    """What every INT8 copy is measured against: the FP32 model's speed and embeddings."""
+
+    fp32: OnnxRuntimeEmbedder
+    probe: np.ndarray
+    reference_probe: np.ndarray
+    paths: list[str]
+    reference: np.ndarray | None
+    dataset: ReIDDataset | None
+    split: int
+    speed_batch: np.ndarray
+    repeats: int
+    threads: int | None
+
+    def copy(self, result, target: str) -> dict:
+        """One INT8 copy's speed against FP32 (interleaved), its cosines to FP32 as it runs
+        (fused) and exactly (Q/DQ fusion off), its accuracy where a dataset is given, and for
+        TensorRT its calibration cache."""
+        int8 = load_embedder(result.path, self.threads,
+                             ["openvino" if target == "openvino" else "CPUExecutionProvider"])
+        exact = OnnxRuntimeEmbedder(result.path, providers=["CPUExecutionProvider"], threads=self.threads,
+                                    disable_qdq_fusion=True)
+        fp32_rate, int8_rate = _interleaved_throughputs([self.fp32, int8], self.speed_batch, self.repeats)
+        row: dict = {"path": str(result.path), "unquantized_nodes": result.unquantized, "images_per_s": int8_rate,
+                     "fp32_images_per_s": fp32_rate, "speedup": int8_rate / fp32_rate}
+        for label, embedder in (("fused", int8), ("fake_quant", exact)):
+            cos = _cosines(embedder.embed_preprocessed(self.probe), self.reference_probe)
+            row[f"{label}_cosine_mean"], row[f"{label}_cosine_worst"] = float(cos.mean()), float(cos.min())
+            if self.reference is not None:
+                row[label] = _metrics(self.dataset, embed_images(embedder, self.paths), self.split)
+        if target == "tensorrt":
+            import onnx
+
+            scales = activation_scales(onnx.load(str(result.path)))
+            row["calibration_cache"] = str(write_calibration_cache(scales, result.path.with_suffix(".cache")))
+        return row
 
 
 def _metrics(dataset: ReIDDataset, feats: np.ndarray, split: int) -> dict:

@@ -9,7 +9,6 @@ reach; the true-match rate there says what the site gives up. Torch-free.
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -71,22 +70,11 @@ def score_bins(*scores, count: int = 80) -> np.ndarray:
 
 
 def save_thresholds(thresholds: dict[str, Threshold], path: str | Path, model: str, target_fmr: float) -> Path:
-    """The JSON file the matcher reads (``--thresholds``)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"model": model, "target_false_match_rate": target_fmr,
-                                **{kind: asdict(t) for kind, t in thresholds.items()}}, indent=2))
-    return path
+    """The JSON file the matcher reads (``--thresholds``), written through its schema."""
+    from hybreid.thresholds import ThresholdsFile
 
-
-def load_thresholds(path: str | Path) -> dict:
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-        data["same_modality"]["threshold"]  # noqa: B018 - presence check
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise UserError(f"{path} is not a thresholds file from `hybreid calibrate threshold` ({exc})") from exc
-    return data
+    return ThresholdsFile.checked(model=model, target_false_match_rate=target_fmr,
+                                  **{kind: asdict(t) for kind, t in thresholds.items()}).save(path)
 
 
 def plot_scores(embeddings: np.ndarray, pids, modalities, thresholds: dict[str, Threshold], path: str | Path) -> Path:

@@ -128,8 +128,8 @@ def calibrate_threshold(config: DemoConfig, model_path: Path, dataset) -> dict:
 
 def run_cameras(config: DemoConfig, model_path: Path, thresholds: Path) -> dict:
     from hybreid.bench.identities import run_site, score_site
-    from hybreid.matcher.service import MatchPolicy
-    from hybreid.mqtt.embedded import EmbeddedBroker
+    from hybreid.lab.embedded_broker import EmbeddedBroker
+    from hybreid.matcher.policy import MatchPolicy
     from hybreid.synthetic.scenes import tracklet_ground_truth
     from hybreid.synthetic.site import default_spec, render_site
 

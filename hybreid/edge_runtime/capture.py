@@ -14,29 +14,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
+from hybreid.edge_runtime.site import CameraSettings
 from hybreid.edge_runtime.stages import Frame
 
 log = logging.getLogger("hybreid.edge.capture")
-
-
-@dataclass
-class CameraConfig:
-    id: str
-    source: str | int
-    modality: str = "visible"  # visible, infrared or auto (day/night cameras)
-    realtime: bool | None = None  # None: live sources yes, files no
-    loop: bool = False  # replay a file forever
-    pace: bool = False  # play a file at its own frame rate, as a live camera delivers it
-
-    @property
-    def is_file(self) -> bool:
-        source = str(self.source)
-        return not (source.isdigit() or "://" in source or "!" in source)
 
 
 def decide_modality(image: np.ndarray, threshold: float = 6.0) -> str:
@@ -58,7 +43,7 @@ def open_capture(source: str | int, timeout_ms: int = 5000) -> cv2.VideoCapture:
 
 
 class CameraCapture(threading.Thread):
-    def __init__(self, config: CameraConfig, timeout_ms: int = 5000, max_backoff: float = 30.0,
+    def __init__(self, config: CameraSettings, timeout_ms: int = 5000, max_backoff: float = 30.0,
                  start_time: float | None = None):
         super().__init__(name=f"capture-{config.id}", daemon=True)
         self.config = config

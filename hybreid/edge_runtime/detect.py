@@ -23,23 +23,32 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from hybreid.edge_runtime.site import (
+    BackgroundDetectorSettings,
+    BoxFilterSettings,
+    DetectorSettings,
+    HogDetectorSettings,
+    NanoDetSettings,
+    YoloSettings,
+)
 from hybreid.edge_runtime.stages import Detection
 from hybreid.errors import UserError
 
 
 @dataclass
 class BoxFilter:
-    min_height: int = 48
-    min_aspect: float = 1.2  # height / width: people stand
-    max_aspect: float = 7.0  # a person mid-stride seen side-on, legs together, is about 6 high per wide
-    min_score: float = 0.3
+    """Keeps the boxes that can be a standing person (:class:`BoxFilterSettings`)."""
+
+    def __init__(self, settings: BoxFilterSettings | None = None):
+        self.settings = settings or BoxFilterSettings()
 
     def __call__(self, detections: list[Detection]) -> list[Detection]:
+        keep = self.settings
         kept = []
         for d in detections:
             x, y, w, h = d.box
-            upright = w > 0 and self.min_aspect <= h / w <= self.max_aspect
-            if h >= self.min_height and upright and d.score >= self.min_score:
+            upright = w > 0 and keep.min_aspect <= h / w <= keep.max_aspect
+            if h >= keep.min_height and upright and d.score >= keep.min_score:
                 kept.append(d)
         return kept
 
@@ -181,10 +190,10 @@ class BackgroundSubtractionDetector:
     (:func:`split_region`).
     """
 
-    def __init__(self, history: int = 200, var_threshold: float = 16.0, min_area: int = 400, scale: float = 0.5,
-                 split_groups: bool = True):
-        self.history, self.var_threshold, self.min_area, self.scale = history, var_threshold, min_area, scale
-        self.split_groups = split_groups
+    def __init__(self, settings: BackgroundDetectorSettings | None = None):
+        settings = settings or BackgroundDetectorSettings()
+        self.history, self.var_threshold = settings.history, settings.var_threshold
+        self.min_area, self.scale, self.split_groups = settings.min_area, settings.scale, settings.split_groups
         self._models: dict[str, cv2.BackgroundSubtractor] = {}
         self._sizes: dict[str, PersonSizes] = {}
         self._open_kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (3, 3))
@@ -277,7 +286,7 @@ def decode_yolo(output: np.ndarray, scale: float, pad: tuple[float, float], pers
 class YoloOnnxDetector:
     """An Ultralytics person detector exported to ONNX (``yolo export format=onnx``)."""
 
-    def __init__(self, path: str, size: int = 640, person_class: int = 0, score_threshold: float = 0.25):
+    def __init__(self, path: str, size: int, person_class: int, score_threshold: float):
         import onnxruntime as ort
 
         try:
@@ -297,11 +306,11 @@ class YoloOnnxDetector:
 class NanoDetDetector:
     """NanoDet-g's person boxes; one compiled model serves every camera that uses it."""
 
-    def __init__(self, path: str, runtime: str = "onnxruntime", threads: int | None = None,
-                 score_threshold: float = 0.45, iou_threshold: float = 0.45, tiles: int = 1):
+    def __init__(self, settings: NanoDetSettings):
         from hybreid.inference.nanodet import NanoDet
 
-        self.model = NanoDet(path, runtime, threads, score_threshold, iou_threshold, tiles)
+        self.model = NanoDet(settings.path, settings.runtime, settings.threads, settings.score_threshold,
+                             settings.iou_threshold, settings.tiles)
 
     def __call__(self, camera_id: str, image: np.ndarray) -> list[Detection]:
         boxes = self.model.detect(image)
@@ -309,15 +318,12 @@ class NanoDetDetector:
                 for box, score in zip(boxes.xywh, boxes.scores, strict=True)]
 
 
-def make_detector(kind: str, **options):
-    if kind == "background":
-        return BackgroundSubtractionDetector(**options)
-    if kind == "hog":
+def make_detector(settings: DetectorSettings):
+    """The detector a site file's ``detector`` section describes."""
+    if isinstance(settings, BackgroundDetectorSettings):
+        return BackgroundSubtractionDetector(settings)
+    if isinstance(settings, HogDetectorSettings):
         return HOGDetector()
-    if kind == "yolo":
-        if "path" not in options:
-            raise UserError("the yolo detector needs detector.path: an Ultralytics ONNX export")
-        return YoloOnnxDetector(**options)
-    if kind == "nanodet":
-        return NanoDetDetector(**options)
-    raise UserError(f"detector must be background, hog, nanodet or yolo, got {kind!r}")
+    if isinstance(settings, YoloSettings):
+        return YoloOnnxDetector(settings.path, settings.size, settings.person_class, settings.score_threshold)
+    return NanoDetDetector(settings)

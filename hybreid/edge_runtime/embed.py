@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from hybreid.edge_runtime.site import EmbedSettings
 from hybreid.edge_runtime.stages import Crop, TrackletFeature
 
 log = logging.getLogger("hybreid.edge.embed")
@@ -86,7 +87,7 @@ class TrackletAggregator:
     split at the first of them (:class:`Split`, kept in ``splits``).
     """
 
-    def __init__(self, emit, interval_s: float = 10.0, split_below: float | None = None,
+    def __init__(self, emit, interval_s: float, split_below: float | None = None,
                  new_track_id: Callable[[str], int] | None = None, split_crops: int = 4):
         if split_below is not None and new_track_id is None:
             raise ValueError("splitting tracks needs new_track_id")
@@ -160,11 +161,12 @@ class TrackletAggregator:
 
 
 class EmbedWorker(threading.Thread):
-    def __init__(self, embedder, aggregator: TrackletAggregator, max_batch: int = 16, max_wait_ms: float = 50,
+    def __init__(self, embedder, aggregator: TrackletAggregator, settings: EmbedSettings | None = None,
                  queue_size: int = 512):
         super().__init__(name="embedder", daemon=True)
+        settings = settings or EmbedSettings()
         self.embedder, self.aggregator = embedder, aggregator
-        self.max_batch, self.max_wait = max_batch, max_wait_ms / 1000
+        self.max_batch, self.max_wait = settings.max_batch, settings.max_wait_ms / 1000
         self.queue: queue.Queue = queue.Queue(maxsize=queue_size)
         self._stopping = threading.Event()
         self.error: BaseException | None = None  # what stopped the thread, if it failed

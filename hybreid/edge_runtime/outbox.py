@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from hybreid.edge_runtime.site import OutboxSettings
 from hybreid.errors import UserError
 
 SCHEMA = """
@@ -34,7 +35,6 @@ CREATE TABLE IF NOT EXISTS counters (camera_id TEXT PRIMARY KEY, next_seq INTEGE
     next_track INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS stats (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
-POLICIES = ("drop_oldest", "drop_newest")
 
 
 def _first_counter() -> int:
@@ -53,10 +53,11 @@ def damage(path: Path) -> str | None:
 
 
 class Outbox:
-    def __init__(self, path: str | Path, max_messages: int = 100_000, when_full: str = "drop_oldest"):
-        if when_full not in POLICIES:
-            raise UserError(f"outbox.when_full must be one of {POLICIES}, got {when_full!r}")
-        self.path, self.max_messages, self.when_full = Path(path), max_messages, when_full
+    def __init__(self, path: str | Path, settings: OutboxSettings | None = None):
+        """The outbox at ``path``; its size limit and policy from ``settings`` (its own ``path`` is
+        the site file's, already resolved by the caller)."""
+        settings = settings or OutboxSettings()
+        self.path, self.max_messages, self.when_full = Path(path), settings.max_messages, settings.when_full
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         problem = damage(self.path) if self.path.exists() else None

@@ -30,6 +30,7 @@ import paho.mqtt.client as mqtt
 from hybreid import protocol
 from hybreid.edge_runtime.outbox import Outbox
 from hybreid.mqtt.client import BrokerConfig, make_client
+from hybreid.mqtt.delivery import Deliveries
 
 log = logging.getLogger("hybreid.edge.publish")
 
@@ -42,7 +43,7 @@ class CameraStatus:
     frames arrive, ``offline`` when the box stops (or, as the last will, vanishes).
     """
 
-    def __init__(self, broker: BrokerConfig, site: str, camera: str, camera_logins: bool = True):
+    def __init__(self, broker: BrokerConfig, site: str, camera: str, camera_logins: bool):
         self.topic, self.camera = protocol.status_topic(site, camera), camera
         own = {"username": protocol.status_login(broker.username, camera)} if broker.username and camera_logins else {}
         config = BrokerConfig(**{**broker.__dict__, "client_id": f"{broker.client_id}-{camera}", **own})
@@ -85,9 +86,8 @@ class CameraStatus:
 
 
 class Publisher(threading.Thread):
-    def __init__(self, outbox: Outbox, broker: BrokerConfig, site: str, cameras: list[str],
-                 max_in_flight: int = 200, retry_refused_s: float = 60.0, report_unreachable_s: float = 10.0,
-                 camera_logins: bool = True):
+    def __init__(self, outbox: Outbox, broker: BrokerConfig, site: str, cameras: list[str], *, camera_logins: bool,
+                 max_in_flight: int = 200, retry_refused_s: float = 60.0, report_unreachable_s: float = 10.0):
         super().__init__(name="publisher", daemon=True)
         self.outbox, self.broker, self.site, self.cameras = outbox, broker, site, cameras
         self.max_in_flight, self.retry_refused_s = max_in_flight, retry_refused_s
@@ -97,11 +97,9 @@ class Publisher(threading.Thread):
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_publish = self._on_publish
+        self._deliveries = Deliveries(self._settle)  # mid -> (camera_id, seq)
         # Never held while calling into paho: paho calls _on_publish holding its own lock.
         self._lock = threading.Lock()
-        self._in_flight: dict[int, tuple[str, int]] = {}  # mid -> (camera_id, seq)
-        # PUBACKs that beat publish()'s return: mid -> (time, refused)
-        self._early_acks: dict[int, tuple[float, bool]] = {}
         self._refused: dict[tuple[str, int], float] = {}  # record -> when to try it again
         self._connected = threading.Event()
         self._stopping = threading.Event()
@@ -121,22 +119,13 @@ class Publisher(threading.Thread):
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties=None):
         self._connected.clear()
-        with self._lock:
-            # Whatever was in flight is resent from the outbox after reconnecting.
-            self._in_flight.clear()
-            self._early_acks.clear()
+        self._deliveries.forget()  # whatever was in flight is resent from the outbox after reconnecting
         if not self._stopping.is_set():
             self.disconnects += 1
             log.warning("disconnected from the broker (%s); records wait in the outbox", reason_code)
 
     def _on_publish(self, client, userdata, mid, reason_code=None, properties=None):
-        refused = reason_code is not None and reason_code.is_failure
-        with self._lock:
-            record = self._in_flight.pop(mid, None)
-            if record is None:
-                self._early_acks[mid] = (time.monotonic(), refused)
-        if record is not None:
-            self._settle(record, refused, reason_code)
+        self._deliveries.acknowledged(mid, reason_code)
 
     def _settle(self, record: tuple[str, int], refused: bool, reason_code=None) -> None:
         if not refused:
@@ -156,8 +145,7 @@ class Publisher(threading.Thread):
         return self._connected.is_set()
 
     def in_flight(self) -> int:
-        with self._lock:
-            return len(self._in_flight)
+        return len(self._deliveries)
 
     def run(self) -> None:
         host, port, _ = self.broker.endpoint()
@@ -179,7 +167,7 @@ class Publisher(threading.Thread):
             with self._lock:
                 for record in [r for r, retry_at in self._refused.items() if retry_at <= now]:
                     del self._refused[record]
-                busy = set(self._in_flight.values()) | set(self._refused)
+                busy = set(self._deliveries.records()) | set(self._refused)
             room = self.max_in_flight - len(busy)
             rows = self.outbox.pending(limit=room, exclude=busy) if room > 0 else []
             for camera_id, seq, topic, payload in rows:
@@ -189,15 +177,7 @@ class Publisher(threading.Thread):
                 if info.rc != mqtt.MQTT_ERR_SUCCESS:
                     continue
                 self.published += 1
-                with self._lock:
-                    early = self._early_acks.pop(info.mid, None)
-                    if early is None:
-                        self._in_flight[info.mid] = (camera_id, seq)
-                    stale = time.monotonic() - 60
-                    for mid in [m for m, (t, _) in self._early_acks.items() if t < stale]:
-                        del self._early_acks[mid]
-                if early is not None:
-                    self._settle((camera_id, seq), early[1])
+                self._deliveries.sent(info.mid, (camera_id, seq))
             if not rows:
                 self._stopping.wait(0.05)
 

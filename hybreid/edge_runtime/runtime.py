@@ -9,24 +9,23 @@ track is finalised and embedded, and the outbox is flushed to the broker for up 
 
 from __future__ import annotations
 
-import json
 import logging
 import signal
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from hybreid import protocol
 from hybreid.config import load_yaml
-from hybreid.edge_runtime.capture import CameraCapture, CameraConfig
+from hybreid.edge_runtime.capture import CameraCapture
 from hybreid.edge_runtime.detect import BoxFilter, make_detector
 from hybreid.edge_runtime.embed import EmbedderFailed, EmbedWorker, Split, TrackEnd, TrackletAggregator
 from hybreid.edge_runtime.outbox import Outbox
 from hybreid.edge_runtime.publish import Publisher
-from hybreid.edge_runtime.site import resolve_paths, validate_site
+from hybreid.edge_runtime.site import SiteFile, resolve_paths, validate_site
 from hybreid.edge_runtime.stages import Crop, Frame, TrackletFeature
 from hybreid.edge_runtime.track import IoUTracker
 from hybreid.errors import UserError
@@ -39,39 +38,27 @@ log = logging.getLogger("hybreid.edge")
 
 @dataclass
 class SiteConfig:
-    site: str
-    box_id: str
-    cameras: list[CameraConfig]
-    model: dict
-    detector: dict = field(default_factory=lambda: {"kind": "background"})
-    box_filter: dict = field(default_factory=dict)
-    tracker: dict = field(default_factory=dict)
-    embed: dict = field(default_factory=dict)
-    publish: dict = field(default_factory=dict)
-    broker: dict = field(default_factory=dict)
-    outbox: dict = field(default_factory=dict)
-    metrics: dict = field(default_factory=dict)
-    camera_logins: bool = True  # each camera's status connection logs in as <username>.<camera>
-    camera_detectors: dict[str, dict] = field(default_factory=dict)  # a camera's own detector, by camera id
+    """A site file validated (:class:`.site.SiteFile`), its relative paths resolved and the
+    broker's password read: its sections are what the runtime's components take."""
+
+    settings: SiteFile
+    broker: BrokerConfig
 
     @classmethod
     def from_dict(cls, data: dict, base: Path = Path("."), source: str = "site config") -> SiteConfig:
         """Validate ``data`` against the site schema (:mod:`.site`); relative paths are relative to ``base``."""
-        site = resolve_paths(validate_site(data, source), base)
-        broker = site.broker.model_dump(exclude_none=True)
-        camera_logins = broker.pop("camera_logins")
-        password_file = broker.pop("password_file", None)
-        if password_file:
-            broker["password"] = read_text_file(password_file, f"{source}: broker.password_file",
-                                                MAX_PASSWORD_BYTES).strip()
-        check_tls_files(BrokerConfig(**broker))  # before the outbox is created or anything runs
-        return cls(site.site, site.box_id,
-                   [CameraConfig(**camera.model_dump(exclude={"detector"})) for camera in site.cameras],
-                   site.model.model_dump(exclude_none=True), site.detector.model_dump(),
-                   site.box_filter.model_dump(), site.tracker.model_dump(), site.embed.model_dump(),
-                   site.publish.model_dump(), broker, site.outbox.model_dump(), site.metrics.model_dump(),
-                   camera_logins, {camera.id: camera.detector.model_dump() for camera in site.cameras
-                                   if camera.detector is not None})
+        settings = resolve_paths(validate_site(data, source), base)
+        given = settings.broker
+        password = given.password
+        if given.password_file:
+            password = read_text_file(given.password_file, f"{source}: broker.password_file",
+                                      MAX_PASSWORD_BYTES).strip()
+        broker = BrokerConfig(url=given.url, client_id=given.client_id or f"hybreid-edge-{settings.site}-"
+                              f"{settings.box_id}", username=given.username, password=password,
+                              ca_certs=given.ca_certs, certfile=given.certfile, keyfile=given.keyfile,
+                              protocol=given.protocol, keepalive=given.keepalive)
+        check_tls_files(broker)  # before the outbox is created or anything runs
+        return cls(settings, broker)
 
     @classmethod
     def load(cls, path: str | Path) -> SiteConfig:
@@ -119,9 +106,8 @@ class Metrics:
 
 
 # Relative weights in a tracklet's mean of crops that show more than its person (its blob
-# has widened: someone walked into it) or less (the frame's edge cuts the person). Measured
-# on the default synthetic site with the tiny HAResformer: multi-camera IDF1 after
-# re-association 0.689 with every crop weighed alike, 0.742 with these.
+# has widened: someone walked into it) or less (the frame's edge cuts the person); chosen on
+# the default synthetic site (docs/benchmarks.md, "Edge pipeline and matcher").
 SHARED_CROP_WEIGHT = 0.05
 CUT_CROP_WEIGHT = 0.1
 
@@ -158,47 +144,47 @@ class EdgeRuntime:
         from hybreid.inference import load_embedder
 
         self.config = config
-        self.embedder = embedder or load_embedder(config.model["path"], **{k: v for k, v in config.model.items()
-                                                                           if k in ("threads", "providers", "device")})
+        settings = self.settings = config.settings
+        model = settings.model
+        self.embedder = embedder or load_embedder(model.path, threads=model.threads, providers=model.providers,
+                                                  device=model.device)
         self.contract = self.embedder.contract
         self._probe_embedder()
         self.detectors = self._make_detectors()  # a detector file that does not load: before any file is made
-        self.outbox = Outbox(**config.outbox)
-        broker = BrokerConfig(**{"client_id": f"hybreid-edge-{config.site}-{config.box_id}", **config.broker})
-        self.publisher = Publisher(self.outbox, broker, config.site, [c.id for c in config.cameras],
-                                   camera_logins=config.camera_logins)
-        self.box_filter = BoxFilter(**config.box_filter)
-        self.trackers = {c.id: IoUTracker(lambda cid=c.id: self.outbox.next_track_id(cid), **config.tracker)
-                         for c in config.cameras}
-        embed = {"max_batch": 16, "max_wait_ms": 50, "crop_interval": 2, "max_crops_per_track": 32, **config.embed}
-        self.crop_interval, self.max_crops = embed.pop("crop_interval"), embed.pop("max_crops_per_track")
-        self.aggregator = TrackletAggregator(self._publish_tracklet, config.publish.get("interval_s", 10.0),
-                                             embed.pop("split_below", None), self.outbox.next_track_id)
-        self.worker = EmbedWorker(self.embedder, self.aggregator, **embed)
-        self.captures = [CameraCapture(c) for c in config.cameras]
+        self.outbox = Outbox(settings.outbox.path, settings.outbox)
+        self.publisher = Publisher(self.outbox, config.broker, settings.site, [c.id for c in settings.cameras],
+                                   camera_logins=settings.broker.camera_logins)
+        self.box_filter = BoxFilter(settings.box_filter)
+        self.trackers = {c.id: IoUTracker(lambda cid=c.id: self.outbox.next_track_id(cid), settings.tracker)
+                         for c in settings.cameras}
+        self.crop_interval, self.max_crops = settings.embed.crop_interval, settings.embed.max_crops_per_track
+        self.aggregator = TrackletAggregator(self._publish_tracklet, settings.publish.interval_s,
+                                             settings.embed.split_below, self.outbox.next_track_id)
+        self.worker = EmbedWorker(self.embedder, self.aggregator, settings.embed)
+        self.captures = [CameraCapture(c) for c in settings.cameras]
         self.crops_per_track: dict[tuple[str, int], int] = {}
         self.metrics = Metrics()
         self._stopping = threading.Event()
         # (camera, frame, track, box) of every confirmed track in every frame, for scoring
         # tracklets against ground truth (tests, benchmarks, the demo).
-        self.track_log: list[tuple[str, int, int, tuple]] | None = [] if config.metrics.get("record_tracks") else None
+        self.track_log: list[tuple[str, int, int, tuple]] | None = [] if settings.metrics.record_tracks else None
 
     def _make_detectors(self) -> dict[str, object]:
         """Each camera's detector; cameras configured alike share one (one compiled CNN in memory)."""
         made: dict[str, object] = {}
         detectors = {}
-        for camera in self.config.cameras:
-            options = self.config.camera_detectors.get(camera.id, self.config.detector)
-            key = json.dumps(options, sort_keys=True)
+        for camera in self.settings.cameras:
+            options = self.settings.detector_of(camera)
+            key = options.model_dump_json()
             if key not in made:
-                made[key] = make_detector(**options)
+                made[key] = make_detector(options)
             detectors[camera.id] = made[key]
         return detectors
 
     def _probe_embedder(self) -> None:
         """Before any thread starts: a graph that does not run as its contract says fails here,
         in one sentence, not later in the embedding thread."""
-        self.embedder.probe(self.config.model["path"])
+        self.embedder.probe(self.settings.model.path)
 
     # -- stages -------------------------------------------------------------------------
 
@@ -206,13 +192,13 @@ class EdgeRuntime:
         """Aggregator callback (embedding thread): store the record in the outbox."""
         def build(seq: int) -> bytes:
             return protocol.encode_feature(protocol.FeatureMessage(
-                site=self.config.site, camera_id=feature.camera_id, modality=feature.modality, ts=feature.ts,
+                site=self.settings.site, camera_id=feature.camera_id, modality=feature.modality, ts=feature.ts,
                 seq=seq, track_id=feature.track_id, box=feature.box, score=feature.score,
                 model_name=self.contract.model, model_hash=self.contract.weights_sha256,
                 embedding=feature.embedding, quality=feature.quality, frames=feature.frames,
                 first_ts=feature.first_ts, final=feature.final))
 
-        self.outbox.add(feature.camera_id, protocol.features_topic(self.config.site, feature.camera_id), build)
+        self.outbox.add(feature.camera_id, protocol.features_topic(self.settings.site, feature.camera_id), build)
         self.metrics.tracklets += 1
 
     def process(self, frame: Frame) -> None:
@@ -272,7 +258,7 @@ class EdgeRuntime:
     def run(self, max_seconds: float | None = None) -> dict:
         """Process until every file source is exhausted, a stop is requested, or ``max_seconds``."""
         self.start()
-        interval = self.config.metrics.get("interval_s", 30.0)
+        interval = self.settings.metrics.interval_s
         next_report = time.monotonic() + interval
         deadline = None if max_seconds is None else time.monotonic() + max_seconds
         failure = None
@@ -310,7 +296,7 @@ class EdgeRuntime:
     def _report_camera_states(self) -> None:
         """Each camera's retained status from its frames: ``online`` while they arrive,
         ``no_frames`` when none came for ``no_frames_after_s``."""
-        now, quiet = time.monotonic(), self.config.metrics["no_frames_after_s"]
+        now, quiet = time.monotonic(), self.settings.metrics.no_frames_after_s
         for capture, status in zip(self.captures, self.publisher.statuses, strict=True):
             if capture.done:  # a video file played to its end: the box's stop says offline
                 continue
@@ -329,7 +315,7 @@ class EdgeRuntime:
         self.worker.drain()
         if self.track_log is not None:
             self.track_log = published_track_log(self.track_log, self.aggregator.splits)
-        flushed = self.publisher.flush(self.config.publish.get("flush_timeout_s", 10.0))
+        flushed = self.publisher.flush(self.settings.publish.flush_timeout_s)
         snapshot = self.metrics.snapshot(self)
         snapshot["flushed"] = flushed
         self.publisher.stop()

@@ -1,4 +1,5 @@
-"""The site file's schema: every section typed, bounded and closed to unknown keys.
+"""The site file's schema: every section typed, bounded and closed to unknown keys; the
+sections are what the edge's components take, and each default is written here once.
 
 A site file is what an operator edits by hand on a camera box, so a typo must be one
 clear sentence ("unknown key tracker.max_ag; did you mean max_age?") before anything
@@ -12,10 +13,12 @@ from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlparse
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter, ValidationError, model_validator
 
 from hybreid import protocol
 from hybreid.errors import UserError, validation_problem
+from hybreid.inference import nanodet
+from hybreid.mqtt.client import BrokerConfig
 
 Name = Annotated[str, StringConstraints(pattern=protocol.NAME_PATTERN)]
 Seconds = Annotated[float, Field(ge=0.0, le=86400.0, allow_inf_nan=False)]
@@ -26,7 +29,7 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
-class BackgroundDetector(Section):
+class BackgroundDetectorSettings(Section):
     kind: Literal["background"] = "background"
     history: Annotated[int, Field(ge=1, le=100000)] = 200
     var_threshold: Annotated[float, Field(gt=0, le=1000, allow_inf_nan=False)] = 16.0
@@ -35,22 +38,22 @@ class BackgroundDetector(Section):
     split_groups: bool = True  # split a region two people make together, by the camera's perspective
 
 
-class HogDetector(Section):
+class HogDetectorSettings(Section):
     kind: Literal["hog"]
 
 
-class NanoDetDetector(Section):
+class NanoDetSettings(Section):
     kind: Literal["nanodet"]
     path: Annotated[str, StringConstraints(min_length=1)]  # what `hybreid detector fetch` wrote
     runtime: Literal["onnxruntime", "openvino"] = "onnxruntime"
     threads: Annotated[int, Field(ge=1, le=256)] | None = None
-    score_threshold: Fraction = 0.45
-    iou_threshold: Fraction = 0.45
+    score_threshold: Fraction = nanodet.SCORE_THRESHOLD
+    iou_threshold: Fraction = nanodet.IOU_THRESHOLD
     # also look at this many overlapping columns of the frame (people under ~30 px); 1: the whole frame only
     tiles: Annotated[int, Field(ge=1, le=4)] = 1
 
 
-class YoloDetector(Section):
+class YoloSettings(Section):
     kind: Literal["yolo"]
     path: Annotated[str, StringConstraints(min_length=1)]
     size: Annotated[int, Field(ge=32, le=4096)] = 640
@@ -58,11 +61,12 @@ class YoloDetector(Section):
     score_threshold: Fraction = 0.25
 
 
-Detector = Annotated[BackgroundDetector | HogDetector | NanoDetDetector | YoloDetector, Field(discriminator="kind")]
-DETECTORS_WITH_FILES = (NanoDetDetector, YoloDetector)
+DetectorSettings = Annotated[BackgroundDetectorSettings | HogDetectorSettings | NanoDetSettings | YoloSettings,
+                             Field(discriminator="kind")]
+DETECTORS_WITH_FILES = (NanoDetSettings, YoloSettings)
 
 
-class Camera(Section):
+class CameraSettings(Section):
     id: Name
     source: Annotated[str, StringConstraints(min_length=1, max_length=4096)] | Annotated[int, Field(ge=0, le=64)]
     modality: Literal["visible", "infrared", "auto"] = "visible"
@@ -71,17 +75,23 @@ class Camera(Section):
     pace: bool = False
     # this camera's own detector (a CNN for a real view, background subtraction for a fixed
     # synthetic one); the site's `detector` where absent
-    detector: Detector | None = None
+    detector: DetectorSettings | None = None
 
     @model_validator(mode="after")
-    def _not_reserved(self) -> Camera:
+    def _not_reserved(self) -> CameraSettings:
         if self.id in protocol.RESERVED_CAMERA_IDS:
             raise ValueError(f"camera id {self.id!r} is reserved (it would match the site's "
                              f"{', '.join(sorted(protocol.RESERVED_CAMERA_IDS))} topics)")
         return self
 
+    @property
+    def is_file(self) -> bool:
+        """A video file, not a device index, a URL or a GStreamer pipeline."""
+        source = str(self.source)
+        return not (source.isdigit() or "://" in source or "!" in source)
 
-class Model(Section):
+
+class ModelSettings(Section):
     path: Annotated[str, StringConstraints(min_length=1)]
     threads: Annotated[int, Field(ge=1, le=256)] | None = None
     # ONNX Runtime's providers in order; [openvino] or [openvino-bf16] for OpenVINO's runtime;
@@ -91,20 +101,21 @@ class Model(Section):
     device: Annotated[int, Field(ge=0, le=64)] = 0
 
 
-class BoxFilter(Section):
+class BoxFilterSettings(Section):
     min_height: Annotated[int, Field(ge=0, le=10000)] = 48
+    # height / width: people stand; a person mid-stride seen side-on, legs together, is about 6 high per wide
     min_aspect: Annotated[float, Field(ge=0, le=100, allow_inf_nan=False)] = 1.2
     max_aspect: Annotated[float, Field(ge=0, le=100, allow_inf_nan=False)] = 7.0
     min_score: Annotated[float, Field(ge=-1e6, le=1e6, allow_inf_nan=False)] = 0.3
 
 
-class Tracker(Section):
+class TrackerSettings(Section):
     iou_threshold: Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)] = 0.3
     n_init: Annotated[int, Field(ge=1, le=1000)] = 3
     max_age: Annotated[int, Field(ge=0, le=100000)] = 15
 
 
-class Embed(Section):
+class EmbedSettings(Section):
     max_batch: Annotated[int, Field(ge=1, le=1024)] = 16
     max_wait_ms: Annotated[float, Field(ge=0, le=60000, allow_inf_nan=False)] = 50
     crop_interval: Annotated[int, Field(ge=1, le=10000)] = 2
@@ -115,13 +126,13 @@ class Embed(Section):
     split_below: Annotated[float, Field(ge=-1, le=1, allow_inf_nan=False)] | None = None
 
 
-class Publish(Section):
+class PublishSettings(Section):
     interval_s: Seconds = 10.0
     flush_timeout_s: Seconds = 10.0
 
 
-class Broker(Section):
-    url: str = "mqtt://127.0.0.1:1883"
+class BrokerSettings(Section):
+    url: str = BrokerConfig.url
     client_id: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.-]{1,128}$")] | None = None
     username: Annotated[str, StringConstraints(min_length=1, max_length=256)] | None = None
     password: str | None = None
@@ -129,14 +140,14 @@ class Broker(Section):
     ca_certs: str | None = None
     certfile: str | None = None
     keyfile: str | None = None
-    protocol: Literal["3.1.1", "5"] = "3.1.1"
-    keepalive: Annotated[int, Field(ge=5, le=3600)] = 30
+    protocol: Literal["3.1.1", "5"] = BrokerConfig.protocol
+    keepalive: Annotated[int, Field(ge=5, le=3600)] = BrokerConfig.keepalive
     # Each camera's status connection logs in as <username>.<camera> (a broker that binds client
     # ids to users needs a user per connection); false: as <username>.
     camera_logins: bool = True
 
     @model_validator(mode="after")
-    def _mqtt_url(self) -> Broker:
+    def _mqtt_url(self) -> BrokerSettings:
         parsed = urlparse(self.url)
         if parsed.scheme not in ("mqtt", "mqtts") or not parsed.hostname:
             raise ValueError(f"url must look like mqtt://host:1883 or mqtts://host:8883, got {self.url!r}")
@@ -147,13 +158,13 @@ class Broker(Section):
         return self
 
 
-class Outbox(Section):
+class OutboxSettings(Section):
     path: str = "outbox.sqlite"
     max_messages: Annotated[int, Field(ge=1, le=100_000_000)] = 100_000
     when_full: Literal["drop_oldest", "drop_newest"] = "drop_oldest"
 
 
-class Metrics(Section):
+class MetricsSettings(Section):
     interval_s: Annotated[float, Field(gt=0, le=86400, allow_inf_nan=False)] = 30.0
     record_tracks: bool = False
     # a camera that delivered no frame for this long says no_frames on its retained status
@@ -163,16 +174,16 @@ class Metrics(Section):
 class SiteFile(Section):
     site: Name
     box_id: Name = "box"
-    cameras: Annotated[list[Camera], Field(min_length=1, max_length=64)]
-    model: Model
-    detector: Detector = BackgroundDetector()
-    box_filter: BoxFilter = BoxFilter()
-    tracker: Tracker = Tracker()
-    embed: Embed = Embed()
-    publish: Publish = Publish()
-    broker: Broker = Broker()
-    outbox: Outbox = Outbox()
-    metrics: Metrics = Metrics()
+    cameras: Annotated[list[CameraSettings], Field(min_length=1, max_length=64)]
+    model: ModelSettings
+    detector: DetectorSettings = BackgroundDetectorSettings()
+    box_filter: BoxFilterSettings = BoxFilterSettings()
+    tracker: TrackerSettings = TrackerSettings()
+    embed: EmbedSettings = EmbedSettings()
+    publish: PublishSettings = PublishSettings()
+    broker: BrokerSettings = BrokerSettings()
+    outbox: OutboxSettings = OutboxSettings()
+    metrics: MetricsSettings = MetricsSettings()
 
     @model_validator(mode="after")
     def _distinct_cameras(self) -> SiteFile:
@@ -180,6 +191,18 @@ class SiteFile(Section):
         if len(set(ids)) != len(ids):
             raise ValueError(f"camera ids must be distinct, got {ids}")
         return self
+
+    def detector_of(self, camera: CameraSettings) -> DetectorSettings:
+        """A camera's own detector, else the site's."""
+        return camera.detector if camera.detector is not None else self.detector
+
+
+def validate_detector(data: dict, source: str = "detector") -> DetectorSettings:
+    """A ``detector`` section alone, validated as the site file would."""
+    try:
+        return TypeAdapter(DetectorSettings).validate_python(data)
+    except ValidationError as exc:
+        raise UserError(f"{source}: {validation_problem(exc, SiteFile)}") from None
 
 
 def validate_site(data: dict, source: str = "site config") -> SiteFile:

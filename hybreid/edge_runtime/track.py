@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+from hybreid.edge_runtime.site import TrackerSettings
 from hybreid.edge_runtime.stages import Detection
 
 
@@ -93,9 +94,11 @@ class Track:
 
 
 class IoUTracker:
-    def __init__(self, next_id: Callable[[], int], iou_threshold: float = 0.3, n_init: int = 3, max_age: int = 15,
+    def __init__(self, next_id: Callable[[], int], settings: TrackerSettings | None = None,
                  max_center_distance: float = 0.5, velocity_smoothing: float = 0.6):
-        self.next_id, self.iou_threshold, self.n_init, self.max_age = next_id, iou_threshold, n_init, max_age
+        settings = settings or TrackerSettings()
+        self.next_id = next_id
+        self.iou_threshold, self.n_init, self.max_age = settings.iou_threshold, settings.n_init, settings.max_age
         self.max_center_distance, self.velocity_smoothing = max_center_distance, velocity_smoothing
         self.tracks: list[Track] = []
 

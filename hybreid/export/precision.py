@@ -16,10 +16,10 @@ graph, not from names, so the same policy serves both TensorRT generations:
 from __future__ import annotations
 
 import warnings
-from collections import defaultdict
 from pathlib import Path
 
 from hybreid.contract import ModelContract, metadata_of, set_metadata
+from hybreid.export.graph import consumers, producers
 
 REASONS = {
     "LayerNormalization": "LayerNorm",
@@ -32,13 +32,7 @@ REASONS = {
 def fp32_nodes(model) -> dict[str, str]:
     """``{node name: reason}`` of the nodes that must stay FP32 (``model`` is an onnx ModelProto)."""
     graph = model.graph
-    consumers: dict[str, list] = defaultdict(list)
-    producers = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers[name].append(node)
-        for name in node.output:
-            producers[name] = node
+    readers, writers = consumers(graph), producers(graph)
     keep: dict[str, str] = {}
     for node in graph.node:
         if node.op_type in REASONS:
@@ -46,16 +40,16 @@ def fp32_nodes(model) -> dict[str, str]:
         elif node.op_type == "Softmax":
             keep[node.name] = "Softmax"
         if node.op_type == "Softmax":
-            source = producers.get(node.input[0])
+            source = writers.get(node.input[0])
             if source is not None and source.op_type == "MatMul":
                 keep[source.name] = "attention scores (Q K^T)"
-            for consumer in consumers[node.output[0]]:
+            for consumer in readers.get(node.output[0], []):
                 if consumer.op_type == "MatMul":
                     keep[consumer.name] = "attention-weighted values"
         if node.op_type == "Pow":
             # GeM: x^p, its spatial mean and the 1/p root.
             keep[node.name] = "GeM power"
-            for consumer in consumers[node.output[0]]:
+            for consumer in readers.get(node.output[0], []):
                 if consumer.op_type == "ReduceMean":
                     keep[consumer.name] = "GeM mean"
     return keep
@@ -93,11 +87,7 @@ def unshare_initializers(model, fp32_names: set[str]) -> None:
     import onnx
 
     initializers = {init.name: init for init in model.graph.initializer}
-    users: dict[str, list] = defaultdict(list)
-    for node in model.graph.node:
-        for name in node.input:
-            if name in initializers:
-                users[name].append(node)
+    users = {name: nodes for name, nodes in consumers(model.graph).items() if name in initializers}
     for name, nodes in users.items():
         blocked = [n for n in nodes if n.name in fp32_names]
         if not blocked or len(blocked) == len(nodes):

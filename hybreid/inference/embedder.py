@@ -124,7 +124,7 @@ class OnnxRuntimeEmbedder(Embedder):
             log.warning(warning)
         self.backend = f"onnxruntime:{self.session.get_providers()[0]}"
         if self.contract.precision.startswith("int8-openvino") and self.backend.endswith("CPUExecutionProvider"):
-            # measured: ONNX Runtime runs S8S8 30 % slower than the U8S8 of the cpu target
+            # ONNX Runtime runs the openvino target's S8S8 slower than the cpu target's U8S8 (docs/deployment.md)
             log.warning("%s was calibrated for OpenVINO's runtime: `providers: [openvino]` runs it faster than "
                         "ONNX Runtime's CPU provider (or calibrate it with --target cpu)", path)
         self.path = Path(path)

@@ -31,6 +31,9 @@ RUNTIMES = ("onnxruntime", "openvino")
 
 # The ONNX metadata ``hybreid detector fetch`` writes into the converted model.
 METADATA_PREFIX = "hybreid.detector."
+# NanoDet's own post-processing defaults (its demo's): a person at 0.45 or more, NMS at IoU 0.45.
+SCORE_THRESHOLD = 0.45
+IOU_THRESHOLD = 0.45
 
 
 @dataclass(frozen=True)
@@ -137,7 +140,7 @@ class NanoDet:
     """
 
     def __init__(self, path: str | Path, runtime: str = "onnxruntime", threads: int | None = None,
-                 score_threshold: float = 0.45, iou_threshold: float = 0.45, tiles: int = 1):
+                 score_threshold: float = SCORE_THRESHOLD, iou_threshold: float = IOU_THRESHOLD, tiles: int = 1):
         path = Path(path)
         if not path.is_file():
             raise UserError(f"detector model {path} does not exist (`hybreid detector fetch` makes it)")

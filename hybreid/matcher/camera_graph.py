@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_vali
 
 from hybreid import protocol
 from hybreid.config import load_typed
+from hybreid.errors import UserError
 
 Name = Annotated[str, StringConstraints(pattern=protocol.NAME_PATTERN)]
 Seconds = Annotated[float, Field(ge=0.0, le=86400.0, allow_inf_nan=False)]
@@ -57,14 +58,11 @@ class CameraGraph(BaseModel):
 
     @classmethod
     def load(cls, path: str | Path) -> CameraGraph:
-        """A camera graph file (``sites:``), or a site spec (``hybreid edge scenes --site``),
-        whose ``graph`` is its site's camera graph."""
+        """A camera graph file (``sites:``)."""
         from hybreid.config import load_yaml
 
         data = load_yaml(path)
         if isinstance(data, dict) and "sites" not in data and "graph" in data:
-            from hybreid.synthetic.site import SiteSpec
-
-            spec = load_typed(path, SiteSpec, "site spec")
-            return cls.model_validate({"sites": {spec.site: [link.model_dump() for link in spec.graph]}})
+            raise UserError(f"{path} is a synthetic site's spec, not a camera graph: give the camera_graph.yaml "
+                            "that `hybreid edge scenes --site` wrote beside its videos")
         return load_typed(path, cls, "camera graph")

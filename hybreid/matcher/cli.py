@@ -13,16 +13,18 @@ INDEXES = ["auto", "flat", "hnsw", "ivf"]
 MAX_THREADS = 1024
 
 
-def _gallery(args, create: bool = False):
+def _gallery(args, create: bool = False, query_cosine: float | None = None):
     """The gallery of ``--db``; only ``matcher run`` may create one (a mistyped path elsewhere
-    would silently query or purge an empty gallery)."""
+    would silently query or purge an empty gallery). ``query_cosine``: the weakest match its
+    index must still find (the policy's lowest threshold)."""
     from hybreid.matcher.database import StoreUnavailable, is_postgresql
     from hybreid.matcher.gallery import Gallery
+    from hybreid.matcher.index import DEFAULT_QUERY_COSINE
 
     if not create and not is_postgresql(args.db) and not Path(args.db).is_file():
         raise UserError(f"gallery {args.db} does not exist; give the --db of the running matcher")
     try:
-        return Gallery(args.db, index=getattr(args, "index", "auto"))
+        return Gallery(args.db, index=getattr(args, "index", "auto"), query_cosine=query_cosine or DEFAULT_QUERY_COSINE)
     except StoreUnavailable as exc:
         raise UserError(f"{exc}; start it, or check --db") from exc
 
@@ -46,7 +48,8 @@ def _gallery_model(args, thresholds) -> str | None:
     import logging
     import re
 
-    from hybreid.matcher.service import MODEL_IDENTITY_PATTERN, MatchPolicy
+    from hybreid.matcher.policy import MatchPolicy
+    from hybreid.thresholds import MODEL_IDENTITY_PATTERN
 
     log = logging.getLogger("hybreid.matcher")
     if args.model_identity is not None and not re.match(MODEL_IDENTITY_PATTERN, args.model_identity):
@@ -71,9 +74,12 @@ def _gallery_model(args, thresholds) -> str | None:
 def _run(args) -> None:
     import signal
 
-    from hybreid.matcher.service import Matcher, MatcherService, MatchPolicy, ThresholdsFile
+    from hybreid.matcher.assignment import Matcher
+    from hybreid.matcher.policy import MatchPolicy
+    from hybreid.matcher.service import MatcherService
     from hybreid.mqtt import BrokerConfig
     from hybreid.mqtt.client import check_tls_files
+    from hybreid.thresholds import ThresholdsFile
 
     if args.threads is not None:
         if not 1 <= args.threads <= MAX_THREADS:
@@ -97,7 +103,10 @@ def _run(args) -> None:
 
         transit = CameraGraph.load(args.camera_graph).transit
     # Every input checked: only now may a gallery be created (a refused option left an empty one).
-    gallery = _gallery(args, create=True)
+    # The index searches deep enough for the weakest match the calibrated thresholds accept; the
+    # untrained defaults (0.6 / 0.45) would make it search nearly everything for no model's sake.
+    lowest = min(policy.same_modality, policy.cross_modality) if thresholds else None
+    gallery = _gallery(args, create=True, query_cosine=lowest)
     if model is not None:
         if gallery.model not in (None, model):
             gallery.close()
@@ -178,8 +187,8 @@ def register(commands) -> None:
     run.add_argument("--report-every", type=float, default=60.0, help="seconds between status lines (0: never)")
     run.add_argument("--reassociate-every", type=float, default=10.0,
                      help="seconds between re-associations of the recent tracklets (0: never)")
-    run.add_argument("--camera-graph", help="YAML of connected cameras and their walking times, or a site "
-                                            "spec (its graph)")
+    run.add_argument("--camera-graph", help="YAML of connected cameras and their walking times (`edge scenes "
+                                            "--site` writes one for a synthetic site)")
     run.add_argument("--transit-bonus", type=float,
                      help="added to the cosine of two sightings whose gap fits the camera graph's walking time "
                           "(default 0.03; 0 turns it off)")

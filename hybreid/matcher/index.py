@@ -1,18 +1,19 @@
 """The identities' prototype index: exact search while the gallery is small, IVF (or HNSW)
 above a size, with the search depth set so that recall@1 against exact search reaches
-0.99 on the gallery itself: measured when the index is built, not assumed.
+0.99 for every sighting the thresholds accept: measured when the index is built, on
+sightings drawn from the gallery itself at cosines from the lowest threshold up to 1
+(:meth:`PrototypeIndex._calibrate`), not assumed.
 
 ``auto`` takes IVF, not HNSW, for large galleries: half of a busy matcher's messages add
-an identity, and at 1024-d an HNSW insertion cost 1.6 ms at 10^5 identities where an IVF
-one (the nearest of its lists, then an append) cost 0.06 ms; an IVF search at the depth
-that reaches the recall cost 0.24 ms against HNSW's 0.8 (one core each, random unit
-vectors). Its lists grow with the gallery (about ``4 sqrt(n)``, :func:`ivf_lists`), and
-the index is trained again once the gallery has grown fourfold since. The lists hold
-8-bit scalar-quantised vectors (FAISS's ``IndexIVFScalarQuantizer``): a list scan reads a
-quarter of the bytes, and the scan is bound by memory (at 10^5 identities, decisions alone
-went from 2,950 to 3,450 messages a second), and FAISS holds 1 GiB for 10^6 identities at
-1024-d instead of 4. The quantisation only chooses candidates: each is scored against its
-float prototype.
+an identity, and an HNSW insertion at 1024-d costs about as much as a search where an IVF
+one (the nearest of its lists, then an append) costs a small part of it (measured in
+docs/benchmarks.md, "Edge pipeline and matcher"). Its lists grow with the gallery (about
+``4 sqrt(n)``, :func:`ivf_lists`), and the index is trained again once the gallery has
+grown fourfold since. The lists hold 8-bit scalar-quantised vectors (FAISS's
+``IndexIVFScalarQuantizer``): a list scan, bound by memory, reads a quarter of the bytes,
+and FAISS holds a quarter of the float gallery. The quantisation only chooses candidates: each is scored against its
+float prototype. Where the prototypes span few directions, as a trained model's do, IVF
+searches their projection on the leading ones (:func:`projection_for`).
 
 FAISS provides the search structures; this module keeps them current as prototypes move
 (every sighting moves its identity's prototype a little) at O(d) per update:
@@ -36,15 +37,15 @@ import os
 
 # FAISS searches a batch on every core with OpenMP, whose idle threads spin by default. A
 # matcher shares its host with its database and often with other instances, whose cores
-# spinning threads take (three matchers taking turns in one process spent 0.47 ms of CPU a
-# message with spinning threads, 0.27 with passive ones). Read once, when FAISS loads
-# OpenMP; an operator's own setting wins.
+# spinning threads take (docs/benchmarks.md, "Several instances"). Read once, when FAISS
+# loads OpenMP; an operator's own setting wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import faiss  # noqa: E402  (after the setting above)
 import numpy as np
 
 from hybreid.errors import UserError
+from hybreid.matcher.index_tuning import calibration_queries, cosine_between, projection_for
 
 KINDS = ("auto", "flat", "hnsw", "ivf")
 AUTO_EXACT_BELOW = 5_000  # identities; below this exact search takes about a millisecond at 1024-d
@@ -59,6 +60,13 @@ IVF_RETRAIN_GROWTH = 4  # train again once the gallery is this many times the tr
 STALE_SHARE = 0.2
 EXACT_SLICE = 65_536  # identities per slice of an exact search over the whole gallery
 REINDEX_BELOW = 0.995  # cosine between a prototype and its indexed vector
+SHORTLIST = 32  # candidates an approximate index returns, scored exactly
+# How far from its prototype a sighting may be and still be found: a trained ReID model's
+# sightings of one person score about 0.8-0.95 against that person's prototype, and its
+# 0.1 % false-match thresholds sit near 0.84 (the tiny HAResformer's: 0.848 / 0.837). The
+# weakest true matches decide identities, so the depth is set for them; the matcher passes
+# its policy's lowest threshold.
+DEFAULT_QUERY_COSINE = 0.8
 
 
 class _Rows:
@@ -91,10 +99,12 @@ class _Rows:
 
 
 class PrototypeIndex:
-    def __init__(self, kind: str = "flat", seed: int = 0):
+    def __init__(self, kind: str = "flat", seed: int = 0, query_cosine: float = DEFAULT_QUERY_COSINE):
         if kind not in KINDS:
             raise UserError(f"index must be one of {', '.join(KINDS)}, got {kind!r}")
-        self.kind, self.seed = kind, seed
+        if not 0.0 < query_cosine < 1.0:
+            raise UserError(f"the index's query cosine must lie in (0, 1), got {query_cosine}")
+        self.kind, self.seed, self.query_cosine = kind, seed, query_cosine
         self.prototypes: dict[int, np.ndarray] = {}
         self.structure = "flat"  # what is built now: flat, hnsw or ivf
         self.depth: int | None = None
@@ -105,6 +115,7 @@ class PrototypeIndex:
         self._row_of: dict[int, int] = {}  # identity -> its current row
         self._stale = 0
         self._trained_for = 0  # gallery size the IVF lists were trained on
+        self._projection: np.ndarray | None = None  # d x k: what IVF searches in (projection_for)
 
     @property
     def dim(self) -> int | None:
@@ -133,6 +144,9 @@ class PrototypeIndex:
             return
         self.structure = self._structure_for(len(ids))
         dim = matrix.shape[1]
+        self._projection = projection_for(matrix) if self.structure == "ivf" else None
+        if self._projection is not None:
+            dim = self._projection.shape[1]
         if self.structure == "flat":
             self._index = faiss.IndexFlatIP(dim)
         elif self.structure == "hnsw":
@@ -146,9 +160,9 @@ class PrototypeIndex:
             self._index.cp.max_points_per_centroid = IVF_TRAIN_POINTS_PER_LIST
             self._index.cp.seed = self.seed
             self._index.cp.niter = IVF_TRAIN_ITERATIONS
-            self._index.train(matrix)
+            self._index.train(self._project(matrix))
             self._trained_for = len(ids)
-        self._index.add(matrix)
+        self._index.add(self._project(matrix))
         if self.structure == "ivf":
             self._index.make_direct_map()  # reconstruct(row): how far a prototype moved from its entry
         self._rows = _Rows(ids)
@@ -177,20 +191,24 @@ class PrototypeIndex:
                 stored.reshape(self._index.ntotal, self._index.d)[row] = vector
                 continue
             if row is not None:
-                if float(self._index.reconstruct(row) @ vector) >= REINDEX_BELOW:
+                if cosine_between(self._index.reconstruct(row), self._project(vector)) >= REINDEX_BELOW:
                     continue
                 self._stale += 1
                 self._rows.current[row] = False
             added.append(identity)
         if not added:
             return
-        self._index.add(np.stack([self.prototypes[identity] for identity in added]))
+        self._index.add(self._project(np.stack([self.prototypes[identity] for identity in added])))
         for identity in added:
             self._row_of[identity] = self._rows.append(identity)
         outgrown = ((self.structure == "flat" and self._structure_for(len(self.prototypes)) != "flat")
                     or (self.structure == "ivf" and len(self.prototypes) > IVF_RETRAIN_GROWTH * self._trained_for))
         if self._stale > STALE_SHARE * self._rows.count or outgrown:
             self.rebuild(self.prototypes)
+
+    def _project(self, vectors: np.ndarray) -> np.ndarray:
+        projected = vectors if self._projection is None else vectors @ self._projection
+        return np.ascontiguousarray(projected, dtype=np.float32)
 
     def search(self, vector: np.ndarray, k: int = 5) -> list[tuple[int, float]]:
         """Top-k ``(identity, cosine)``, scored exactly against the current prototypes."""
@@ -202,9 +220,12 @@ class PrototypeIndex:
         a batch is searched on every core at once)."""
         if self._index is None or self._index.ntotal == 0 or len(vectors) == 0:
             return [[] for _ in range(len(vectors))]
-        # Stale entries of one identity crowd the candidates of an approximate index: ask for more.
-        wanted = min(self._index.ntotal, k if self.structure == "flat" else 4 * k)
-        _, rows = self._index.search(np.ascontiguousarray(vectors, dtype=np.float32), wanted)
+        # An approximate index ranks its candidates by 8-bit codes of a projection (IVF) or walks a
+        # graph (HNSW), and stale entries of one identity crowd them: it is asked for a shortlist,
+        # scored exactly. Where people crowd a cone (a trained model's prototypes at cosines of 0.9
+        # to each other), a shortlist of 4 k lost a twentieth of the exact top matches.
+        wanted = min(self._index.ntotal, k if self.structure == "flat" else max(4 * k, SHORTLIST))
+        _, rows = self._index.search(self._project(np.asarray(vectors, dtype=np.float32)), wanted)
         return self._rows.identities(rows)
 
     def rank(self, vector: np.ndarray, identities, k: int = 5,
@@ -251,18 +272,22 @@ class PrototypeIndex:
         found = [self.search(query, 1) for query in queries]
         return float(np.mean([bool(f) and f[0][0] == e for f, e in zip(found, exact, strict=True)]))
 
-    def _calibrate(self, matrix: np.ndarray, queries: int = 500) -> None:
-        """The smallest search depth whose recall@1 against exact search reaches the target,
-        on queries like real ones: a known identity's prototype plus the noise of a new sighting."""
+    def _calibrate(self, matrix: np.ndarray, per_band: int = 250, bands: int = 4) -> None:
+        """The smallest search depth whose recall@1 against exact search reaches the target in
+        every band of cosine from the weakest match the thresholds accept up to 1
+        (:func:`calibration_queries`): where people crowd a cone, the sightings closest to
+        their own prototype were found least often, not the weakest."""
         rng = np.random.default_rng(self.seed)
-        picked = matrix[rng.choice(len(matrix), size=min(queries, len(matrix)), replace=False)]
-        noisy = picked + rng.standard_normal(picked.shape).astype(np.float32) * (0.5 / np.sqrt(matrix.shape[1]))
-        noisy /= np.linalg.norm(noisy, axis=1, keepdims=True)
-        exact = self.exact_top(noisy)
+        edges = np.linspace(self.query_cosine, 1.0, bands + 1)
+        banded = [calibration_queries(matrix, rng.uniform(low, high, per_band), per_band, rng)
+                  for low, high in zip(edges[:-1], edges[1:], strict=True)]
+        exact = [self.exact_top(queries) for queries in banded]
         deepest = self._index.nlist if self.structure == "ivf" else DEPTHS[-1]
         for depth in [d for d in DEPTHS if d <= deepest and (self.structure == "ivf" or d >= HNSW_MIN_DEPTH)]:
             self._set_depth(depth)
-            self.depth, self.recall_at_1 = depth, self.measure_recall(noisy, exact)
+            self.depth = depth
+            self.recall_at_1 = min(self.measure_recall(queries, top) for queries, top in zip(banded, exact,
+                                                                                            strict=True))
             if self.recall_at_1 >= TARGET_RECALL:
                 return
 

@@ -2,26 +2,8 @@
 
 from __future__ import annotations
 
-import json
-
 from hybreid.errors import UserError
 from hybreid.matcher.gallery import Gallery
-
-COLUMNS = ("camera_id", "seq", "site", "track_id", "modality", "first_ts", "ts", "box", "score", "quality",
-           "frames", "final", "identity_id", "similarity")
-
-
-def _rows(gallery: Gallery, where: str, values: tuple) -> list[dict]:
-    with gallery.lock:
-        rows = gallery.db.execute(f"SELECT {', '.join(COLUMNS)} FROM sightings WHERE {where} ORDER BY ts",
-                                  values).fetchall()
-    result = []
-    for row in rows:
-        item = dict(zip(COLUMNS, row, strict=True))
-        item["box"] = json.loads(item["box"])
-        item["final"] = bool(item["final"])
-        result.append(item)
-    return result
 
 
 def by_identity(gallery: Gallery, identity: int) -> dict:
@@ -29,17 +11,12 @@ def by_identity(gallery: Gallery, identity: int) -> dict:
     away answers with the one it was merged into."""
     survivor = gallery.resolve(identity)
     return {"identity": survivor, "asked": identity, "merged_from": gallery.merged_into(survivor),
-            "sightings": _rows(gallery, "identity_id = ?", (survivor,))}
+            "sightings": gallery.sightings(identity=survivor)}
 
 
 def by_camera(gallery: Gallery, camera: str | None, since: float | None, until: float | None) -> dict:
-    where, values = ["1 = 1"], []
-    for clause, value in (("camera_id = ?", camera), ("ts >= ?", since), ("ts < ?", until)):
-        if value is not None:
-            where.append(clause)
-            values.append(value)
     return {"camera": camera, "since": since, "until": until,
-            "sightings": _rows(gallery, " AND ".join(where), tuple(values))}
+            "sightings": gallery.sightings(camera=camera, since=since, until=until)}
 
 
 def by_image(gallery: Gallery, image_path: str, model_path: str, top_k: int = 5) -> dict:

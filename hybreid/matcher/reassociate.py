@@ -259,3 +259,18 @@ def plan(tracklets: list[Tracklet], clusters: list[list[int]], sightings_outside
     merged = {identity: owner[home[identity]] for identity in held
               if not sightings_outside.get(identity, 0) and owner[home[identity]] != identity}
     return Plan(moves, new_groups, merged)
+
+
+def tracklets_of(rows) -> list[Tracklet]:
+    """Tracklets from sighting rows ``(site, camera_id, track_id, identity_id, modality, first_ts,
+    ts, seq, embedding)`` in ``seq`` order: each track's mean embedding, time span and latest
+    identity and modality."""
+    grouped: dict[tuple[str, str, int], list] = {}
+    for row in rows:
+        grouped.setdefault((row[0], row[1], row[2]), []).append(row)
+    tracklets = []
+    for key, items in grouped.items():
+        mean = np.mean([np.frombuffer(item[8], dtype=np.float32) for item in items], axis=0)
+        tracklets.append(Tracklet(key, items[-1][3], items[-1][4], min(i[5] for i in items),
+                                  max(i[6] for i in items), mean / max(np.linalg.norm(mean), 1e-12), len(items)))
+    return tracklets

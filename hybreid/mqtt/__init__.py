@@ -1,6 +1,5 @@
-"""MQTT plumbing shared by the edge, the matcher, the demo, the benchmarks and the tests:
-the client (:mod:`.client`), a throwaway Mosquitto (:mod:`.mosquitto`) and the demo's
-in-process broker (:mod:`.embedded`)."""
+"""MQTT plumbing shared by the edge and the matcher: the client (:mod:`.client`). Brokers
+for benchmarks, the demo and the tests are the lab's (:mod:`hybreid.lab`)."""
 
 from hybreid.mqtt.client import BrokerConfig, make_client
 

@@ -21,7 +21,7 @@ def _train(args) -> None:
                         f"({trainer.output / 'last.pt'})") from None
     final = history[-1] if history else {}
     summary = ", ".join(f"{k} {final[k]:.4f}" for k in ("loss", "mAP", "rank1", "mINP") if k in final)
-    print(f"finished: {summary}; run folder {config['output']}")
+    print(f"finished: {summary}; run folder {config.output}")
 
 
 def register(commands) -> None:

@@ -96,8 +96,8 @@ def load_with_bases(path: str | Path, seen: tuple[Path, ...] = ()) -> dict:
     return merge(load_with_bases(path.parent / base, (*seen, path)), data)
 
 
-def resolve_config(config_path: str | Path | None, overrides: dict) -> dict:
-    """Defaults, then the config file (and its bases), then ``overrides``: validated, as a dict."""
+def resolve_config(config_path: str | Path | None, overrides: dict) -> TrainConfig:
+    """Defaults, then the config file (and its bases), then ``overrides``: validated and typed."""
     settings = merge(load_with_bases(config_path), overrides) if config_path else overrides
     try:
         config = TrainConfig.model_validate(settings)
@@ -105,7 +105,7 @@ def resolve_config(config_path: str | Path | None, overrides: dict) -> dict:
         where = f"training config {config_path}" if config_path else "training config"
         raise UserError(f"{where}: {validation_problem(exc, TrainConfig)}") from None
     _check_family_options(config)
-    return config.model_dump()
+    return config
 
 
 def _check_family_options(config: TrainConfig) -> None:

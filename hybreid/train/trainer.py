@@ -32,43 +32,39 @@ from hybreid.errors import UserError
 from hybreid.eval.evaluate import evaluate
 from hybreid.models import build, model_config
 from hybreid.models.checkpoint import save_model
-from hybreid.train.config import resolve_config
+from hybreid.train.config import OptimSection, TrainConfig, resolve_config
 from hybreid.train.losses import build_loss
 
 
-def learning_rate(epoch: int, optim: dict) -> float:
+def learning_rate(epoch: int, optim: OptimSection) -> float:
     """Base learning rate of ``epoch`` (0-based).
 
     ``warmup_cosine`` (FusionReID, Sec. IV-B): linear from ``warmup_start_lr`` to ``lr``
     over ``warmup_epochs``, then cosine decay over the remaining epochs.
     ``step`` (HAResformer, Sec. IV-A): ``lr``, times ``gamma`` after each of ``step_epochs``.
     """
-    lr = optim["lr"]
-    if optim["schedule"] == "warmup_cosine":
-        warmup = optim["warmup_epochs"]
+    lr = optim.lr
+    if optim.schedule == "warmup_cosine":
+        warmup = optim.warmup_epochs
         if epoch < warmup:
-            return optim["warmup_start_lr"] + (lr - optim["warmup_start_lr"]) * epoch / warmup
-        progress = (epoch - warmup) / max(1, optim["epochs"] - warmup)
+            return optim.warmup_start_lr + (lr - optim.warmup_start_lr) * epoch / warmup
+        progress = (epoch - warmup) / max(1, optim.epochs - warmup)
         return 0.5 * lr * (1 + math.cos(math.pi * progress))
-    if optim["schedule"] == "step":
-        return lr * optim["gamma"] ** sum(epoch >= e for e in optim["step_epochs"])
-    raise UserError(f"optim.schedule must be 'warmup_cosine' or 'step', got {optim['schedule']!r}")
+    return lr * optim.gamma ** sum(epoch >= e for e in optim.step_epochs)
 
 
-def make_optimizer(model: torch.nn.Module, optim: dict) -> torch.optim.Optimizer:
+def make_optimizer(model: torch.nn.Module, optim: OptimSection) -> torch.optim.Optimizer:
     """SGD with momentum (both papers), or Adam (``optim.name=adam``, for short CPU runs);
     biases get ``bias_lr_factor`` x the learning rate (FusionReID authors' code)."""
     weights, biases = [], []
     for name, parameter in model.named_parameters():
         if parameter.requires_grad:
             (biases if name.endswith("bias") else weights).append(parameter)
-    groups = [{"params": weights, "lr_factor": 1.0}, {"params": biases, "lr_factor": optim["bias_lr_factor"]}]
-    if optim["name"] == "adam":
+    groups = [{"params": weights, "lr_factor": 1.0}, {"params": biases, "lr_factor": optim.bias_lr_factor}]
+    if optim.name == "adam":
         # The fused kernel updates every tensor in one pass: a few percent off a CPU training step.
-        return torch.optim.Adam(groups, lr=optim["lr"], weight_decay=optim["weight_decay"], fused=True)
-    if optim["name"] != "sgd":
-        raise UserError(f"optim.name must be 'sgd' or 'adam', got {optim['name']!r}")
-    return torch.optim.SGD(groups, lr=optim["lr"], momentum=optim["momentum"], weight_decay=optim["weight_decay"])
+        return torch.optim.Adam(groups, lr=optim.lr, weight_decay=optim.weight_decay, fused=True)
+    return torch.optim.SGD(groups, lr=optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay)
 
 
 @dataclass
@@ -122,61 +118,23 @@ def _plot_curves(history: list[dict], path: Path) -> None:
 
 
 class Trainer:
-    def __init__(self, config: dict, progress: bool = True):
-        config = resolve_config(None, config)  # typed: defaults filled in, unknown keys refused
-        self.config = config
+    def __init__(self, config: TrainConfig | dict, progress: bool = True):
+        """``config``: a resolved :class:`TrainConfig`, or a dict of its settings (defaults filled in,
+        unknown keys refused)."""
+        self.config = config if isinstance(config, TrainConfig) else resolve_config(None, config)
         self.progress = progress
         self.ctx = DistributedContext.from_environment()
         self.device = torch.device(f"cuda:{self.ctx.local_rank}" if torch.cuda.is_available() else "cpu")
-        self.output = Path(config["output"])
-        if not config["resume"] and not config["overwrite"] and (self.output / "config.yaml").exists():
+        self.output = Path(self.config.output)
+        if not self.config.resume and not self.config.overwrite and (self.output / "config.yaml").exists():
             raise UserError(f"run folder {self.output} holds an earlier run; give another output=FOLDER, "
                             f"resume=auto to continue it, or overwrite=true to start it again")
-        seed = config["seed"] + self.ctx.rank
-        random.seed(seed)
-        np.random.seed(seed)
-        torch.manual_seed(seed)
-
-        dataset_options = dict(config["dataset"])
-        self.dataset_name = dataset_options.pop("name")
-        root = dataset_options.pop("root")
-        if not root:
-            raise UserError("dataset.root is not set: give dataset.root=/path/to/dataset")
-        if self.dataset_name != "regdb":
-            dataset_options.pop("trial", None)
-        self.dataset = load_dataset(self.dataset_name, root, **dataset_options)
-        family = model_config(config["model"])["family"]
-        if family == "haresformer" and self.dataset_name not in VISIBLE_INFRARED:
-            raise UserError(f"HAResformer's losses need visible and infrared images of every identity; "
-                            f"{self.dataset_name} is visible only: use sysu_mm01, regdb or llcm")
-        self.family = family
-        options = {"num_classes": self.dataset.num_train_pids, **config["model_options"]}
-        if family == "fusionreid":
-            options.setdefault("num_cameras", self.dataset.num_cameras)
-        self.model_options = options
-        self.model = build(config["model"], **options).to(self.device)
-        self.loss = build_loss(family, self.dataset_name, **config["loss"])
-
-        train = self.dataset.train
-        sampler_cfg = config["sampler"]
-        if self.dataset_name in VISIBLE_INFRARED:
-            self.sampler = CrossModalitySampler([s.pid for s in train], [s.modality for s in train],
-                                                sampler_cfg["num_ids"], sampler_cfg["num_instances"],
-                                                config["seed"], self.ctx.rank, self.ctx.world_size)
-            per_rank = sampler_cfg["num_ids"] * 2 * sampler_cfg["num_instances"] // self.ctx.world_size
-        else:
-            self.sampler = IdentitySampler([s.pid for s in train], sampler_cfg["num_ids"],
-                                           sampler_cfg["num_instances"], config["seed"], self.ctx.rank,
-                                           self.ctx.world_size)
-            per_rank = sampler_cfg["num_ids"] * sampler_cfg["num_instances"] // self.ctx.world_size
-        transforms = modality_transforms(family, self.model.image_size, self.model.pixel_mean,
-                                         self.model.pixel_std, train=True, pad=config["data"]["pad"],
-                                         erasing=config["data"]["erasing"])
-        self.loader = DataLoader(ImageDataset(train, transforms, cache=config["data"]["cache"]),
-                                 batch_size=per_rank, sampler=self.sampler, num_workers=config["data"]["workers"],
-                                 drop_last=True, pin_memory=self.device.type == "cuda")
-        self.optimizer = make_optimizer(self.model, config["optim"])
-        self.use_amp = bool(config["amp"]) and self.device.type == "cuda"
+        self._seed()
+        self._load_dataset()
+        self._build_model()
+        self._make_loader()
+        self.optimizer = make_optimizer(self.model, self.config.optim)
+        self.use_amp = self.config.amp and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
         self.train_model = self.model
         if self.ctx.world_size > 1:
@@ -185,8 +143,54 @@ class Trainer:
         self.start_epoch = 0
         self.history: list[dict] = []
         self.step_losses: list[float] = []
-        if config["resume"]:
-            self._resume(config["resume"])
+        if self.config.resume:
+            self._resume(self.config.resume)
+
+    def _seed(self) -> None:
+        seed = self.config.seed + self.ctx.rank
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+
+    def _load_dataset(self) -> None:
+        settings = self.config.dataset
+        if not settings.root:
+            raise UserError("dataset.root is not set: give dataset.root=/path/to/dataset")
+        self.dataset_name = settings.name
+        options = {"trial": settings.trial} if settings.name == "regdb" else {}
+        self.dataset = load_dataset(settings.name, settings.root, **options)
+
+    def _build_model(self) -> None:
+        family = model_config(self.config.model)["family"]
+        if family == "haresformer" and self.dataset_name not in VISIBLE_INFRARED:
+            raise UserError(f"HAResformer's losses need visible and infrared images of every identity; "
+                            f"{self.dataset_name} is visible only: use sysu_mm01, regdb or llcm")
+        self.family = family
+        options = {"num_classes": self.dataset.num_train_pids, **self.config.model_options}
+        if family == "fusionreid":
+            options.setdefault("num_cameras", self.dataset.num_cameras)
+        self.model_options = options
+        self.model = build(self.config.model, **options).to(self.device)
+        self.loss = build_loss(family, self.dataset_name, **self.config.loss)
+
+    def _make_loader(self) -> None:
+        """Identity-balanced batches (P identities x K images; for visible-infrared data K of
+        each modality), split over the ranks."""
+        train, sampler, seed = self.dataset.train, self.config.sampler, self.config.seed
+        if self.dataset_name in VISIBLE_INFRARED:
+            self.sampler = CrossModalitySampler([s.pid for s in train], [s.modality for s in train], sampler.num_ids,
+                                                sampler.num_instances, seed, self.ctx.rank, self.ctx.world_size)
+            per_rank = sampler.num_ids * 2 * sampler.num_instances // self.ctx.world_size
+        else:
+            self.sampler = IdentitySampler([s.pid for s in train], sampler.num_ids, sampler.num_instances, seed,
+                                           self.ctx.rank, self.ctx.world_size)
+            per_rank = sampler.num_ids * sampler.num_instances // self.ctx.world_size
+        data = self.config.data
+        transforms = modality_transforms(self.family, self.model.image_size, self.model.pixel_mean,
+                                         self.model.pixel_std, train=True, pad=data.pad, erasing=data.erasing)
+        self.loader = DataLoader(ImageDataset(train, transforms, cache=data.cache), batch_size=per_rank,
+                                 sampler=self.sampler, num_workers=data.workers, drop_last=True,
+                                 pin_memory=self.device.type == "cuda")
 
     # -- checkpoints ---------------------------------------------------------------
 
@@ -201,7 +205,7 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "rng": _rng_state(),
             "history": self.history,
-            "config": self.config,
+            "config": self.config.model_dump(),
         }, self._checkpoint_path())
 
     def _resume(self, resume: str) -> None:
@@ -221,7 +225,7 @@ class Trainer:
     # -- training -------------------------------------------------------------------
 
     def _set_lr(self, epoch: int) -> float:
-        lr = learning_rate(epoch, self.config["optim"])
+        lr = learning_rate(epoch, self.config.optim)
         for group in self.optimizer.param_groups:
             group["lr"] = lr * group["lr_factor"]
         return lr
@@ -233,8 +237,8 @@ class Trainer:
         totals: dict[str, float] = {}
         steps = 0
         started = time.perf_counter()
-        limit = self.config["max_steps_per_epoch"]
-        bar = tqdm(self.loader, desc=f"epoch {epoch + 1}/{self.config['optim']['epochs']}",
+        limit = self.config.max_steps_per_epoch
+        bar = tqdm(self.loader, desc=f"epoch {epoch + 1}/{self.config.optim.epochs}",
                    total=min(len(self.loader), limit) if limit else None,
                    disable=not (self.progress and self.ctx.is_main), leave=False)
         for images, pids, camids, modalities in bar:
@@ -261,23 +265,23 @@ class Trainer:
         return {"epoch": epoch + 1, "lr": lr, "seconds": seconds, **{k: v / steps for k, v in totals.items()}}
 
     def evaluate(self) -> dict:
-        eval_cfg = self.config["eval"]
-        use_camids = eval_cfg["use_camids"] and self.family == "fusionreid"
-        return evaluate(self.model, self.dataset, rerank=eval_cfg["rerank"], use_camids=use_camids,
-                        trials=eval_cfg["trials"], batch_size=self.config["data"]["eval_batch_size"],
+        settings = self.config.eval
+        use_camids = settings.use_camids and self.family == "fusionreid"
+        return evaluate(self.model, self.dataset, rerank=settings.rerank, use_camids=use_camids,
+                        trials=settings.trials, batch_size=self.config.data.eval_batch_size,
                         device=self.device, progress=self.progress and self.ctx.is_main)
 
     def fit(self, stop_after: int | None = None) -> list[dict]:
         """Train to ``optim.epochs``; ``stop_after=k`` stops after epoch k as an interrupted
         run would (its ``last.pt`` resumes with ``resume=auto``)."""
-        epochs = self.config["optim"]["epochs"]
+        epochs = self.config.optim.epochs
         if self.ctx.is_main:
             self.output.mkdir(parents=True, exist_ok=True)
-            (self.output / "config.yaml").write_text(yaml.safe_dump(self.config, sort_keys=False))
+            (self.output / "config.yaml").write_text(yaml.safe_dump(self.config.model_dump(), sort_keys=False))
         for epoch in range(self.start_epoch, epochs):
             record = self.train_epoch(epoch)
             last = epoch + 1 == epochs
-            every = self.config["eval"]["every"]
+            every = self.config.eval.every
             if self.ctx.is_main:
                 if every and ((epoch + 1) % every == 0 or last):
                     metrics = self.evaluate()
@@ -293,7 +297,7 @@ class Trainer:
             if stop_after is not None and epoch + 1 >= stop_after:
                 return self.history
         if self.ctx.is_main:
-            save_model(self.output / "model.pt", self.model, self.config["model"], self.model_options,
+            save_model(self.output / "model.pt", self.model, self.config.model, self.model_options,
                        extra={"dataset": self.dataset_name})
         return self.history
 

@@ -12,7 +12,7 @@ import logging
 import threading
 
 from hybreid.errors import UserError
-from hybreid.mqtt.mosquitto import free_port
+from hybreid.lab.mosquitto import free_port
 
 
 class EmbeddedBroker:

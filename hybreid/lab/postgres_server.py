@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from hybreid.errors import UserError
-from hybreid.mqtt.mosquitto import free_port
+from hybreid.lab.mosquitto import free_port
 
 
 def postgres_programs() -> Path | None:
