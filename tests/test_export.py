@@ -280,6 +280,12 @@ class TestTensorRTDecisions:
             plan_engine(path, BuildOptions("int8"), jetpack7)
         with pytest.raises(UserError, match="is FP32: export it with `hybreid export onnx --fp16`"):
             plan_engine(path, BuildOptions("fp16"), jetpack7)
+        with pytest.raises(UserError, match="h.fp16.onnx is not FP32"):
+            plan_engine(fp16, BuildOptions("fp32"), jetpack7)
+        with pytest.raises(UserError, match="does not exist"):
+            plan_engine(tmp_path / "none.onnx", BuildOptions("fp16"), jetpack6)
+        with pytest.raises(UserError, match="must look like 10.3.0, got 'ten'"):
+            plan_engine(path, BuildOptions("fp16"), DeviceInfo("ten", **orin))
 
     def test_missing_tensorrt_is_one_clear_error(self, tmp_path, exported):
         engine = tmp_path / "m.engine"

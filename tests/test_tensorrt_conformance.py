@@ -213,6 +213,24 @@ def test_a_model_tensorrt_cannot_parse_and_a_damaged_engine_are_one_clear_senten
     assert "OnnxParser#2.get_error(0) -> ParserError#1" in gpu.lines
 
 
+def test_a_failed_build_a_failed_run_and_a_missing_calibration_cache_are_each_named(models, tmp_path,
+                                                                                   monkeypatch):
+    from hybreid.inference.tensorrt_backend import TensorRTEmbedder
+
+    gpu = simulated("10.3.0", monkeypatch)
+    with pytest.raises(UserError, match="INT8 without a Q/DQ ONNX needs --calibration-cache"):
+        build_engine(models["fp32"], tmp_path / "int8", BuildOptions("int8", **OPTIONS))
+    assert not (tmp_path / "int8").exists()  # refused before anything was written
+    gpu.build_fails = True
+    with pytest.raises(UserError, match="TensorRT failed to build an engine"):
+        build_engine(models["fp32"], tmp_path / "failed", BuildOptions("fp32", **OPTIONS))
+    gpu.build_fails = False
+    embedder = TensorRTEmbedder(build_engine(models["fp32"], tmp_path / "ok", BuildOptions("fp32", **OPTIONS)))
+    gpu.execution_fails = True
+    with pytest.raises(RuntimeError, match="TensorRT execution failed"):
+        embedder.embed_preprocessed(np.zeros((2, 3, 16, 8), np.float32))
+
+
 def test_no_driver_no_memory_and_no_gpu_are_each_named(models, tmp_path, monkeypatch):
     from hybreid.inference.tensorrt_backend import TensorRTEmbedder, import_tensorrt
 

@@ -35,8 +35,9 @@ def projection_for(matrix: np.ndarray, sample: int = PROJECTION_SAMPLE) -> np.nd
     inner products) that hold :data:`PROJECTION_ENERGY` of their energy, when they are at most
     a quarter of the dimensions; else None (random or isotropic prototypes: no projection).
 
-    A trained model's embeddings span few directions (the tiny HAResformer's: 64 of 1024 hold
-    99.4 %), and an IVF list scan costs in proportion to the dimensions it reads; candidates
+    A trained model's embeddings span few directions (the tiny HAResformer's sightings: 128 of
+    1024 hold 99.1 % of their energy), and an IVF list scan costs in proportion to the
+    dimensions it reads; candidates
     are scored exactly against the full prototypes, and the search depth is calibrated on
     the projected index, so the projection only decides which identities are looked at."""
     rows = matrix if len(matrix) <= sample else matrix[np.random.default_rng(0).choice(len(matrix), sample,

@@ -73,6 +73,7 @@ class SimulatedGpu:
         self.streams: dict[int, str] = {}
         self.failures: dict[str, str] = {}  # CUDA function -> cudaError_t member it returns
         self.parse_errors: list[str] = []  # what the ONNX parser reports, when it fails
+        self.build_fails = self.execution_fails = False  # the builder returns None / execute_async_v3 False
         self.transcript = Transcript(render_int=self._render_int)
         self.tensorrt_api = TensorRTApi(tensorrt_api, self, self.transcript)
         self.cuda_api = CudaApi(cuda_api, self, self.transcript)
@@ -303,6 +304,8 @@ class SimulatedGpu:
         return self.tensorrt_api.new("IHostMemory", payload=_state(cache)["payload"])
 
     def on_Builder_build_serialized_network(self, builder, network, config):
+        if self.build_fails:
+            return None
         model = _state(network).get("model")
         if model is None:
             raise ConformanceError("build_serialized_network: the network was never parsed")
@@ -382,6 +385,8 @@ class SimulatedGpu:
 
     def on_IExecutionContext_execute_async_v3(self, context, stream_handle):
         self._stream(stream_handle, "execute_async_v3")
+        if self.execution_fails:
+            return False
         session = self._engine_of(context)["session"]
         state = _state(context)
         feeds = {}
