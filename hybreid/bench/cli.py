@@ -92,7 +92,7 @@ def _measure_geometry(args) -> None:
     geometry = measure_geometry(embeddings, np.array([s.pid for s in samples]), np.array([s.modality for s in samples]),
                                 embedder.contract.identity, f"{args.dataset} test split, {len(samples)} images")
     path = save_geometry(geometry, output_folder(args) / "embedding_geometry.json")
-    print(format_table(["measure", "value"], [[key, value] for key, value in geometry.model_dump().items()
+    print(format_table(["measure", "value"], [[key, value] for key, value in dict(geometry).items()
                                                if key != "genuine_quantiles"]))
     print(f"genuine cosines, 5 % / 50 % / 95 %: {geometry.genuine_quantiles[1]} / {geometry.genuine_quantiles[10]} / "
           f"{geometry.genuine_quantiles[19]}; saved {path}")

@@ -171,14 +171,15 @@ class EdgeRuntime:
 
     def _make_detectors(self) -> dict[str, object]:
         """Each camera's detector; cameras configured alike share one (one compiled CNN in memory)."""
-        made: dict[str, object] = {}
+        made: list[tuple[object, object]] = []  # (settings, detector): settings compare by value
         detectors = {}
         for camera in self.settings.cameras:
             options = self.settings.detector_of(camera)
-            key = options.model_dump_json()
-            if key not in made:
-                made[key] = make_detector(options)
-            detectors[camera.id] = made[key]
+            detector = next((built for settings, built in made if settings == options), None)
+            if detector is None:
+                detector = make_detector(options)
+                made.append((options, detector))
+            detectors[camera.id] = detector
         return detectors
 
     def _probe_embedder(self) -> None:
