@@ -1,12 +1,12 @@
 """The matcher service: MQTT ingest -> validate -> gallery -> identity -> event.
 
-Decisions go out on ``hybreid/v1/{site}/events``, at least once: a
-feature is acknowledged to the broker only after its event's PUBACK, and a feature
-delivered again (after a crash) re-emits the decision stored with it. Consumers
-de-duplicate events on ``(site, camera_id, seq)``. Re-association's ``reassign`` and
-``merge`` events are stored in the gallery with the change they announce and leave it only
-when the broker acknowledges them (sent again after a broker outage or a crash; consumers
-de-duplicate them on their content).
+Decisions go out on ``hybreid/v1/{site}/events`` at least once (:mod:`.events`): a feature
+is acknowledged to the broker only after its event's PUBACK, and a feature delivered again
+(after a crash) re-emits the decision stored with it. Consumers de-duplicate events on
+``(site, camera_id, seq)``. Re-association's ``reassign`` and ``merge`` events are stored in
+the gallery with the change they announce and leave it only when the broker acknowledges
+them (sent again after a broker outage or a crash; consumers de-duplicate them on their
+content).
 
 Ingest is micro-batched: paho's network thread only queues each message; a worker takes
 what has arrived (up to ``BATCH_SIZE``, waiting at most ``BATCH_WAIT_S`` for more), decides
