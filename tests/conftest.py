@@ -60,11 +60,6 @@ def scenes(tmp_path_factory) -> tuple[Path, dict]:
     return folder, render_scenes(folder, num_people=4)
 
 
-    def close(self):
-        self.client.disconnect()
-        self.client.loop_stop()
-
-
 # Fixtures that export, train, calibrate or render for seconds: a test that needs one is slow
 # (left out of `make test-fast`), whatever its own body costs.
 HEAVY_FIXTURES = {"tiny_onnx", "scenes", "small_demo", "fp32_model", "exported", "haresformer_reports", "world",
