@@ -18,7 +18,6 @@ Boxes are filtered by size, aspect ratio and score (:class:`BoxFilter`).
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -35,7 +34,6 @@ from hybreid.edge_runtime.stages import Detection
 from hybreid.errors import UserError
 
 
-@dataclass
 class BoxFilter:
     """Keeps the boxes that can be a standing person (:class:`BoxFilterSettings`)."""
 

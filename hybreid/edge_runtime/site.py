@@ -219,9 +219,8 @@ def resolve_paths(site: SiteFile, base: Path) -> SiteFile:
         return path if path is None or Path(path).is_absolute() else str(base / path)
 
     for camera in site.cameras:
-        source = str(camera.source)
-        if isinstance(camera.source, str) and not (source.isdigit() or "://" in source or "!" in source):
-            camera.source = resolve(source)
+        if camera.is_file:
+            camera.source = resolve(camera.source)
             if not Path(camera.source).is_file():
                 raise UserError(f"camera {camera.id}: video file {camera.source} does not exist")
     site.model.path = resolve(site.model.path)

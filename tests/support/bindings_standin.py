@@ -206,10 +206,10 @@ class Transcript:
             return repr(value)
         return type(value).__name__
 
-    def call(self, receiver: str, name: str, args: tuple, kwargs: dict, result=None, returns=True) -> None:
+    def call(self, receiver: str, name: str, args: tuple, kwargs: dict, result=None) -> None:
         shown = [self.render(arg) for arg in args] + [f"{key}={self.render(v)}" for key, v in kwargs.items()]
         line = f"{receiver}.{name}({', '.join(shown)})" if receiver else f"{name}({', '.join(shown)})"
-        if returns and result is not None:
+        if result is not None:
             line += f" -> {self.render(result)}"
         self.lines.append(line)
 
