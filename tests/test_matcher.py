@@ -310,3 +310,26 @@ def test_matcher_threads_limit_both_of_its_compute_pools():
             "limit_threads(1); print(sorted({(p['internal_api'], p['num_threads']) for p in threadpool_info()}))")
     pools = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "('openmp', 1)" in pools and "('openblas', 1)" in pools and ", 2)" not in pools
+
+
+def test_commits_leave_the_checkpoint_to_the_stores_own_thread(tmp_path, monkeypatch):
+    """SQLite's commits no longer copy the write-ahead log into the file past 1000 pages; the
+    store's thread does, and stops with the store."""
+    from hybreid.matcher import database
+
+    monkeypatch.setattr(database, "CHECKPOINT_EVERY_S", 0.05)
+    store = database.open_database(tmp_path / "gallery.sqlite")
+    assert store.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == database.WAL_BOUND_PAGES
+    blob = bytes(8192)
+    for batch in range(6):  # about 1,500 pages of log: past SQLite's own default of 1000
+        store.begin()
+        store.executemany("INSERT INTO meta (key, value) VALUES (?, ?)",
+                          [(f"{batch}-{i}", blob.hex()) for i in range(60)])
+        store.commit()
+    main_file = tmp_path / "gallery.sqlite"
+    deadline = time.monotonic() + 30
+    while main_file.stat().st_size < 6 * 60 * 16384 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert main_file.stat().st_size >= 6 * 60 * 16384  # the rows reached the file, not only the log
+    store.close()
+    assert not store._checkpointer._thread.is_alive()

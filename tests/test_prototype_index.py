@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from hybreid.matcher import index as index_module
+from hybreid.matcher import prototype_table
 from hybreid.matcher.index import PrototypeIndex
 
 
@@ -123,13 +124,38 @@ def test_exact_search_a_slice_at_a_time_is_the_search_of_the_whole_gallery(monke
     assert index.exact_top(queries) == whole and whole[-1] == 105
 
 
-def test_the_index_keeps_the_matrix_it_is_built_from_rather_than_copies():
+def test_the_index_owns_the_matrix_it_is_built_from_rather_than_copying_it():
     vectors = unit(300, 16, 13)
     index = PrototypeIndex("flat")
     index.rebuild_from(list(range(300)), vectors)
     assert all(np.shares_memory(index.prototypes[i], vectors) for i in (0, 150, 299))
-    index.upsert_many([7], [vectors[8]])  # an update replaces the row's prototype, never writes into the matrix
-    assert np.array_equal(index.prototypes[7], vectors[8]) and not np.array_equal(vectors[7], vectors[8])
+    moved = (vectors[8] + vectors[7]) / np.linalg.norm(vectors[8] + vectors[7])
+    index.upsert_many([7], [moved])  # an update writes its row in place
+    assert np.array_equal(vectors[7], moved) and np.array_equal(index.prototypes[7], moved)
+    assert index.search(moved, 2)[0] == (7, pytest.approx(1.0, abs=1e-5))
+
+
+def test_prototypes_added_past_a_block_are_gathered_and_ranked_from_every_block(monkeypatch):
+    """New identities go to blocks after the rebuild's matrix; a shortlist spanning the blocks
+    is scored as the same prototypes held one by one would be."""
+    monkeypatch.setattr(prototype_table, "BLOCK_ROWS", 7)
+    vectors = unit(60, 16, 21)
+    index = PrototypeIndex("flat")
+    index.rebuild_from(list(range(10)), vectors[:10].copy())
+    for start in range(10, 60, 9):  # batches that straddle the blocks' edges
+        index.upsert_many(list(range(start, min(start + 9, 60))), vectors[start:start + 9])
+    assert len(index.prototypes) == 60 and len(index.prototypes._blocks) > 5
+    assert all(np.array_equal(index.prototypes[i], vectors[i]) for i in range(60))
+    query = vectors[44] + 0.3 * vectors[3]
+    shortlist = [59, 3, 44, 12, 3, 999, 25]  # repeated, and one the index does not hold
+    expected = sorted(((i, float(vectors[i] @ query)) for i in dict.fromkeys(shortlist) if i != 999),
+                      key=lambda pair: -pair[1])
+    ranked = index.rank(query, shortlist, k=4)
+    assert [i for i, _ in ranked] == [i for i, _ in expected[:4]]
+    assert [s for _, s in ranked] == pytest.approx([s for _, s in expected[:4]], abs=1e-5)
+    override = unit(1, 16, 5)[0]
+    assert index.rank(override, [44, 12], k=1, overrides={12: override})[0] == (12, pytest.approx(1.0, abs=1e-5))
+    assert index.exact_top(vectors[[5, 33, 58]]) == [5, 33, 58]
 
 
 @pytest.mark.parametrize("kind", ["flat", "ivf"])

@@ -45,7 +45,8 @@ import faiss  # noqa: E402  (after the setting above)
 import numpy as np
 
 from hybreid.errors import UserError
-from hybreid.matcher.index_tuning import calibration_queries, cosine_between, projection_for
+from hybreid.matcher.index_tuning import PROJECTION_SAMPLE, calibration_queries, cosine_between, projection_for
+from hybreid.matcher.prototype_table import PrototypeTable
 
 KINDS = ("auto", "flat", "hnsw", "ivf")
 AUTO_EXACT_BELOW = 5_000  # identities; below this exact search takes about a millisecond at 1024-d
@@ -107,7 +108,7 @@ class PrototypeIndex:
         if not 0.0 < query_cosine < 1.0:
             raise UserError(f"the index's query cosine must lie in (0, 1), got {query_cosine}")
         self.kind, self.seed, self.query_cosine = kind, seed, query_cosine
-        self.prototypes: dict[int, np.ndarray] = {}
+        self.prototypes = PrototypeTable()
         self.structure = "flat"  # what is built now: flat, hnsw or ivf
         self.depth: int | None = None
         self.recall_at_1: float | None = None  # measured on the gallery at the last build (approximate only)
@@ -121,7 +122,7 @@ class PrototypeIndex:
 
     @property
     def dim(self) -> int | None:
-        return next(iter(self.prototypes.values())).size if self.prototypes else None
+        return self.prototypes.dim
 
     def _structure_for(self, count: int) -> str:
         wanted = ("flat" if count < AUTO_EXACT_BELOW else "ivf") if self.kind == "auto" else self.kind
@@ -135,78 +136,85 @@ class PrototypeIndex:
         self.rebuild_from(ids, matrix)
 
     def rebuild_from(self, ids: list[int], matrix: np.ndarray | None) -> None:
-        """Rebuild over ``matrix`` (one row per identity of ``ids``), which the index keeps:
-        each prototype is a view of its row, so a gallery is held once here (4 GiB for 10^6
+        """Rebuild over ``matrix`` (one row per identity of ``ids``), which the index takes as its
+        own: updates are written into it, so a gallery is held once here (4 GiB for 10^6
         identities at 1024-d) and once by FAISS, not once per copy made on the way."""
-        self.prototypes = dict(zip(ids, matrix, strict=True)) if ids else {}
+        self.prototypes = PrototypeTable(ids, matrix)
+        self._build()
+
+    def _build(self) -> None:
+        """The search structure over the current prototypes, from scratch."""
         self._rows, self._row_of, self._stale = _Rows([]), {}, 0
         self.depth = self.recall_at_1 = None
         if not self.prototypes:
             self._index, self.structure = None, "flat"
             return
-        self.structure = self._structure_for(len(ids))
-        dim = matrix.shape[1]
-        self._projection = projection_for(matrix) if self.structure == "ivf" else None
-        if self._projection is not None:
-            dim = self._projection.shape[1]
+        count = len(self.prototypes)
+        rng = np.random.default_rng(self.seed)
+        self.structure = self._structure_for(count)
+        self._projection = (projection_for(self.prototypes.sample(PROJECTION_SAMPLE, rng))
+                            if self.structure == "ivf" else None)
+        dim = self.prototypes.dim if self._projection is None else self._projection.shape[1]
         if self.structure == "flat":
             self._index = faiss.IndexFlatIP(dim)
         elif self.structure == "hnsw":
             self._index = faiss.IndexHNSWFlat(dim, 32, faiss.METRIC_INNER_PRODUCT)
             self._index.hnsw.efConstruction = 80
         else:
-            lists = ivf_lists(len(ids))
+            lists = ivf_lists(count)
             self._quantizer = faiss.IndexFlatIP(dim)  # held here: the IVF index does not own it
             self._index = faiss.IndexIVFScalarQuantizer(self._quantizer, dim, lists, faiss.ScalarQuantizer.QT_8bit,
                                                         faiss.METRIC_INNER_PRODUCT)
-            self._index.cp.max_points_per_centroid = IVF_TRAIN_POINTS_PER_LIST
             self._index.cp.seed = self.seed
             self._index.cp.niter = IVF_TRAIN_ITERATIONS
-            self._index.train(self._project(matrix))
-            self._trained_for = len(ids)
-        self._index.add(self._project(matrix))
+            self._index.train(self._project(self.prototypes.sample(lists * IVF_TRAIN_POINTS_PER_LIST, rng)))
+            self._trained_for = count
+        ids: list[int] = []
+        for chunk_ids, rows in self.prototypes.chunks():  # FAISS's rows in the table's order
+            self._index.add(self._project(rows))
+            ids += chunk_ids
         if self.structure == "ivf":
             self._index.make_direct_map()  # reconstruct(row): how far a prototype moved from its entry
         self._rows = _Rows(ids)
         self._row_of = {identity: row for row, identity in enumerate(ids)}
         if self.structure != "flat":
-            self._calibrate(matrix)
+            self._calibrate(rng)
 
     def upsert_many(self, identities: list[int], vectors: np.ndarray) -> None:
-        """Set these identities' prototypes; the entries to add go to FAISS in one call (a
-        batch's new identities, or another instance's: added one at a time, they took a fifth
-        of an instance's CPU under cProfile)."""
-        # Each row its own copy (the last of a repeated identity): a view would keep the whole
-        # matrix of a catch-up or a commit alive for as long as one of its identities is not
-        # updated again.
-        given = {identity: np.array(vector, dtype=np.float32)
-                 for identity, vector in zip(identities, vectors, strict=True)}
+        """Set these identities' prototypes (copied into the table; the last of a repeated
+        identity wins); the entries to add go to FAISS in one call (a batch's new identities,
+        or another instance's: added one at a time, they took a fifth of an instance's CPU
+        under cProfile)."""
+        given = dict(zip(identities, range(len(identities)), strict=True))
+        ids = list(given)
+        vectors = np.asarray(vectors, dtype=np.float32)[list(given.values())]
+        self.prototypes.set_many(ids, vectors)
         if self._index is None:
-            self.rebuild({**self.prototypes, **given})
+            self._build()
             return
+        projected = self._project(vectors)
         added: list[int] = []
-        for identity, vector in given.items():
-            self.prototypes[identity] = vector
+        for position, identity in enumerate(ids):
             row = self._row_of.get(identity)
             if row is not None and self.structure == "flat":
                 stored = faiss.rev_swig_ptr(self._index.get_xb(), self._index.ntotal * self._index.d)
-                stored.reshape(self._index.ntotal, self._index.d)[row] = vector
+                stored.reshape(self._index.ntotal, self._index.d)[row] = vectors[position]
                 continue
             if row is not None:
-                if cosine_between(self._index.reconstruct(row), self._project(vector)) >= REINDEX_BELOW:
+                if cosine_between(self._index.reconstruct(row), projected[position]) >= REINDEX_BELOW:
                     continue
                 self._stale += 1
                 self._rows.current[row] = False
-            added.append(identity)
+            added.append(position)
         if not added:
             return
-        self._index.add(self._project(np.stack([self.prototypes[identity] for identity in added])))
-        for identity in added:
-            self._row_of[identity] = self._rows.append(identity)
+        self._index.add(projected[added])
+        for position in added:
+            self._row_of[ids[position]] = self._rows.append(ids[position])
         outgrown = ((self.structure == "flat" and self._structure_for(len(self.prototypes)) != "flat")
                     or (self.structure == "ivf" and len(self.prototypes) > IVF_RETRAIN_GROWTH * self._trained_for))
         if self._stale > STALE_SHARE * self._rows.count or outgrown:
-            self.rebuild(self.prototypes)
+            self._build()
 
     def _project(self, vectors: np.ndarray) -> np.ndarray:
         projected = vectors if self._projection is None else vectors @ self._projection
@@ -235,38 +243,35 @@ class PrototypeIndex:
         """Top-k of ``identities`` by exact cosine with their current prototypes (``overrides``'
         first: a batch's prototypes before it commits)."""
         vector = np.asarray(vector, dtype=np.float32)
-        overrides = overrides or {}
-        known, rows = [], []
-        for identity in dict.fromkeys(identities):
-            prototype = overrides.get(identity)
-            if prototype is None:
-                prototype = self.prototypes.get(identity)
-            if prototype is not None:
-                known.append(identity)
-                rows.append(prototype)
-        if not known:
+        ids = list(dict.fromkeys(identities))
+        if not ids:
             return []
-        # One matrix product for a message's candidates (those of the search, the nearest of
-        # the identities its batch created, any another instance wrote): a dot product each,
-        # in Python, cost more than the product.
-        scores = np.array(rows) @ vector
+        # One gather and one product for a message's candidates (those of the search, the nearest
+        # of the identities its batch created, any another instance wrote).
+        slots = self.prototypes.slots(ids)
+        scores = np.full(len(ids), -np.inf, dtype=np.float32)
+        stored = slots >= 0
+        if stored.any():
+            scores[stored] = self.prototypes.gather(slots[stored]) @ vector
+        for position in [p for p, identity in enumerate(ids) if identity in overrides] if overrides else ():
+            scores[position] = overrides[ids[position]] @ vector
         order = np.argsort(-scores, kind="stable")[:k]
-        return [(known[i], float(scores[i])) for i in order]
+        return [(ids[i], float(scores[i])) for i in order if scores[i] > -np.inf]
 
     def exact_top(self, queries: np.ndarray) -> list[int]:
         """Each query's top identity by exact search over the current prototypes, a slice of
-        the gallery at a time (a copy of all of it would double its memory)."""
+        the table at a time (a product with all of it at once would take as much memory again)."""
         queries = np.asarray(queries, dtype=np.float32)
-        ids = list(self.prototypes)
         best = np.full(len(queries), -np.inf, dtype=np.float32)
         best_id = np.zeros(len(queries), dtype=np.int64)
-        for start in range(0, len(ids), EXACT_SLICE):
-            chunk = ids[start:start + EXACT_SLICE]
-            scores = queries @ np.stack([self.prototypes[i] for i in chunk]).T
-            top = scores.argmax(axis=1)
-            value = scores[np.arange(len(queries)), top]
-            better = value > best  # strictly: on a tie the earlier identity stays, as one argmax keeps it
-            best[better], best_id[better] = value[better], np.asarray(chunk)[top[better]]
+        for chunk_ids, rows in self.prototypes.chunks():
+            for start in range(0, len(chunk_ids), EXACT_SLICE):
+                scores = queries @ rows[start:start + EXACT_SLICE].T
+                top = scores.argmax(axis=1)
+                value = scores[np.arange(len(queries)), top]
+                better = value > best  # strictly: on a tie the earlier identity stays, as one argmax keeps it
+                best[better] = value[better]
+                best_id[better] = np.asarray(chunk_ids[start:start + EXACT_SLICE])[top[better]]
         return best_id.tolist()
 
     def measure_recall(self, queries: np.ndarray, exact: list[int]) -> float:
@@ -274,12 +279,12 @@ class PrototypeIndex:
         found = [self.search(query, 1) for query in queries]
         return float(np.mean([bool(f) and f[0][0] == e for f, e in zip(found, exact, strict=True)]))
 
-    def _calibrate(self, matrix: np.ndarray, per_band: int = 400, bands: int = 4) -> None:
+    def _calibrate(self, rng: np.random.Generator, per_band: int = 400, bands: int = 4) -> None:
         """The smallest search depth whose recall@1 against exact search reaches the target in
         every band of cosine from the weakest match the thresholds accept up to 1
         (:func:`calibration_queries`): where people crowd a cone, the sightings closest to
         their own prototype were found least often, not the weakest."""
-        rng = np.random.default_rng(self.seed)
+        matrix = self.prototypes.sample(PROJECTION_SAMPLE, rng)  # the sightings' people and their drift
         edges = np.linspace(self.query_cosine, 1.0, bands + 1)
         banded = [calibration_queries(matrix, rng.uniform(low, high, per_band), per_band, rng)
                   for low, high in zip(edges[:-1], edges[1:], strict=True)]
