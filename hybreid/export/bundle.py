@@ -24,7 +24,7 @@ import json
 import os
 import tarfile
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -82,6 +82,18 @@ class Manifest(_Strict):
     engine: str = ""
     # the detector's provenance (its source package and version, licence), from its metadata
     detector: dict[str, str] = {}
+
+    def build_options(self) -> BuildOptions:
+        return BuildOptions(**self.build.model_dump())
+
+
+@dataclass(frozen=True)
+class VerifiedBundle:
+    """A bundle's manifest once its members, hashes and (with trust) signature are checked."""
+
+    manifest: Manifest
+    signed: bool
+    signed_by: str | None  # the trusted key's fingerprint; None when no trust was given
 
 
 # -- keys and signatures (Ed25519, from the cryptography package) ---------------------------
@@ -262,7 +274,7 @@ def _check_signature(bundle: Path, manifest_bytes: bytes, signature: bytes | Non
                     "signed by someone else or altered")
 
 
-def _verify_open(tar: tarfile.TarFile, bundle: Path, trust: list[str | Path] | None) -> dict:
+def _verify_open(tar: tarfile.TarFile, bundle: Path, trust: list[str | Path] | None) -> VerifiedBundle:
     members = _members(tar, bundle)
     if members[MANIFEST].size > MAX_MANIFEST_BYTES:
         raise UserError(f"bundle {bundle}: its manifest is over {MAX_MANIFEST_BYTES} bytes; refusing it")
@@ -270,31 +282,30 @@ def _verify_open(tar: tarfile.TarFile, bundle: Path, trust: list[str | Path] | N
     signature = tar.extractfile(members[SIGNATURE]).read() if SIGNATURE in members else None
     signed_by = _check_signature(bundle, manifest_bytes, signature, trust) if trust else None
     try:
-        manifest = Manifest.model_validate_json(manifest_bytes).model_dump()
+        manifest = Manifest.model_validate_json(manifest_bytes)
     except ValidationError as exc:
         raise UserError(f"bundle {bundle}: its manifest is not valid ({validation_problem(exc, Manifest)})") from exc
-    for role, entry in manifest["files"].items():  # every size checked before anything is read
-        if entry["name"] != ROLES[role]:
-            raise UserError(f"bundle {bundle}: the manifest names {entry['name']!r} for {role}, "
-                            f"expected {ROLES[role]}")
-        if entry["name"] not in members:
-            raise UserError(f"bundle {bundle} lacks {entry['name']}, which its manifest lists")
-        if members[entry["name"]].size != entry["bytes"]:  # a sparse member may declare a terabyte
-            raise UserError(f"bundle {bundle}: {entry['name']} declares {members[entry['name']].size} bytes, its "
-                            f"manifest {entry['bytes']}; refusing it")
-    for role, entry in manifest["files"].items():
-        member = tar.extractfile(members[entry["name"]])
+    for role, entry in manifest.files.items():  # every size checked before anything is read
+        if entry.name != ROLES[role]:
+            raise UserError(f"bundle {bundle}: the manifest names {entry.name!r} for {role}, expected {ROLES[role]}")
+        if entry.name not in members:
+            raise UserError(f"bundle {bundle} lacks {entry.name}, which its manifest lists")
+        if members[entry.name].size != entry.bytes:  # a sparse member may declare a terabyte
+            raise UserError(f"bundle {bundle}: {entry.name} declares {members[entry.name].size} bytes, its "
+                            f"manifest {entry.bytes}; refusing it")
+    for role, entry in manifest.files.items():
+        member = tar.extractfile(members[entry.name])
         digest = hashlib.sha256()
         for chunk in iter(lambda member=member: member.read(1 << 20), b""):
             digest.update(chunk)
-        if digest.hexdigest() != entry["sha256"]:
-            raise UserError(f"bundle {bundle}: {entry['name']} ({role}) does not match its hash; "
+        if digest.hexdigest() != entry.sha256:
+            raise UserError(f"bundle {bundle}: {entry.name} ({role}) does not match its hash; "
                             "the bundle was altered or damaged in transit")
-    unlisted = set(members) - {MANIFEST, SIGNATURE} - {entry["name"] for entry in manifest["files"].values()}
+    unlisted = set(members) - {MANIFEST, SIGNATURE} - {entry.name for entry in manifest.files.values()}
     if unlisted:
         raise UserError(f"bundle {bundle} holds {', '.join(sorted(unlisted))}, which its manifest does "
                         "not list; refusing it")
-    return {**manifest, "signed": signature is not None, "signed_by": signed_by}
+    return VerifiedBundle(manifest, signature is not None, signed_by)
 
 
 def _with_bundle(bundle: Path, work):
@@ -311,12 +322,8 @@ def _with_bundle(bundle: Path, work):
                             "copy it again") from exc
 
 
-def verify_bundle(bundle: str | Path, trust: list[str | Path] | None = None) -> dict:
-    """Check members, manifest schema, every file's hash and, with ``trust``, the signature.
-
-    Returns the manifest, with ``signed`` and ``signed_by`` (the trusted key's fingerprint,
-    when ``trust`` was given).
-    """
+def verify_bundle(bundle: str | Path, trust: list[str | Path] | None = None) -> VerifiedBundle:
+    """Check members, manifest schema, every file's hash and, with ``trust``, the signature."""
     bundle = Path(bundle)
     return _with_bundle(bundle, lambda tar: _verify_open(tar, bundle, trust))
 
@@ -355,21 +362,22 @@ def install_bundle(bundle: str | Path, target: str | Path, trust: list[str | Pat
     target = Path(target).resolve()
 
     def install(tar: tarfile.TarFile) -> Path:
-        manifest = _verify_open(tar, bundle, trust)
-        folder = target / f"{manifest['model']}-{manifest['weights_sha256']}"
+        verified = _verify_open(tar, bundle, trust)
+        manifest = verified.manifest
+        folder = target / f"{manifest.model}-{manifest.weights_sha256}"
         if folder.parent != target:  # the schema already refuses separators; this is the last word
             raise UserError(f"bundle {bundle} names a folder outside {target}; refusing it")
         installed = _installed(target)
-        previous = installed.get(manifest["model"]) if isinstance(installed.get(manifest["model"]), dict) else {}
-        if str(previous.get("created", "")) > manifest["created"] and not allow_downgrade:
-            raise UserError(f"bundle {bundle} (created {manifest['created']}) is older than the installed "
-                            f"{manifest['model']} (created {previous['created']}); refusing a downgrade "
+        previous = installed.get(manifest.model) if isinstance(installed.get(manifest.model), dict) else {}
+        if str(previous.get("created", "")) > manifest.created and not allow_downgrade:
+            raise UserError(f"bundle {bundle} (created {manifest.created}) is older than the installed "
+                            f"{manifest.model} (created {previous['created']}); refusing a downgrade "
                             "(--allow-downgrade installs it anyway)")
         target.mkdir(parents=True, exist_ok=True)
         fresh = Path(tempfile.mkdtemp(prefix=".installing-", dir=target))
         try:
-            names = [MANIFEST] + ([SIGNATURE] if manifest["signed"] else []) + \
-                [entry["name"] for entry in manifest["files"].values()]
+            names = [MANIFEST] + ([SIGNATURE] if verified.signed else []) + \
+                [entry.name for entry in manifest.files.values()]
             for name in names:
                 (fresh / name).write_bytes(tar.extractfile(name).read())
             fresh.chmod(0o755)
@@ -386,7 +394,7 @@ def install_bundle(bundle: str | Path, target: str | Path, trust: list[str | Pat
             raise
         for aside in retired:
             shutil.rmtree(aside, ignore_errors=True)
-        installed[manifest["model"]] = {"folder": folder.name, "created": manifest["created"]}
+        installed[manifest.model] = {"folder": folder.name, "created": manifest.created}
         record = target / INSTALLED
         record.with_suffix(".partial").write_text(json.dumps(installed, indent=2))
         record.with_suffix(".partial").replace(record)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 from hybreid.command_line import CHECKPOINT_HELP, MODEL_HELP, command, group
 from hybreid.errors import UserError
 
@@ -83,24 +81,24 @@ def _verify(args) -> None:
     from hybreid.contract import model_identity
     from hybreid.export import bundle
 
-    manifest = bundle.verify_bundle(args.bundle, args.trust)
-    signature = (f"signed by trusted key {manifest['signed_by']}" if manifest["signed_by"]
-                 else "signed, signature not checked (give --trust)" if manifest["signed"] else "unsigned")
-    print(f"bundle {args.bundle} is intact: {model_identity(manifest['model'], manifest['weights_sha256'])}, "
-          f"files {', '.join(f['name'] for f in manifest['files'].values())}; {signature}")
+    verified = bundle.verify_bundle(args.bundle, args.trust)
+    manifest = verified.manifest
+    signature = (f"signed by trusted key {verified.signed_by}" if verified.signed_by
+                 else "signed, signature not checked (give --trust)" if verified.signed else "unsigned")
+    print(f"bundle {args.bundle} is intact: {model_identity(manifest.model, manifest.weights_sha256)}, "
+          f"files {', '.join(f.name for f in manifest.files.values())}; {signature}")
 
 
 def _install(args) -> None:
     from hybreid.export import bundle
-    from hybreid.inference.engine_cache import BuildOptions
 
     folder = bundle.install_bundle(args.bundle, args.dir, args.trust, args.allow_downgrade)
     print(f"installed into {folder}")
     if args.build_engine:
         from hybreid.export.tensorrt_build import build_engine
 
-        manifest = json.loads((folder / bundle.MANIFEST).read_text())  # verified by the install
-        options = BuildOptions(**manifest["build"])
+        # verified by the install
+        options = bundle.Manifest.model_validate_json((folder / bundle.MANIFEST).read_bytes()).build_options()
         source = {"int8": "model.int8.qdq.onnx", "fp16": "model.fp16.onnx"}.get(options.precision, "model.onnx")
         if not (folder / source).is_file():
             source = "model.onnx"
