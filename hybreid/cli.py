@@ -38,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     loudness = parser.add_mutually_exclusive_group()
     loudness.add_argument("-v", "--verbose", action="store_true", help="log debugging detail")
     loudness.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
+    parser.add_argument("--log-format", choices=["text", "json"], default="text",
+                        help="log lines as text, or as one JSON object each (for a log collector)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for package in PACKAGES:
         package.register(commands)
@@ -64,6 +66,11 @@ def main(argv: list[str] | None = None) -> int:
     # hybreid's own log at the asked level; third-party libraries (ONNX Runtime's quantizer logs
     # every bias copy at INFO on the root logger) say only warnings and errors.
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if args.log_format == "json":
+        from hybreid.observability import JsonLogFormatter
+
+        for handler in logging.getLogger().handlers:
+            handler.setFormatter(JsonLogFormatter())
     logging.getLogger("hybreid").setLevel(logging.DEBUG if args.verbose else logging.WARNING if args.quiet
                                           else logging.INFO)
     try:

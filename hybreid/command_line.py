@@ -120,3 +120,30 @@ def output_file(path: str | Path, overwrite: bool) -> Path:
     if path.exists() and not overwrite:
         raise UserError(f"{path} exists; give another --out, or --overwrite to replace it")
     return path
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is 0-65535, got {port}")
+    return port
+
+
+def add_metrics_options(parser: argparse.ArgumentParser) -> None:
+    """``--metrics-port`` and ``--metrics-host``, the same for every long-running service."""
+    parser.add_argument("--metrics-port", type=_port,
+                        help="serve Prometheus metrics at /metrics and health checks at /healthz and /readyz on "
+                             "this port (0: a free one, logged; default: none)")
+    parser.add_argument("--metrics-host", default="127.0.0.1",
+                        help="the address the metrics listen on; anything but loopback exposes them to the network")
+
+
+def serve_metrics(args: argparse.Namespace, metrics):
+    """Start serving ``metrics`` (a collector with ``registry``, ``alive`` and ``ready``) on
+    ``--metrics-host:--metrics-port``; returns the server."""
+    from hybreid.observability import MetricsServer
+
+    return MetricsServer(metrics.registry, args.metrics_host, args.metrics_port, metrics.alive, metrics.ready).start()

@@ -114,8 +114,13 @@ def test_site_benchmark_scores_online_and_reassociated_with_a_timeline(small_sit
     folder, spec_path, truth = small_site
     out = tmp_path / "bench"
     assert main(["bench", "site", "--artifact", str(tiny_onnx), "--spec", str(spec_path), "--scenes",
-                 str(folder / "scenes"), "--out", str(out)]) == 0
+                 str(folder / "scenes"), "--out", str(out), "--scrape-metrics"]) == 0
     (result,) = json.loads((out / "site.json").read_text())
+    # What Prometheus would have scraped from the two services is what the benchmark counted.
+    scraped = {row["figure"]: row for row in result["scraped"]}
+    assert set(scraped) == {"tracklets published", "frames", "messages ingested", "identities"}
+    for row in scraped.values():
+        assert row["benchmark"] > 0 and row["scraped"] == pytest.approx(row["benchmark"], rel=0.01)
     true_boxes = sum(len(camera["boxes"]) for camera in truth["cameras"])
     for method in ("online", "re-associated"):
         mtmc = result[method]["mtmc"]

@@ -124,7 +124,7 @@ def _site(args) -> None:
         else [MatchPolicy.checked(**choices) for _ in args.artifact]
     spec = SiteSpec.load(args.spec) if args.spec else default_spec()
     site.run(args.artifact, output_folder(args), policies, spec, scenes=args.scenes, seeds=args.seed,
-             cache=args.site_cache, split_below=args.split_below)
+             cache=args.site_cache, split_below=args.split_below, scrape_metrics=args.scrape_metrics)
 
 
 def register(commands) -> None:
@@ -258,4 +258,7 @@ def _add_site(bench) -> None:
                            "(embed.split_below; default: never)")
     site.add_argument("--site-cache", help="where renderings are kept, by spec hash (default: "
                                            "~/.cache/hybreid/sites)")
+    site.add_argument("--scrape-metrics", action="store_true",
+                      help="serve both services' Prometheus metrics during the run, scrape them and print them "
+                           "beside the benchmark's own figures")
     add_output(site, "bench-site", "the JSON and the timelines")

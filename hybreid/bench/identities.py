@@ -14,27 +14,32 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from hybreid.edge_runtime.prometheus_metrics import EdgeMetrics
 from hybreid.edge_runtime.runtime import EdgeRuntime, SiteConfig
 from hybreid.lab.mosquitto import Mosquitto
 from hybreid.lab.scoring import score_identities
 from hybreid.matcher.assignment import Matcher
 from hybreid.matcher.gallery import Gallery
 from hybreid.matcher.policy import MatchPolicy
+from hybreid.matcher.prometheus_metrics import MatcherMetrics
 from hybreid.matcher.query import by_camera
 from hybreid.matcher.reassociate import Transit
 from hybreid.matcher.service import MatcherService
 from hybreid.mqtt import BrokerConfig
+from hybreid.observability import MetricsServer
 from hybreid.synthetic.scenes import render_scenes, tracklet_ground_truth
 from hybreid.tables import format_table
 
 
 def run_site(model: str | Path, scenes: Path, truth: dict, broker_url: str, policy: MatchPolicy, work: Path,
              site: str = "bench", progress: bool = False, transit: Transit | None = None,
-             mqtt_protocol: str = "5", split_below: float | None = None) -> dict:
+             mqtt_protocol: str = "5", split_below: float | None = None, scrape_metrics: bool = False) -> dict:
     """The edge runtime on every camera video of ``truth`` and a matcher, through the
     broker at ``broker_url`` (speaking ``mqtt_protocol``, "5" or "3.1.1"); waits until the
     matcher has every published tracklet. ``split_below``: the edge splits a track whose
-    crops change person (``embed.split_below`` of the site file).
+    crops change person (``embed.split_below`` of the site file). ``scrape_metrics``: both
+    services serve their Prometheus metrics on free loopback ports, scraped once the
+    edge is done and once the matcher has re-associated (``scraped`` in the result).
 
     Returns the edge summary, the gallery's sightings, the matcher's status and the
     runtime (its ``track_log`` ties sightings to ground truth).
@@ -53,6 +58,7 @@ def run_site(model: str | Path, scenes: Path, truth: dict, broker_url: str, poli
         "publish": {"interval_s": 0}, "embed": {"split_below": split_below},
     })
     runtime = EdgeRuntime(config)
+    servers = _metrics_servers(runtime, service) if scrape_metrics else {}
     total = truth["frames"] * len(truth["cameras"])
     outcome: dict = {}
 
@@ -68,6 +74,7 @@ def run_site(model: str | Path, scenes: Path, truth: dict, broker_url: str, poli
         while worker.is_alive():
             worker.join(0.2)
             bar.update(runtime.metrics.frames - bar.n)
+    scraped = {"edge": _scrape(servers["edge"])} if servers else {}
     if "error" in outcome:
         service.stop()
         gallery.close()
@@ -79,11 +86,38 @@ def run_site(model: str | Path, scenes: Path, truth: dict, broker_url: str, poli
     online = by_camera(gallery, None, None, None)["sightings"]
     events = service.reassociate()
     status = service.status()
+    if servers:
+        scraped["matcher"] = _scrape(servers["matcher"])
+        for server in servers.values():
+            server.stop()
     service.stop()
     sightings = by_camera(gallery, None, None, None)["sightings"]
     gallery.close()
     return {"edge": summary, "sightings_online": online, "sightings": sightings, "events": events,
-            "matcher": status, "runtime": runtime}
+            "matcher": status, "runtime": runtime, "scraped": scraped}
+
+
+def _metrics_servers(runtime: EdgeRuntime, service: MatcherService) -> dict[str, MetricsServer]:
+    servers = {}
+    for name, metrics in (("edge", EdgeMetrics(runtime)), ("matcher", MatcherMetrics(service))):
+        servers[name] = MetricsServer(metrics.registry, "127.0.0.1", 0, metrics.alive, metrics.ready).start()
+    return servers
+
+
+def _scrape(server: MetricsServer) -> dict[str, float]:
+    """Every sample of the server's /metrics, fetched over HTTP as Prometheus would, by name
+    (labelled samples summed over their labels)."""
+    from urllib.request import urlopen
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urlopen(f"http://{server.host}:{server.port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    samples: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[sample.name] = samples.get(sample.name, 0.0) + sample.value
+    return samples
 
 
 def identity_boxes(track_log, sightings: list[dict]) -> dict[str, list]:

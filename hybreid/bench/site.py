@@ -83,9 +83,10 @@ def summarise(records: list[dict], title: str) -> tuple[str, dict]:
 
 def run(models: list[str], out: str | Path, policies: list[MatchPolicy], spec: SiteSpec | None = None,
         scenes: str | Path | None = None, seeds: list[int] | None = None, cache: str | Path | None = None,
-        split_below: float | None = None) -> list[dict]:
+        split_below: float | None = None, scrape_metrics: bool = False) -> list[dict]:
     """``scenes``: a folder already rendered from ``spec``; otherwise each of ``seeds`` (the
-    spec's own by default) renders the spec anew, kept in ``cache``."""
+    spec's own by default) renders the spec anew, kept in ``cache``. ``scrape_metrics``: the
+    services' Prometheus metrics are scraped and set beside the benchmark's own figures."""
     if len(policies) != len(models):
         raise UserError("give one thresholds file per model, or none")
     if scenes and seeds:
@@ -114,7 +115,7 @@ def run(models: list[str], out: str | Path, policies: list[MatchPolicy], spec: S
                 with Mosquitto(run_dir / "broker") as broker:
                     site = run_site(model, folder, truth, broker.url, policy, run_dir, site=spec.site,
                                     progress=True, transit=graph.transit if graph else None,
-                                    split_below=split_below)
+                                    split_below=split_below, scrape_metrics=scrape_metrics)
             scores = score_site(site, truth)
             name = site["runtime"].contract.identity
             print(format_scores(scores, f"{name}, seed {seed}: {len(truth['cameras'])} cameras, {truth['frames']} "
@@ -125,7 +126,8 @@ def run(models: list[str], out: str | Path, policies: list[MatchPolicy], spec: S
                                                                               policy.cross_modality],
                                   "split_below": split_below, "transit_bonus": policy.transit_bonus,
                                   "edge": {k: site["edge"][k] for k in ("frames", "fps", "tracklets_published")},
-                                  "events": len(site["events"]), "timeline": str(timeline), **scores})
+                                  "events": len(site["events"]), "timeline": str(timeline), **scores,
+                                  **({"scraped": _scraped_beside(site)} if scrape_metrics else {})})
         table, summary = summarise(model_records, f"{model_records[0]['model']} on {len(sites)} rendering(s) of "
                                                   f"the spec (re-associated identities; IDF1 and HOTA)")
         print(table)
@@ -135,6 +137,23 @@ def run(models: list[str], out: str | Path, policies: list[MatchPolicy], spec: S
     (out / "summary.json").write_text(json.dumps(summaries, indent=2))
     print(f"saved {out / 'site.json'}, {out / 'summary.json'} and the timelines")
     return records
+
+
+def _scraped_beside(site: dict) -> list[dict]:
+    """The figures the benchmark reports beside what the services' /metrics said of them."""
+    edge, matcher = site["scraped"]["edge"], site["scraped"]["matcher"]
+    rows = [{"figure": "tracklets published", "benchmark": site["edge"]["tracklets_published"],
+             "scraped": edge["hybreid_edge_tracklets_published_total"]},
+            {"figure": "frames", "benchmark": site["edge"]["frames"],
+             "scraped": edge["hybreid_edge_frames_processed_total"]},
+            {"figure": "messages ingested", "benchmark": site["matcher"]["accepted"],
+             "scraped": matcher["hybreid_matcher_messages_accepted_total"]},
+            {"figure": "identities", "benchmark": site["matcher"]["identities"],
+             "scraped": matcher["hybreid_matcher_identities"]}]
+    print(format_table(["figure", "benchmark", "scraped"], [list(row.values()) for row in rows],
+                       "what the benchmark counted, and what a Prometheus scrape of the services said",
+                       floatfmt=".0f"))
+    return rows
 
 
 def _timeline(site: dict, truth: dict, path: Path, title: str) -> Path:

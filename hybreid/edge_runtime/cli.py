@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hybreid.command_line import command, group
+from hybreid.command_line import add_metrics_options, command, group, serve_metrics
 
 
 def _run(args) -> None:
@@ -14,7 +14,16 @@ def _run(args) -> None:
 
     runtime = EdgeRuntime(SiteConfig.load(args.config))
     runtime.install_signal_handlers()
-    summary = runtime.run(max_seconds=args.max_seconds)
+    metrics = None
+    if args.metrics_port is not None:
+        from hybreid.edge_runtime.prometheus_metrics import EdgeMetrics
+
+        metrics = serve_metrics(args, EdgeMetrics(runtime))
+    try:
+        summary = runtime.run(max_seconds=args.max_seconds)
+    finally:
+        if metrics is not None:
+            metrics.stop()
     print(json.dumps(summary, indent=2))
 
 
@@ -41,6 +50,7 @@ def register(commands) -> None:
                   "capture -> detect -> track -> embed -> publish", _run)
     run.add_argument("--config", required=True, help="site YAML (see configs/site.example.yaml)")
     run.add_argument("--max-seconds", type=float, help="stop after this long (default: until stopped)")
+    add_metrics_options(run)
 
     recover = command(group(commands, "edge", "edge runtime: run, scenes"), "outbox-recover",
                       "copy what a damaged outbox still holds into a new one (the damaged file is only read)",

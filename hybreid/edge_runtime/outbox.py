@@ -60,6 +60,7 @@ class Outbox:
         self.path, self.max_messages, self.when_full = Path(path), settings.max_messages, settings.when_full
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
+        self.closed = False
         problem = damage(self.path) if self.path.exists() else None
         if problem:  # checked read-only first: a damaged outbox is left exactly as it is
             raise UserError(f"outbox {self.path} is damaged ({problem}); it was left untouched: recover what it "
@@ -138,6 +139,11 @@ class Outbox:
         with self._lock:
             return self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
 
+    def oldest_created(self) -> float | None:
+        """When the oldest record still waiting was stored (epoch seconds; None: none waits)."""
+        with self._lock:
+            return self._db.execute("SELECT MIN(created) FROM outbox").fetchone()[0]
+
     def stats(self) -> dict[str, int]:
         with self._lock:
             return dict(self._db.execute("SELECT name, value FROM stats").fetchall())
@@ -145,6 +151,7 @@ class Outbox:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+            self.closed = True
 
 
 def _readable_rows(db: sqlite3.Connection, table: str, columns: str) -> tuple[list[tuple], int]:

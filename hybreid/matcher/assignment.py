@@ -34,6 +34,7 @@ import logging
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -81,6 +82,8 @@ class Matcher:
         self.decided_again = 0  # messages decided again under the store's lock (another instance's commit)
         self.busy_seconds = 0.0  # deciding batches
         self.batches = 0
+        self.rejected: Counter[str] = Counter()  # by reason, as committed
+        self.on_batch: Callable[[float, int], None] | None = None  # a decided batch's seconds and messages
         # How far behind the cameras the matcher is: the newest capture time it decided, against
         # the clock (None before the first sighting). Grows while messages queue at the broker.
         self.lag_s: float | None = None
@@ -113,10 +116,14 @@ class Matcher:
         with self.lock:
             started = time.perf_counter()
             try:
-                return self._handle_batch(messages)
+                events = self._handle_batch(messages)
             finally:
-                self.busy_seconds += time.perf_counter() - started
+                elapsed = time.perf_counter() - started
+                self.busy_seconds += elapsed
                 self.batches += 1
+            if self.on_batch is not None:
+                self.on_batch(elapsed, len(messages))
+            return events
 
     def _handle_batch(self, messages: list[tuple[str, bytes]]) -> list[dict | None]:
         self.gallery.refresh()  # what other processes committed since the last batch
@@ -155,6 +162,7 @@ class Matcher:
                     self.gallery.count_rejection(reason, count)
                 self._settle([d for d in decisions if d is not None], batch)
             committed = self.gallery.committed_ids
+        self.rejected.update(rejected)
         events: list[dict | None] = []
         for decision in decisions:
             if decision is None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from hybreid.command_line import ARTIFACT_HELP, command, group
+from hybreid.command_line import ARTIFACT_HELP, add_metrics_options, command, group, serve_metrics
 from hybreid.errors import UserError
 
 # hybreid.matcher.index.KINDS, spelled here so building the parser needs no FAISS.
@@ -76,6 +76,7 @@ def _run(args) -> None:
 
     from hybreid.matcher.assignment import Matcher
     from hybreid.matcher.policy import MatchPolicy
+    from hybreid.matcher.prometheus_metrics import MatcherMetrics
     from hybreid.matcher.service import MatcherService
     from hybreid.mqtt import BrokerConfig
     from hybreid.mqtt.client import check_tls_files
@@ -118,7 +119,12 @@ def _run(args) -> None:
     service.transit = transit
     signal.signal(signal.SIGTERM, service.request_stop)
     signal.signal(signal.SIGINT, service.request_stop)
-    service.run_forever(report_every=args.report_every, reassociate_every=args.reassociate_every)
+    metrics = serve_metrics(args, MatcherMetrics(service)) if args.metrics_port is not None else None
+    try:
+        service.run_forever(report_every=args.report_every, reassociate_every=args.reassociate_every)
+    finally:
+        if metrics is not None:
+            metrics.stop()
     print(json.dumps(service.status(), indent=2))
 
 
@@ -192,6 +198,7 @@ def register(commands) -> None:
     run.add_argument("--transit-bonus", type=float,
                      help="added to the cosine of two sightings whose gap fits the camera graph's walking time "
                           "(default 0.03; 0 turns it off)")
+    add_metrics_options(run)
 
     purge = command(matcher, "purge", "delete sightings (biometric data) for good", _purge)
     query = command(matcher, "query", "sightings by identity, camera and time, or image", _query)

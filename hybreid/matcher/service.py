@@ -95,6 +95,8 @@ class MatcherService:
         self._stopping = threading.Event()
         self.internal_errors = 0
         self.store_unavailable = False
+        self.reassociations = self.identities_merged = 0
+        self.reassociation_seconds = 0.0
         self.cameras: dict[str, dict] = {}  # "site/camera" -> its latest status
 
     @property
@@ -245,6 +247,15 @@ class MatcherService:
             self.client.disconnect()
         self.client.loop_stop()
 
+    @property
+    def inbox_depth(self) -> int:
+        return self._inbox.qsize()
+
+    @property
+    def deciding(self) -> bool:
+        """Whether the thread that decides batches runs."""
+        return self._worker is not None and self._worker.is_alive()
+
     def drained(self, idle_s: float) -> bool:
         """A draining service has decided and acknowledged all its session held: nothing came for
         ``idle_s`` and nothing waits."""
@@ -264,7 +275,11 @@ class MatcherService:
     def reassociate(self) -> list[dict]:
         """Re-associate now; its events are stored with the change and then published (QoS 1):
         a merge committed while the broker is away, or just before a crash, is announced later."""
+        started = time.perf_counter()
         events = self.matcher.reassociate(self.transit, durable=True)
+        self.reassociation_seconds += time.perf_counter() - started
+        self.reassociations += 1
+        self.identities_merged += len({event["from"] for event in events if event["type"] == "merge"})
         self.publish_stored_events()
         return events
 
@@ -328,7 +343,7 @@ class MatcherService:
                 "locked_seconds": round(self.matcher.gallery.locked_seconds, 3),
                 "internal_errors": self.internal_errors, "broker_connected": self.connected.is_set(),
                 "lag_s": None if self.matcher.lag_s is None else round(self.matcher.lag_s, 1),
-                "inbox": self._inbox.qsize()}
+                "inbox": self.inbox_depth}
 
     def status(self) -> dict:
         """The gallery's figures and this instance's counters; the counters alone, with the reason,
