@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test test-fast demo lint install mosquitto postgres clean
+.PHONY: test test-fast demo lint install mosquitto postgres browser clean
 
 install: $(STAMP)
 
@@ -36,6 +36,17 @@ postgres:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
 	else \
 	  echo "postgresql is not installed and this is not root: install it (apt-get install postgresql) for the shared-gallery tests"; \
+	fi
+
+# The browser the console's tests drive (Debian's chromium and its chromedriver; no browser
+# download). Installed with apt when missing and we are root; otherwise those tests say so.
+browser:
+	@if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "installing chromium and chromium-driver with apt-get"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	else \
+	  echo "chromium is not installed and this is not root: install it (apt-get install chromium chromium-driver) for the console's browser tests"; \
 	fi
 
 # Real pedestrian footage for the tests: OpenCV's vtest.avi (768x576, 10 fps, 795 frames),
@@ -76,7 +87,7 @@ $(NVIDIA_BINDINGS): tests/support/nvidia_bindings.py tests/support/dump_bindings
                     tests/support/tensorrt_stubs.c | $(STAMP)
 	$(BIN)/python tests/support/nvidia_bindings.py .cache/nvidia-bindings
 
-test: $(STAMP) mosquitto postgres $(VTEST) $(NANODET) $(NVIDIA_BINDINGS)
+test: $(STAMP) mosquitto postgres browser $(VTEST) $(NANODET) $(NVIDIA_BINDINGS)
 	$(BIN)/python -m pytest --durations=25
 
 # The fast lane while working: every test not marked slow (no model training, no videos,

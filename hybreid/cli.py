@@ -16,6 +16,7 @@ from hybreid import __version__
 from hybreid.bench import cli as bench
 from hybreid.calibration import cli as calibration
 from hybreid.command_line import HelpFormatter, missing_extra, write_provenance
+from hybreid.console import cli as console
 from hybreid.demo import cli as demo
 from hybreid.edge_runtime import cli as edge_runtime
 from hybreid.errors import UserError
@@ -28,7 +29,8 @@ from hybreid.train import cli as train
 from hybreid.viz import cli as viz
 
 # In the order `hybreid --help` lists them: from data to deployment, then tools.
-PACKAGES = (models, synthetic, train, evaluation, export, calibration, edge_runtime, matcher, bench, viz, demo)
+PACKAGES = (models, synthetic, train, evaluation, export, calibration, edge_runtime, matcher, console, bench, viz,
+            demo)
 
 
 def build_parser() -> argparse.ArgumentParser:

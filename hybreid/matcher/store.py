@@ -153,11 +153,13 @@ class GalleryStore:
             "AND ts > ? LIMIT 1", (identity_id, site, camera_id, ts, first_ts)).fetchone() is not None
 
     def sightings_where(self, identity: int | None = None, camera: str | None = None, since: float | None = None,
-                        until: float | None = None) -> list[dict]:
-        """The sightings matching every given criterion, oldest first (``matcher query``)."""
+                        until: float | None = None, newest: int | None = None) -> list[dict]:
+        """The sightings matching every given criterion, oldest first (``matcher query``);
+        ``newest``: only that many, the newest first (the console)."""
         where, values = _criteria(identity=identity, camera=camera, since=since, until=until)
-        rows = self.db.execute(f"SELECT {', '.join(QUERY_COLUMNS)} FROM sightings WHERE {where or '1 = 1'} "
-                               "ORDER BY ts", values).fetchall()
+        order = "ORDER BY ts" if newest is None else "ORDER BY ts DESC LIMIT ?"
+        rows = self.db.execute(f"SELECT {', '.join(QUERY_COLUMNS)} FROM sightings WHERE {where or '1 = 1'} {order}",
+                               values + ([] if newest is None else [newest])).fetchall()
         result = []
         for row in rows:
             item = dict(zip(QUERY_COLUMNS, row, strict=True))
@@ -224,6 +226,51 @@ class GalleryStore:
     def merged_into(self, identity_id: int) -> list[int]:
         return [row[0] for row in self.db.execute("SELECT old_id FROM merges WHERE into_id = ? ORDER BY old_id",
                                                   (identity_id,))]
+
+    # -- the console's reads ----------------------------------------------------------------------------
+
+    def identity_rows(self, limit: int, offset: int = 0, ids: list[int] | None = None) -> list[dict]:
+        """Identities without their prototypes: the most recently seen first, or those of ``ids``."""
+        columns = ("id", "created", "last_seen", "sightings", "modalities")
+        if ids is None:
+            rows = self.db.execute(f"SELECT {', '.join(columns)} FROM identities ORDER BY last_seen DESC, id "
+                                   "LIMIT ? OFFSET ?", (limit, offset)).fetchall()
+        else:
+            rows = []
+            for start in range(0, len(ids), KEY_BATCH):
+                chunk = ids[start:start + KEY_BATCH]
+                rows += self.db.execute(f"SELECT {', '.join(columns)} FROM identities WHERE id IN "
+                                        f"({', '.join('?' * len(chunk))})", chunk).fetchall()
+        return [dict(zip(columns, row, strict=True)) for row in rows]
+
+    def cameras_by_identity(self, identities: list[int]) -> dict[int, dict[str, int]]:
+        """Each identity's sightings per camera."""
+        found: dict[int, dict[str, int]] = {identity: {} for identity in identities}
+        for start in range(0, len(identities), KEY_BATCH):
+            chunk = identities[start:start + KEY_BATCH]
+            for identity, camera, count in self.db.execute(
+                    f"SELECT identity_id, camera_id, COUNT(*) FROM sightings WHERE identity_id IN "
+                    f"({', '.join('?' * len(chunk))}) GROUP BY identity_id, camera_id", chunk):
+                found[identity][camera] = count
+        return found
+
+    def camera_rows(self) -> list[dict]:
+        """Each camera's site, sightings, people and newest sighting."""
+        columns = ("site", "camera_id", "sightings", "people", "last_ts")
+        rows = self.db.execute("SELECT site, camera_id, COUNT(*), COUNT(DISTINCT identity_id), MAX(ts) FROM sightings "
+                               "GROUP BY site, camera_id ORDER BY site, camera_id").fetchall()
+        return [dict(zip(columns, row, strict=True)) for row in rows]
+
+    def people_seen(self, camera: str | None, since: float | None, until: float | None) -> tuple[int, int]:
+        """(people, sightings) matching every given criterion."""
+        where, values = _criteria(camera=camera, since=since, until=until)
+        return tuple(self.db.execute(f"SELECT COUNT(DISTINCT identity_id), COUNT(*) FROM sightings "
+                                     f"WHERE {where or '1 = 1'}", values).fetchone())
+
+    def merge_rows(self, limit: int) -> list[dict]:
+        rows = self.db.execute("SELECT old_id, into_id, ts FROM merges ORDER BY ts DESC, old_id LIMIT ?",
+                               (limit,)).fetchall()
+        return [{"from": old, "into": into, "ts": ts} for old, into, ts in rows]
 
     # -- events waiting for the broker -------------------------------------------------------------
 
