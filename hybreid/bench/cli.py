@@ -130,7 +130,7 @@ def _site(args) -> None:
 def register(commands) -> None:
     bench = group(commands, "bench", "benchmarks (flops, train, latency, fidelity, pipeline, matcher, ...)")
     for add in (_add_flops, _add_train, _add_latency, _add_profile, _add_fidelity, _add_pipeline, _add_matcher,
-                _add_identities, _add_detector, _add_site):
+                _add_identities, _add_detector, _add_site, _add_console):
         add(bench)
 
 
@@ -216,6 +216,21 @@ def _add_matcher(bench) -> None:
     mb.add_argument("--dataset", default="sysu_mm01", help="with --measure-geometry: the dataset's layout")
     mb.add_argument("--root", help="with --measure-geometry: the dataset's folder")
     add_output(mb, "bench-matcher", "the JSON")
+
+
+def _console(args) -> None:
+    from hybreid.bench import console
+
+    console.run(args.identities, args.sightings, output_folder(args), repeats=args.repeats)
+
+
+def _add_console(bench) -> None:
+    cb = command(bench, "console", "how fast the console's pages and read API answer on a large gallery", _console)
+    cb.add_argument("--identities", type=int, default=100_000, help="gallery size")
+    cb.add_argument("--sightings", type=int, default=20_000,
+                    help="tracklets a matcher then decides, from 8 cameras over an hour")
+    cb.add_argument("--repeats", type=int, default=20, help="timed requests a page")
+    add_output(cb, "bench-console", "the JSON")
 
 
 def _add_identities(bench) -> None:
