@@ -57,7 +57,7 @@ def create_app(reads: ConsoleReads, live: LiveFeed | None = None, token: str | N
         for state in live.camera_states() if live else ():
             key = f"{state['site']}/{state['camera_id']}"
             known[key] = {**known.get(key, {"site": state["site"], "camera_id": state["camera_id"], "sightings": 0,
-                                            "people": 0, "last_seen": None}), "state": state["state"]}
+                                            "last_seen": None}), "state": state["state"]}
         return [known[key] for key in sorted(known)]
 
     async def index(request: Request) -> Response:

@@ -112,7 +112,7 @@ def _sighting(row: dict) -> dict:
 
 def _camera(row: dict) -> dict:
     return {"site": row["site"], "camera_id": row["camera_id"], "sightings": row["sightings"],
-            "people": row["people"], "last_seen": iso(row["last_ts"])}
+            "last_seen": iso(row["last_ts"])}
 
 
 def _merge(row: dict) -> dict:
