@@ -7,6 +7,7 @@ import json
 import re
 import subprocess
 import sys
+from pathlib import Path
 from urllib.error import HTTPError
 from urllib.request import urlopen
 
@@ -91,3 +92,63 @@ def test_a_metrics_port_in_use_is_one_clear_error(mosquitto, tmp_path, capsys):
     assert main(["matcher", "run", "--broker", mosquitto.url, "--db", str(tmp_path / "g.sqlite"),
                  "--metrics-port", taken]) == 2
     assert f"cannot serve metrics on 127.0.0.1:{taken}" in capsys.readouterr().err
+
+
+def test_the_edge_serves_its_metrics_and_health_while_it_runs(mosquitto, scenes, tiny_onnx, tmp_path):
+    import yaml
+
+    folder, _ = scenes
+    site_file = tmp_path / "site.yaml"
+    site_file.write_text(yaml.safe_dump({
+        "site": "lab", "box_id": "box1",
+        "cameras": [{"id": "cam1", "source": str(folder / "cam1.mp4"), "modality": "visible", "pace": True}],
+        "model": {"path": str(tiny_onnx)}, "broker": {"url": mosquitto.url},
+        "outbox": {"path": str(tmp_path / "outbox.sqlite")}}))
+    process = subprocess.Popen([sys.executable, "-m", "hybreid.cli", "--log-format", "json", "edge", "run",
+                                "--config", str(site_file), "--metrics-port", "0"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        base = metrics_address(process.stderr)
+        assert wait_until(lambda: scrape(base).get(("hybreid_edge_frames_total", (("camera", "cam1"),)), 0) >= 20)
+        samples = scrape(base)
+        assert samples[("hybreid_edge_camera_up", (("camera", "cam1"),))] == 1
+        assert samples[("hybreid_edge_frames_processed_total", ())] > 0
+        assert wait_until(lambda: fetch(base + "/readyz")[0] == 200)  # connected to the broker
+        assert scrape(base)[("hybreid_edge_broker_connected", ())] == 1
+        assert fetch(base + "/healthz") == (200, '{"status": "ok"}')
+        assert samples[("hybreid_edge_outbox_oldest_age_seconds", ())] >= 0
+    finally:
+        process.terminate()
+        process.wait(60)
+
+
+def test_the_dashboard_and_alerts_use_only_metrics_the_services_serve(mosquitto, scenes, tiny_onnx, tmp_path):
+    """The names in the shipped Grafana dashboard and Prometheus rules exist (histograms and
+    counters by the names Prometheus gives their series)."""
+    from prometheus_client import generate_latest
+
+    from hybreid.edge_runtime.prometheus_metrics import EdgeMetrics
+    from hybreid.edge_runtime.runtime import EdgeRuntime, SiteConfig
+    from hybreid.matcher.assignment import Matcher
+    from hybreid.matcher.gallery import Gallery
+    from hybreid.matcher.policy import MatchPolicy
+    from hybreid.matcher.prometheus_metrics import MatcherMetrics
+    from hybreid.matcher.service import MatcherService
+    from hybreid.mqtt import BrokerConfig
+
+    runtime = EdgeRuntime(SiteConfig.from_dict({
+        "site": "lab", "cameras": [{"id": "cam1", "source": str(scenes[0] / "cam1.mp4"), "modality": "visible"}],
+        "model": {"path": str(tiny_onnx)}, "broker": {"url": mosquitto.url},
+        "outbox": {"path": str(tmp_path / "outbox.sqlite")}}))
+    service = MatcherService(Matcher(Gallery(tmp_path / "g.sqlite"), MatchPolicy.checked()),
+                             BrokerConfig(url=mosquitto.url))
+    served = set()
+    for registry in (EdgeMetrics(runtime).registry, MatcherMetrics(service).registry):
+        served |= {family.name + suffix for family in text_string_to_metric_families(generate_latest(registry).decode())
+                   for suffix in ("", "_total", "_bucket", "_sum", "_count")}
+    deploy = Path(__file__).resolve().parent.parent / "deploy"
+    used = set()
+    for path in (deploy / "grafana" / "hybreid-dashboard.json", deploy / "prometheus" / "hybreid-alerts.yml"):
+        used |= set(re.findall(r"hybreid_(?:edge|matcher)_[a-z_]+", path.read_text()))
+    assert len(used) >= 10 and not used - served, f"not served: {sorted(used - served)}"
+    runtime.outbox.close()
