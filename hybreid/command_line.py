@@ -141,9 +141,11 @@ def add_metrics_options(parser: argparse.ArgumentParser) -> None:
                         help="the address the metrics listen on; anything but loopback exposes them to the network")
 
 
-def serve_metrics(args: argparse.Namespace, metrics):
-    """Start serving ``metrics`` (a collector with ``registry``, ``alive`` and ``ready``) on
-    ``--metrics-host:--metrics-port``; returns the server."""
+def serve_metrics(args: argparse.Namespace, metrics, pages=None):
+    """Start serving ``metrics`` (a collector with ``registry``, ``alive`` and ``ready``), and
+    ``pages`` (:class:`hybreid.observability.MetricsServer`), on ``--metrics-host:--metrics-port``;
+    returns the server."""
     from hybreid.observability import MetricsServer
 
-    return MetricsServer(metrics.registry, args.metrics_host, args.metrics_port, metrics.alive, metrics.ready).start()
+    return MetricsServer(metrics.registry, args.metrics_host, args.metrics_port, metrics.alive, metrics.ready,
+                         pages).start()

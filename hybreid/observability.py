@@ -24,14 +24,18 @@ if TYPE_CHECKING:  # the metrics' library is the services' dependency, not every
     from prometheus_client import CollectorRegistry
 
 Check = Callable[[], str | None]  # None: fine; otherwise what is wrong, in one sentence
+Page = tuple[int, bytes, str]  # status, body, content type
 
 
 class MetricsServer:
-    """Serves ``registry`` and the two checks on ``host:port`` from a daemon thread."""
+    """Serves ``registry`` and the two checks on ``host:port`` from a daemon thread; ``pages``
+    answers any other path it knows (the edge's preview), None for one it does not."""
 
-    def __init__(self, registry: CollectorRegistry, host: str, port: int, alive: Check, ready: Check):
+    def __init__(self, registry: CollectorRegistry, host: str, port: int, alive: Check, ready: Check,
+                 pages: Callable[[str], Page | None] | None = None):
         handler = type("Handler", (_Handler,), {"registry": registry, "alive": staticmethod(alive),
-                                                "ready": staticmethod(ready)})
+                                                "ready": staticmethod(ready),
+                                                "pages": staticmethod(pages or (lambda path: None))})
         try:
             self._server = ThreadingHTTPServer((host, port), handler)
         except OSError as exc:
@@ -55,6 +59,7 @@ class _Handler(BaseHTTPRequestHandler):
     registry: CollectorRegistry
     alive: Check
     ready: Check
+    pages: Callable[[str], Page | None]
 
     def do_GET(self) -> None:  # noqa: N802 (the standard library's name)
         path = self.path.split("?", 1)[0]
@@ -67,7 +72,7 @@ class _Handler(BaseHTTPRequestHandler):
             body = json.dumps({"status": "ok"} if problem is None else {"status": "failing", "reason": problem})
             self._send(200 if problem is None else 503, body.encode(), "application/json")
         else:
-            self._send(404, b'{"status": "not found"}', "application/json")
+            self._send(*(self.pages(path) or (404, b'{"status": "not found"}', "application/json")))
 
     def _send(self, status: int, body: bytes, content_type: str) -> None:
         self.send_response(status)

@@ -11,6 +11,8 @@ from pathlib import Path
 from urllib.error import HTTPError
 from urllib.request import urlopen
 
+import cv2
+import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from support import feature, publish_all, wait_for_line, wait_until
@@ -104,8 +106,10 @@ def test_the_edge_serves_its_metrics_and_health_while_it_runs(mosquitto, scenes,
         "cameras": [{"id": "cam1", "source": str(folder / "cam1.mp4"), "modality": "visible", "pace": True}],
         "model": {"path": str(tiny_onnx)}, "broker": {"url": mosquitto.url},
         "outbox": {"path": str(tmp_path / "outbox.sqlite")}}))
+    annotated = tmp_path / "annotated"
     process = subprocess.Popen([sys.executable, "-m", "hybreid.cli", "--log-format", "json", "edge", "run",
-                                "--config", str(site_file), "--metrics-port", "0"],
+                                "--config", str(site_file), "--metrics-port", "0", "--preview",
+                                "--save-annotated", str(annotated)],
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         base = metrics_address(process.stderr)
@@ -117,9 +121,31 @@ def test_the_edge_serves_its_metrics_and_health_while_it_runs(mosquitto, scenes,
         assert scrape(base)[("hybreid_edge_broker_connected", ())] == 1
         assert fetch(base + "/healthz") == (200, '{"status": "ok"}')
         assert samples[("hybreid_edge_outbox_oldest_age_seconds", ())] >= 0
+        # The commissioning view: a page of the cameras' latest annotated frames, and the frames.
+        status, page = fetch(base + "/preview")
+        assert status == 200 and '<img src="/preview/cam1.jpg"' in page
+        with urlopen(base + "/preview/cam1.jpg", timeout=10) as response:
+            jpeg = np.frombuffer(response.read(), np.uint8)
+        first = cv2.VideoCapture(str(folder / "cam1.mp4")).read()[1]
+        assert cv2.imdecode(jpeg, cv2.IMREAD_COLOR).shape == first.shape
+        assert fetch(base + "/preview/cam9.jpg")[0] == 404
     finally:
         process.terminate()
         process.wait(60)
+    # The annotated video holds every processed frame, with something drawn on it.
+    processed = int(samples[("hybreid_edge_frames_processed_total", ())])
+    written, source = cv2.VideoCapture(str(annotated / "cam1.mp4")), cv2.VideoCapture(str(folder / "cam1.mp4"))
+    differences = []
+    while True:
+        ok, frame = written.read()
+        if not ok:
+            break
+        original = source.read()[1]
+        label = (slice(4, 20), slice(4, 160))  # where the camera's name and frame number are written
+        differences.append((float(np.abs(frame[label].astype(int) - original[label].astype(int)).mean()),
+                            float(np.abs(frame[30:].astype(int) - original[30:].astype(int)).mean())))
+    assert len(differences) >= processed
+    assert min(label for label, _ in differences) > 10 > max(rest for _, rest in differences)  # drawn, not noise
 
 
 def test_the_dashboard_and_alerts_use_only_metrics_the_services_serve(mosquitto, scenes, tiny_onnx, tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from hybreid.command_line import add_metrics_options, command, group, serve_metrics
+from hybreid.errors import UserError
 
 
 def _run(args) -> None:
@@ -12,13 +13,20 @@ def _run(args) -> None:
 
     from hybreid.edge_runtime.runtime import EdgeRuntime, SiteConfig
 
-    runtime = EdgeRuntime(SiteConfig.load(args.config))
+    if args.preview and args.metrics_port is None:
+        raise UserError("--preview is served beside the metrics: give --metrics-port too")
+    annotator = None
+    if args.preview or args.save_annotated:
+        from hybreid.edge_runtime.annotate import Annotator
+
+        annotator = Annotator(args.save_annotated, preview=args.preview)
+    runtime = EdgeRuntime(SiteConfig.load(args.config), annotator=annotator)
     runtime.install_signal_handlers()
     metrics = None
     if args.metrics_port is not None:
         from hybreid.edge_runtime.prometheus_metrics import EdgeMetrics
 
-        metrics = serve_metrics(args, EdgeMetrics(runtime))
+        metrics = serve_metrics(args, EdgeMetrics(runtime), annotator.page if args.preview else None)
     try:
         summary = runtime.run(max_seconds=args.max_seconds)
     finally:
@@ -51,6 +59,12 @@ def register(commands) -> None:
     run.add_argument("--config", required=True, help="site YAML (see configs/site.example.yaml)")
     run.add_argument("--max-seconds", type=float, help="stop after this long (default: until stopped)")
     add_metrics_options(run)
+    run.add_argument("--save-annotated", metavar="DIR",
+                     help="also write each camera's frames with its detections, tracks and published tracklets "
+                          "drawn on them, as DIR/<camera>.mp4 (for commissioning; costs time a frame)")
+    run.add_argument("--preview", action="store_true",
+                     help="serve the latest such frame of each camera at /preview beside the metrics "
+                          "(needs --metrics-port)")
 
     recover = command(group(commands, "edge", "edge runtime: run, scenes"), "outbox-recover",
                       "copy what a damaged outbox still holds into a new one (the damaged file is only read)",

@@ -20,6 +20,7 @@ import numpy as np
 
 from hybreid import protocol
 from hybreid.config import load_yaml
+from hybreid.edge_runtime.annotate import Annotator
 from hybreid.edge_runtime.capture import CameraCapture
 from hybreid.edge_runtime.detect import BoxFilter, make_detector
 from hybreid.edge_runtime.embed import EmbedderFailed, EmbedWorker, Split, TrackEnd, TrackletAggregator
@@ -140,7 +141,8 @@ def published_track_log(track_log: list[tuple[str, int, int, tuple]], splits: li
 
 
 class EdgeRuntime:
-    def __init__(self, config: SiteConfig, embedder=None):
+    def __init__(self, config: SiteConfig, embedder=None, annotator: Annotator | None = None):
+        """``annotator``: draws what each camera detects and tracks (``--save-annotated``, ``--preview``)."""
         from hybreid.inference import load_embedder
 
         self.config = config
@@ -164,6 +166,7 @@ class EdgeRuntime:
         self.captures = [CameraCapture(c) for c in settings.cameras]
         self.crops_per_track: dict[tuple[str, int], int] = {}
         self.metrics = Metrics()
+        self.annotator = annotator
         self._stopping = threading.Event()
         # (camera, frame, track, box) of every confirmed track in every frame, for scoring
         # tracklets against ground truth (tests, benchmarks, the demo).
@@ -201,6 +204,8 @@ class EdgeRuntime:
 
         self.outbox.add(feature.camera_id, protocol.features_topic(self.settings.site, feature.camera_id), build)
         self.metrics.tracklets += 1
+        if self.annotator is not None:
+            self.annotator.published(feature.camera_id, feature.track_id)
 
     def process(self, frame: Frame) -> None:
         """Detect and track one frame; queue crops of confirmed tracks and the ends of tracks."""
@@ -213,6 +218,8 @@ class EdgeRuntime:
         self.metrics.seconds["track"] += time.perf_counter() - detected
         self.metrics.frames += 1
         self.metrics.detections += len(detections)
+        if self.annotator is not None:
+            self.annotator.draw(frame, detections, seen)
         for track in seen:
             if self.track_log is not None:
                 # the frames that led to confirmation belong to the track too
@@ -321,5 +328,7 @@ class EdgeRuntime:
         snapshot["flushed"] = flushed
         self.publisher.stop()
         self.outbox.close()
+        if self.annotator is not None:
+            self.annotator.close()
         log.info("edge stopped: %s", snapshot)
         return snapshot
