@@ -271,11 +271,22 @@ def test_an_older_bundle_is_not_installed_over_a_newer_one(onnx_file, tmp_path, 
     assert main(["bundle", "install", str(newer), "--dir", str(device)]) == 0
     assert main(["bundle", "install", str(older), "--dir", str(device)]) == 2
     assert "refusing a downgrade" in capsys.readouterr().err
-    assert sorted(p.name for p in device.iterdir()) == ["installed.json", "tiny_identity-fedcba9876543210"]
+    assert sorted(p.name for p in device.iterdir()) == ["installed.json", "tiny_identity",
+                                                        "tiny_identity-fedcba9876543210"]
     assert main(["bundle", "install", str(older), "--dir", str(device), "--allow-downgrade"]) == 0
-    assert sorted(p.name for p in device.iterdir()) == ["installed.json", "tiny_identity-0123456789abcdef"]
+    assert sorted(p.name for p in device.iterdir()) == ["installed.json", "tiny_identity",
+                                                        "tiny_identity-0123456789abcdef"]
     assert json.loads((device / "installed.json").read_text())["tiny_identity"]["folder"] == \
         "tiny_identity-0123456789abcdef"
+    # A site file names <dir>/<model>/model.onnx once: the link follows the installed bundle.
+    current = device / "tiny_identity"
+    assert current.is_symlink() and current.resolve() == (device / "tiny_identity-0123456789abcdef").resolve()
+    assert (current / "model.onnx").read_bytes() == onnx_file.read_bytes()
+    # A folder of the model's name that hybreid did not make is never replaced.
+    current.unlink()
+    current.mkdir()
+    assert main(["bundle", "install", str(newer), "--dir", str(device)]) == 2
+    assert "is not a link hybreid made" in capsys.readouterr().err and current.is_dir()
 
 
 def test_a_bundle_refuses_variants_of_another_model_or_for_another_target(onnx_file, tmp_path, capsys):

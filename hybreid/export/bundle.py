@@ -328,6 +328,16 @@ def verify_bundle(bundle: str | Path, trust: list[str | Path] | None = None) -> 
     return _with_bundle(bundle, lambda tar: _verify_open(tar, bundle, trust))
 
 
+def _point_current(target: Path, model: str, folder: Path) -> None:
+    """``target/<model>`` becomes a link to the folder just installed, swapped in one rename: a
+    site file names ``<dir>/<model>/model.onnx`` once, whatever bundle of the model is current."""
+    link = target / model
+    fresh = target / f".link-{model}-{os.getpid()}"
+    fresh.unlink(missing_ok=True)
+    fresh.symlink_to(folder.name, target_is_directory=True)
+    fresh.replace(link)
+
+
 def _installed(target: Path) -> dict:
     """What ``target`` holds: model name -> the installed bundle's folder and creation time."""
     from hybreid.files import read_regular_file
@@ -367,6 +377,10 @@ def install_bundle(bundle: str | Path, target: str | Path, trust: list[str | Pat
         folder = target / f"{manifest.model}-{manifest.weights_sha256}"
         if folder.parent != target:  # the schema already refuses separators; this is the last word
             raise UserError(f"bundle {bundle} names a folder outside {target}; refusing it")
+        link = target / manifest.model
+        if link.exists() and not link.is_symlink():  # checked before anything is unpacked
+            raise UserError(f"{link} is not a link hybreid made; move it aside so that it can point to the "
+                            f"installed bundle of {manifest.model}")
         installed = _installed(target)
         previous = installed.get(manifest.model) if isinstance(installed.get(manifest.model), dict) else {}
         if str(previous.get("created", "")) > manifest.created and not allow_downgrade:
@@ -398,6 +412,7 @@ def install_bundle(bundle: str | Path, target: str | Path, trust: list[str | Pat
         record = target / INSTALLED
         record.with_suffix(".partial").write_text(json.dumps(installed, indent=2))
         record.with_suffix(".partial").replace(record)
+        _point_current(target, manifest.model, folder)
         return folder
 
     return _with_bundle(bundle, install)
