@@ -153,6 +153,18 @@ def test_a_token_is_required_when_given_and_beyond_loopback(gallery_file, tmp_pa
     assert "no gallery at" in capsys.readouterr().err
 
 
+def test_the_console_benchmark_times_every_page_on_a_filled_gallery(tmp_path):
+    out = tmp_path / "bench"
+    assert main(["bench", "console", "--identities", "300", "--sightings", "400", "--repeats", "2",
+                 "--out", str(out)]) == 0
+    result = json.loads((out / "console.json").read_text())
+    assert result["identities"] == 300 and result["sightings"] == 700
+    assert len(result["pages"]) == 11 and {page["status"] for page in result["pages"]} == {200}
+    assert all(0 < page["p50_ms"] <= page["p95_ms"] for page in result["pages"])
+    overview = next(page for page in result["pages"] if page["path"] == "/api/overview")
+    assert overview["bytes"] > 1000  # eight cameras' rows and the latest sightings
+
+
 # -- in a real browser ----------------------------------------------------------------------------
 
 def _browser():

@@ -36,7 +36,7 @@ EXERCISED_BY = {
     "bench detector": "test_detector_nanodet", "bench site": "test_site_scenes",
     "bench fidelity": "code: test_benchmarks", "viz gradcam": "code: test_viz",
     "viz attention": "test_viz", "viz retrieval": "code: test_viz", "viz distribution": "code: test_viz",
-    "demo": "code: test_demo",
+    "demo": "code: test_demo", "console": "test_console", "bench console": "test_console",
 }
 CHEAP = {"models", "bench flops"}
 
@@ -47,7 +47,7 @@ def readme_commands() -> list[list[str]]:
     text = "\n".join(page.read_text() for page in PAGES)
     for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S):
         for line in block.replace("\\\n", " ").splitlines():
-            line = line.split("#", 1)[0].strip()
+            line = line.split("#", 1)[0].strip().removesuffix("&").strip()  # `&`: run in the background
             if line.startswith("torchrun"):
                 line = "hybreid " + line.split("hybreid.cli", 1)[1]
             if line.startswith("hybreid "):

@@ -261,4 +261,6 @@ def run_demo(config: DemoConfig) -> dict:
     print()
     print(format_summary(summary))
     print(f"report folder: {config.out} (summary.json, contact_sheet.png, thresholds.png, training_curves.png)")
+    print(f"to look through the identities, their cameras and timelines: hybreid console --db "
+          f"{config.out / 'site' / 'gallery.sqlite'}, then open http://127.0.0.1:8080/")
     return summary
