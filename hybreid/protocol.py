@@ -42,6 +42,9 @@ MODALITIES = ("visible", "infrared")
 DTYPES = {"float32": np.dtype("<f4"), "float16": np.dtype("<f2")}
 MAX_PAYLOAD_BYTES = 64 * 1024
 MAX_DIM = 8192
+# A tracklet's optional best shot: a JPEG small enough to ride in its final message.
+MAX_THUMBNAIL_BYTES = 16 * 1024
+MAX_THUMBNAIL_SIDE = 256
 MAX_TIMESTAMP = 4102444800.0  # 2100-01-01
 NAME_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 _NAME = re.compile(NAME_PATTERN)
@@ -104,6 +107,7 @@ class FeatureMessage:
     final: bool = True
     dtype: str = "float32"
     extra: dict = field(default_factory=dict)
+    thumbnail: bytes | None = None  # JPEG (check_thumbnail), on a tracklet's final message
 
     @property
     def model_identity(self) -> str:
@@ -128,6 +132,8 @@ def encode_feature(message: FeatureMessage) -> bytes:
         "dim": int(vector.size), "dtype": message.dtype,
         "embedding": base64.b64encode(vector.tobytes()).decode("ascii"),
     }
+    if message.thumbnail is not None:
+        payload["thumbnail"] = base64.b64encode(message.thumbnail).decode("ascii")
     return json.dumps(payload, separators=(",", ":")).encode("utf-8")
 
 
@@ -169,6 +175,7 @@ class FeaturePayload(_Schema):
     dim: Annotated[int, Field(ge=1, le=MAX_DIM)]
     dtype: Literal["float32", "float16"]
     embedding: Annotated[str, StringConstraints(max_length=4 * MAX_PAYLOAD_BYTES // 3 + 4)]
+    thumbnail: Annotated[str, StringConstraints(max_length=4 * MAX_THUMBNAIL_BYTES // 3 + 4)] | None = None
 
 
 _RANGE_ERRORS = {"greater_than", "greater_than_equal", "less_than", "less_than_equal"}
@@ -241,12 +248,40 @@ def decode_feature(data: bytes, topic: str | None = None, max_bytes: int = MAX_P
     norm = float(np.linalg.norm(vector))
     if norm == 0.0:
         raise ProtocolError("non_finite", "zero embedding")
+    thumbnail = None
+    if payload.thumbnail is not None:
+        try:
+            thumbnail = check_thumbnail(base64.b64decode(payload.thumbnail, validate=True))
+        except ValueError as exc:
+            raise ProtocolError("thumbnail", str(exc)) from None
     return FeatureMessage(
         site=payload.site, camera_id=payload.camera_id, modality=payload.modality, ts=payload.ts, seq=payload.seq,
         track_id=payload.track_id, box=tuple(payload.box), score=payload.score, model_name=payload.model.name,
         model_hash=payload.model.hash, embedding=(vector / norm).astype(np.float32), quality=payload.quality,
-        frames=payload.frames, first_ts=first_ts, final=payload.final, dtype=payload.dtype,
+        frames=payload.frames, first_ts=first_ts, final=payload.final, dtype=payload.dtype, thumbnail=thumbnail,
     )
+
+
+def check_thumbnail(data: bytes) -> bytes:
+    """``data`` if it is a JPEG of at most :data:`MAX_THUMBNAIL_BYTES` that decodes to at most
+    :data:`MAX_THUMBNAIL_SIDE` pixels a side; ValueError saying what it is not. Decoded with
+    OpenCV, not trusted from its header: a file that claims to be a JPEG is not one yet."""
+    import cv2
+
+    if len(data) > MAX_THUMBNAIL_BYTES:
+        raise ValueError(f"thumbnail of {len(data)} bytes > {MAX_THUMBNAIL_BYTES}")
+    if not data.startswith(b"\xff\xd8\xff"):
+        raise ValueError("thumbnail is not a JPEG")
+    width, height = _jpeg_size(data)
+    if max(width, height) > MAX_THUMBNAIL_SIDE:  # before decoding: 16 kB can declare 65,535 pixels a side
+        raise ValueError(f"thumbnail of {width}x{height} pixels; at most {MAX_THUMBNAIL_SIDE} a side")
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if image is None:
+        raise ValueError("thumbnail does not decode as a JPEG")
+    if max(image.shape[:2]) > MAX_THUMBNAIL_SIDE or min(image.shape[:2]) < 8:
+        raise ValueError(f"thumbnail of {image.shape[1]}x{image.shape[0]} pixels; at most {MAX_THUMBNAIL_SIDE} "
+                         "a side, at least 8")
+    return data
 
 
 MAX_STATUS_BYTES = 4096
@@ -372,3 +407,28 @@ def message_summary(message: FeatureMessage) -> dict:
     summary.pop("embedding")
     summary["box"] = list(message.box)
     return summary
+
+
+_START_OF_FRAME = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int]:
+    """A JPEG's width and height from its frame header, without decoding it. OpenCV, the one
+    image library the edge and the matcher carry, only reads a size by decoding the whole
+    image, which a hostile header can make gigabytes large."""
+    position = 2
+    while position + 4 <= len(data):
+        if data[position] != 0xFF:
+            break
+        marker = data[position + 1]
+        if marker == 0xFF:  # fill byte
+            position += 1
+            continue
+        length = int.from_bytes(data[position + 2:position + 4], "big")
+        if marker in _START_OF_FRAME and position + 9 <= len(data):
+            return (int.from_bytes(data[position + 7:position + 9], "big"),
+                    int.from_bytes(data[position + 5:position + 7], "big"))
+        if marker == 0xDA or length < 2:  # the image data starts, or a damaged segment
+            break
+        position += 2 + length
+    raise ValueError("thumbnail has no JPEG frame header")

@@ -203,7 +203,8 @@ def test_the_console_in_chromium_over_a_matcher_fed_through_mosquitto(mosquitto,
     browser = console = None
     try:
         ts = 1_765_000_000.0
-        publish_all(mosquitto.port, [feature(camera="cam1", seq=i, track=i, ts=ts + 10 * i) for i in range(3)]
+        publish_all(mosquitto.port, [_with_best_shot(feature(camera="cam1", seq=i, track=i, ts=ts + 10 * i))
+                                     for i in range(3)]
                     + [feature(camera="cam2", seq=i, track=20 + i, ts=ts + 100 + 10 * i) for i in range(3)])
         for camera, state in (("cam1", "online"), ("cam2", "no_frames")):
             _retained_status(mosquitto.port, camera, state)
@@ -247,6 +248,8 @@ def test_the_console_in_chromium_over_a_matcher_fed_through_mosquitto(mosquitto,
         assert len(bars) == 2 and lanes == [f"lab/{HOSTILE}", "lab/cam1"]
         cameras = [cell.text for cell in browser.find_elements(By.CSS_SELECTOR, "#identity-sightings td.camera")]
         assert cameras == ["cam1", HOSTILE]
+        (shot,) = browser.find_elements(By.CSS_SELECTOR, "#best-shots img")  # cam1's, served and shown
+        assert browser.execute_script("return arguments[0].complete && arguments[0].naturalHeight", shot) == 96
         browser.save_screenshot(str(ARTIFACTS / "console-identity.png"))
         assert browser.execute_script("return window.hostile === undefined")  # no script of theirs ran
     finally:
@@ -256,6 +259,18 @@ def test_the_console_in_chromium_over_a_matcher_fed_through_mosquitto(mosquitto,
             console.stop()
         matcher.terminate()
         matcher.wait(30)
+
+
+def _with_best_shot(topic_payload: tuple[str, bytes]) -> tuple[str, bytes]:
+    import base64
+
+    import cv2
+    import numpy as np
+
+    image = np.full((96, 40, 3), (40, 120, 200), np.uint8)
+    shot = base64.b64encode(cv2.imencode(".jpg", image)[1].tobytes()).decode()
+    topic, payload = topic_payload
+    return topic, json.dumps({**json.loads(payload), "thumbnail": shot}).encode()
 
 
 def _sightings(db: Path) -> int:

@@ -120,6 +120,16 @@ def create_app(reads: ConsoleReads, live: LiveFeed | None = None, token: str | N
 
         return StreamingResponse(stream(), media_type="text/event-stream")
 
+    async def thumbnail(request: Request) -> Response:
+        seq = request.path_params["seq"]
+        if not (seq.isascii() and seq.isdigit()) or int(seq) >= LARGEST_ID:
+            raise HTTPException(404, "no such thumbnail")
+        found = await run_in_threadpool(reads.thumbnail, request.path_params["site"], request.path_params["camera"],
+                                        int(seq))
+        if found is None:
+            raise HTTPException(404, "no such thumbnail")
+        return Response(found, media_type="image/jpeg")  # checked by decoding when the matcher took it
+
     async def login(request: Request) -> Response:
         """Exchange ``?token=`` for a cookie the browser sends from then on (checked in ``guard``)."""
         response = RedirectResponse("/", status_code=303)
@@ -132,6 +142,7 @@ def create_app(reads: ConsoleReads, live: LiveFeed | None = None, token: str | N
               Route("/api/identities/{identity}", api_identity), Route("/api/sightings", api_sightings),
               Route("/api/counts", api_counts), Route("/api/merges", api_merges), Route("/api/cameras", api_cameras),
               Route("/api/events", event_stream), Route("/login", login),
+              Route("/thumbnails/{site}/{camera}/{seq}.jpg", thumbnail),
               Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")]
     return Starlette(routes=routes, exception_handlers={UserError: _bad_request, HTTPException: _http_error},
                      middleware=[Middleware(_Guard, token=token)])

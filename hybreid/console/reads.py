@@ -7,6 +7,7 @@ from __future__ import annotations
 import threading
 from datetime import UTC, datetime
 from pathlib import Path
+from urllib.parse import quote
 
 from hybreid.errors import UserError
 from hybreid.matcher.database import is_postgresql
@@ -58,9 +59,10 @@ class ConsoleReads:
         with self._lock:
             _, total = self.store.counts()
             rows = self.store.identity_rows(PAGE_SIZE, (page - 1) * PAGE_SIZE)
-            cameras = self.store.cameras_by_identity([row["id"] for row in rows])
+            ids = [row["id"] for row in rows]
+            cameras, thumbnails = self.store.cameras_by_identity(ids), self.store.thumbnail_keys(ids)
         return {"page": page, "pages": max((total + PAGE_SIZE - 1) // PAGE_SIZE, 1), "total": total,
-                "identities": [_identity(row, cameras[row["id"]]) for row in rows]}
+                "identities": [_identity(row, cameras[row["id"]], thumbnails[row["id"]]) for row in rows]}
 
     def identity(self, identity: int) -> dict | None:
         """One identity with its cameras, sightings (oldest first) and lineage; an identity merged
@@ -71,9 +73,10 @@ class ConsoleReads:
             if not rows:
                 return None
             cameras = self.store.cameras_by_identity([survivor])[survivor]
+            thumbnails = self.store.thumbnail_keys([survivor])[survivor]
             sightings = self.store.sightings_where(identity=survivor, newest=MAX_SIGHTINGS)
             merged_from = self.store.merged_into(survivor)
-        return {**_identity(rows[0], cameras), "asked": identity,
+        return {**_identity(rows[0], cameras, thumbnails), "asked": identity,
                 "merged_into": survivor if survivor != identity else None, "merged_from": merged_from,
                 "sightings": [_sighting(s) for s in reversed(sightings)]}
 
@@ -92,15 +95,25 @@ class ConsoleReads:
         return {"camera": camera, "since": iso(since), "until": iso(until), "people": people,
                 "sightings": sightings}
 
+    def thumbnail(self, site: str, camera: str, seq: int) -> bytes | None:
+        with self._lock:
+            return self.store.thumbnail(site, camera, seq)
+
     def merges(self, limit: int = 100) -> dict:
         with self._lock:
             return {"merges": [_merge(m) for m in self.store.merge_rows(min(max(limit, 1), MAX_SIGHTINGS))]}
 
 
-def _identity(row: dict, cameras: dict[str, int]) -> dict:
+def _identity(row: dict, cameras: dict[str, int], thumbnails: dict[str, tuple[str, int]]) -> dict:
     return {"id": row["id"], "first_seen": iso(row["created"]), "last_seen": iso(row["last_seen"]),
             "sighting_count": row["sightings"], "modalities": [m for m in row["modalities"].split(",") if m],
-            "cameras": dict(sorted(cameras.items()))}
+            "cameras": dict(sorted(cameras.items())),
+            "thumbnails": {camera: thumbnail_url(site, camera, seq)
+                           for camera, (site, seq) in sorted(thumbnails.items())}}
+
+
+def thumbnail_url(site: str, camera: str, seq: int) -> str:
+    return f"/thumbnails/{quote(site, safe='')}/{quote(camera, safe='')}/{seq}.jpg"
 
 
 def _sighting(row: dict) -> dict:

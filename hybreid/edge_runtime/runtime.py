@@ -28,6 +28,7 @@ from hybreid.edge_runtime.outbox import Outbox
 from hybreid.edge_runtime.publish import Publisher
 from hybreid.edge_runtime.site import SiteFile, resolve_paths, validate_site
 from hybreid.edge_runtime.stages import Crop, Frame, TrackletFeature
+from hybreid.edge_runtime.thumbnails import BestShots
 from hybreid.edge_runtime.track import IoUTracker
 from hybreid.errors import UserError
 from hybreid.files import MAX_PASSWORD_BYTES, read_text_file
@@ -167,6 +168,7 @@ class EdgeRuntime:
         self.crops_per_track: dict[tuple[str, int], int] = {}
         self.metrics = Metrics()
         self.annotator = annotator
+        self.best_shots = BestShots() if settings.publish.thumbnails else None
         self._stopping = threading.Event()
         # (camera, frame, track, box) of every confirmed track in every frame, for scoring
         # tracklets against ground truth (tests, benchmarks, the demo).
@@ -194,13 +196,16 @@ class EdgeRuntime:
 
     def _publish_tracklet(self, feature: TrackletFeature) -> None:
         """Aggregator callback (embedding thread): store the record in the outbox."""
+        thumbnail = (self.best_shots.take(feature.camera_id, feature.track_id)
+                     if self.best_shots is not None and feature.final else None)
+
         def build(seq: int) -> bytes:
             return protocol.encode_feature(protocol.FeatureMessage(
                 site=self.settings.site, camera_id=feature.camera_id, modality=feature.modality, ts=feature.ts,
                 seq=seq, track_id=feature.track_id, box=feature.box, score=feature.score,
                 model_name=self.contract.model, model_hash=self.contract.weights_sha256,
                 embedding=feature.embedding, quality=feature.quality, frames=feature.frames,
-                first_ts=feature.first_ts, final=feature.final))
+                first_ts=feature.first_ts, final=feature.final, thumbnail=thumbnail))
 
         self.outbox.add(feature.camera_id, protocol.features_topic(self.settings.site, feature.camera_id), build)
         self.metrics.tracklets += 1
@@ -237,8 +242,11 @@ class EdgeRuntime:
                 continue
             self.crops_per_track[key] = taken + 1
             self.metrics.crops += 1
+            crop = frame.image[y0:y1, x0:x1].copy()
+            if self.best_shots is not None:
+                self.best_shots.offer(frame.camera_id, track.track_id, crop)
             self.worker.submit(Crop(frame.camera_id, frame.modality, track.track_id, frame.index, frame.ts,
-                                    track.box, track.score, frame.image[y0:y1, x0:x1].copy(),
+                                    track.box, track.score, crop,
                                     crop_quality(track.score, track.box, self.contract.height, shared=track.widened,
                                                  cut=x0 <= 1 or x1 >= width - 1)))
         for track in ended:

@@ -129,6 +129,9 @@ class EmbedSettings(Section):
 class PublishSettings(Section):
     interval_s: Seconds = 10.0
     flush_timeout_s: Seconds = 10.0
+    # A small best-shot JPEG with each tracklet's final message: off by default, and off where
+    # privacy forbids images of people to leave the box.
+    thumbnails: bool = False
 
 
 class BrokerSettings(Section):

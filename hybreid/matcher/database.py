@@ -31,7 +31,8 @@ CREATE TABLE IF NOT EXISTS sightings (
     camera_id TEXT NOT NULL, seq {int} NOT NULL, site TEXT NOT NULL, track_id {int} NOT NULL,
     modality TEXT NOT NULL, first_ts {real} NOT NULL, ts {real} NOT NULL, box TEXT NOT NULL, score {real},
     quality {real}, frames {int}, final {int}, identity_id {int} NOT NULL, similarity {real},
-    embedding {blob} NOT NULL, decision TEXT NOT NULL DEFAULT 'match', PRIMARY KEY (site, camera_id, seq));
+    embedding {blob} NOT NULL, decision TEXT NOT NULL DEFAULT 'match', thumbnail {blob},
+    PRIMARY KEY (site, camera_id, seq));
 """
 SCHEMA = SIGHTINGS + """
 CREATE INDEX IF NOT EXISTS sightings_identity ON sightings (identity_id);
@@ -50,7 +51,10 @@ CREATE TABLE IF NOT EXISTS pending_events (id {id}, payload TEXT NOT NULL, creat
 # Embeddings are float32 noise to a compressor: PostgreSQL's attempt to compress each one
 # (pglz) was wasted work, a sixth of the server's CPU with three matcher instances.
 UNCOMPRESSED = ["ALTER TABLE identities ALTER COLUMN prototype SET STORAGE EXTERNAL",
-                "ALTER TABLE sightings ALTER COLUMN embedding SET STORAGE EXTERNAL"]
+                "ALTER TABLE sightings ALTER COLUMN embedding SET STORAGE EXTERNAL",
+                "ALTER TABLE sightings ALTER COLUMN thumbnail SET STORAGE EXTERNAL"]
+# Galleries written before sightings carried a thumbnail (SQLite's own check is in _migrate).
+POSTGRES_MIGRATIONS = ["ALTER TABLE sightings ADD COLUMN IF NOT EXISTS thumbnail BYTEA"]
 # SQLite copies its write-ahead log into the database file (a checkpoint) by default inside the
 # commit that passes 1000 pages: a 200-message batch's commit then took 20 ms instead of 3, a
 # sixth of a busy matcher's time. A thread of the store's own checkpoints instead, beside the
@@ -94,14 +98,14 @@ class SQLiteDatabase:
 
     def _migrate(self) -> None:
         """Galleries written before sightings were keyed by site: re-key them in one transaction;
-        before identities carried a version: add the column."""
+        before identities carried a version, or sightings a thumbnail: add the column."""
         row = self.connection.execute("SELECT sql FROM sqlite_master WHERE name = 'sightings'").fetchone()
         if row is not None and "PRIMARY KEY (site, camera_id, seq)" not in row[0]:
             self.connection.execute("BEGIN IMMEDIATE")
             try:
                 self.connection.execute("ALTER TABLE sightings RENAME TO sightings_by_camera")
                 self.connection.execute(SIGHTINGS.format(**TYPES["sqlite"]))
-                self.connection.execute("INSERT INTO sightings SELECT *, 'match' FROM sightings_by_camera")
+                self.connection.execute("INSERT INTO sightings SELECT *, 'match', NULL FROM sightings_by_camera")
                 self.connection.execute("DROP TABLE sightings_by_camera")
                 self.connection.execute("COMMIT")
             except BaseException:
@@ -110,6 +114,9 @@ class SQLiteDatabase:
         columns = [r[1] for r in self.connection.execute("PRAGMA table_info(identities)").fetchall()]
         if columns and "version" not in columns:
             self.connection.execute("ALTER TABLE identities ADD COLUMN version INTEGER NOT NULL DEFAULT 0")
+        columns = [r[1] for r in self.connection.execute("PRAGMA table_info(sightings)").fetchall()]
+        if columns and "thumbnail" not in columns:
+            self.connection.execute("ALTER TABLE sightings ADD COLUMN thumbnail BLOB")
 
     def execute(self, sql: str, params=(), binary: bool = False):
         return self.connection.execute(sql, params)
@@ -187,7 +194,7 @@ class PostgresDatabase:
         with _translated_errors(self):
             self.connection.execute("SELECT pg_advisory_lock(%s)", (SCHEMA_LOCK,))  # two instances starting
             try:
-                for statement in SCHEMA.format(**TYPES["postgresql"]).split(";") + UNCOMPRESSED:
+                for statement in SCHEMA.format(**TYPES["postgresql"]).split(";") + POSTGRES_MIGRATIONS + UNCOMPRESSED:
                     if statement.strip():
                         self.connection.execute(statement)
             finally:

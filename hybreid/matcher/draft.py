@@ -36,6 +36,7 @@ class SightingRow(NamedTuple):
     similarity: float
     embedding: bytes
     decision: str
+    thumbnail: bytes | None = None
 
 
 @dataclass
@@ -116,7 +117,7 @@ class Draft:
             message.camera_id, message.seq, message.site, message.track_id, message.modality,
             message.first_ts if message.first_ts is not None else message.ts, message.ts,
             json.dumps(list(message.box)), message.score, message.quality, message.frames,
-            int(message.final), identity, similarity, vector.tobytes(), decision)
+            int(message.final), identity, similarity, vector.tobytes(), decision, message.thumbnail)
         write = Write(identity, new, (message.site, message.camera_id, message.seq), sighting, prototype, facts,
                       message.ts)
         self.record(write)

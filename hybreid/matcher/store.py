@@ -110,7 +110,7 @@ class GalleryStore:
         if updated:
             self.db.executemany("UPDATE identities SET last_seen = ?, sightings = ?, modalities = ?, prototype = ?, "
                                 "version = ? WHERE id = ?", updated)
-        self.db.executemany("INSERT INTO sightings VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        self.db.executemany("INSERT INTO sightings VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                             list(sightings))
 
     def recompute_identity(self, identity_id: int) -> None:
@@ -254,6 +254,23 @@ class GalleryStore:
                 found[identity][camera] = count
         return found
 
+    def thumbnail_keys(self, identities: list[int]) -> dict[int, dict[str, tuple[str, int]]]:
+        """For each identity, each camera's latest sighting with a thumbnail: camera -> (site, seq)."""
+        found: dict[int, dict[str, tuple[str, int]]] = {identity: {} for identity in identities}
+        for start in range(0, len(identities), KEY_BATCH):
+            chunk = identities[start:start + KEY_BATCH]
+            for identity, site, camera, seq in self.db.execute(
+                    f"SELECT identity_id, site, camera_id, MAX(seq) FROM sightings WHERE identity_id IN "
+                    f"({', '.join('?' * len(chunk))}) AND thumbnail IS NOT NULL GROUP BY identity_id, site, camera_id",
+                    chunk):
+                found[identity][camera] = (site, seq)
+        return found
+
+    def thumbnail(self, site: str, camera: str, seq: int) -> bytes | None:
+        row = self.db.execute("SELECT thumbnail FROM sightings WHERE site = ? AND camera_id = ? AND seq = ?",
+                              (site, camera, seq)).fetchone()
+        return bytes(row[0]) if row and row[0] is not None else None
+
     def camera_rows(self) -> list[dict]:
         """Each camera's site, sightings and latest sighting (its highest sequence number).
 
@@ -303,8 +320,9 @@ class GalleryStore:
                                 "VALUES (?, 0, 0, 1, 'visible', ?)",
                                 [(start + i + 1, v.tobytes()) for i, v in enumerate(chunk)])
             self.db.executemany("INSERT INTO sightings VALUES (?, ?, ?, ?, 'visible', 0, 0, '[0,0,1,1]', 1, 1, 1, 1, "
-                                "?, 1, ?, 'new')", [("prefill", start + i, site, start + i, start + i + 1, v.tobytes())
-                                                    for i, v in enumerate(chunk)])
+                                "?, 1, ?, 'new', NULL)",
+                                [("prefill", start + i, site, start + i, start + i + 1, v.tobytes())
+                                 for i, v in enumerate(chunk)])
         if self.dialect == "postgresql":  # ids given explicitly: move the identity sequence past them
             self.db.execute("SELECT setval(pg_get_serial_sequence('identities', 'id'), ?)", (len(vectors),))
         self.bind_model(model)
