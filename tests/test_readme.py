@@ -98,3 +98,21 @@ def test_cheap_readme_commands_run(argv, tmp_path):
                             cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip()
+
+
+def test_the_training_page_writes_synthetic_data_where_the_recipes_read_it():
+    """Each synthetic recipe's dataset.root is where docs/training.md's `data synth` writes its
+    layout (the page once wrote data/synthetic_market, the recipe read data/synthetic_market1501)."""
+    import yaml
+
+    written = {}
+    for argv in readme_commands():
+        if argv[:2] == ["data", "synth"]:
+            args = build_parser().parse_args(argv)
+            written.setdefault(args.layout, set()).add(args.out)
+    recipes = sorted((REPO / "hybreid" / "configs" / "train").glob("*_synthetic.yaml"))
+    assert len(recipes) == 2
+    for recipe in recipes:
+        dataset = yaml.safe_load(recipe.read_text())["dataset"]
+        assert dataset["root"] in written.get(dataset["name"], set()), \
+            f"{recipe.name} reads {dataset['root']}, which no `hybreid data synth` of the docs writes"
