@@ -80,6 +80,7 @@ class Draft:
         self.prototypes: dict[int, np.ndarray] = {}
         self.facts: dict[int, IdentityFacts] = {}
         self.sightings: dict[tuple[str, str, int], SightingRow] = {}
+        self._keys_of: dict[int, list[tuple[str, str, int]]] = {}  # identity -> its sightings' keys, in order
         self._journal: list[tuple[Write, np.ndarray | None, IdentityFacts | None]] = []
         self._last_provisional = 0
         # The new identities, their prototypes in one matrix: every later message of the batch
@@ -129,6 +130,7 @@ class Draft:
         self._journal.append((write, self.prototypes.get(write.identity), self.facts.get(write.identity)))
         self.prototypes[write.identity], self.facts[write.identity] = write.prototype, write.facts
         self.sightings[write.key] = write.sighting
+        self._keys_of.setdefault(write.identity, []).append(write.key)
         if write.new:
             if self._created_matrix is None:
                 self._created_matrix = np.empty((self._capacity, write.prototype.size), dtype=np.float32)
@@ -143,6 +145,10 @@ class Draft:
         while len(self._journal) > mark:
             write, prototype, facts = self._journal.pop()
             del self.sightings[write.key]
+            keys = self._keys_of[write.identity]
+            keys.pop()  # the latest of the identity's: the journal is undone latest first
+            if not keys:
+                del self._keys_of[write.identity]
             if prototype is None:
                 del self.prototypes[write.identity], self.facts[write.identity]
             else:
@@ -152,6 +158,9 @@ class Draft:
                 del self._created_row[write.identity]
             elif write.identity in self._created_row:
                 self._created_matrix[self._created_row[write.identity]] = prototype
+
+    def sightings_of(self, identity: int) -> list[SightingRow]:
+        return [self.sightings[key] for key in self._keys_of.get(identity, ())]
 
     def writes(self) -> list[Write]:
         return [write for write, _, _ in self._journal]

@@ -173,11 +173,14 @@ class Gallery:
     def busy_elsewhere(self, identity_id: int, site: str, camera_id: str, first_ts: float, ts: float) -> bool:
         """Whether the identity was seen by another camera during [first_ts, ts]."""
         with self.lock:
-            for row in (self._draft.sightings.values() if self._draft is not None else ()):
+            for row in (self._draft.sightings_of(identity_id) if self._draft is not None else ()):
                 elsewhere = (row.site, row.camera_id) != (site, camera_id)
-                if row.identity_id == identity_id and elsewhere and row.first_ts < ts and row.ts > first_ts:
+                if elsewhere and row.first_ts < ts and row.ts > first_ts:
                     return True
             if identity_id < 0:  # provisional: no committed sighting yet
+                return False
+            committed = self._facts.get(identity_id)
+            if committed is not None and committed.last_seen <= first_ts:  # each committed sighting ended before
                 return False
             return self.store.seen_elsewhere(identity_id, site, camera_id, first_ts, ts)
 
