@@ -272,7 +272,7 @@ def check_thumbnail(data: bytes) -> bytes:
         raise ValueError(f"thumbnail of {len(data)} bytes > {MAX_THUMBNAIL_BYTES}")
     if not data.startswith(b"\xff\xd8\xff"):
         raise ValueError("thumbnail is not a JPEG")
-    width, height = _jpeg_size(data)
+    width, height = jpeg_size(data)
     if max(width, height) > MAX_THUMBNAIL_SIDE:  # before decoding: 16 kB can declare 65,535 pixels a side
         raise ValueError(f"thumbnail of {width}x{height} pixels; at most {MAX_THUMBNAIL_SIDE} a side")
     image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
@@ -412,7 +412,7 @@ def message_summary(message: FeatureMessage) -> dict:
 _START_OF_FRAME = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 
 
-def _jpeg_size(data: bytes) -> tuple[int, int]:
+def jpeg_size(data: bytes) -> tuple[int, int]:
     """A JPEG's width and height from its frame header, without decoding it. OpenCV, the one
     image library the edge and the matcher carry, only reads a size by decoding the whole
     image, which a hostile header can make gigabytes large."""

@@ -22,6 +22,7 @@ from hybreid.lab.mosquitto import free_port
 from hybreid.matcher.assignment import Matcher
 from hybreid.matcher.gallery import Gallery
 from hybreid.matcher.policy import MatchPolicy
+from hybreid.protocol import FeatureMessage, encode_feature
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 HOSTILE = '<script>window.hostile = 1</script><img src="x" onerror="window.hostile = 2">'
@@ -163,6 +164,67 @@ def test_the_console_benchmark_times_every_page_on_a_filled_gallery(tmp_path):
     assert all(0 < page["p50_ms"] <= page["p95_ms"] for page in result["pages"])
     overview = next(page for page in result["pages"] if page["path"] == "/api/overview")
     assert overview["bytes"] > 1000  # eight cameras' rows and the latest sightings
+
+
+@pytest.mark.slow
+def test_the_identities_are_searched_by_a_picture_embedded_by_the_gallerys_model(tiny_onnx, tmp_path):
+    import cv2
+    import numpy as np
+
+    from hybreid.inference import load_embedder
+
+    embedder = load_embedder(tiny_onnx)
+    pictures = [np.random.default_rng(seed).integers(0, 255, (128, 64, 3), dtype=np.uint8) for seed in range(3)]
+    gallery = Gallery(tmp_path / "gallery.sqlite")
+    matcher = Matcher(gallery, MatchPolicy.checked(same_modality=0.999, cross_modality=0.999))
+    messages = [FeatureMessage(site="lab", camera_id="cam1", modality="visible", ts=100.0 + i, seq=i, track_id=i,
+                               box=(0, 0, 64, 128), score=0.9, model_name=embedder.contract.model,
+                               model_hash=embedder.contract.weights_sha256, embedding=vector)
+                for i, vector in enumerate(embedder.embed(pictures))]
+    events = matcher.handle_batch([(m.topic, encode_feature(m)) for m in messages])
+    gallery.close()
+    console = Console(tmp_path / "gallery.sqlite", "--artifact", str(tiny_onnx))
+    try:
+        def search(body: bytes, kind: str = "image/png") -> tuple[int, dict]:
+            request = Request(console.url + "/api/search?top_k=2", data=body, method="POST",
+                              headers={"Content-Type": kind})
+            try:
+                with urlopen(request, timeout=30) as response:
+                    return response.status, json.loads(response.read())
+            except HTTPError as exc:
+                return exc.code, json.loads(exc.read())
+
+        for picture, event in zip(pictures, events, strict=True):
+            status, answer = search(cv2.imencode(".png", cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))[1].tobytes())
+            best = answer["matches"][0]
+            assert status == 200 and len(answer["matches"]) == 2
+            assert best["identity"] == event["identity"] and best["similarity"] > 0.999
+        bomb = bytearray(cv2.imencode(".png", np.zeros((8, 8, 3), np.uint8))[1].tobytes())
+        bomb[16:24] = (100_000).to_bytes(4, "big") * 2  # declares 100,000 x 100,000 pixels
+        assert search(bytes(bomb)) == (400, {"error": "the picture is 100000x100000 pixels; at most 4096 a side"})
+        assert search(b"GIF89a" + bytes(100), "image/png")[0] == 400
+        assert search(b"{}", "application/json")[0] == 400
+        assert search(bytes(5 * 1024 * 1024), "image/jpeg")[1]["error"].startswith("the picture is over 4 MiB")
+        assert get(console.url + "/api/overview")[0] == 200  # still serving
+
+        # The same search from the identities page, as a person would: a file chosen in the browser.
+        from selenium.webdriver.common.by import By
+        from selenium.webdriver.support.ui import WebDriverWait
+
+        picture_file = tmp_path / "person.png"
+        cv2.imwrite(str(picture_file), cv2.cvtColor(pictures[1], cv2.COLOR_RGB2BGR))
+        browser = _browser()
+        try:
+            browser.get(console.url + "/identities")
+            browser.find_element(By.ID, "search-file").send_keys(str(picture_file))
+            WebDriverWait(browser, 15).until(lambda b: b.find_elements(By.CSS_SELECTOR, "#search-results li"))
+            first = browser.find_element(By.CSS_SELECTOR, "#search-results li a")
+            assert first.text == f"identity {events[1]['identity']}"
+            assert first.get_attribute("href").endswith(f"/identities/{events[1]['identity']}")
+        finally:
+            browser.quit()
+    finally:
+        console.stop()
 
 
 # -- in a real browser ----------------------------------------------------------------------------

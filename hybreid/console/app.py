@@ -1,10 +1,11 @@
 """The console's web application (Starlette): server-side pages from Jinja2 templates, the
 JSON read API they are built from, and the live events as server-sent events.
 
-Read-only: every route is a GET. Every string from a payload or the gallery reaches a page
-through Jinja2's autoescaping, and the Content-Security-Policy lets the page run only the
-console's own script file and load only its own style sheet. With a token, every request
-must carry it (``Authorization: Bearer``, or the cookie ``/login?token=`` sets).
+Read-only: every route but the search by picture is a GET, and nothing is ever written.
+Every string from a payload or the gallery reaches a page through Jinja2's autoescaping,
+and the Content-Security-Policy lets the page run only the console's own script file and
+load only its own style sheet and images. With a token, every request must carry it
+(``Authorization: Bearer``, or the cookie ``/login?token=`` sets).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from starlette.templating import Jinja2Templates
 
 from hybreid.console.live import LiveFeed
 from hybreid.console.reads import ConsoleReads, parse_iso
+from hybreid.console.search import MAX_UPLOAD_BYTES, ImageSearch
 from hybreid.console.timeline import timeline
 from hybreid.errors import UserError
 
@@ -42,13 +44,15 @@ LARGEST_ID = 2 ** 63
 STREAM_WAIT_S = 15.0  # a comment line at least this often keeps proxies from closing the stream
 
 
-def create_app(reads: ConsoleReads, live: LiveFeed | None = None, token: str | None = None) -> Starlette:
+def create_app(reads: ConsoleReads, live: LiveFeed | None = None, token: str | None = None,
+               search: ImageSearch | None = None) -> Starlette:
     # Escaping on for every template and value, stated here rather than left to a default.
     templates = Jinja2Templates(env=jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"),
                                                        autoescape=True))
 
     def page(request: Request, name: str, **context) -> Response:
-        return templates.TemplateResponse(request, name, {"live": live is not None, **context})
+        return templates.TemplateResponse(request, name, {"live": live is not None, "search": search is not None,
+                                                          **context})
 
     def cameras() -> list[dict]:
         """The gallery's cameras with the broker's word on each (a camera never seen in a
@@ -130,6 +134,20 @@ def create_app(reads: ConsoleReads, live: LiveFeed | None = None, token: str | N
             raise HTTPException(404, "no such thumbnail")
         return Response(found, media_type="image/jpeg")  # checked by decoding when the matcher took it
 
+    async def search_by_picture(request: Request) -> Response:
+        """The identities nearest a JPEG or PNG sent as the request's body (nothing is stored)."""
+        if search is None:
+            raise HTTPException(404, "the console was started without --artifact: no search by picture")
+        if request.headers.get("content-type", "") not in ("image/jpeg", "image/png"):
+            raise UserError("send the picture as the body, with Content-Type image/jpeg or image/png")
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > MAX_UPLOAD_BYTES:
+                raise UserError(f"the picture is over {MAX_UPLOAD_BYTES // (1024 * 1024)} MiB")
+        matches = await run_in_threadpool(search.search, bytes(body), _int(request, "top_k", 5) or 5)
+        return JSONResponse({"matches": matches})
+
     async def login(request: Request) -> Response:
         """Exchange ``?token=`` for a cookie the browser sends from then on (checked in ``guard``)."""
         response = RedirectResponse("/", status_code=303)
@@ -143,6 +161,7 @@ def create_app(reads: ConsoleReads, live: LiveFeed | None = None, token: str | N
               Route("/api/counts", api_counts), Route("/api/merges", api_merges), Route("/api/cameras", api_cameras),
               Route("/api/events", event_stream), Route("/login", login),
               Route("/thumbnails/{site}/{camera}/{seq}.jpg", thumbnail),
+              Route("/api/search", search_by_picture, methods=["POST"]),
               Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")]
     return Starlette(routes=routes, exception_handlers={UserError: _bad_request, HTTPException: _http_error},
                      middleware=[Middleware(_Guard, token=token)])

@@ -56,7 +56,12 @@ def _console(args) -> None:
         broker.endpoint()  # a malformed URL is one clear error before anything starts
         live = LiveFeed(broker, args.site)
     reads = ConsoleReads(args.db)
-    app = create_app(reads, live, token)
+    search = None
+    if args.artifact:
+        from hybreid.console.search import ImageSearch
+
+        search = ImageSearch(args.artifact, args.db)
+    app = create_app(reads, live, token, search)
     if live:
         live.start()
     try:
@@ -65,6 +70,8 @@ def _console(args) -> None:
     finally:
         if live:
             live.stop()
+        if search:
+            search.close()
         reads.close()
 
 
@@ -78,5 +85,6 @@ def register(commands) -> None:
     console.add_argument("--host", default="127.0.0.1",
                          help="address to listen on; anything but loopback needs a token")
     console.add_argument("--port", type=int, default=8080, help="port to listen on")
+    console.add_argument("--artifact", help="the gallery's model (ONNX): also search the identities by a picture")
     console.add_argument("--token-file", help=f"file holding the token every request must carry (or set "
                                               f"{TOKEN_VARIABLE})")
