@@ -4,6 +4,7 @@ its pages in Debian's Chromium over a real matcher fed through Mosquitto."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import sqlite3
 import subprocess
@@ -164,6 +165,28 @@ def test_the_console_benchmark_times_every_page_on_a_filled_gallery(tmp_path):
     assert all(0 < page["p50_ms"] <= page["p95_ms"] for page in result["pages"])
     overview = next(page for page in result["pages"] if page["path"] == "/api/overview")
     assert overview["bytes"] > 1000  # eight cameras' rows and the latest sightings
+
+
+def test_a_site_benchmarks_figures_are_shown_escaped_and_a_wrong_file_refused(gallery_file, tmp_path, capsys):
+    repo = Path(__file__).resolve().parent.parent
+    records = json.loads((repo / "benchmarks" / "site_seeds" / "split_0.8" / "site.json").read_text())
+    records[0]["model"] = HOSTILE
+    figures = tmp_path / "site.json"
+    figures.write_text(json.dumps(records))
+    console = Console(gallery_file, "--figures", str(figures))
+    try:
+        status, _, body = get(console.url + "/figures")
+        page = body.decode()
+        assert status == 200 and HOSTILE not in page and "&lt;script&gt;window.hostile" in page
+        idf1 = [float(cell) for cell in re.findall(r'<td class="idf1">([\d.]+)</td>', page)]
+        expected = [round(r[method]["mtmc"]["idf1"], 3) for r in records
+                    for method in ("online", "re-associated", "true identities")]
+        assert idf1 == expected and len(idf1) == 3 * len(records)
+    finally:
+        console.stop()
+    (tmp_path / "wrong.json").write_text(json.dumps({"identities": 3}))
+    assert main(["console", "--db", str(gallery_file), "--figures", str(tmp_path / "wrong.json")]) == 2
+    assert "is not a `hybreid bench site` result" in capsys.readouterr().err
 
 
 @pytest.mark.slow

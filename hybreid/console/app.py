@@ -45,14 +45,14 @@ STREAM_WAIT_S = 15.0  # a comment line at least this often keeps proxies from cl
 
 
 def create_app(reads: ConsoleReads, live: LiveFeed | None = None, token: str | None = None,
-               search: ImageSearch | None = None) -> Starlette:
+               search: ImageSearch | None = None, figures: list[dict] | None = None) -> Starlette:
     # Escaping on for every template and value, stated here rather than left to a default.
     templates = Jinja2Templates(env=jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"),
                                                        autoescape=True))
 
     def page(request: Request, name: str, **context) -> Response:
         return templates.TemplateResponse(request, name, {"live": live is not None, "search": search is not None,
-                                                          **context})
+                                                          "figures": figures is not None, **context})
 
     def cameras() -> list[dict]:
         """The gallery's cameras with the broker's word on each (a camera never seen in a
@@ -78,6 +78,11 @@ def create_app(reads: ConsoleReads, live: LiveFeed | None = None, token: str | N
         if found is None:
             raise HTTPException(404, "no such identity")
         return page(request, "identity.html", identity=found, timeline=timeline(found["sightings"]))
+
+    async def figures_page(request: Request) -> Response:
+        if figures is None:
+            raise HTTPException(404, "the console was started without --figures")
+        return page(request, "figures.html", records=figures)
 
     async def api_overview(request: Request) -> Response:
         return JSONResponse({**await run_in_threadpool(reads.overview), "cameras": await run_in_threadpool(cameras)})
@@ -161,7 +166,7 @@ def create_app(reads: ConsoleReads, live: LiveFeed | None = None, token: str | N
               Route("/api/counts", api_counts), Route("/api/merges", api_merges), Route("/api/cameras", api_cameras),
               Route("/api/events", event_stream), Route("/login", login),
               Route("/thumbnails/{site}/{camera}/{seq}.jpg", thumbnail),
-              Route("/api/search", search_by_picture, methods=["POST"]),
+              Route("/api/search", search_by_picture, methods=["POST"]), Route("/figures", figures_page),
               Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")]
     return Starlette(routes=routes, exception_handlers={UserError: _bad_request, HTTPException: _http_error},
                      middleware=[Middleware(_Guard, token=token)])

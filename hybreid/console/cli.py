@@ -61,7 +61,12 @@ def _console(args) -> None:
         from hybreid.console.search import ImageSearch
 
         search = ImageSearch(args.artifact, args.db)
-    app = create_app(reads, live, token, search)
+    figures = None
+    if args.figures:
+        from hybreid.console.figures import load_figures
+
+        figures = load_figures(args.figures)
+    app = create_app(reads, live, token, search, figures)
     if live:
         live.start()
     try:
@@ -86,5 +91,7 @@ def register(commands) -> None:
                          help="address to listen on; anything but loopback needs a token")
     console.add_argument("--port", type=int, default=8080, help="port to listen on")
     console.add_argument("--artifact", help="the gallery's model (ONNX): also search the identities by a picture")
+    console.add_argument("--figures", metavar="SITE.json",
+                         help="a `hybreid bench site` result of this site: its IDF1 and HOTA on a page of their own")
     console.add_argument("--token-file", help=f"file holding the token every request must carry (or set "
                                               f"{TOKEN_VARIABLE})")
