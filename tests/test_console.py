@@ -3,6 +3,7 @@ its pages in Debian's Chromium over a real matcher fed through Mosquitto."""
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import shutil
@@ -13,6 +14,8 @@ from pathlib import Path
 from urllib.error import HTTPError
 from urllib.request import Request, urlopen
 
+import cv2
+import numpy as np
 import paho.mqtt.client as mqtt
 import pytest
 from support import feature, publish_all, start_matcher, unit, wait_for_line, wait_until
@@ -191,9 +194,6 @@ def test_a_site_benchmarks_figures_are_shown_escaped_and_a_wrong_file_refused(ga
 
 @pytest.mark.slow
 def test_the_identities_are_searched_by_a_picture_embedded_by_the_gallerys_model(tiny_onnx, tmp_path):
-    import cv2
-    import numpy as np
-
     from hybreid.inference import load_embedder
 
     embedder = load_embedder(tiny_onnx)
@@ -298,6 +298,12 @@ def test_the_console_in_chromium_over_a_matcher_fed_through_mosquitto(mosquitto,
                                       json.dumps({"v": 1, "camera_id": HOSTILE, "state": "online", "ts": ts}).encode()),
                                      (protocol.events_topic("lab"),
                                       json.dumps({"v": 1, "type": HOSTILE, "site": "lab", "ts": ts}).encode())])
+        # A thumbnail that is a PNG, and one over the protocol's 16 kB: both messages refused.
+        png = base64.b64encode(cv2.imencode(".png", np.zeros((96, 40, 3), np.uint8))[1].tobytes()).decode()
+        oversized = base64.b64encode(b"\xff\xd8\xff" + bytes(17_000)).decode()
+        publish_all(mosquitto.port, [_with_thumbnail(feature(camera="cam1", seq=7, track=7, ts=ts + 70), png),
+                                     _with_thumbnail(feature(camera="cam1", seq=8, track=8, ts=ts + 80), oversized)])
+        assert wait_until(lambda: _rejections(db) == {"thumbnail": 1, "schema": 1})
         assert wait_until(lambda: _sightings(db) == 6)
         # A sighting written into the gallery by another program, its camera id a script.
         with sqlite3.connect(db) as raw:
@@ -346,16 +352,22 @@ def test_the_console_in_chromium_over_a_matcher_fed_through_mosquitto(mosquitto,
         matcher.wait(30)
 
 
-def _with_best_shot(topic_payload: tuple[str, bytes]) -> tuple[str, bytes]:
-    import base64
-
-    import cv2
-    import numpy as np
-
-    image = np.full((96, 40, 3), (40, 120, 200), np.uint8)
-    shot = base64.b64encode(cv2.imencode(".jpg", image)[1].tobytes()).decode()
+def _with_thumbnail(topic_payload: tuple[str, bytes], thumbnail: str) -> tuple[str, bytes]:
     topic, payload = topic_payload
-    return topic, json.dumps({**json.loads(payload), "thumbnail": shot}).encode()
+    return topic, json.dumps({**json.loads(payload), "thumbnail": thumbnail}).encode()
+
+
+def _with_best_shot(topic_payload: tuple[str, bytes]) -> tuple[str, bytes]:
+    image = np.full((96, 40, 3), (40, 120, 200), np.uint8)
+    return _with_thumbnail(topic_payload, base64.b64encode(cv2.imencode(".jpg", image)[1].tobytes()).decode())
+
+
+def _rejections(db: Path) -> dict[str, int]:
+    try:
+        with sqlite3.connect(db) as raw:
+            return dict(raw.execute("SELECT reason, count FROM rejections").fetchall())
+    except sqlite3.Error:
+        return {}
 
 
 def _sightings(db: Path) -> int:
