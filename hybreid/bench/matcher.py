@@ -39,6 +39,7 @@ from hybreid.lab.mosquitto import Mosquitto
 from hybreid.lab.postgres_server import PostgresServer
 from hybreid.matcher.assignment import Matcher
 from hybreid.matcher.gallery import Gallery
+from hybreid.matcher.index import default_threads, limit_threads
 from hybreid.matcher.policy import MatchPolicy
 from hybreid.matcher.service import MatcherService
 from hybreid.mqtt import BrokerConfig
@@ -244,6 +245,7 @@ def run(sizes: list[int], out: str | Path, messages: int = 2000, dim: int = 1024
     one measured on the tiny HAResformer, :mod:`hybreid.bench.sightings`)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    limit_threads(default_threads())  # the in-process instance computes as `matcher run` does by default
     geometry = geometry or EmbeddingGeometry.load()
     sightings = SightingModel(geometry, dim, np.random.default_rng(0))
     results = []

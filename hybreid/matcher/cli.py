@@ -82,12 +82,11 @@ def _run(args) -> None:
     from hybreid.mqtt.client import check_tls_files
     from hybreid.thresholds import ThresholdsFile
 
-    if args.threads is not None:
-        if not 1 <= args.threads <= MAX_THREADS:
-            raise UserError(f"--threads must be between 1 and {MAX_THREADS}, got {args.threads}")
-        from hybreid.matcher.index import limit_threads
+    if args.threads is not None and not 1 <= args.threads <= MAX_THREADS:
+        raise UserError(f"--threads must be between 1 and {MAX_THREADS}, got {args.threads}")
+    from hybreid.matcher.index import default_threads, limit_threads
 
-        limit_threads(args.threads)
+    limit_threads(args.threads if args.threads is not None else default_threads())
     choices = {} if args.transit_bonus is None else {"transit_bonus": args.transit_bonus}
     thresholds = ThresholdsFile.load(args.thresholds) if args.thresholds else None
     policy = MatchPolicy.from_thresholds(thresholds, **choices) if thresholds else MatchPolicy.checked(**choices)
@@ -179,8 +178,8 @@ def register(commands) -> None:
                           "searched deep enough for recall@1 >= 0.99 against exact search")
     run.add_argument("--shared-group", help="MQTT v5 shared subscription group (several matchers, one gallery)")
     run.add_argument("--threads", type=int,
-                     help="compute threads: index search and NumPy (default: all cores; several instances on "
-                          "one host: a share each)")
+                     help="compute threads: index search and NumPy (default: every core but one, left to the "
+                          "MQTT thread, the broker and the database; several instances on one host: a share each)")
     run.add_argument("--client-id", default="hybreid-matcher", help="MQTT client id")
     run.add_argument("--drain", action="store_true",
                      help="take over the session of an instance that will not come back (its --client-id, or its "
