@@ -147,6 +147,8 @@ def test_unsigned_and_wrongly_signed_bundles_are_refused_with_trust(onnx_file, k
     foreign = create_bundle(tmp_path / "foreign.tar.gz", onnx_file, sign=theirs)
     verified = verify_bundle(signed, trust=[ours_public])
     assert verified.signed_by and verified.signed
+    # what `bundle install --build-engine` builds with: the manifest's build settings, typed
+    assert verified.manifest.build_options() == BuildOptions(**json.loads(_members(signed)["manifest.json"])["build"])
     assert verify_bundle(signed).signed_by is None  # without --trust the signature is not checked
     folder = install_bundle(signed, tmp_path / "device", trust=[ours_public])
     assert (folder / "model.onnx").read_bytes() == onnx_file.read_bytes() and (folder / "manifest.sig").is_file()

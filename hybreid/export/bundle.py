@@ -84,7 +84,9 @@ class Manifest(_Strict):
     detector: dict[str, str] = {}
 
     def build_options(self) -> BuildOptions:
-        return BuildOptions(**self.build.model_dump())
+        build = self.build
+        return BuildOptions(build.precision, build.min_batch, build.opt_batch, build.max_batch, build.workspace_mib,
+                            build.strongly_typed)
 
 
 @dataclass(frozen=True)

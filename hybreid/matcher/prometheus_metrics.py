@@ -69,7 +69,7 @@ class MatcherMetrics(Collector):
         yield gauge("store_up", "1 while the gallery's database answers", float(not service.store_unavailable))
         yield gauge("lag_seconds", "Capture time of the newest decided sighting, behind the clock",
                     float("nan") if matcher.lag_s is None else matcher.lag_s)
-        yield gauge("inbox_messages", "Messages received and waiting to be decided", service.inbox_depth)
+        yield gauge("inbox_messages", "Messages received and waiting to be decided", service.counters()["inbox"])
 
     def alive(self) -> str | None:
         return None if self.service.deciding else "the matcher's worker thread is not running"

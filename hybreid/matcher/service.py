@@ -248,12 +248,7 @@ class MatcherService:
         self.client.loop_stop()
 
     @property
-    def inbox_depth(self) -> int:
-        return self._inbox.qsize()
-
-    @property
-    def deciding(self) -> bool:
-        """Whether the thread that decides batches runs."""
+    def deciding(self) -> bool:  # the thread that decides batches runs
         return self._worker is not None and self._worker.is_alive()
 
     def drained(self, idle_s: float) -> bool:
@@ -343,7 +338,7 @@ class MatcherService:
                 "locked_seconds": round(self.matcher.gallery.locked_seconds, 3),
                 "internal_errors": self.internal_errors, "broker_connected": self.connected.is_set(),
                 "lag_s": None if self.matcher.lag_s is None else round(self.matcher.lag_s, 1),
-                "inbox": self.inbox_depth}
+                "inbox": self._inbox.qsize()}
 
     def status(self) -> dict:
         """The gallery's figures and this instance's counters; the counters alone, with the reason,
