@@ -116,3 +116,24 @@ def test_the_training_page_writes_synthetic_data_where_the_recipes_read_it():
         dataset = yaml.safe_load(recipe.read_text())["dataset"]
         assert dataset["root"] in written.get(dataset["name"], set()), \
             f"{recipe.name} reads {dataset['root']}, which no `hybreid data synth` of the docs writes"
+
+
+def test_the_jetson_walkthrough_reads_what_its_commands_write():
+    """docs/deployment.md's Jetson block needs a GPU and a dataset to run; what can be checked
+    here is that each command reads the files an earlier one writes, and that the example site
+    file looks where `bundle install` puts the model."""
+    import yaml
+
+    text = (REPO / "docs" / "deployment.md").read_text()
+    block = re.search(r"## Deploying to a Jetson\n+```bash\n(.*?)```", text, flags=re.S).group(1)
+    commands = [build_parser().parse_args(shlex.split(line.split("#", 1)[0])[1:])
+                for line in block.replace("\\\n", " ").splitlines() if line.startswith("hybreid ")]
+    by_verb = {" ".join(getattr(args, key) for key in vars(args) if key == "command" or key.endswith("_command")):
+               args for args in commands}
+    calibrate, create, install = by_verb["calibrate int8"], by_verb["bundle create"], by_verb["bundle install"]
+    stem = Path(calibrate.artifact).stem
+    assert create.int8_artifact == f"{calibrate.out}/{stem}.int8.tensorrt.minmax.onnx"
+    assert create.calibration_cache == f"{calibrate.out}/{stem}.int8.tensorrt.minmax.cache"
+    assert create.out == install.bundle
+    site = yaml.safe_load((REPO / "configs" / "site.example.yaml").read_text())
+    assert site["model"]["path"].startswith(f"{install.dir}/")  # <dir>/<model>: the installed bundle
