@@ -41,6 +41,7 @@ SECURITY_HEADERS = {
     "Cache-Control": "no-store",
 }
 LARGEST_ID = 2 ** 63
+MAX_TOP_K = 100
 STREAM_WAIT_S = 15.0  # a comment line at least this often keeps proxies from closing the stream
 
 
@@ -54,10 +55,10 @@ def create_app(reads: ConsoleReads, live: LiveFeed | None = None, token: str | N
         return templates.TemplateResponse(request, name, {"live": live is not None, "search": search is not None,
                                                           "figures": figures is not None, **context})
 
-    def cameras() -> list[dict]:
+    def with_states(rows: list[dict]) -> list[dict]:
         """The gallery's cameras with the broker's word on each (a camera never seen in a
         sighting still shows once its status arrives)."""
-        known = {f"{c['site']}/{c['camera_id']}": {**c, "state": None} for c in reads.overview()["cameras"]}
+        known = {f"{c['site']}/{c['camera_id']}": {**c, "state": None} for c in rows}
         for state in live.camera_states() if live else ():
             key = f"{state['site']}/{state['camera_id']}"
             known[key] = {**known.get(key, {"site": state["site"], "camera_id": state["camera_id"], "sightings": 0,
@@ -66,8 +67,8 @@ def create_app(reads: ConsoleReads, live: LiveFeed | None = None, token: str | N
 
     async def index(request: Request) -> Response:
         overview = await run_in_threadpool(reads.overview)
-        events = [event for _, event in live.events][-20:][::-1] if live else []
-        return page(request, "index.html", overview=overview, cameras=await run_in_threadpool(cameras), events=events)
+        events = [event for _, event in list(live.events)[-20:]][::-1] if live else []  # a copy: paho appends
+        return page(request, "index.html", overview=overview, cameras=with_states(overview["cameras"]), events=events)
 
     async def identities(request: Request) -> Response:
         listing = await run_in_threadpool(reads.identities, _int(request, "page", 1))
@@ -85,7 +86,8 @@ def create_app(reads: ConsoleReads, live: LiveFeed | None = None, token: str | N
         return page(request, "figures.html", records=figures)
 
     async def api_overview(request: Request) -> Response:
-        return JSONResponse({**await run_in_threadpool(reads.overview), "cameras": await run_in_threadpool(cameras)})
+        overview = await run_in_threadpool(reads.overview)
+        return JSONResponse({**overview, "cameras": with_states(overview["cameras"])})
 
     async def api_identities(request: Request) -> Response:
         return JSONResponse(await run_in_threadpool(reads.identities, _int(request, "page", 1)))
@@ -112,7 +114,7 @@ def create_app(reads: ConsoleReads, live: LiveFeed | None = None, token: str | N
         return JSONResponse(await run_in_threadpool(reads.merges, _int(request, "limit", 100)))
 
     async def api_cameras(request: Request) -> Response:
-        return JSONResponse({"cameras": await run_in_threadpool(cameras)})
+        return JSONResponse({"cameras": with_states(await run_in_threadpool(reads.cameras))})
 
     async def event_stream(request: Request) -> Response:
         if live is None:
@@ -150,11 +152,14 @@ def create_app(reads: ConsoleReads, live: LiveFeed | None = None, token: str | N
             body += chunk
             if len(body) > MAX_UPLOAD_BYTES:
                 raise UserError(f"the picture is over {MAX_UPLOAD_BYTES // (1024 * 1024)} MiB")
-        matches = await run_in_threadpool(search.search, bytes(body), _int(request, "top_k", 5) or 5)
+        top_k = _int(request, "top_k", 5)
+        if not 1 <= top_k <= MAX_TOP_K:
+            raise UserError(f"top_k must be from 1 to {MAX_TOP_K}, got {top_k}")
+        matches = await run_in_threadpool(search.search, bytes(body), top_k)
         return JSONResponse({"matches": matches})
 
     async def login(request: Request) -> Response:
-        """Exchange ``?token=`` for a cookie the browser sends from then on (checked in ``guard``)."""
+        """Exchange ``?token=`` for a cookie the browser sends from then on (checked by :class:`_Guard`)."""
         response = RedirectResponse("/", status_code=303)
         if token is not None and hmac.compare_digest(request.query_params.get("token", ""), token):
             response.set_cookie(COOKIE, token, httponly=True, samesite="strict", path="/")

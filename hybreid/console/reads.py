@@ -54,6 +54,10 @@ class ConsoleReads:
                 "cameras": [_camera(row) for row in cameras], "latest_sightings": [_sighting(s) for s in latest],
                 "merges": [_merge(m) for m in merges]}
 
+    def cameras(self) -> list[dict]:
+        with self._lock:
+            return [_camera(row) for row in self.store.camera_rows()]
+
     def identities(self, page: int = 1) -> dict:
         page = max(page, 1)
         with self._lock:
