@@ -309,6 +309,10 @@ def test_the_console_in_chromium_over_a_matcher_fed_through_mosquitto(mosquitto,
         with sqlite3.connect(db) as raw:
             raw.execute("UPDATE sightings SET camera_id = ? WHERE camera_id = 'cam2' AND seq = 2", (HOSTILE,))
         console = Console(db, "--broker", mosquitto.url, "--site", "lab")
+        assert wait_until(lambda: get_json(console.url + "/api/overview")[1]["broker"]["connected"])
+        publish_all(mosquitto.port, [(protocol.status_topic("lab", "cam3"), json.dumps(
+            {"v": 1, "camera_id": HOSTILE, "state": "online", "ts": ts}).encode())])  # while the console listens
+        assert wait_until(lambda: get_json(console.url + "/api/overview")[1]["broker"]["refused"] == {"schema": 1})
         browser = _browser()
         wait = WebDriverWait(browser, 15)
 

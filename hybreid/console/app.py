@@ -87,7 +87,8 @@ def create_app(reads: ConsoleReads, live: LiveFeed | None = None, token: str | N
 
     async def api_overview(request: Request) -> Response:
         overview = await run_in_threadpool(reads.overview)
-        return JSONResponse({**overview, "cameras": with_states(overview["cameras"])})
+        broker = ({"connected": live.connected.is_set(), "refused": dict(live.refused)} if live else None)
+        return JSONResponse({**overview, "cameras": with_states(overview["cameras"]), "broker": broker})
 
     async def api_identities(request: Request) -> Response:
         return JSONResponse(await run_in_threadpool(reads.identities, _int(request, "page", 1)))

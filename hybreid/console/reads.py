@@ -18,9 +18,12 @@ MAX_SIGHTINGS = 1000  # a page or an API answer never holds more
 
 
 def iso(ts: float | None) -> str | None:
-    if ts is None:
+    """``ts`` in ISO 8601, UTC; None for none, or for one no calendar holds (the matcher refuses
+    such times, but a gallery is a file another program may have written)."""
+    try:
+        return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    except (TypeError, ValueError, OverflowError, OSError):
         return None
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def parse_iso(text: str | None, name: str) -> float | None:
