@@ -431,4 +431,4 @@ def jpeg_size(data: bytes) -> tuple[int, int]:
         if marker == 0xDA or length < 2:  # the image data starts, or a damaged segment
             break
         position += 2 + length
-    raise ValueError("thumbnail has no JPEG frame header")
+    raise ValueError("no JPEG frame header")
