@@ -37,13 +37,15 @@ PATHS = ("/", "/identities", "/identities?page=1000", "/identities/{known}", "/a
 
 def _fill(gallery: Gallery, identities: int, sightings: int, dim: int) -> int:
     """Returns an identity seen by several cameras (the identity page's subject)."""
-    model = SightingModel(EmbeddingGeometry.load(), dim, np.random.default_rng(0))
+    geometry = EmbeddingGeometry.load()
+    model = SightingModel(geometry, dim, np.random.default_rng(0))
     prototypes = np.concatenate([model.prototypes(min(50_000, identities - start))
                                  for start in range(0, identities, 50_000)])
     with gallery.lock:
         gallery.store.bulk_load_prototypes(prototypes, site="bench", model="bench@0")
     gallery.rebuild_index()
-    matcher = Matcher(gallery, MatchPolicy.checked(same_modality=0.84, cross_modality=0.83))
+    matcher = Matcher(gallery, MatchPolicy.checked(same_modality=geometry.same_modality_threshold,
+                                                   cross_modality=geometry.cross_modality_threshold))
     rng = np.random.default_rng(1)
     people = rng.integers(len(prototypes), size=sightings)
     vectors = model.sightings(prototypes[people], model.genuine_cosines(sightings))
