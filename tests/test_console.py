@@ -250,6 +250,28 @@ def test_the_identities_are_searched_by_a_picture_embedded_by_the_gallerys_model
         console.stop()
 
 
+def test_the_event_stream_starts_after_the_last_event_a_page_showed(gallery_file, mosquitto):
+    console = Console(gallery_file, "--broker", mosquitto.url, "--site", "lab")
+    try:
+        assert wait_until(lambda: get_json(console.url + "/api/overview")[1]["broker"]["connected"])
+        decisions = [protocol.encode_event(protocol.event(
+            type="new", identity=identity, site="lab", camera_id="cam1", seq=identity, track_id=identity,
+            modality="visible", ts=1_765_000_000.0, similarity=0.0)) for identity in (11, 12, 13)]
+        publish_all(mosquitto.port, [(protocol.events_topic("lab"), payload) for payload in decisions])
+        # Published before the stream opened: a page that showed event 1 still gets 2 and 3.
+        with urlopen(console.url + "/api/events?after=1", timeout=10) as stream:
+            received = []
+            while len(received) < 2:
+                line = stream.readline().decode()
+                if line.startswith("id: "):
+                    received.append(int(line[4:]))
+                elif line.startswith("data: "):
+                    assert json.loads(line[6:])["identity"] == 10 + received[-1]
+        assert received == [2, 3]
+    finally:
+        console.stop()
+
+
 # -- in a real browser ----------------------------------------------------------------------------
 
 def _browser():

@@ -67,8 +67,9 @@ def create_app(reads: ConsoleReads, live: LiveFeed | None = None, token: str | N
 
     async def index(request: Request) -> Response:
         overview = await run_in_threadpool(reads.overview)
-        events = [event for _, event in list(live.events)[-20:]][::-1] if live else []  # a copy: paho appends
-        return page(request, "index.html", overview=overview, cameras=with_states(overview["cameras"]), events=events)
+        shown = list(live.events)[-20:] if live else []  # a copy: the MQTT thread appends
+        return page(request, "index.html", overview=overview, cameras=with_states(overview["cameras"]),
+                    events=[event for _, event in reversed(shown)], last_event=shown[-1][0] if shown else 0)
 
     async def identities(request: Request) -> Response:
         listing = await run_in_threadpool(reads.identities, _int(request, "page", 1))
@@ -121,8 +122,13 @@ def create_app(reads: ConsoleReads, live: LiveFeed | None = None, token: str | N
         if live is None:
             raise HTTPException(404, "the console was started without a broker")
 
+        # From the last event the page showed (`after`) or, when the browser reconnects, the last
+        # it received (Last-Event-ID): an event published in between is not lost.
+        given = request.headers.get("last-event-id") or request.query_params.get("after") or ""
+        start = int(given) if given.isascii() and given.isdigit() and len(given) < 19 else None
+
         async def stream():
-            number = live.events[-1][0] if live.events else 0
+            number = start if start is not None else (live.events[-1][0] if live.events else 0)
             while not await request.is_disconnected():
                 fresh = await run_in_threadpool(live.events_after, number, STREAM_WAIT_S)
                 if not fresh:

@@ -71,7 +71,9 @@ def _console(args) -> None:
         live.start()
     try:
         print(f"console on http://{args.host}:{args.port}/", flush=True)
-        uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
+        # An open event stream would hold a stop for as long as it waits for an event.
+        uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False,
+                    timeout_graceful_shutdown=2)
     finally:
         if live:
             live.stop()

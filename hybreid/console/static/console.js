@@ -4,7 +4,7 @@
 (function () {
   const list = document.getElementById("events");
   if (!list || !window.EventSource) return;
-  const stream = new EventSource("/api/events");
+  const stream = new EventSource("/api/events?after=" + encodeURIComponent(list.dataset.after || "0"));
   stream.onmessage = function (message) {
     const event = JSON.parse(message.data);
     const item = document.createElement("li");
