@@ -70,6 +70,8 @@ def test_the_compose_file_runs_accepted_commands_on_declared_volumes():
             build_parser().parse_args(["--log-format", "json", *shlex.split(service["command"])])
     assert set(services["console"]["secrets"]) <= set(compose["secrets"])
     assert "--token-file" in services["console"]["command"]  # it binds 0.0.0.0 inside its container
+    # SQLite's write-ahead log needs its readers to write the index beside the gallery
+    assert "matcher-data:/data" in services["console"]["volumes"]
     site = yaml.safe_load((DEPLOY / "container" / "site.yaml").read_text())
     settings = validate_site(site, "deploy/container/site.yaml")
     assert settings.outbox.path.startswith("/data/")  # the edge-data volume: the outbox persists

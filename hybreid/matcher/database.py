@@ -161,12 +161,16 @@ class _Checkpointer:
 
     def _run(self, path: str) -> None:
         connection = sqlite3.connect(path, isolation_level=None)
+        failing = False
         try:
             while not self._stopping.wait(CHECKPOINT_EVERY_S):
                 try:
                     connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                    failing = False
                 except sqlite3.Error as exc:  # the commit's own checkpoint past the bound still holds
-                    logging.getLogger(__name__).warning("a checkpoint of %s failed: %s", path, exc)
+                    if not failing:  # said once, not twice a second
+                        logging.getLogger(__name__).warning("checkpoints of %s fail: %s", path, exc)
+                    failing = True
         finally:
             connection.close()
 
