@@ -121,6 +121,8 @@ def test_the_read_api_answers_identities_sightings_merges_and_counts_in_iso_8601
     ("/api/identities?page=99999999999999999999999", 400, "page must be a whole number"),
     ("/api/identities/99999999999999999999999", 404, "no such identity"),
     ("/api/identities/%C2%B2", 404, "no such identity"),
+    ("/api/identities/" + "9" * 5000, 404, "no such identity"),
+    ("/api/identities?page=" + "9" * 5000, 400, "page must be a whole number"),
     ("/identities/42", 404, "no such identity"),
 ])
 def test_bad_requests_are_one_clear_answer_and_the_console_keeps_serving(console, path, status, error):

@@ -125,7 +125,7 @@ def create_app(reads: ConsoleReads, live: LiveFeed | None = None, token: str | N
         # From the last event the page showed (`after`) or, when the browser reconnects, the last
         # it received (Last-Event-ID): an event published in between is not lost.
         given = request.headers.get("last-event-id") or request.query_params.get("after") or ""
-        start = int(given) if given.isascii() and given.isdigit() and len(given) < 19 else None
+        start = _whole_number(given)
 
         async def stream():
             number = start if start is not None else (live.events[-1][0] if live.events else 0)
@@ -139,11 +139,11 @@ def create_app(reads: ConsoleReads, live: LiveFeed | None = None, token: str | N
         return StreamingResponse(stream(), media_type="text/event-stream")
 
     async def thumbnail(request: Request) -> Response:
-        seq = request.path_params["seq"]
-        if not (seq.isascii() and seq.isdigit()) or int(seq) >= LARGEST_ID:
+        seq = _whole_number(request.path_params["seq"])
+        if seq is None:
             raise HTTPException(404, "no such thumbnail")
         found = await run_in_threadpool(reads.thumbnail, request.path_params["site"], request.path_params["camera"],
-                                        int(seq))
+                                        seq)
         if found is None:
             raise HTTPException(404, "no such thumbnail")
         return Response(found, media_type="image/jpeg")  # checked by decoding when the matcher took it
@@ -222,24 +222,27 @@ def _carries(request: Request, token: str) -> bool:
     return hmac.compare_digest(given.encode(), token.encode())
 
 
+def _whole_number(text: str) -> int | None:
+    """``text`` as a whole number a database holds (ASCII digits, under 2^63), else None."""
+    fits = text.isascii() and text.isdigit() and len(text) <= len(str(LARGEST_ID))  # int() refuses 4,300+ digits
+    return int(text) if fits and int(text) < LARGEST_ID else None
+
+
 def _int(request: Request, name: str, default: int | None) -> int | None:
     text = request.query_params.get(name)
     if text in (None, ""):
         return default
-    try:
-        value = int(text)
-    except ValueError:
-        value = None
-    if value is None or not 0 <= value < LARGEST_ID:  # a database integer is 64-bit
+    value = _whole_number(text)
+    if value is None:
         raise UserError(f"{name} must be a whole number from 0 to {LARGEST_ID - 1}, got {text[:40]!r}")
     return value
 
 
 def _path_int(request: Request) -> int:
-    text = request.path_params["identity"]
-    if not (text.isascii() and text.isdigit()) or int(text) >= LARGEST_ID:
+    identity = _whole_number(request.path_params["identity"])
+    if identity is None:
         raise HTTPException(404, "no such identity")
-    return int(text)
+    return identity
 
 
 async def _bad_request(request: Request, exc: UserError) -> Response:
