@@ -236,35 +236,34 @@ class GalleryStore:
             rows = self.db.execute(f"SELECT {', '.join(columns)} FROM identities ORDER BY last_seen DESC, id "
                                    "LIMIT ? OFFSET ?", (limit, offset)).fetchall()
         else:
-            rows = []
-            for start in range(0, len(ids), KEY_BATCH):
-                chunk = ids[start:start + KEY_BATCH]
-                rows += self.db.execute(f"SELECT {', '.join(columns)} FROM identities WHERE id IN "
-                                        f"({', '.join('?' * len(chunk))})", chunk).fetchall()
+            rows = self._where_in(f"SELECT {', '.join(columns)} FROM identities WHERE id IN ({{}})", ids)
         return [dict(zip(columns, row, strict=True)) for row in rows]
 
     def cameras_by_identity(self, identities: list[int]) -> dict[int, dict[str, int]]:
         """Each identity's sightings per camera."""
         found: dict[int, dict[str, int]] = {identity: {} for identity in identities}
-        for start in range(0, len(identities), KEY_BATCH):
-            chunk = identities[start:start + KEY_BATCH]
-            for identity, camera, count in self.db.execute(
-                    f"SELECT identity_id, camera_id, COUNT(*) FROM sightings WHERE identity_id IN "
-                    f"({', '.join('?' * len(chunk))}) GROUP BY identity_id, camera_id", chunk):
-                found[identity][camera] = count
+        for identity, camera, count in self._where_in("SELECT identity_id, camera_id, COUNT(*) FROM sightings "
+                                                      "WHERE identity_id IN ({}) GROUP BY identity_id, camera_id",
+                                                      identities):
+            found[identity][camera] = count
         return found
 
     def thumbnail_keys(self, identities: list[int]) -> dict[int, dict[str, tuple[str, int]]]:
         """For each identity, each camera's latest sighting with a thumbnail: camera -> (site, seq)."""
         found: dict[int, dict[str, tuple[str, int]]] = {identity: {} for identity in identities}
-        for start in range(0, len(identities), KEY_BATCH):
-            chunk = identities[start:start + KEY_BATCH]
-            for identity, site, camera, seq in self.db.execute(
-                    f"SELECT identity_id, site, camera_id, MAX(seq) FROM sightings WHERE identity_id IN "
-                    f"({', '.join('?' * len(chunk))}) AND thumbnail IS NOT NULL GROUP BY identity_id, site, camera_id",
-                    chunk):
-                found[identity][camera] = (site, seq)
+        for identity, site, camera, seq in self._where_in(
+                "SELECT identity_id, site, camera_id, MAX(seq) FROM sightings WHERE identity_id IN ({}) "
+                "AND thumbnail IS NOT NULL GROUP BY identity_id, site, camera_id", identities):
+            found[identity][camera] = (site, seq)
         return found
+
+    def _where_in(self, sql: str, values: list) -> list:
+        """The rows of ``sql`` with its ``{}`` made a list of ``values``, asked a batch at a time."""
+        rows = []
+        for start in range(0, len(values), KEY_BATCH):
+            chunk = values[start:start + KEY_BATCH]
+            rows += self.db.execute(sql.format(", ".join("?" * len(chunk))), chunk).fetchall()
+        return rows
 
     def thumbnail(self, site: str, camera: str, seq: int) -> bytes | None:
         row = self.db.execute("SELECT thumbnail FROM sightings WHERE site = ? AND camera_id = ? AND seq = ?",
