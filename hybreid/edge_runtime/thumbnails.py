@@ -25,7 +25,9 @@ def _score(crop: np.ndarray) -> float:
 
 class BestShots:
     def __init__(self):
-        self._best: OrderedDict[tuple[str, int], tuple[float, bytes]] = OrderedDict()
+        # The best crop so far, already scaled down (about 12 kB): encoded once, when taken, not
+        # each time a better crop comes on the frames' thread.
+        self._best: OrderedDict[tuple[str, int], tuple[float, np.ndarray]] = OrderedDict()
         self._lock = threading.Lock()
 
     def offer(self, camera_id: str, track_id: int, crop: np.ndarray) -> None:
@@ -38,16 +40,17 @@ class BestShots:
         scale = min(HEIGHT / height, MAX_THUMBNAIL_SIDE / width, 1.0)
         small = cv2.resize(crop, (max(int(round(width * scale)), 8), max(int(round(height * scale)), 8)),
                            interpolation=cv2.INTER_AREA)
-        ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(small, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, QUALITY])
-        if not ok or len(jpeg) > MAX_THUMBNAIL_BYTES:
-            return
         with self._lock:
-            self._best[key] = (score, jpeg.tobytes())
+            self._best[key] = (score, small)
             self._best.move_to_end(key)
             while len(self._best) > KEPT_TRACKS:
                 self._best.popitem(last=False)
 
     def take(self, camera_id: str, track_id: int) -> bytes | None:
+        """The track's best shot as a JPEG (None: no crop, or none within the protocol's limit)."""
         with self._lock:
             found = self._best.pop((camera_id, track_id), None)
-        return found[1] if found else None
+        if found is None:
+            return None
+        ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(found[1], cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, QUALITY])
+        return jpeg.tobytes() if ok and len(jpeg) <= MAX_THUMBNAIL_BYTES else None
