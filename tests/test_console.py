@@ -18,7 +18,16 @@ import cv2
 import numpy as np
 import paho.mqtt.client as mqtt
 import pytest
-from support import feature, publish_all, start_matcher, unit, wait_for_line, wait_until
+from support import (
+    feature,
+    http_get,
+    publish_all,
+    start_matcher,
+    unit,
+    wait_for_line,
+    wait_until,
+    with_thumbnail,
+)
 
 from hybreid import protocol
 from hybreid.cli import main
@@ -33,16 +42,8 @@ HOSTILE = '<script>window.hostile = 1</script><img src="x" onerror="window.hosti
 TOKEN = "a-console-token-for-the-tests"
 
 
-def get(url: str, headers: dict | None = None) -> tuple[int, dict, bytes]:
-    try:
-        with urlopen(Request(url, headers=headers or {}), timeout=10) as response:
-            return response.status, dict(response.headers), response.read()
-    except HTTPError as exc:
-        return exc.code, dict(exc.headers), exc.read()
-
-
 def get_json(url: str, headers: dict | None = None):
-    status, _, body = get(url, headers)
+    status, _, body = http_get(url, headers)
     return status, json.loads(body)
 
 
@@ -76,7 +77,7 @@ class Console:
 
     def _answers(self) -> bool:
         try:
-            get(self.url + "/static/console.css")
+            http_get(self.url + "/static/console.css")
             return True
         except OSError:
             return False
@@ -128,12 +129,12 @@ def test_the_read_api_answers_identities_sightings_merges_and_counts_in_iso_8601
 def test_bad_requests_are_one_clear_answer_and_the_console_keeps_serving(console, path, status, error):
     answer, body = get_json(console.url + path)
     assert answer == status and error in body["error"]
-    assert get(console.url + "/api/overview")[0] == 200
+    assert http_get(console.url + "/api/overview")[0] == 200
 
 
 def test_every_answer_carries_a_strict_content_security_policy(console):
     for path in ("/", "/identities", "/identities/1", "/api/overview", "/static/console.js", "/missing"):
-        _, headers, _ = get(console.url + path)
+        _, headers, _ = http_get(console.url + path)
         policy = headers["content-security-policy"]
         assert "default-src 'none'" in policy and "script-src 'self'" in policy and "unsafe" not in policy
         assert headers["x-content-type-options"] == "nosniff"
@@ -144,10 +145,10 @@ def test_a_token_is_required_when_given_and_beyond_loopback(gallery_file, tmp_pa
     token_file.write_text(TOKEN + "\n")
     guarded = Console(gallery_file, "--token-file", str(token_file))
     try:
-        assert get(guarded.url + "/api/overview")[0] == 401
-        assert get(guarded.url + "/api/overview", {"Authorization": "Bearer not-the-token-at-all"})[0] == 401
-        assert get(guarded.url + "/api/overview", {"Authorization": f"Bearer {TOKEN}"})[0] == 200
-        assert get(guarded.url + "/api/overview", {"Cookie": f"hybreid_console={TOKEN}"})[0] == 200
+        assert http_get(guarded.url + "/api/overview")[0] == 401
+        assert http_get(guarded.url + "/api/overview", {"Authorization": "Bearer not-the-token-at-all"})[0] == 401
+        assert http_get(guarded.url + "/api/overview", {"Authorization": f"Bearer {TOKEN}"})[0] == 200
+        assert http_get(guarded.url + "/api/overview", {"Cookie": f"hybreid_console={TOKEN}"})[0] == 200
     finally:
         guarded.stop()
     # Listening beyond this machine without a token, or with a short one, is refused before it starts.
@@ -180,7 +181,7 @@ def test_a_site_benchmarks_figures_are_shown_escaped_and_a_wrong_file_refused(ga
     figures.write_text(json.dumps(records))
     console = Console(gallery_file, "--figures", str(figures))
     try:
-        status, _, body = get(console.url + "/figures")
+        status, _, body = http_get(console.url + "/figures")
         page = body.decode()
         assert status == 200 and HOSTILE not in page and "&lt;script&gt;window.hostile" in page
         idf1 = [float(cell) for cell in re.findall(r'<td class="idf1">([\d.]+)</td>', page)]
@@ -230,7 +231,7 @@ def test_the_identities_are_searched_by_a_picture_embedded_by_the_gallerys_model
         assert search(b"GIF89a" + bytes(100), "image/png")[0] == 400
         assert search(b"{}", "application/json")[0] == 400
         assert search(bytes(5 * 1024 * 1024), "image/jpeg")[1]["error"].startswith("the picture is over 4 MiB")
-        assert get(console.url + "/api/overview")[0] == 200  # still serving
+        assert http_get(console.url + "/api/overview")[0] == 200  # still serving
 
         # The same search from the identities page, as a person would: a file chosen in the browser.
         from selenium.webdriver.common.by import By
@@ -325,8 +326,8 @@ def test_the_console_in_chromium_over_a_matcher_fed_through_mosquitto(mosquitto,
         # A thumbnail that is a PNG, and one over the protocol's 16 kB: both messages refused.
         png = base64.b64encode(cv2.imencode(".png", np.zeros((96, 40, 3), np.uint8))[1].tobytes()).decode()
         oversized = base64.b64encode(b"\xff\xd8\xff" + bytes(17_000)).decode()
-        publish_all(mosquitto.port, [_with_thumbnail(feature(camera="cam1", seq=7, track=7, ts=ts + 70), png),
-                                     _with_thumbnail(feature(camera="cam1", seq=8, track=8, ts=ts + 80), oversized)])
+        publish_all(mosquitto.port, [with_thumbnail(feature(camera="cam1", seq=7, track=7, ts=ts + 70), png),
+                                     with_thumbnail(feature(camera="cam1", seq=8, track=8, ts=ts + 80), oversized)])
         assert wait_until(lambda: _rejections(db) == {"thumbnail": 1, "schema": 1})
         assert wait_until(lambda: _sightings(db) == 6)
         # A sighting written into the gallery by another program, its camera id a script.
@@ -380,14 +381,9 @@ def test_the_console_in_chromium_over_a_matcher_fed_through_mosquitto(mosquitto,
         matcher.wait(30)
 
 
-def _with_thumbnail(topic_payload: tuple[str, bytes], thumbnail: str) -> tuple[str, bytes]:
-    topic, payload = topic_payload
-    return topic, json.dumps({**json.loads(payload), "thumbnail": thumbnail}).encode()
-
-
 def _with_best_shot(topic_payload: tuple[str, bytes]) -> tuple[str, bytes]:
     image = np.full((96, 40, 3), (40, 120, 200), np.uint8)
-    return _with_thumbnail(topic_payload, base64.b64encode(cv2.imencode(".jpg", image)[1].tobytes()).decode())
+    return with_thumbnail(topic_payload, base64.b64encode(cv2.imencode(".jpg", image)[1].tobytes()).decode())
 
 
 def _rejections(db: Path) -> dict[str, int]:

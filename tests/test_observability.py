@@ -8,24 +8,20 @@ import re
 import subprocess
 import sys
 from pathlib import Path
-from urllib.error import HTTPError
 from urllib.request import urlopen
 
 import cv2
 import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from support import feature, publish_all, wait_for_line, wait_until
+from support import feature, http_get, publish_all, wait_for_line, wait_until
 
 from hybreid.cli import main
 
 
 def fetch(url: str) -> tuple[int, str]:
-    try:
-        with urlopen(url, timeout=10) as response:
-            return response.status, response.read().decode()
-    except HTTPError as exc:
-        return exc.code, exc.read().decode()
+    status, _, body = http_get(url)
+    return status, body.decode()
 
 
 def scrape(base: str) -> dict[tuple[str, tuple], float]:

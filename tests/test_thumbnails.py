@@ -6,12 +6,11 @@ the sighting."""
 from __future__ import annotations
 
 import base64
-import json
 
 import cv2
 import numpy as np
 import pytest
-from support import Subscriber, feature
+from support import Subscriber, feature, with_thumbnail
 
 from hybreid import protocol
 from hybreid.cli import main
@@ -26,11 +25,6 @@ from hybreid.protocol import ProtocolError
 def jpeg(height: int, width: int, seed: int = 0) -> bytes:
     image = np.random.default_rng(seed).integers(0, 255, (height, width, 3), dtype=np.uint8)
     return cv2.imencode(".jpg", image)[1].tobytes()
-
-
-def with_thumbnail(topic_payload: tuple[str, bytes], thumbnail: str) -> tuple[str, bytes]:
-    topic, payload = topic_payload
-    return topic, json.dumps({**json.loads(payload), "thumbnail": thumbnail}).encode()
 
 
 def test_a_thumbnail_travels_with_its_message_and_decodes():

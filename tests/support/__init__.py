@@ -5,9 +5,12 @@ cannot exist on a CI machine are the submodules (``bindings_standin``, ``simulat
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
+from urllib.error import HTTPError
+from urllib.request import Request, urlopen
 
 import numpy as np
 import paho.mqtt.client as mqtt
@@ -136,3 +139,18 @@ class Subscriber:
     def close(self):
         self.client.disconnect()
         self.client.loop_stop()
+
+
+def with_thumbnail(topic_payload: tuple[str, bytes], thumbnail: str) -> tuple[str, bytes]:
+    """A feature message (``feature``) carrying ``thumbnail`` as its payload's field, as given."""
+    topic, payload = topic_payload
+    return topic, json.dumps({**json.loads(payload), "thumbnail": thumbnail}).encode()
+
+
+def http_get(url: str, headers: dict | None = None) -> tuple[int, dict, bytes]:
+    """Status, headers and body of a GET, an error status included."""
+    try:
+        with urlopen(Request(url, headers=headers or {}), timeout=10) as response:
+            return response.status, dict(response.headers), response.read()
+    except HTTPError as exc:
+        return exc.code, dict(exc.headers), exc.read()
