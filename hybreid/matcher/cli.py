@@ -134,29 +134,35 @@ def _purge(args) -> None:
         raise UserError(f"--older-than-days must be a number of days, 0 or more, got {args.older_than_days} (a "
                         "negative age would reach into the future and delete everything)")
     gallery = _gallery(args)
-    if args.older_than_days is not None:
-        import time
+    try:  # closed on a refusal too: an open SQLite gallery leaves its -wal and -shm files behind
+        if args.older_than_days is not None:
+            import time
 
-        args.until = time.time() - 86400 * args.older_than_days
-    identity = gallery.resolve(args.identity) if args.identity is not None else None  # a merged id: its survivor
-    deleted = gallery.purge(identity=identity, camera=args.camera, since=args.since, until=args.until,
-                            site=args.site, dry_run=args.dry_run)
-    key = "would_delete_sightings" if args.dry_run else "deleted_sightings"
-    print(json.dumps({key: deleted, **gallery.stats()}))
+            args.until = time.time() - 86400 * args.older_than_days
+        identity = gallery.resolve(args.identity) if args.identity is not None else None  # a merged id: its survivor
+        deleted = gallery.purge(identity=identity, camera=args.camera, since=args.since, until=args.until,
+                                site=args.site, dry_run=args.dry_run)
+        key = "would_delete_sightings" if args.dry_run else "deleted_sightings"
+        print(json.dumps({key: deleted, **gallery.stats()}))
+    finally:
+        gallery.close()
 
 
 def _query(args) -> None:
     from hybreid.matcher.query import by_camera, by_identity, by_image
 
+    if args.image and not args.artifact:
+        raise UserError("--image needs --artifact: the site's exported model (ONNX or engine)")
     gallery = _gallery(args)
-    if args.identity is not None:
-        result = by_identity(gallery, args.identity)
-    elif args.image:
-        if not args.artifact:
-            raise UserError("--image needs --artifact: the site's exported model (ONNX or engine)")
-        result = by_image(gallery, args.image, args.artifact, args.top_k)
-    else:
-        result = by_camera(gallery, args.camera, args.since, args.until)
+    try:  # closed on a refusal too, as in purge
+        if args.identity is not None:
+            result = by_identity(gallery, args.identity)
+        elif args.image:
+            result = by_image(gallery, args.image, args.artifact, args.top_k)
+        else:
+            result = by_camera(gallery, args.camera, args.since, args.until)
+    finally:
+        gallery.close()
     print(json.dumps(result, indent=2))
 
 
