@@ -31,7 +31,7 @@ from hybreid.edge_runtime.site import (
     validate_detector,
 )
 from hybreid.edge_runtime.stages import Crop, Detection
-from hybreid.edge_runtime.track import IoUTracker, iou_matrix
+from hybreid.edge_runtime.track import MotionTracker, iou_matrix
 from hybreid.errors import UserError
 
 
@@ -193,7 +193,7 @@ class TestTrack:
 
     def test_confirmation_identity_and_end(self):
         ids = iter(range(100, 200))
-        tracker = IoUTracker(lambda: next(ids), TrackerSettings(n_init=3, max_age=2))
+        tracker = MotionTracker(lambda: next(ids), TrackerSettings(n_init=3, max_age=2))
         seen_ids = []
         for step in range(5):
             a = Detection((10 + 2 * step, 10, 20, 50), 0.9)
@@ -212,7 +212,7 @@ class TestTrack:
         """12 px a frame, a 30 px wide box, 4 frames unseen: the last box seen no longer overlaps
         where the person reappears, the predicted one does."""
         ids = iter(range(100))
-        tracker = IoUTracker(lambda: next(ids), TrackerSettings(n_init=2, max_age=10))
+        tracker = MotionTracker(lambda: next(ids), TrackerSettings(n_init=2, max_age=10))
         ended_ids, seen_ids = [], set()
         for frame in range(20):
             detections = [] if 8 <= frame < 12 else [Detection((12.0 * frame, 40, 30, 80), 0.9)]
@@ -223,16 +223,60 @@ class TestTrack:
 
     def test_two_people_crossing_keep_their_tracks(self):
         ids = iter(range(100))
-        tracker = IoUTracker(lambda: next(ids), TrackerSettings(n_init=2, max_age=5))
-        by_side: dict[str, set[int]] = {"left": set(), "right": set()}
+        tracker = MotionTracker(lambda: next(ids), TrackerSettings(n_init=2, max_age=5))
+        xs: dict[int, list[float]] = {}
         for frame in range(30):
             left = Detection((10.0 + 8 * frame, 40, 30, 80), 0.9)  # walks right
             right = Detection((250.0 - 8 * frame, 44, 30, 80), 0.9)  # walks left, crossing at frame 15
             seen, _ = tracker.update([left, right])
             for track in seen:
-                side = "left" if track.box == left.box else "right"
-                by_side[side].add(track.track_id)
-        assert by_side["left"] == {0} and by_side["right"] == {1}
+                xs.setdefault(track.track_id, []).append(track.box[0])
+        assert set(xs) == {0, 1} and all(len(x) == 29 for x in xs.values())
+        assert np.all(np.diff(xs[0]) > 0) and np.all(np.diff(xs[1]) < 0)
+
+    def test_people_merged_into_one_blob_keep_their_tracks_and_their_boxes(self):
+        """Two people cross and background subtraction sees one region for six frames: the
+        tracks follow their motion through it (boxes where the people are, flagged shared)
+        instead of one of them taking the merged box and leaving with the other person."""
+        ids = iter(range(100))
+        tracker = MotionTracker(lambda: next(ids), TrackerSettings(n_init=2, max_age=10))
+        xs: dict[int, list[float]] = {}
+        shared_frames = 0
+        for frame in range(40):
+            a, b = 20.0 + 10 * frame, 400.0 - 10 * frame  # they meet at frame 19
+            if abs(a - b) < 60:
+                detections = [Detection((min(a, b), 40, abs(a - b) + 30, 90), 0.9)]
+            else:
+                detections = [Detection((a, 40, 30, 90), 0.9), Detection((b, 40, 30, 90), 0.9)]
+            seen, ended = tracker.update(detections, frame_size=(480, 240))
+            assert ended == []
+            for track in seen:
+                xs.setdefault(track.track_id, []).append(track.box[0])
+                shared_frames += track.shared
+                truth = a if track.track_id == 0 else b
+                if frame >= 1:
+                    assert abs(track.box[0] - truth) < 6, (frame, track.track_id, track.box)
+        assert set(xs) == {0, 1} and shared_frames >= 10
+
+    def test_a_track_walking_out_does_not_take_over_the_person_walking_in(self):
+        """At the right edge one person walks out while another walks in, their boxes on top of
+        each other for a frame: the leaving track is not given the entrant behind it."""
+        ids = iter(range(100))
+        tracker = MotionTracker(lambda: next(ids), TrackerSettings(n_init=2, max_age=10))
+        pids_of: dict[int, set[str]] = {}
+        for frame in range(30):
+            out_x, in_x = 200.0 + 10 * frame, 470.0 - 10 * (frame - 24)
+            detections = []
+            if out_x < 450:
+                detections.append(("leaving", Detection((out_x, 40, 30, 90), 0.9)))
+            if frame >= 24:
+                detections.append(("entering", Detection((in_x, 40, 30, 90), 0.9)))
+            seen, _ = tracker.update([d for _, d in detections], frame_size=(480, 240))
+            for track in seen:
+                who = min(detections, key=lambda d: abs(d[1].box[0] - track.box[0]))[0]
+                pids_of.setdefault(track.track_id, set()).add(who)
+        assert all(len(people) == 1 for people in pids_of.values()), pids_of
+        assert {"leaving"} in pids_of.values() and {"entering"} in pids_of.values()
 
     def test_a_track_that_walks_out_ends_and_the_next_entrant_starts_a_new_one(self):
         """One person walks out at the left edge; two frames later another walks in there. Coasting
@@ -240,7 +284,7 @@ class TestTrack:
         now ends at its first miss past the edge (inside the frame a missed track still coasts:
         the walker above)."""
         ids = iter(range(100))
-        tracker = IoUTracker(lambda: next(ids), TrackerSettings(n_init=2, max_age=10))
+        tracker = MotionTracker(lambda: next(ids), TrackerSettings(n_init=2, max_age=10))
         leaving = [Detection((100.0 - 12 * frame, 40, 30, 80), 0.9) for frame in range(9)]  # x 100 .. 4
         entering = [Detection((0.0 + 12 * frame, 40, 30, 80), 0.9) for frame in range(8)]
         seen_ids, ended_ids = [], []
@@ -253,7 +297,7 @@ class TestTrack:
 
     def test_a_confirmed_track_keeps_the_boxes_that_confirmed_it(self):
         ids = iter(range(100))
-        tracker = IoUTracker(lambda: next(ids), TrackerSettings(n_init=3))
+        tracker = MotionTracker(lambda: next(ids), TrackerSettings(n_init=3))
         boxes = [(10.0 + 5 * step, 40, 30, 80) for step in range(4)]
         for box in boxes[:2]:
             seen, _ = tracker.update([Detection(box, 0.9)])
@@ -266,7 +310,7 @@ class TestTrack:
 
     def test_a_blob_someone_walks_into_is_widened_and_the_usual_width_survives_it(self):
         ids = iter(range(100))
-        tracker = IoUTracker(lambda: next(ids), TrackerSettings(n_init=2))
+        tracker = MotionTracker(lambda: next(ids), TrackerSettings(n_init=2))
         for frame in range(6):  # one walker, a box 30 wide by 90 high, a stride widening it to 36
             seen, _ = tracker.update([Detection((10.0 + 4 * frame, 40, 30 + 6 * (frame % 2), 90), 0.9)])
         track = seen[0]
@@ -289,7 +333,7 @@ class TestTrack:
 
     def test_one_frame_false_alarms_never_confirm(self):
         ids = iter(range(100))
-        tracker = IoUTracker(lambda: next(ids), TrackerSettings(n_init=2))
+        tracker = MotionTracker(lambda: next(ids), TrackerSettings(n_init=2))
         for step in range(4):
             seen, ended = tracker.update([Detection((50 * step, 0, 20, 50), 0.9)])
             assert seen == [] and ended == []

@@ -127,10 +127,18 @@ def _site(args) -> None:
              cache=args.site_cache, split_below=args.split_below, scrape_metrics=args.scrape_metrics)
 
 
+def _tracks(args) -> None:
+    from hybreid.bench import tracks
+    from hybreid.synthetic.site import SiteSpec, default_spec
+
+    spec = SiteSpec.load(args.spec) if args.spec else default_spec()
+    tracks.run(output_folder(args), spec, seeds=args.seed, cache=args.site_cache)
+
+
 def register(commands) -> None:
     bench = group(commands, "bench", "benchmarks (flops, train, latency, fidelity, pipeline, matcher, ...)")
     for add in (_add_flops, _add_train, _add_latency, _add_profile, _add_fidelity, _add_pipeline, _add_matcher,
-                _add_identities, _add_detector, _add_site, _add_console):
+                _add_identities, _add_detector, _add_site, _add_tracks, _add_console):
         add(bench)
 
 
@@ -277,3 +285,15 @@ def _add_site(bench) -> None:
                       help="serve both services' Prometheus metrics during the run, scrape them and print them "
                            "beside the benchmark's own figures")
     add_output(site, "bench-site", "the JSON and the timelines")
+
+
+def _add_tracks(bench) -> None:
+    tracks = command(bench, "tracks", "the edge's detector and tracker alone on a synthetic site: detection "
+                                      "recall, the tracker's IDF1 ceiling, swapped boxes, per seed", _tracks)
+    tracks.add_argument("--spec", help="site spec YAML (default: 4 cameras, 30 people, 3 minutes)")
+    tracks.add_argument("--seed", type=int, action="append",
+                        help="render the spec with this seed (repeatable: a row each, then the mean and the minimum; "
+                             "default: the spec's own)")
+    tracks.add_argument("--site-cache", help="where renderings are kept, by spec hash, shared with `bench site` "
+                                             "(default: ~/.cache/hybreid/sites)")
+    add_output(tracks, "bench-tracks", "the JSON")

@@ -29,7 +29,7 @@ from hybreid.edge_runtime.publish import Publisher
 from hybreid.edge_runtime.site import SiteFile, resolve_paths, validate_site
 from hybreid.edge_runtime.stages import Crop, Frame, TrackletFeature
 from hybreid.edge_runtime.thumbnails import BestShots
-from hybreid.edge_runtime.track import IoUTracker
+from hybreid.edge_runtime.track import MotionTracker
 from hybreid.errors import UserError
 from hybreid.files import MAX_PASSWORD_BYTES, read_text_file
 from hybreid.mqtt import BrokerConfig
@@ -158,7 +158,7 @@ class EdgeRuntime:
         self.publisher = Publisher(self.outbox, config.broker, settings.site, [c.id for c in settings.cameras],
                                    camera_logins=settings.broker.camera_logins)
         self.box_filter = BoxFilter(settings.box_filter)
-        self.trackers = {c.id: IoUTracker(lambda cid=c.id: self.outbox.next_track_id(cid), settings.tracker)
+        self.trackers = {c.id: MotionTracker(lambda cid=c.id: self.outbox.next_track_id(cid), settings.tracker)
                          for c in settings.cameras}
         self.crop_interval, self.max_crops = settings.embed.crop_interval, settings.embed.max_crops_per_track
         self.aggregator = TrackletAggregator(self._publish_tracklet, settings.publish.interval_s,
