@@ -121,6 +121,35 @@ class TestAssignment:
         assert overlapping["type"] == "new"  # as similar as can be, but seen elsewhere at the same time
         assert later["type"] == "match" and later["identity"] in {first["identity"], overlapping["identity"]}
 
+    @pytest.mark.parametrize("one_batch", [False, True])
+    def test_no_one_walks_between_cameras_faster_than_the_graph_allows(self, matcher, one_batch):
+        """cam1 - cam2 - cam3, 30 s each way: cam1 to cam3 takes 60 s at least. Committed one by one,
+        the store's sightings rule identities out; in one batch, the batch's own draft does."""
+        from hybreid.matcher.camera_graph import CameraGraph
+
+        graph = CameraGraph.model_validate({"sites": {"lab": [{"cameras": ["cam1", "cam2"], "min_s": 30},
+                                                              {"cameras": ["cam2", "cam3"], "min_s": 30}]}})
+        walks = graph.walks()
+        assert walks.least("lab", "cam1", "cam3") == 60 and walks.least("lab", "cam3", "cam2") == 30
+        assert walks.least("lab", "cam1", "cam9") == 0 and walks.least("elsewhere", "cam1", "cam2") == 0
+        person = unit(0, base=42)
+        stream = [feature("cam1", 0, 1, person, ts=100, first_ts=90),
+                  feature("cam3", 0, 5, person, ts=135, first_ts=130),  # 30 s after cam1: too soon
+                  feature("cam2", 0, 6, person, ts=150, first_ts=140)]  # 40 s after cam1, 5 s after cam3
+        without = Matcher(matcher.gallery, matcher.policy)
+        matcher.walks = walks
+
+        def decide(decider, messages):
+            return decider.handle_batch(messages) if one_batch else [decider.handle(*m) for m in messages]
+
+        first, too_soon, reachable = decide(matcher, stream)
+        assert too_soon["type"] == "new"
+        assert reachable["type"] == "match" and reachable["identity"] == first["identity"]
+        # the same walk where the matcher knows no graph: one identity throughout
+        later = [feature("cam1", 1, 11, person, ts=1100, first_ts=1090),
+                 feature("cam3", 1, 15, person, ts=1135, first_ts=1130)]
+        assert len({decision["identity"] for decision in decide(without, later)}) == 1
+
     def test_cross_modality_threshold_applies_to_the_other_modality(self, matcher):
         person = unit(0, base=42)
         matcher.handle(*feature("cam1", 0, 1, person))

@@ -19,11 +19,11 @@ from hybreid.edge_runtime.runtime import EdgeRuntime, SiteConfig
 from hybreid.lab.mosquitto import Mosquitto
 from hybreid.lab.scoring import score_identities
 from hybreid.matcher.assignment import Matcher
+from hybreid.matcher.camera_graph import CameraGraph
 from hybreid.matcher.gallery import Gallery
 from hybreid.matcher.policy import MatchPolicy
 from hybreid.matcher.prometheus_metrics import MatcherMetrics
 from hybreid.matcher.query import by_camera
-from hybreid.matcher.reassociate import Transit
 from hybreid.matcher.service import MatcherService
 from hybreid.mqtt import BrokerConfig
 from hybreid.observability import MetricsServer
@@ -32,7 +32,7 @@ from hybreid.tables import format_table
 
 
 def run_site(model: str | Path, scenes: Path, truth: dict, broker_url: str, policy: MatchPolicy, work: Path,
-             site: str = "bench", progress: bool = False, transit: Transit | None = None,
+             site: str = "bench", progress: bool = False, graph: CameraGraph | None = None,
              mqtt_protocol: str = "5", split_below: float | None = None, scrape_metrics: bool = False) -> dict:
     """The edge runtime on every camera video of ``truth`` and a matcher, through the
     broker at ``broker_url`` (speaking ``mqtt_protocol``, "5" or "3.1.1"); waits until the
@@ -46,7 +46,8 @@ def run_site(model: str | Path, scenes: Path, truth: dict, broker_url: str, poli
     """
     gallery = Gallery(work / "gallery.sqlite")
     service = MatcherService(Matcher(gallery, policy), BrokerConfig(url=broker_url, client_id="hybreid-matcher"))
-    service.transit = transit
+    if graph is not None:
+        service.use_camera_graph(graph)
     service.start()
     service.wait_until_subscribed()
     config = SiteConfig.from_dict({

@@ -114,7 +114,7 @@ def run(models: list[str], out: str | Path, policies: list[MatchPolicy], spec: S
                 run_dir = Path(work)
                 with Mosquitto(run_dir / "broker") as broker:
                     site = run_site(model, folder, truth, broker.url, policy, run_dir, site=spec.site,
-                                    progress=True, transit=graph.transit if graph else None,
+                                    progress=True, graph=graph,
                                     split_below=split_below, scrape_metrics=scrape_metrics)
             scores = score_site(site, truth)
             name = site["runtime"].contract.identity

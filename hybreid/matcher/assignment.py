@@ -40,6 +40,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from hybreid import protocol
+from hybreid.matcher.camera_graph import Walks
 from hybreid.matcher.draft import BatchView, Write
 from hybreid.matcher.gallery import Gallery
 from hybreid.matcher.policy import MatchPolicy
@@ -87,6 +88,7 @@ class Matcher:
         # How far behind the cameras the matcher is: the newest capture time it decided, against
         # the clock (None before the first sighting). Grows while messages queue at the broker.
         self.lag_s: float | None = None
+        self.walks: Walks | None = None  # the camera graph's least walking times, for the online decisions
         self.lock = threading.Lock()
 
     def _check(self, message: FeatureMessage) -> FeatureMessage:
@@ -330,7 +332,8 @@ class Matcher:
             threshold = self.policy.cross_modality if cross else self.policy.same_modality
             if similarity < threshold:
                 continue
-            if self.gallery.busy_elsewhere(identity, message.site, message.camera_id, first_ts, message.ts):
+            if self.gallery.busy_elsewhere(identity, message.site, message.camera_id, first_ts, message.ts,
+                                           self.walks):
                 continue
             return identity, similarity, "cross_modality_match" if cross else "match", weighed
         return None, 0.0, "new", weighed

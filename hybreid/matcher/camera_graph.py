@@ -4,7 +4,10 @@ Re-association uses the minimum walking time as a cannot-link: two tracklets on 
 cameras closer in time than anyone can walk are two people. And the walking time as
 evidence: two sightings on connected cameras whose gap lies within the link's walking
 time are a plausible transit, and their appearance needs less to be linked (the matcher's
-``transit_bonus``). Without a graph, only time overlap constrains. The graph of a site
+``transit_bonus``). The online decisions use the least walk along the graph's links
+(:class:`Walks`): an identity last seen on one camera is not given a sighting on another
+that began sooner than anyone could walk there. Without a graph, only time overlap
+constrains. The graph of a site
 spec (``hybreid edge scenes --site SPEC.yaml``) is read as it is, and the scenes folder
 holds it again as ``camera_graph.yaml``. A YAML file::
 
@@ -19,6 +22,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from hybreid import protocol
@@ -56,6 +60,9 @@ class CameraGraph(BaseModel):
                 return link.min_s, link.max_s
         return None
 
+    def walks(self) -> Walks:
+        return Walks(self)
+
     @classmethod
     def load(cls, path: str | Path) -> CameraGraph:
         """A camera graph file (``sites:``)."""
@@ -66,3 +73,31 @@ class CameraGraph(BaseModel):
             raise UserError(f"{path} is a synthetic site's spec, not a camera graph: give the camera_graph.yaml "
                             "that `hybreid edge scenes --site` wrote beside its videos")
         return load_typed(path, cls, "camera graph")
+
+
+class Walks:
+    """The least walking time between every two cameras of a site along the graph's links
+    (shortest paths over ``min_s``): a site's graph lists the ways between its cameras, so no
+    one gets from one camera to another faster. Cameras no path joins: 0 (no bound)."""
+
+    def __init__(self, graph: CameraGraph):
+        self._least: dict[str, dict[tuple[str, str], float]] = {}
+        for site, links in graph.sites.items():
+            cameras = sorted({camera for link in links for camera in link.cameras})
+            index = {camera: i for i, camera in enumerate(cameras)}
+            least = np.full((len(cameras), len(cameras)), np.inf)
+            np.fill_diagonal(least, 0.0)
+            for link in links:
+                a, b = index[link.cameras[0]], index[link.cameras[1]]
+                least[a, b] = least[b, a] = min(least[a, b], link.min_s)
+            for middle in range(len(cameras)):  # Floyd-Warshall: a site has tens of cameras
+                least = np.minimum(least, least[:, middle : middle + 1] + least[middle : middle + 1, :])
+            self._least[site] = {(a, b): float(least[index[a], index[b]]) for a in cameras for b in cameras
+                                 if np.isfinite(least[index[a], index[b]])}
+
+    def least(self, site: str, camera_a: str, camera_b: str) -> float:
+        return self._least.get(site, {}).get((camera_a, camera_b), 0.0)
+
+    def longest(self, site: str) -> float:
+        """The longest of the site's least walks: how far in time a sighting can rule one out."""
+        return max(self._least.get(site, {}).values(), default=0.0)

@@ -97,11 +97,11 @@ def _run(args) -> None:
     if args.drain:
         broker.protocol = "5"  # ending a session on disconnect is MQTT 5's
     check_tls_files(broker)
-    transit = None
+    graph = None
     if args.camera_graph:
         from hybreid.matcher.camera_graph import CameraGraph
 
-        transit = CameraGraph.load(args.camera_graph).transit
+        graph = CameraGraph.load(args.camera_graph)
     # Every input checked: only now may a gallery be created (a refused option left an empty one).
     # The index searches deep enough for the weakest match the calibrated thresholds accept; the
     # untrained defaults (0.6 / 0.45) would make it search nearly everything for no model's sake.
@@ -115,7 +115,8 @@ def _run(args) -> None:
         gallery.bind_model(model)
     service = MatcherService(Matcher(gallery, policy), broker, site=args.site, shared_group=args.shared_group,
                              drain=args.drain)
-    service.transit = transit
+    if graph is not None:
+        service.use_camera_graph(graph)
     signal.signal(signal.SIGTERM, service.request_stop)
     signal.signal(signal.SIGINT, service.request_stop)
     metrics = serve_metrics(args, MatcherMetrics(service)) if args.metrics_port is not None else None

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from hybreid.errors import UserError
+from hybreid.matcher.camera_graph import Walks
 from hybreid.matcher.draft import BatchView, Draft, IdentityFacts, Write
 from hybreid.matcher.index import DEFAULT_QUERY_COSINE, PrototypeIndex
 from hybreid.matcher.store import GalleryStore
@@ -170,19 +171,29 @@ class Gallery:
                     latest[key] = (seq, identity)
         return {key: identity for key, (_, identity) in latest.items()}
 
-    def busy_elsewhere(self, identity_id: int, site: str, camera_id: str, first_ts: float, ts: float) -> bool:
-        """Whether the identity was seen by another camera during [first_ts, ts]."""
+    def busy_elsewhere(self, identity_id: int, site: str, camera_id: str, first_ts: float, ts: float,
+                       walks: Walks | None = None) -> bool:
+        """Whether the identity was seen by another camera during [first_ts, ts], or (``walks``,
+        the camera graph's least walking times) too close to it in time for anyone to have
+        walked between that camera and this one."""
+
+        def too_close(row_site: str, row_camera: str, row_first_ts: float, row_ts: float) -> bool:
+            walk = walks.least(site, row_camera, camera_id) if walks is not None and row_site == site else 0.0
+            return row_first_ts < ts + walk and row_ts > first_ts - walk
+
+        margin = walks.longest(site) if walks is not None else 0.0
         with self.lock:
             for row in (self._draft.sightings_of(identity_id) if self._draft is not None else ()):
                 elsewhere = (row.site, row.camera_id) != (site, camera_id)
-                if elsewhere and row.first_ts < ts and row.ts > first_ts:
+                if elsewhere and too_close(row.site, row.camera_id, row.first_ts, row.ts):
                     return True
             if identity_id < 0:  # provisional: no committed sighting yet
                 return False
             committed = self._facts.get(identity_id)
-            if committed is not None and committed.last_seen <= first_ts:  # each committed sighting ended before
+            if committed is not None and committed.last_seen <= first_ts - margin:  # each committed one ended before
                 return False
-            return self.store.seen_elsewhere(identity_id, site, camera_id, first_ts, ts)
+            return any(too_close(*row) for row in
+                       self.store.sightings_elsewhere(identity_id, site, camera_id, first_ts - margin, ts + margin))
 
     def _identity_facts(self, identity_id: int) -> IdentityFacts | None:
         if self._draft is not None and identity_id in self._draft.facts:

@@ -41,6 +41,7 @@ import time
 from hybreid import protocol
 from hybreid.errors import UserError
 from hybreid.matcher.assignment import Matcher
+from hybreid.matcher.camera_graph import CameraGraph
 from hybreid.matcher.database import StoreUnavailable
 from hybreid.matcher.events import EventPublisher
 from hybreid.matcher.reassociate import Transit
@@ -70,7 +71,7 @@ class MatcherService:
         self.matcher, self.broker, self.site, self.shared_group = matcher, broker, site, shared_group
         self.session_expiry, self.drain = session_expiry, drain
         self.last_message_at = time.monotonic()
-        self.transit: Transit | None = None  # the camera graph's walking times
+        self.transit: Transit | None = None  # the camera graph's walking times (use_camera_graph)
         # A persistent session: QoS 1 messages sent while the matcher is down wait at the
         # broker, and a message is acknowledged only after its sighting is committed.
         if shared_group:
@@ -98,6 +99,11 @@ class MatcherService:
         self.reassociations = self.identities_merged = 0
         self.reassociation_seconds = 0.0
         self.cameras: dict[str, dict] = {}  # "site/camera" -> its latest status
+
+    def use_camera_graph(self, graph: CameraGraph) -> None:
+        """Where and when people can walk: re-association's transit, and the least walks the
+        online decisions rule out identities by."""
+        self.transit, self.matcher.walks = graph.transit, graph.walks()
 
     @property
     def subscription(self) -> str:

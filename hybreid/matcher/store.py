@@ -146,11 +146,13 @@ class GalleryStore:
                                     params).fetchall()
         return rows
 
-    def seen_elsewhere(self, identity_id: int, site: str, camera_id: str, first_ts: float, ts: float) -> bool:
-        """Whether a committed sighting of the identity by another camera overlaps [first_ts, ts]."""
-        return self.db.execute(
-            "SELECT 1 FROM sightings WHERE identity_id = ? AND NOT (site = ? AND camera_id = ?) AND first_ts < ? "
-            "AND ts > ? LIMIT 1", (identity_id, site, camera_id, ts, first_ts)).fetchone() is not None
+    def sightings_elsewhere(self, identity_id: int, site: str, camera_id: str, since: float,
+                            until: float) -> list[tuple[str, str, float, float]]:
+        """(site, camera, first_ts, ts) of the identity's committed sightings by other cameras
+        that overlap [since, until]."""
+        return [tuple(row) for row in self.db.execute(
+            "SELECT site, camera_id, first_ts, ts FROM sightings WHERE identity_id = ? AND NOT (site = ? AND "
+            "camera_id = ?) AND first_ts < ? AND ts > ?", (identity_id, site, camera_id, until, since)).fetchall()]
 
     def sightings_where(self, identity: int | None = None, camera: str | None = None, since: float | None = None,
                         until: float | None = None, newest: int | None = None) -> list[dict]:
