@@ -234,8 +234,8 @@ class EdgeRuntime:
                 self.track_log.append((frame.camera_id, frame.index, track.track_id, track.box))
             key = (frame.camera_id, track.track_id)
             taken = self.crops_per_track.get(key, 0)
-            if frame.index % self.crop_interval or taken >= self.max_crops:
-                continue
+            if frame.index % self.crop_interval or taken >= self.max_crops or track.shared:
+                continue  # a shared box is where the person should be inside someone else's region
             x, y, w, h = (int(round(v)) for v in track.box)
             x0, y0, x1, y1 = max(0, x), max(0, y), min(width, x + w), min(height, y + h)
             if x1 - x0 < 4 or y1 - y0 < 8:
