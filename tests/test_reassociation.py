@@ -80,13 +80,23 @@ def test_a_cannot_link_keeps_people_apart_however_alike(tmp_path):
     assert matcher.gallery.stats()["identities"] == 3
 
 
+def walks(*links: tuple[str, str, float, float | None]):
+    """The walks of a camera graph of site "lab" with these (camera, camera, min_s, max_s) links."""
+    from hybreid.matcher.camera_graph import CameraGraph
+
+    return CameraGraph.model_validate({"sites": {"lab": [{"cameras": [a, b], "min_s": least, "max_s": most}
+                                                         for a, b, least, most in links]}}).walks()
+
+
 def test_the_camera_graph_forbids_a_walk_faster_than_its_minimum():
     a = Tracklet(("lab", "cam1", 1), 1, "visible", 0.0, 10.0, np.ones(2) / np.sqrt(2))
     b = Tracklet(("lab", "cam2", 1), 2, "visible", 15.0, 20.0, np.ones(2) / np.sqrt(2))
     assert not cannot_link(a, b)
-    assert cannot_link(a, b, lambda site, x, y: (30.0, None))  # 5 s apart, the walk takes at least 30 s
-    assert not cannot_link(a, b, lambda site, x, y: (3.0, None))
-    assert cluster([a, b], 0.6, 0.45, lambda site, x, y: (30.0, None)) == [[0], [1]]
+    assert cannot_link(a, b, walks(("cam1", "cam2", 30.0, None)))  # 5 s apart, the walk takes at least 30 s
+    assert not cannot_link(a, b, walks(("cam1", "cam2", 3.0, None)))
+    # no link between them, but a way through cam3 that takes 40 s at least
+    assert cannot_link(a, b, walks(("cam1", "cam3", 20.0, None), ("cam3", "cam2", 20.0, None)))
+    assert cluster([a, b], 0.6, 0.45, walks(("cam1", "cam2", 30.0, None))) == [[0], [1]]
     assert cluster([a, b], 0.6, 0.45) == [[0, 1]]
 
 
@@ -97,12 +107,12 @@ def test_a_plausible_transit_is_evidence_a_doubtful_one_is_not():
     vector_a, vector_b = vectors_with_cosines([[1.0, 0.57], [0.57, 1.0]])
     a = Tracklet(("lab", "cam1", 1), 1, "visible", 0.0, 10.0, vector_a)
     b = Tracklet(("lab", "cam2", 1), 2, "visible", 15.0, 20.0, vector_b)
-    linked = lambda site, x, y: (3.0, 8.0) if {x, y} == {"cam1", "cam2"} else None  # noqa: E731
+    linked = walks(("cam1", "cam2", 3.0, 8.0))
     assert plausible_transit(a, b, linked) and plausible_transit(b, a, linked)
     assert cluster([a, b], 0.6, 0.45, linked, transit_bonus=0.05) == [[0, 1]]
     assert cluster([a, b], 0.6, 0.45, linked, transit_bonus=0.0) == [[0], [1]]
-    assert cluster([a, b], 0.6, 0.45, lambda site, x, y: (3.0, 4.0), transit_bonus=0.05) == [[0], [1]]
-    assert cluster([a, b], 0.6, 0.45, lambda site, x, y: (3.0, None), transit_bonus=0.05) == [[0, 1]]
+    assert cluster([a, b], 0.6, 0.45, walks(("cam1", "cam2", 3.0, 4.0)), transit_bonus=0.05) == [[0], [1]]
+    assert cluster([a, b], 0.6, 0.45, walks(("cam1", "cam2", 3.0, None)), transit_bonus=0.05) == [[0, 1]]
     far = Tracklet(("lab", "cam3", 1), 3, "visible", 15.0, 20.0, vector_b)
     assert not plausible_transit(a, far, linked)
     assert cluster([a, far], 0.6, 0.45, linked, transit_bonus=0.05) == [[0], [1]]
@@ -202,7 +212,7 @@ def test_camera_graph_file(tmp_path):
     assert graph.transit("lab", "cam2", "cam1") == (30, 300) and graph.transit("lab", "cam1", "cam3") is None
     a = Tracklet(("lab", "cam1", 1), 1, "visible", 0.0, 10.0, np.ones(2) / np.sqrt(2))
     b = Tracklet(("lab", "cam2", 1), 2, "visible", 15.0, 20.0, np.ones(2) / np.sqrt(2))
-    assert cannot_link(a, b, graph.transit)
+    assert cannot_link(a, b, graph.walks())
     for text, problem in (("sites:\n  lab:\n    - {cameras: [cam1, cam2], min_sec: 3}\n", "did you mean 'min_s'"),
                           ("sites:\n  lab:\n    - {cameras: [cam1, cam1]}\n", "two different cameras"),
                           ("sites:\n  lab:\n    - {cameras: [cam1, cam2], min_s: 9, max_s: 3}\n", "below min_s"),
@@ -233,7 +243,8 @@ def test_an_online_merge_the_camera_graph_forbids_is_split(tmp_path):
     second = matcher.handle(*sighting("cam2", 0, b, 1012))  # cam1 ends at 1010, cam2 starts at 1012
     assert second["identity"] == first["identity"]
     assert matcher.reassociate() == []  # without the graph nothing is wrong
-    events = matcher.reassociate(lambda site, x, y: (30.0, None))
+    matcher.walks = walks(("cam1", "cam2", 30.0, None))
+    events = matcher.reassociate()
     (moved,) = [e for e in events if e["type"] == "reassign"]
     assert moved["camera_id"] == "cam2" and moved["from"] == first["identity"] != moved["identity"]
     assert matcher.gallery.stats()["identities"] == 2

@@ -44,7 +44,7 @@ from hybreid.matcher.camera_graph import Walks
 from hybreid.matcher.draft import BatchView, Write
 from hybreid.matcher.gallery import Gallery
 from hybreid.matcher.policy import MatchPolicy
-from hybreid.matcher.reassociate import Transit, cluster, guard, plan
+from hybreid.matcher.reassociate import cluster, guard, plan
 from hybreid.matcher.revisions import apply_reassociation, recent_tracklets
 from hybreid.protocol import FeatureMessage, ProtocolError
 
@@ -88,7 +88,7 @@ class Matcher:
         # How far behind the cameras the matcher is: the newest capture time it decided, against
         # the clock (None before the first sighting). Grows while messages queue at the broker.
         self.lag_s: float | None = None
-        self.walks: Walks | None = None  # the camera graph's least walking times, for the online decisions
+        self.walks: Walks | None = None  # the camera graph's walking times, online and in re-association
         self.lock = threading.Lock()
 
     def _check(self, message: FeatureMessage) -> FeatureMessage:
@@ -282,14 +282,14 @@ class Matcher:
                               seq=message.seq, track_id=message.track_id, modality=message.modality, ts=message.ts,
                               similarity=similarity)
 
-    def reassociate(self, transit: Transit | None = None, durable: bool = False) -> list[dict]:
+    def reassociate(self, durable: bool = False) -> list[dict]:
         """Cluster the recent tracklets again (:mod:`.reassociate`); returns the ``reassign``
         and ``merge`` events of what changed. ``durable``: the events are also stored with the
         change, until the broker acknowledges them (:meth:`Gallery.pending_events`)."""
         with self.lock:
             self.gallery.refresh()
             tracklets, outside = recent_tracklets(self.gallery, self.policy.window_s)
-            evidence = (self.policy.same_modality, self.policy.cross_modality, transit, self.policy.transit_bonus)
+            evidence = (self.policy.same_modality, self.policy.cross_modality, self.walks, self.policy.transit_bonus)
             clusters, kept = guard(tracklets, cluster(tracklets, *evidence), *evidence)
             if kept:
                 log.info("re-association kept the online identities of %d group(s) its clusters explained worse",

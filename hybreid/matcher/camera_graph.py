@@ -81,6 +81,7 @@ class Walks:
     one gets from one camera to another faster. Cameras no path joins: 0 (no bound)."""
 
     def __init__(self, graph: CameraGraph):
+        self.graph = graph
         self._least: dict[str, dict[tuple[str, str], float]] = {}
         for site, links in graph.sites.items():
             cameras = sorted({camera for link in links for camera in link.cameras})
@@ -97,6 +98,10 @@ class Walks:
 
     def least(self, site: str, camera_a: str, camera_b: str) -> float:
         return self._least.get(site, {}).get((camera_a, camera_b), 0.0)
+
+    def link(self, site: str, camera_a: str, camera_b: str) -> tuple[float, float | None] | None:
+        """The direct link's walking time (:meth:`CameraGraph.transit`)."""
+        return self.graph.transit(site, camera_a, camera_b)
 
     def longest(self, site: str) -> float:
         """The longest of the site's least walks: how far in time a sighting can rule one out."""

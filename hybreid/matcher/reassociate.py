@@ -15,8 +15,9 @@ identities:
   as the gallery grows);
 - cannot-link: two tracklets of different cameras that overlap in time (one person is
   not in two places at once), of one camera that overlap in time (two people in one
-  frame), or whose gap is shorter than the camera graph's minimum walking time between
-  their cameras;
+  frame), or whose gap is shorter than the least walk between their cameras along the
+  camera graph's links (:class:`~hybreid.matcher.camera_graph.Walks`, as the online
+  decisions use it);
 - a plausible transit (connected cameras, the gap within the link's walking time) adds
   ``transit_bonus`` to the pair's cosine: appearance and where-and-when fused, as
   spatio-temporal re-identification does. On the default synthetic site, of the tracklet
@@ -37,10 +38,11 @@ the agglomeration is written here; a window holds tens to hundreds of tracklets.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from hybreid.matcher.camera_graph import Walks
 
 
 @dataclass
@@ -59,44 +61,38 @@ class Tracklet:
         return self.key[0], self.key[1]
 
 
-# (site, camera a, camera b) -> the least and the most walking time in seconds (the most None:
-# no bound), or None where the graph says nothing
-Transit = Callable[[str, str, str], tuple[float, float | None] | None]
-
-
-def _walk(a: Tracklet, b: Tracklet, transit: Transit | None) -> tuple[float, tuple[float, float | None]] | None:
-    """The gap between two tracklets of connected cameras that do not overlap in time, and
-    their link's walking time; None for other pairs."""
-    if transit is None or a.camera == b.camera or a.key[0] != b.key[0]:
+def _gap(a: Tracklet, b: Tracklet) -> float | None:
+    """Seconds between two tracklets of one site on different cameras that do not overlap in
+    time; None for other pairs."""
+    if a.camera == b.camera or a.key[0] != b.key[0] or (a.first_ts < b.last_ts and b.first_ts < a.last_ts):
         return None
-    if a.first_ts < b.last_ts and b.first_ts < a.last_ts:
-        return None
-    earlier, later = (a, b) if a.last_ts <= b.first_ts else (b, a)
-    link = transit(a.key[0], earlier.key[1], later.key[1])
-    return None if link is None else (later.first_ts - earlier.last_ts, link)
+    return b.first_ts - a.last_ts if a.last_ts <= b.first_ts else a.first_ts - b.last_ts
 
 
-def relation(a: Tracklet, b: Tracklet, transit: Transit | None = None) -> tuple[bool, bool]:
-    """(cannot link, plausible transit) of two tracklets, the camera link looked up once."""
+def relation(a: Tracklet, b: Tracklet, walks: Walks | None = None) -> tuple[bool, bool]:
+    """(cannot link, plausible transit) of two tracklets."""
     if a.first_ts < b.last_ts and b.first_ts < a.last_ts:
         return True, False  # different cameras: two places at once; one camera: two people in one frame
-    walk = _walk(a, b, transit)
-    if walk is None:
+    gap = _gap(a, b)
+    if walks is None or gap is None:
         return False, False
-    gap, (least, most) = walk
-    return gap < least, least <= gap and (most is None or gap <= most)
+    site, camera_a, camera_b = a.key[0], a.key[1], b.key[1]
+    if gap < walks.least(site, camera_a, camera_b):
+        return True, False
+    link = walks.link(site, camera_a, camera_b)
+    return False, link is not None and link[0] <= gap and (link[1] is None or gap <= link[1])
 
 
-def cannot_link(a: Tracklet, b: Tracklet, transit: Transit | None = None) -> bool:
-    return relation(a, b, transit)[0]
+def cannot_link(a: Tracklet, b: Tracklet, walks: Walks | None = None) -> bool:
+    return relation(a, b, walks)[0]
 
 
-def plausible_transit(a: Tracklet, b: Tracklet, transit: Transit | None) -> bool:
-    """Connected cameras, and the gap between the tracklets within the link's walking time."""
-    return relation(a, b, transit)[1]
+def plausible_transit(a: Tracklet, b: Tracklet, walks: Walks | None) -> bool:
+    """Connected cameras, and the gap between the tracklets within their link's walking time."""
+    return relation(a, b, walks)[1]
 
 
-def _evidence(tracklets: list[Tracklet], transit: Transit | None,
+def _evidence(tracklets: list[Tracklet], walks: Walks | None,
               transit_bonus: float) -> tuple[np.ndarray, np.ndarray]:
     """Every pair's cosine (plus the transit bonus where the walk fits) and whether it may not link."""
     count = len(tracklets)
@@ -106,7 +102,7 @@ def _evidence(tracklets: list[Tracklet], transit: Transit | None,
     plausible = np.zeros((count, count), dtype=bool)
     for i in range(count):  # both relations are symmetric: each pair once, then mirrored
         for j in range(i + 1, count):
-            forbidden[i, j], plausible[i, j] = relation(tracklets[i], tracklets[j], transit)
+            forbidden[i, j], plausible[i, j] = relation(tracklets[i], tracklets[j], walks)
     forbidden |= forbidden.T
     return similarity + transit_bonus * (plausible | plausible.T), forbidden
 
@@ -117,14 +113,14 @@ CANNOT_LINK_COST = 2.0
 
 
 def partition_score(tracklets: list[Tracklet], clusters: list[list[int]], same_threshold: float,
-                    cross_threshold: float, transit: Transit | None = None, transit_bonus: float = 0.0) -> float:
+                    cross_threshold: float, walks: Walks | None = None, transit_bonus: float = 0.0) -> float:
     """How well ``clusters`` explain the tracklets, by the evidence the matcher has (the
     correlation-clustering objective): every pair kept together earns its similarity above
     the threshold of its modalities (loses it below), and costs ``CANNOT_LINK_COST`` where it
     may not link."""
     if not tracklets:
         return 0.0
-    similarity, forbidden = _evidence(tracklets, transit, transit_bonus)
+    similarity, forbidden = _evidence(tracklets, walks, transit_bonus)
     modality = [t.modality for t in tracklets]
     score = 0.0
     for members in clusters:
@@ -144,7 +140,7 @@ def online_clusters(tracklets: list[Tracklet]) -> list[list[int]]:
 
 
 def guard(tracklets: list[Tracklet], clusters: list[list[int]], same_threshold: float, cross_threshold: float,
-          transit: Transit | None = None, transit_bonus: float = 0.0) -> tuple[list[list[int]], int]:
+          walks: Walks | None = None, transit_bonus: float = 0.0) -> tuple[list[list[int]], int]:
     """``clusters`` where they explain their tracklets better than the online decisions, the
     online decisions elsewhere; and how many parts kept the online decisions.
 
@@ -168,7 +164,7 @@ def guard(tracklets: list[Tracklet], clusters: list[list[int]], same_threshold: 
         parts.setdefault(root(group[0]), ([], []))[0].append(group)
     for group in online:
         parts.setdefault(root(group[0]), ([], []))[1].append(group)
-    evidence = (same_threshold, cross_threshold, transit, transit_bonus)
+    evidence = (same_threshold, cross_threshold, walks, transit_bonus)
     chosen, kept = [], 0
     for new, old in parts.values():
         if partition_score(tracklets, new, *evidence) >= partition_score(tracklets, old, *evidence):
@@ -180,12 +176,12 @@ def guard(tracklets: list[Tracklet], clusters: list[list[int]], same_threshold: 
 
 
 def cluster(tracklets: list[Tracklet], same_threshold: float, cross_threshold: float,
-            transit: Transit | None = None, transit_bonus: float = 0.0) -> list[list[int]]:
+            walks: Walks | None = None, transit_bonus: float = 0.0) -> list[list[int]]:
     """Constrained average-linkage clusters of tracklet indices."""
     count = len(tracklets)
     if count == 0:
         return []
-    similarity, forbidden = _evidence(tracklets, transit, transit_bonus)
+    similarity, forbidden = _evidence(tracklets, walks, transit_bonus)
     clusters: dict[int, list[int]] = {i: [i] for i in range(count)}
     modalities = {i: {tracklets[i].modality} for i in range(count)}
     while True:

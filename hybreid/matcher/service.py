@@ -44,7 +44,6 @@ from hybreid.matcher.assignment import Matcher
 from hybreid.matcher.camera_graph import CameraGraph
 from hybreid.matcher.database import StoreUnavailable
 from hybreid.matcher.events import EventPublisher
-from hybreid.matcher.reassociate import Transit
 from hybreid.mqtt import BrokerConfig, make_client
 from hybreid.protocol import ProtocolError
 
@@ -71,7 +70,6 @@ class MatcherService:
         self.matcher, self.broker, self.site, self.shared_group = matcher, broker, site, shared_group
         self.session_expiry, self.drain = session_expiry, drain
         self.last_message_at = time.monotonic()
-        self.transit: Transit | None = None  # the camera graph's walking times (use_camera_graph)
         # A persistent session: QoS 1 messages sent while the matcher is down wait at the
         # broker, and a message is acknowledged only after its sighting is committed.
         if shared_group:
@@ -101,9 +99,9 @@ class MatcherService:
         self.cameras: dict[str, dict] = {}  # "site/camera" -> its latest status
 
     def use_camera_graph(self, graph: CameraGraph) -> None:
-        """Where and when people can walk: re-association's transit, and the least walks the
-        online decisions rule out identities by."""
-        self.transit, self.matcher.walks = graph.transit, graph.walks()
+        """Where and when people can walk: the least walks that rule identities out, online and
+        in re-association, and the links whose walking time makes a transit plausible."""
+        self.matcher.walks = graph.walks()
 
     @property
     def subscription(self) -> str:
@@ -277,7 +275,7 @@ class MatcherService:
         """Re-associate now; its events are stored with the change and then published (QoS 1):
         a merge committed while the broker is away, or just before a crash, is announced later."""
         started = time.perf_counter()
-        events = self.matcher.reassociate(self.transit, durable=True)
+        events = self.matcher.reassociate(durable=True)
         self.reassociation_seconds += time.perf_counter() - started
         self.reassociations += 1
         self.identities_merged += len({event["from"] for event in events if event["type"] == "merge"})
