@@ -72,13 +72,11 @@ def _overlap(boxes_a: np.ndarray, boxes_b: np.ndarray, of_first: bool) -> np.nda
 
 
 WIDENED = 1.35  # a stride widens a walker's box by up to a third; two people side by side by more
-# Noise of the filter, per frame, as shares of the box's height (DeepSORT's scaling). The
-# velocity noise was chosen on seeds 0-2 of the default site (with the no-turning-back rule
-# everywhere, before it was kept to the edge): 1/160 (DeepSORT's) 0.921 mean ceiling,
-# 1/80 0.929, 1/40 0.921.
+# Noise of the filter, per frame, as shares of the box's height (DeepSORT's scaling; the
+# velocity noise measured, docs/benchmarks.md, "Where the code's constants come from").
 POSITION_NOISE, VELOCITY_NOISE = 1 / 20, 1 / 80
 # A detection is shared when at least this share of two confirmed tracks' predicted boxes
-# lies inside it (0.5: 0.924, 0.6: 0.923, 0.75: 0.928, 0.9: 0.923 mean ceiling, seeds 0-2).
+# lies inside it (measured, as above).
 SHARED_INSIDE = 0.75
 # No turning back, at the edge, for a track faster than this share of its height a frame, to
 # a detection further than this share of its height behind its last observed centre.
