@@ -1,13 +1,12 @@
 """The camera graph: which cameras of a site connect, and how long the walk between them takes.
 
-Re-association uses the minimum walking time as a cannot-link: two tracklets on connected
-cameras closer in time than anyone can walk are two people. And the walking time as
-evidence: two sightings on connected cameras whose gap lies within the link's walking
-time are a plausible transit, and their appearance needs less to be linked (the matcher's
-``transit_bonus``). The online decisions use the least walk along the graph's links
-(:class:`Walks`): an identity last seen on one camera is not given a sighting on another
-that began sooner than anyone could walk there. Without a graph, only time overlap
-constrains. The graph of a site
+The least walk between two cameras along the graph's links (:class:`Walks`) rules pairs
+out: the online decisions do not give an identity a sighting that began sooner after (or
+ended sooner before) one of its sightings on another camera than anyone could walk, and
+re-association never joins two such tracklets. The walking time is evidence too: two
+sightings on connected cameras whose gap lies within the link's walking time are a
+plausible transit, and their appearance needs less to be linked (the matcher's
+``transit_bonus``). Without a graph, only time overlap constrains. The graph of a site
 spec (``hybreid edge scenes --site SPEC.yaml``) is read as it is, and the scenes folder
 holds it again as ``camera_graph.yaml``. A YAML file::
 
