@@ -32,7 +32,7 @@ from hybreid.bench.site import default_cache, rendered_site
 from hybreid.edge_runtime.detect import BoxFilter, make_detector
 from hybreid.edge_runtime.site import SiteFile
 from hybreid.edge_runtime.stages import Detection
-from hybreid.edge_runtime.track import MotionTracker
+from hybreid.edge_runtime.track import MotionTracker, logged_boxes
 from hybreid.errors import UserError
 from hybreid.eval.mtmc import box_iou, identity_scores
 from hybreid.synthetic.scenes import tracklet_ground_truth
@@ -82,10 +82,7 @@ def track(truth: dict, detections: dict[str, list[list[Detection]]], settings: S
         for frame, found in enumerate(detections[camera["id"]]):
             seen, _ = tracker.update(found, (width, height))
             for each in seen:
-                earlier, each.unconfirmed_boxes = each.unconfirmed_boxes, []
-                log.extend((camera["id"], frame - len(earlier) + step, each.track_id, box)
-                           for step, box in enumerate(earlier))
-                log.append((camera["id"], frame, each.track_id, each.box))
+                log.extend((camera["id"], index, each.track_id, box) for index, box in logged_boxes(each, frame))
     return log
 
 

@@ -29,7 +29,7 @@ from hybreid.edge_runtime.publish import Publisher
 from hybreid.edge_runtime.site import SiteFile, resolve_paths, validate_site
 from hybreid.edge_runtime.stages import Crop, Frame, TrackletFeature
 from hybreid.edge_runtime.thumbnails import BestShots
-from hybreid.edge_runtime.track import MotionTracker
+from hybreid.edge_runtime.track import MotionTracker, logged_boxes
 from hybreid.errors import UserError
 from hybreid.files import MAX_PASSWORD_BYTES, read_text_file
 from hybreid.mqtt import BrokerConfig
@@ -227,11 +227,8 @@ class EdgeRuntime:
             self.annotator.draw(frame, detections, seen)
         for track in seen:
             if self.track_log is not None:
-                # the frames that led to confirmation belong to the track too
-                earlier, track.unconfirmed_boxes = track.unconfirmed_boxes, []
-                self.track_log.extend((frame.camera_id, frame.index - len(earlier) + step, track.track_id, box)
-                                      for step, box in enumerate(earlier))
-                self.track_log.append((frame.camera_id, frame.index, track.track_id, track.box))
+                self.track_log.extend((frame.camera_id, index, track.track_id, box)
+                                      for index, box in logged_boxes(track, frame.index))
             key = (frame.camera_id, track.track_id)
             taken = self.crops_per_track.get(key, 0)
             if frame.index % self.crop_interval or taken >= self.max_crops or track.shared:

@@ -141,10 +141,9 @@ class Track:
 
     @property
     def widened(self) -> bool:
-        """Its box shows more than this person: a shared detection, or a box much wider than
-        this person has been (someone walked into the same blob)."""
+        """The box is much wider than this person has been: someone walked into the same blob."""
         x, y, w, h = self.box
-        return self.shared or (self.aspect > 0 and w / max(h, 1.0) > WIDENED * self.aspect)
+        return self.aspect > 0 and w / max(h, 1.0) > WIDENED * self.aspect
 
     @property
     def velocity(self) -> tuple[float, float]:
@@ -158,17 +157,16 @@ class Track:
         the person is walking out of view."""
         x, y, w, h = self.predicted()
         width, height = frame_size
-        vx, vy = self.velocity
-        return ((x < 0 and vx < 0) or (x + w > width and vx > 0) or (y < 0 and vy < 0) or (y + h > height and vy > 0)
-                or not (0 <= x + w / 2 < width and 0 <= y + h / 2 < height))
+        return self.near_edge(frame_size, 0.0) or not (0 <= x + w / 2 < width and 0 <= y + h / 2 < height)
 
-    def near_edge(self, frame_size: tuple[int, int]) -> bool:
-        """The predicted box is within half its size of the frame's edge it is moving towards."""
+    def near_edge(self, frame_size: tuple[int, int], reach: float = 0.5) -> bool:
+        """The predicted box comes within ``reach`` of its own size of the frame's edge it is
+        moving towards (0: the edge cuts it)."""
         x, y, w, h = self.predicted()
         width, height = frame_size
         vx, vy = self.velocity
-        return ((vx < 0 and x < w / 2) or (vx > 0 and x + w > width - w / 2) or (vy < 0 and y < h / 2)
-                or (vy > 0 and y + h > height - h / 2))
+        return ((vx < 0 and x < reach * w) or (vx > 0 and x + w > width - reach * w) or (vy < 0 and y < reach * h)
+                or (vy > 0 and y + h > height - reach * h))
 
     def take(self, detection: Detection, smoothing: float) -> None:
         """This detection shows this person alone."""
@@ -182,6 +180,13 @@ class Track:
     def follow_prediction(self) -> None:
         """This person is inside a detection of several: the box is where the motion puts it."""
         self.box, self.shared = self.predicted(), True
+
+
+def logged_boxes(track: Track, frame_index: int) -> list[tuple[int, tuple[float, float, float, float]]]:
+    """(frame, box) of a confirmed track seen in this frame for the track log: the boxes of the
+    frames that led to its confirmation the first time (taken, so once), then this one."""
+    earlier, track.unconfirmed_boxes = track.unconfirmed_boxes, []
+    return [(frame_index - len(earlier) + step, box) for step, box in enumerate(earlier)] + [(frame_index, track.box)]
 
 
 class MotionTracker:

@@ -90,7 +90,8 @@ class Walks:
             for link in links:
                 a, b = index[link.cameras[0]], index[link.cameras[1]]
                 least[a, b] = least[b, a] = min(least[a, b], link.min_s)
-            for middle in range(len(cameras)):  # Floyd-Warshall: a site has tens of cameras
+            # Floyd-Warshall by hand: scipy is none of the matcher's dependencies, and a site has tens of cameras
+            for middle in range(len(cameras)):
                 least = np.minimum(least, least[:, middle : middle + 1] + least[middle : middle + 1, :])
             self._least[site] = {(a, b): float(least[index[a], index[b]]) for a in cameras for b in cameras
                                  if np.isfinite(least[index[a], index[b]])}

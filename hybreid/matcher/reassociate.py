@@ -62,9 +62,9 @@ class Tracklet:
 
 
 def _gap(a: Tracklet, b: Tracklet) -> float | None:
-    """Seconds between two tracklets of one site on different cameras that do not overlap in
-    time; None for other pairs."""
-    if a.camera == b.camera or a.key[0] != b.key[0] or (a.first_ts < b.last_ts and b.first_ts < a.last_ts):
+    """Seconds between two tracklets of one site on different cameras (that do not overlap in
+    time: :func:`relation` ruled that out); None for other pairs."""
+    if a.camera == b.camera or a.key[0] != b.key[0]:
         return None
     return b.first_ts - a.last_ts if a.last_ts <= b.first_ts else a.first_ts - b.last_ts
 

@@ -147,12 +147,12 @@ class GalleryStore:
         return rows
 
     def sightings_elsewhere(self, identity_id: int, site: str, camera_id: str, since: float,
-                            until: float) -> list[tuple[str, str, float, float]]:
+                            until: float) -> Iterator[tuple[str, str, float, float]]:
         """(site, camera, first_ts, ts) of the identity's committed sightings by other cameras
-        that overlap [since, until]."""
-        return [tuple(row) for row in self.db.execute(
+        that overlap [since, until], read as they are taken (a caller looking for one stops there)."""
+        return iter(self.db.execute(
             "SELECT site, camera_id, first_ts, ts FROM sightings WHERE identity_id = ? AND NOT (site = ? AND "
-            "camera_id = ?) AND first_ts < ? AND ts > ?", (identity_id, site, camera_id, until, since)).fetchall()]
+            "camera_id = ?) AND first_ts < ? AND ts > ?", (identity_id, site, camera_id, until, since)))
 
     def sightings_where(self, identity: int | None = None, camera: str | None = None, since: float | None = None,
                         until: float | None = None, newest: int | None = None) -> list[dict]:
