@@ -113,14 +113,19 @@ class TestDetect:
                 sizes.add(200, 40, 30)  # a fragment: legs whose body the background swallowed
         assert sizes.expected(200) == pytest.approx((100, 30)) and sizes.expected(152) == pytest.approx((60, 18))
         assert sizes.expected(175) is None  # no one was seen standing there
+        # whose head is on row 100 stands on row 200; on row 90, on row 150; on row 40, nowhere seen
+        assert sizes.standing_below(100) == pytest.approx((100, 30))
+        assert sizes.standing_below(90) == pytest.approx((60, 18))
+        assert sizes.standing_below(40) is None
 
     @staticmethod
-    def _walk_and_look(scenes: list[list[tuple[int, int, int, int]]], split_groups: bool = True):
+    def _walk_and_look(scenes: list[list[tuple[int, int, int, int]]], split_groups: bool = True,
+                       whole_people: bool = True):
         """Grey frames with people drawn as solid boxes, in order (later ones in front); returns the
         detections of the last frame. Before ``scenes``, 40 frames teach the detector the camera's
         perspective: one person at a time, near (feet on row 230, 150 tall) or far (180, 110)."""
         detector = BackgroundSubtractionDetector(
-            BackgroundDetectorSettings(min_area=100, scale=1.0, split_groups=split_groups))
+            BackgroundDetectorSettings(min_area=100, scale=1.0, split_groups=split_groups, whole_people=whole_people))
         rng = np.random.default_rng(0)
         teaching = [[(20 + 6 * i, 80, 45, 150)] if i % 2 else [(300 - 6 * i, 70, 33, 110)] for i in range(40)]
         found = []
@@ -150,6 +155,18 @@ class TestDetect:
         broad = (100, 80, 63, 150)  # 1.4 people wide: a bag, a coat, arms out; still one person
         (box,) = self._walk_and_look([[broad]])
         assert iou_matrix(np.array([broad]), np.array([box]))[0, 0] > 0.9
+
+    @pytest.mark.slow
+    def test_a_person_whose_legs_match_the_floor_gets_a_whole_box_and_a_head_does_not(self):
+        near = (125, 80, 45, 150)
+        upper_half = (125, 80, 45, 80)  # what the background model sees of them
+        (box,) = self._walk_and_look([[upper_half]])
+        assert iou_matrix(np.array([near]), np.array([box]))[0, 0] > 0.9
+        (box,) = self._walk_and_look([[upper_half]], whole_people=False)
+        assert iou_matrix(np.array([near]), np.array([box]))[0, 0] < 0.6
+        head = (135, 80, 25, 30)  # under a third of a person: not the top of one
+        (box,) = self._walk_and_look([[head]])
+        assert iou_matrix(np.array([head]), np.array([box]))[0, 0] > 0.8
 
     def test_box_filter(self):
         keep = BoxFilter(BoxFilterSettings(min_height=50, min_aspect=1.2, max_aspect=4.0, min_score=0.5))

@@ -137,7 +137,7 @@ def run(out: str | Path, spec: SiteSpec | None = None, seeds: list[int] | None =
                "min": dict(zip(COLUMNS, values.min(axis=0).tolist(), strict=True))}
     if len(rows) > 1:
         table += [[name, *summary[name].values()] for name in ("mean", "min")]
-    print(format_table(["site", *COLUMNS], table, floatfmt=".3f",
+    print(format_table(["site", *COLUMNS], table, floatfmt=[".3f"] * len(COLUMNS) + [".1f"],
                        title=f"the detector and tracker alone on {len(rows)} rendering(s) of the spec"))
     (out / "tracks.json").write_text(json.dumps({"spec": spec.model_dump(), "seeds": rows, **summary}, indent=2))
     print(f"saved {out / 'tracks.json'}")
