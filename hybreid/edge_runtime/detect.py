@@ -197,10 +197,9 @@ def split_region(region: np.ndarray, top: int, sizes: PersonSizes) -> list[tuple
 
 # A region shorter than PART_OF_PERSON of the person whose head is on its top row is the top of
 # that person: legs the background model cannot tell from the floor (grey trousers on a grey
-# floor). Its box is grown down to the whole person. Chosen on the default site's seeds 0-2
-# (`bench tracks`, tracker's ceiling mean 0.926 -> 0.931; 0.7-0.9 and a floor of 0.2-0.5 all
-# gave 0.930-0.931), checked on seeds 3 and 4 (0.913 -> 0.923, 0.949 -> 0.951). Regions below
-# PART_FLOOR of a person (a head, a bag) or not about one person wide are left as they are.
+# floor). Regions below PART_FLOOR of a person (a head, a bag) or not about one person wide are
+# left as they are. How both were chosen: docs/benchmarks.md, "Where the code's constants come
+# from".
 PART_OF_PERSON = 0.8
 PART_FLOOR = 0.35
 
