@@ -238,6 +238,84 @@ def test_nanodet_finds_the_people_counted_by_hand_on_vtest():
     assert scores["boxes_on_no_counted_person"] <= 0.05 * scores["boxes"], scores
 
 
+@pytest.fixture(scope="module")
+def nanodet_int8(tmp_path_factory):
+    """NanoDet-g in INT8, calibrated on 16 frames of vtest.avi."""
+    from hybreid.calibration.detector_int8 import quantize_detector
+
+    out = tmp_path_factory.mktemp("int8") / "nanodet-g.int8.onnx"
+    result = quantize_detector(NANODET, out, VTEST, count=16)
+    assert result.path == out and result.frames == 16
+    return out
+
+
+@pytest.mark.slow
+@needs_model
+@needs_vtest
+def test_the_int8_detector_quantises_every_convolution_and_keeps_the_provenance(nanodet_int8):
+    import onnx
+
+    from hybreid.inference.nanodet import read_metadata
+
+    model = onnx.load(str(nanodet_int8))
+    dequantized = {node.output[0] for node in model.graph.node if node.op_type == "DequantizeLinear"}
+    convolutions = [node for node in model.graph.node if node.op_type == "Conv"]
+    assert len(convolutions) >= 30
+    assert all(node.input[0] in dequantized and node.input[1] in dequantized for node in convolutions)
+    provenance, original = read_metadata(nanodet_int8), read_metadata(NANODET)
+    assert {key: provenance[key] for key in original} == original  # source, sha256, licence go along
+    assert provenance["precision"] == "int8-cpu-minmax" and provenance["calibration"] == "16 frames of vtest.avi"
+
+
+@pytest.mark.slow
+@needs_model
+@needs_vtest
+def test_the_int8_detector_finds_the_people_fp32_finds_on_vtest(nanodet_int8):
+    from hybreid.eval.detection import point_recall, read_points
+
+    truth = read_points(COUNT)
+    frames = _frames(sorted(truth))
+    found = {}
+    for path in (NANODET, nanodet_int8):
+        detector = NanoDet(path)
+        found[path] = point_recall(truth, {number: detector.detect(image).xywh for number, image in frames.items()})
+    fp32, int8 = found[NANODET], found[nanodet_int8]
+    assert int8["found"] >= fp32["found"] - 3, (fp32, int8)
+    assert int8["boxes_on_no_counted_person"] <= 0.05 * int8["boxes"], int8
+
+
+@needs_model
+def test_calibrate_detector_refuses_bad_input_in_one_sentence_with_exit_2(tmp_path, tiny_onnx, capsys):
+    from hybreid.cli import main
+
+    def refused(*argv: str) -> str:
+        assert main(["calibrate", "detector", *argv]) == 2
+        error = capsys.readouterr().err.strip().splitlines()
+        assert len(error) == 1, error
+        return error[0]
+
+    out = str(tmp_path / "int8.onnx")
+    assert "cannot open the calibration video" in refused("--detector", str(NANODET), "--video",
+                                                          str(tmp_path / "none.avi"), "--out", out)
+    assert "is not a NanoDet detector" in refused("--detector", str(tiny_onnx), "--video", str(tmp_path / "none.avi"),
+                                                  "--out", out)
+    assert "--count" in refused("--detector", str(NANODET), "--video", str(VTEST), "--count", "0", "--out", out)
+    assert not (tmp_path / "int8.onnx").exists()
+    (tmp_path / "int8.onnx").write_bytes(b"someone else's")
+    assert "--overwrite" in refused("--detector", str(NANODET), "--video", str(VTEST), "--out", out)
+    assert (tmp_path / "int8.onnx").read_bytes() == b"someone else's"
+
+
+@needs_model
+@needs_vtest
+def test_an_int8_detector_is_not_quantised_again(tmp_path, nanodet_int8, capsys):
+    from hybreid.cli import main
+
+    assert main(["calibrate", "detector", "--detector", str(nanodet_int8), "--video", str(VTEST),
+                 "--out", str(tmp_path / "twice.onnx")]) == 2
+    assert "already int8-cpu-minmax" in capsys.readouterr().err
+
+
 def test_tiles_cover_the_frame_and_overlap():
     from hybreid.inference.nanodet import tile_windows
 

@@ -24,7 +24,8 @@ PAGES = [README, *sorted((REPO / "docs").glob("*.md"))]
 EXERCISED_BY = {
     "models": "test_readme", "bench flops": "test_readme", "data synth": "test_cli", "train": "test_trainer",
     "eval": "code: test_trainer", "export onnx": "test_cli", "export engine": "code: test_export (no GPU)",
-    "calibrate int8": "code: test_calibration", "calibrate threshold": "test_cli", "bundle create": "test_cli",
+    "calibrate int8": "code: test_calibration", "calibrate threshold": "test_cli",
+    "calibrate detector": "test_detector_nanodet", "bundle create": "test_cli",
     "bundle verify": "test_cli", "bundle install": "test_bundles", "bundle keygen": "test_bundles",
     "edge scenes": "test_cli", "site broker-acl": "test_broker_security",
     "edge run": "test_edge_e2e", "edge outbox-recover": "test_edge_stages", "matcher run": "test_matcher",

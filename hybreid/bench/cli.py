@@ -111,7 +111,7 @@ def _detector(args) -> None:
     from hybreid.bench import detector
 
     detector.run(args.video, args.truth, output_folder(args), nanodet=args.nanodet, openvino=not args.no_openvino,
-                 artifact=args.artifact)
+                 artifact=args.artifact, nanodet_int8=args.nanodet_int8)
 
 
 def _site(args) -> None:
@@ -259,6 +259,7 @@ def _add_detector(bench) -> None:
                                                     "(benchmarks/detector/vtest_people.csv for vtest.avi)")
     det.add_argument("--nanodet", help="NanoDet-g ONNX (`hybreid detector fetch`) to compare with background "
                                        "subtraction")
+    det.add_argument("--nanodet-int8", help="its INT8 form (`hybreid calibrate detector`), compared too")
     det.add_argument("--no-openvino", action="store_true", help="leave out NanoDet on OpenVINO")
     det.add_argument("--artifact", help=ARTIFACT_HELP + ": also run the edge runtime on the video with each detector")
     add_output(det, "bench-detector", "the JSON and the picture")

@@ -25,14 +25,19 @@ from hybreid.eval.detection import Points, point_recall, read_points
 from hybreid.tables import format_table
 
 
-def detector_options(nanodet: str | None, openvino: bool) -> dict[str, dict]:
-    """The detectors to compare, by name: background subtraction, and NanoDet where given."""
+def detector_options(nanodet: str | None, openvino: bool, nanodet_int8: str | None = None) -> dict[str, dict]:
+    """The detectors to compare, by name: background subtraction, and NanoDet (FP32, INT8)
+    where given."""
     options = {"background": {"kind": "background"}}
     if nanodet:
         options["nanodet"] = {"kind": "nanodet", "path": nanodet}
         options["nanodet, 2 tiles"] = {"kind": "nanodet", "path": nanodet, "tiles": 2}
         if openvino:
             options["nanodet (OpenVINO)"] = {"kind": "nanodet", "path": nanodet, "runtime": "openvino"}
+    if nanodet_int8:
+        options["nanodet INT8"] = {"kind": "nanodet", "path": nanodet_int8}
+        if openvino:
+            options["nanodet INT8 (OpenVINO)"] = {"kind": "nanodet", "path": nanodet_int8, "runtime": "openvino"}
     return options
 
 
@@ -115,7 +120,7 @@ def draw(video: Path, truth: Points, boxes: dict[str, dict[int, np.ndarray]], pa
 
 
 def run(video: str | Path, truth_path: str | Path, out: str | Path, nanodet: str | None = None,
-        openvino: bool = True, artifact: str | None = None) -> list[dict]:
+        openvino: bool = True, artifact: str | None = None, nanodet_int8: str | None = None) -> list[dict]:
     video, out = Path(video), Path(out)
     if not video.is_file():
         raise UserError(f"video {video} does not exist")
@@ -129,7 +134,7 @@ def run(video: str | Path, truth_path: str | Path, out: str | Path, nanodet: str
             print(f"note: no OpenVINO row: {reason}")
             openvino = False
     results, drawn = [], {}
-    for name, options in detector_options(nanodet, openvino).items():
+    for name, options in detector_options(nanodet, openvino, nanodet_int8).items():
         boxes, timing = detect_video(video, options, truth)
         result = {"detector": name, **point_recall(truth, boxes), **timing}
         if artifact:

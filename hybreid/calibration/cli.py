@@ -1,4 +1,4 @@
-"""``hybreid calibrate int8|threshold``."""
+"""``hybreid calibrate int8|detector|threshold``."""
 
 from __future__ import annotations
 
@@ -24,6 +24,14 @@ def _int8(args) -> None:
     run_int8(args.artifact, output_folder(args), target=args.target, methods=methods, source=args.source,
              count=args.count, eval_dataset=dataset, compare_attention=not args.no_attention_comparison,
              threads=args.threads, placement=placement, cpu_isa=args.cpu_isa or "")
+
+
+def _detector(args) -> None:
+    from hybreid.calibration.detector_int8 import quantize_detector
+
+    result = quantize_detector(args.detector, args.out, args.video, args.count, args.cpu_isa or "", args.overwrite)
+    print(f"saved {result.path}: its convolutions in INT8 for {result.cpu_isa}, calibrated on {result.frames} frames "
+          f"(site file: detector: {{kind: nanodet, path: {result.path}}})")
 
 
 def _threshold(args) -> None:
@@ -70,6 +78,15 @@ def register(commands) -> None:
                       help="cpu and openvino targets: also quantise patch embeddings whose tokens are concatenated "
                            "with a float class token (kept float by default: OpenVINO computes some such "
                            "concatenations wrongly; check the report's cosine)")
+
+    detector = command(calibrate, "detector", "Q/DQ INT8 NanoDet-g calibrated on a camera's footage", _detector)
+    detector.add_argument("--detector", required=True, help="the FP32 NanoDet-g `hybreid detector fetch` wrote")
+    detector.add_argument("--video", required=True, help="footage of the camera (or one like it) to calibrate on")
+    detector.add_argument("--count", type=int, default=64, help="calibration frames, spread over the video")
+    detector.add_argument("--cpu-isa", choices=list(CPU_ISAS), help="the camera box's instruction set "
+                                                                     "(default: this CPU's)")
+    detector.add_argument("--out", default="nanodet-g.int8.onnx", help="the INT8 detector")
+    detector.add_argument("--overwrite", action="store_true", help="replace an existing --out")
 
     threshold = command(calibrate, "threshold", "match thresholds for a target false-match rate", _threshold)
     threshold.add_argument("--artifact", required=True, help=ARTIFACT_HELP)

@@ -369,9 +369,10 @@ def quantize(onnx_path: str | Path, out_path: str | Path, calibration: np.ndarra
     unshare_initializers(model, floats)
     _isolate_quantized_inputs(model, floats)
     onnx.save(model, str(prepared))
-    meta = metadata_of(model)  # a plain ONNX file (no hybreid contract) quantizes too
-    contract = ModelContract.from_metadata(meta, str(onnx_path)) if meta else None
+    meta = metadata_of(model)  # a plain ONNX file or a detector (no ReID contract) quantizes too
+    contract = ModelContract.from_metadata(meta, str(onnx_path)) if "hybreid.model" in meta else None
     input_name = contract.input_name if contract else model.graph.input[0].name
+    fixed_batch = model.graph.input[0].type.tensor_type.shape.dim[0].dim_value  # 0: dynamic
     method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
               "percentile": CalibrationMethod.Percentile}[config.method]
     digest = hashlib.sha256(onnx_path.read_bytes()[:1 << 24])
@@ -384,9 +385,11 @@ def quantize(onnx_path: str | Path, out_path: str | Path, calibration: np.ndarra
     if cache:
         cache.parent.mkdir(parents=True, exist_ok=True)
     try:
+        batch = fixed_batch or 8
         if config.method == "entropy" and not cache.exists():
-            _entropy_ranges(prepared, config.op_types, _BatchReader(input_name, calibration), cache)
-        _quantize_static(prepared, out_path, input_name, calibration, config, keep, method, cache)
+            _entropy_ranges(prepared, config.op_types, _BatchReader(input_name, calibration, batch), cache)
+        _quantize_static(prepared, out_path, _BatchReader(input_name, calibration, batch), config, keep, method,
+                         cache)
     except ValueError as exc:
         if "bins" not in str(exc):
             raise
@@ -406,15 +409,15 @@ def quantize(onnx_path: str | Path, out_path: str | Path, calibration: np.ndarra
     return QuantizationResult(out_path, config, keep)
 
 
-def _quantize_static(prepared: Path, out_path: Path, input_name: str, calibration: np.ndarray,
-                     config: QuantizationConfig, keep: dict[str, str], method, cache: Path | None) -> None:
+def _quantize_static(prepared: Path, out_path: Path, reader: _BatchReader, config: QuantizationConfig,
+                     keep: dict[str, str], method, cache: Path | None) -> None:
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
     tensorrt = config.target == "tensorrt"
     cpu_format = config.cpu_format
     signed = config.symmetric_activations or cpu_format.activations == "int8"
     quantize_static(
-        str(prepared), str(out_path), _BatchReader(input_name, calibration),
+        str(prepared), str(out_path), reader,
         quant_format=QuantFormat.QDQ,
         op_types_to_quantize=list(config.op_types),
         per_channel=True,
