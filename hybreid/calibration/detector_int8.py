@@ -30,7 +30,9 @@ class DetectorInt8:
 
 
 def calibration_frames(video: str | Path, count: int) -> list[np.ndarray]:
-    """``count`` frames spread evenly over the video (every frame where it has fewer)."""
+    """``count`` frames spread evenly over the video (every frame where it has fewer). Two
+    passes, the first without decoding, so that only the chosen frames are held: an hour of
+    footage does not fit in memory."""
     if count < 1:
         raise UserError(f"--count must be at least 1, got {count}")
     if not Path(video).is_file():
@@ -38,19 +40,27 @@ def calibration_frames(video: str | Path, count: int) -> list[np.ndarray]:
     capture = cv2.VideoCapture(str(video))
     if not capture.isOpened():
         raise UserError(f"cannot open the calibration video {video}")
-    frames = []
-    with tqdm(desc="reading frames", unit="frame") as bar:
-        while True:
-            ok, image = capture.read()
-            if not ok:
-                break
-            frames.append(image)
+    total = 0
+    with tqdm(desc="counting frames", unit="frame") as bar:
+        while capture.grab():
+            total += 1
             bar.update()
     capture.release()
-    if not frames:
+    if total == 0:
         raise UserError(f"{video} gave no frame OpenCV can read")
-    picked = np.unique(np.linspace(0, len(frames) - 1, min(count, len(frames))).round().astype(int))
-    return [frames[i] for i in picked]
+    picked = set(np.linspace(0, total - 1, min(count, total)).round().astype(int).tolist())
+    capture, frames = cv2.VideoCapture(str(video)), []
+    for index in tqdm(range(total), desc="reading calibration frames", unit="frame"):
+        if not capture.grab():
+            break
+        if index in picked:
+            ok, image = capture.retrieve()
+            if ok:
+                frames.append(image)
+    capture.release()
+    if not frames:
+        raise UserError(f"{video} gave no frame OpenCV can decode")
+    return frames
 
 
 def quantize_detector(detector: str | Path, out: str | Path, video: str | Path, count: int = 64,
@@ -72,12 +82,18 @@ def quantize_detector(detector: str | Path, out: str | Path, video: str | Path, 
     calibration = np.concatenate([preprocess(frame, model.size) for frame in frames])
     config = QuantizationConfig(target="cpu", cpu_isa=cpu_isa, op_types=("Conv",), quantize_concat_inputs=True,
                                 quantize_output_layers=True)
-    result = quantize(detector, out, calibration, config)
-    quantized = onnx.load(str(out))
-    del quantized.metadata_props[:]
-    for key, value in {**provenance, "precision": f"int8-cpu-{result.config.method}", "cpu_isa": result.config.cpu_isa,
-                       "calibration": f"{len(frames)} frames of {Path(video).name}"}.items():
-        quantized.metadata_props.add(key=METADATA_PREFIX + key, value=value)
-    onnx.save(quantized, str(out))
-    NanoDet(out)  # the written file loads and still has NanoDet's outputs
+    partial = out.with_name(out.name + ".partial")  # what a failed run leaves is never taken for the detector
+    try:
+        result = quantize(detector, partial, calibration, config)
+        quantized = onnx.load(str(partial))
+        del quantized.metadata_props[:]
+        for key, value in {**provenance, "precision": f"int8-cpu-{result.config.method}",
+                           "cpu_isa": result.config.cpu_isa,
+                           "calibration": f"{len(frames)} frames of {Path(video).name}"}.items():
+            quantized.metadata_props.add(key=METADATA_PREFIX + key, value=value)
+        onnx.save(quantized, str(partial))
+        NanoDet(partial)  # the written file loads and still has NanoDet's outputs
+        partial.replace(out)
+    finally:
+        partial.unlink(missing_ok=True)
     return DetectorInt8(out, len(frames), result.config.cpu_isa)

@@ -372,7 +372,8 @@ def quantize(onnx_path: str | Path, out_path: str | Path, calibration: np.ndarra
     meta = metadata_of(model)  # a plain ONNX file or a detector (no ReID contract) quantizes too
     contract = ModelContract.from_metadata(meta, str(onnx_path)) if "hybreid.model" in meta else None
     input_name = contract.input_name if contract else model.graph.input[0].name
-    fixed_batch = model.graph.input[0].type.tensor_type.shape.dim[0].dim_value  # 0: dynamic
+    shape = model.graph.input[0].type.tensor_type.shape.dim
+    fixed_batch = shape[0].dim_value if shape else 0  # 0: dynamic
     method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
               "percentile": CalibrationMethod.Percentile}[config.method]
     digest = hashlib.sha256(onnx_path.read_bytes()[:1 << 24])
