@@ -124,7 +124,8 @@ def _site(args) -> None:
         else [MatchPolicy.checked(**choices) for _ in args.artifact]
     spec = SiteSpec.load(args.spec) if args.spec else default_spec()
     site.run(args.artifact, output_folder(args), policies, spec, scenes=args.scenes, seeds=args.seed,
-             cache=args.site_cache, split_below=args.split_below, scrape_metrics=args.scrape_metrics)
+             cache=args.site_cache, split_below=args.split_below, scrape_metrics=args.scrape_metrics,
+             whole_people=args.whole_people)
 
 
 def _tracks(args) -> None:
@@ -132,7 +133,7 @@ def _tracks(args) -> None:
     from hybreid.synthetic.site import SiteSpec, default_spec
 
     spec = SiteSpec.load(args.spec) if args.spec else default_spec()
-    tracks.run(output_folder(args), spec, seeds=args.seed, cache=args.site_cache)
+    tracks.run(output_folder(args), spec, seeds=args.seed, cache=args.site_cache, whole_people=args.whole_people)
 
 
 def register(commands) -> None:
@@ -280,6 +281,8 @@ def _add_site(bench) -> None:
     site.add_argument("--split-below", type=float, metavar="COSINE",
                       help="the edge splits a track whose last crops fall below this cosine to its earlier ones "
                            "(embed.split_below; default: never)")
+    site.add_argument("--whole-people", action="store_true",
+                      help="the background detector grows regions that are the top of a person (detector.whole_people)")
     site.add_argument("--site-cache", help="where renderings are kept, by spec hash (default: "
                                            "~/.cache/hybreid/sites)")
     site.add_argument("--scrape-metrics", action="store_true",
@@ -297,4 +300,7 @@ def _add_tracks(bench) -> None:
                              "default: the spec's own)")
     tracks.add_argument("--site-cache", help="where renderings are kept, by spec hash, shared with `bench site` "
                                              "(default: ~/.cache/hybreid/sites)")
+    tracks.add_argument("--whole-people", action="store_true",
+                        help="the background detector grows regions that are the top of a person "
+                             "(detector.whole_people)")
     add_output(tracks, "bench-tracks", "the JSON")

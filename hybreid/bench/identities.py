@@ -33,11 +33,13 @@ from hybreid.tables import format_table
 
 def run_site(model: str | Path, scenes: Path, truth: dict, broker_url: str, policy: MatchPolicy, work: Path,
              site: str = "bench", progress: bool = False, graph: CameraGraph | None = None,
-             mqtt_protocol: str = "5", split_below: float | None = None, scrape_metrics: bool = False) -> dict:
+             mqtt_protocol: str = "5", split_below: float | None = None, scrape_metrics: bool = False,
+             whole_people: bool = False) -> dict:
     """The edge runtime on every camera video of ``truth`` and a matcher, through the
     broker at ``broker_url`` (speaking ``mqtt_protocol``, "5" or "3.1.1"); waits until the
     matcher has every published tracklet. ``split_below``: the edge splits a track whose
-    crops change person (``embed.split_below`` of the site file). ``scrape_metrics``: both
+    crops change person (``embed.split_below`` of the site file); ``whole_people``: the background
+    detector grows regions that are the top of a person (its ``whole_people``). ``scrape_metrics``: both
     services serve their Prometheus metrics on free loopback ports, scraped once the
     edge is done and once the matcher has re-associated (``scraped`` in the result).
 
@@ -57,6 +59,7 @@ def run_site(model: str | Path, scenes: Path, truth: dict, broker_url: str, poli
         "model": {"path": str(model)}, "broker": {"url": broker_url, "protocol": mqtt_protocol},
         "outbox": {"path": str(work / "outbox.sqlite")}, "metrics": {"record_tracks": True},
         "publish": {"interval_s": 0}, "embed": {"split_below": split_below},
+        "detector": {"kind": "background", "whole_people": whole_people},
     })
     runtime = EdgeRuntime(config)
     servers = _metrics_servers(runtime, service) if scrape_metrics else {}

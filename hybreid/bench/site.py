@@ -83,7 +83,7 @@ def summarise(records: list[dict], title: str) -> tuple[str, dict]:
 
 def run(models: list[str], out: str | Path, policies: list[MatchPolicy], spec: SiteSpec | None = None,
         scenes: str | Path | None = None, seeds: list[int] | None = None, cache: str | Path | None = None,
-        split_below: float | None = None, scrape_metrics: bool = False) -> list[dict]:
+        split_below: float | None = None, scrape_metrics: bool = False, whole_people: bool = False) -> list[dict]:
     """``scenes``: a folder already rendered from ``spec``; otherwise each of ``seeds`` (the
     spec's own by default) renders the spec anew, kept in ``cache``. ``scrape_metrics``: the
     services' Prometheus metrics are scraped and set beside the benchmark's own figures."""
@@ -115,7 +115,8 @@ def run(models: list[str], out: str | Path, policies: list[MatchPolicy], spec: S
                 with Mosquitto(run_dir / "broker") as broker:
                     site = run_site(model, folder, truth, broker.url, policy, run_dir, site=spec.site,
                                     progress=True, graph=graph,
-                                    split_below=split_below, scrape_metrics=scrape_metrics)
+                                    split_below=split_below, scrape_metrics=scrape_metrics,
+                                    whole_people=whole_people)
             scores = score_site(site, truth)
             name = site["runtime"].contract.identity
             print(format_scores(scores, f"{name}, seed {seed}: {len(truth['cameras'])} cameras, {truth['frames']} "
@@ -124,7 +125,8 @@ def run(models: list[str], out: str | Path, policies: list[MatchPolicy], spec: S
             timeline = _timeline(site, truth, out / f"timeline_{Path(model).stem}{suffix}.png", f"{name}, seed {seed}")
             model_records.append({"model": name, "seed": seed, "thresholds": [policy.same_modality,
                                                                               policy.cross_modality],
-                                  "split_below": split_below, "transit_bonus": policy.transit_bonus,
+                                  "split_below": split_below, "whole_people": whole_people,
+                                  "transit_bonus": policy.transit_bonus,
                                   "edge": {k: site["edge"][k] for k in ("frames", "fps", "tracklets_published")},
                                   "events": len(site["events"]), "timeline": str(timeline), **scores,
                                   **({"scraped": _scraped_beside(site)} if scrape_metrics else {})})

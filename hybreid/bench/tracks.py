@@ -43,11 +43,13 @@ COLUMNS = ("detection recall", "detection precision", "IDF1 detector ceiling", "
            "swapped boxes", "tracks")
 
 
-def _defaults() -> SiteFile:
-    """The site file's defaults: the detector, box filter and tracker a user gets."""
+def _defaults(whole_people: bool = False) -> SiteFile:
+    """The site file's defaults: the detector, box filter and tracker a user gets (``whole_people``:
+    with the background detector's ``whole_people`` on)."""
     return SiteFile.model_validate({"site": "bench", "cameras": [{"id": "cam", "source": "video",
                                                                  "modality": "visible"}],
-                                    "model": {"path": "model.onnx"}, "broker": {"url": "mqtt://127.0.0.1:1883"}})
+                                    "model": {"path": "model.onnx"}, "broker": {"url": "mqtt://127.0.0.1:1883"},
+                                    "detector": {"kind": "background", "whole_people": whole_people}})
 
 
 def detect(folder: Path, truth: dict, settings: SiteFile, progress: bool) -> dict[str, list[list[Detection]]]:
@@ -121,11 +123,11 @@ def score(truth: dict, detections: dict[str, list[list[Detection]]], log: list[t
 
 
 def run(out: str | Path, spec: SiteSpec | None = None, seeds: list[int] | None = None,
-        cache: str | Path | None = None) -> list[dict]:
+        cache: str | Path | None = None, whole_people: bool = False) -> list[dict]:
     spec, out = spec or default_spec(), Path(out)
     out.mkdir(parents=True, exist_ok=True)
     cache = Path(cache) if cache else default_cache()
-    settings = _defaults()
+    settings = _defaults(whole_people)
     rows = []
     for seed in dict.fromkeys(seeds or [spec.seed]):
         folder, truth = rendered_site(spec.model_copy(update={"seed": seed}), cache)

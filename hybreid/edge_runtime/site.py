@@ -36,7 +36,9 @@ class BackgroundDetectorSettings(Section):
     min_area: Annotated[int, Field(ge=1)] = 400
     scale: Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)] = 0.5
     split_groups: bool = True  # split a region two people make together, by the camera's perspective
-    whole_people: bool = True  # grow a region that is only the top of a person down to the whole person
+    # grow a region that is only the top of a person down to the whole person; off by default:
+    # where the camera's perspective is still young it grows some whole people too (docs/benchmarks.md)
+    whole_people: bool = False
 
 
 class HogDetectorSettings(Section):
