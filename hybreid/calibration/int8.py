@@ -372,8 +372,8 @@ def quantize(onnx_path: str | Path, out_path: str | Path, calibration: np.ndarra
     meta = metadata_of(model)  # a plain ONNX file or a detector (no ReID contract) quantizes too
     contract = ModelContract.from_metadata(meta, str(onnx_path)) if "hybreid.model" in meta else None
     input_name = contract.input_name if contract else model.graph.input[0].name
-    shape = model.graph.input[0].type.tensor_type.shape.dim
-    fixed_batch = shape[0].dim_value if shape else 0  # 0: dynamic
+    dims = next((i.type.tensor_type.shape.dim for i in model.graph.input if i.name == input_name), [])
+    batch = (dims[0].dim_value if dims else 0) or 8  # the input's fixed batch; 8 where it is dynamic
     method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
               "percentile": CalibrationMethod.Percentile}[config.method]
     digest = hashlib.sha256(onnx_path.read_bytes()[:1 << 24])
@@ -386,7 +386,6 @@ def quantize(onnx_path: str | Path, out_path: str | Path, calibration: np.ndarra
     if cache:
         cache.parent.mkdir(parents=True, exist_ok=True)
     try:
-        batch = fixed_batch or 8
         if config.method == "entropy" and not cache.exists():
             _entropy_ranges(prepared, config.op_types, _BatchReader(input_name, calibration, batch), cache)
         _quantize_static(prepared, out_path, _BatchReader(input_name, calibration, batch), config, keep, method,
