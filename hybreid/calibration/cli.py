@@ -29,7 +29,8 @@ def _int8(args) -> None:
 def _detector(args) -> None:
     from hybreid.calibration.detector_int8 import quantize_detector
 
-    result = quantize_detector(args.detector, args.out, args.video, args.count, args.cpu_isa or "", args.overwrite)
+    result = quantize_detector(args.detector, output_file(args.out, args.overwrite), args.video, args.count,
+                               args.cpu_isa or "")
     print(f"saved {result.path}: its convolutions in INT8 for {result.cpu_isa}, calibrated on {result.frames} frames "
           f"(site file: detector: {{kind: nanodet, path: {result.path}}})")
 

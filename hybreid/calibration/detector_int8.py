@@ -64,14 +64,12 @@ def calibration_frames(video: str | Path, count: int) -> list[np.ndarray]:
 
 
 def quantize_detector(detector: str | Path, out: str | Path, video: str | Path, count: int = 64,
-                      cpu_isa: str = "", overwrite: bool = False) -> DetectorInt8:
+                      cpu_isa: str = "") -> DetectorInt8:
     """Write the INT8 NanoDet of ``detector`` (what ``hybreid detector fetch`` wrote) to ``out``,
     calibrated on ``count`` frames of ``video``; its provenance goes along, with its precision."""
     import onnx
 
     detector, out = Path(detector), Path(out)
-    if out.exists() and not overwrite:
-        raise UserError(f"{out} exists; pass --overwrite to replace it")
     model = NanoDet(detector)  # one sentence for a missing, foreign or damaged file
     provenance = read_metadata(detector)
     if not provenance:
