@@ -118,14 +118,37 @@ class TestDetect:
         assert sizes.standing_below(90) == pytest.approx((60, 18))
         assert sizes.standing_below(40) is None
 
+    def test_faint_legs_join_the_body_through_the_looser_background_model(self):
+        """A body and shoes the background model is sure of, legs between them 4 grey levels off the
+        floor: the looser model's pixels there join them into one person."""
+        def last_boxes(settings: BackgroundDetectorSettings) -> list:
+            detector = BackgroundSubtractionDetector(settings)
+            rng = np.random.default_rng(0)
+            for step in range(60):
+                image = np.clip(np.full((240, 360, 3), 90.0) + rng.normal(0, 1, (240, 360, 3)), 0, 255)
+                if step >= 50:
+                    x = 100 + 5 * (step - 50)
+                    image[80:170, x : x + 45] = (200, 60, 60)  # body
+                    image[170:220, x + 4 : x + 41] = 94  # legs the colour of the floor, nearly
+                    image[220:230, x : x + 45] = 20  # shoes
+                found = detector("cam", image.astype(np.uint8))
+            return [d.box for d in found], (x, 80, 45, 150)
+
+        boxes, person = last_boxes(BackgroundDetectorSettings(min_area=100, join_fragments=False))
+        assert len(boxes) == 1 and iou_matrix(np.array([person]), np.array(boxes))[0, 0] > 0.85
+        boxes, person = last_boxes(BackgroundDetectorSettings(min_area=100, join_fragments=False,
+                                                              weak_var_threshold=None))
+        assert len(boxes) == 2 and iou_matrix(np.array([person]), np.array(boxes)).max() < 0.7  # body; shoes
+
     @staticmethod
     def _walk_and_look(scenes: list[list[tuple[int, int, int, int]]], split_groups: bool = True,
-                       whole_people: bool = False):
+                       whole_people: bool = False, join_fragments: bool = True):
         """Grey frames with people drawn as solid boxes, in order (later ones in front); returns the
         detections of the last frame. Before ``scenes``, 40 frames teach the detector the camera's
         perspective: one person at a time, near (feet on row 230, 150 tall) or far (180, 110)."""
         detector = BackgroundSubtractionDetector(
-            BackgroundDetectorSettings(min_area=100, scale=1.0, split_groups=split_groups, whole_people=whole_people))
+            BackgroundDetectorSettings(min_area=100, scale=1.0, split_groups=split_groups, whole_people=whole_people,
+                                       join_fragments=join_fragments))
         rng = np.random.default_rng(0)
         teaching = [[(20 + 6 * i, 80, 45, 150)] if i % 2 else [(300 - 6 * i, 70, 33, 110)] for i in range(40)]
         found = []
@@ -167,6 +190,22 @@ class TestDetect:
         head = (135, 80, 25, 30)  # under a third of a person: not the top of one
         (box,) = self._walk_and_look([[head]], whole_people=True)
         assert iou_matrix(np.array([head]), np.array([box]))[0, 0] > 0.8
+
+    @pytest.mark.slow
+    def test_a_body_and_the_feet_under_it_are_one_person_and_a_bird_above_one_is_not(self):
+        near = (125, 80, 45, 150)
+        body, feet = (125, 80, 45, 100), (125, 215, 45, 15)  # the legs between them the floor's colour
+        (box,) = self._walk_and_look([[body, feet]])
+        assert iou_matrix(np.array([near]), np.array([box]))[0, 0] > 0.9
+        apart = self._walk_and_look([[body, feet]], join_fragments=False)
+        assert len(apart) == 2 and iou_matrix(np.array([near]), np.array(apart)).max() < 0.7
+        bird = (135, 20, 20, 20)  # joined, bird and person would be 1.4 people tall here
+        boxes = self._walk_and_look([[bird, near]])
+        assert len(boxes) == 2 and all(max(iou_matrix(np.array([t]), np.array(boxes))[0]) > 0.9 for t in (bird, near))
+
+    def test_the_weak_background_model_must_be_the_looser(self):
+        with pytest.raises(ValueError, match="below var_threshold"):
+            BackgroundDetectorSettings(var_threshold=16.0, weak_var_threshold=20.0)
 
     def test_box_filter(self):
         keep = BoxFilter(BoxFilterSettings(min_height=50, min_aspect=1.2, max_aspect=4.0, min_score=0.5))

@@ -3,8 +3,10 @@
 - ``background`` (default for fixed cameras, no weights): OpenCV's MOG2 background
   subtraction, morphological clean-up, connected regions as boxes; a region that one
   person cannot explain (two people walking together make one region) is split in two
-  by the camera's perspective (:class:`PersonSizes`, :func:`split_region`), and one that
-  is only the top of a person is grown down to the whole person (:func:`whole_person`).
+  by the camera's perspective (:class:`PersonSizes`, :func:`split_region`); a body and the
+  feet under it that the floor cut apart are joined (:func:`join_fragments`), and one that
+  is only the top of a person can be grown down to the whole person (:func:`whole_person`).
+  A second, looser background model fills in faint pixels above and below the sure ones.
 - ``hog``: OpenCV's HOG people detector, where the installed OpenCV still has it (OpenCV
   5 moved it out of the main package; hybreid pins ``opencv-python-headless<5``).
 - ``nanodet``: NanoDet-g, a COCO CNN detector for real cameras (``hybreid detector fetch``
@@ -22,6 +24,8 @@ from collections import deque
 
 import cv2
 import numpy as np
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 
 from hybreid.edge_runtime.site import (
     BackgroundDetectorSettings,
@@ -217,6 +221,49 @@ def whole_person(width: int, height: int, top: int, sizes: PersonSizes, frame_ro
     return 0, 0, width, min(int(round(person_h)), frame_rows - top)
 
 
+# A body and a fragment under it are one person when together they are this share of the
+# height the camera's perspective gives the fragment's row (a row's height is a percentile of
+# the people seen there, and people differ). Fragments as small as FRAGMENT_AREA of the
+# detector's min_area (a pair of feet at the working scale) may join. Measured on five
+# renderings of the synthetic site and checked on the harder site and vtest.avi
+# (docs/benchmarks.md, "Faint legs").
+JOINED_HEIGHT = (0.85, 1.2)
+FRAGMENT_AREA = 0.1
+
+
+def join_fragments(stats: np.ndarray, sizes: PersonSizes, min_area: float) -> list[list[int]]:
+    """The connected regions (``stats`` of ``cv2.connectedComponentsWithStats``, row 0 the
+    background) grouped into people: a region stays alone, or takes the regions below it in its
+    columns when together they are as tall as a person standing on the lowest one's row and no
+    wider than one, while the upper region alone is not as tall (a body whose legs the
+    background swallowed, its feet a separate speck). Each group lists its labels."""
+    count = len(stats)
+    candidates = [label for label in range(1, count) if stats[label, 4] >= FRAGMENT_AREA * min_area]
+    upper, lower = [], []
+    for a in candidates:
+        ax, ay, aw, ah = (int(v) for v in stats[a, :4])
+        for b in candidates:
+            bx, by, bw, bh = (int(v) for v in stats[b, :4])
+            if a == b or by + bh <= ay + ah or by < ay + ah / 2:
+                continue  # b must lie below a
+            if min(ax + aw, bx + bw) - max(ax, bx) < -2:
+                continue  # and in its columns, or within two of them
+            person = sizes.expected(by + bh)
+            if person is None:
+                continue
+            height, width = by + bh - ay, max(ax + aw, bx + bw) - min(ax, bx)
+            low, high = JOINED_HEIGHT
+            if low * person[0] <= height <= high * person[0] and ah < 0.8 * height and width <= 1.5 * person[1] + 2:
+                upper.append(a)
+                lower.append(b)
+    graph = coo_matrix((np.ones(len(upper)), (upper, lower)), shape=(count, count))
+    _, group_of = connected_components(graph, directed=False)
+    groups: dict[int, list[int]] = {}
+    for label in range(1, count):
+        groups.setdefault(int(group_of[label]), []).append(label)
+    return list(groups.values())
+
+
 class BackgroundSubtractionDetector:
     """One MOG2 model per camera; a foreground region's score is its fill ratio.
 
@@ -224,40 +271,62 @@ class BackgroundSubtractionDetector:
     foreground mask needs no full resolution) and boxes are scaled back. The opening
     that removes speckle is 3x3: at half scale a leg is 3 to 5 pixels wide, and a 5x5
     opening cut the legs off (boxes of the upper body only, IoU < 0.5 with the person).
-    With ``split_groups``, a region two people make together is split in two
-    (:func:`split_region`); with ``whole_people``, a region that is only the top of a person
-    is grown down to the whole person (:func:`whole_person`).
+    With ``weak_var_threshold``, a second MOG2 model at that looser threshold adds its pixels
+    where they lie within a narrow column band above or below the first model's regions
+    (hysteresis, as Canny's edges): legs the colour of the floor are faint, and faint pixels
+    away from a person are mostly noise. With ``join_fragments``, a body and the feet below it
+    make one box (:func:`join_fragments`); with ``split_groups``, a region two people make
+    together is split in two (:func:`split_region`); with ``whole_people``, a region that is
+    only the top of a person is grown down to the whole person (:func:`whole_person`).
     """
 
     def __init__(self, settings: BackgroundDetectorSettings | None = None):
         settings = settings or BackgroundDetectorSettings()
         self.history, self.var_threshold = settings.history, settings.var_threshold
         self.min_area, self.scale, self.split_groups = settings.min_area, settings.scale, settings.split_groups
-        self.whole_people = settings.whole_people
-        self._models: dict[str, cv2.BackgroundSubtractor] = {}
+        self.whole_people, self.join_fragments = settings.whole_people, settings.join_fragments
+        self.weak_var_threshold = settings.weak_var_threshold
+        self._models: dict[str, list[cv2.BackgroundSubtractor]] = {}
         self._sizes: dict[str, PersonSizes] = {}
         self._open_kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (3, 3))
         self._kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))
+        # how far above and below a sure region faint pixels count, at the working scale: about
+        # a fifth of a person at the synthetic sites' size, two leg-widths across
+        self._band = cv2.getStructuringElement(cv2.MORPH_RECT, (5, 41))
+
+    def _foreground(self, camera_id: str, small: np.ndarray) -> np.ndarray:
+        models = self._models.get(camera_id)
+        if models is None:
+            thresholds = [self.var_threshold] + ([self.weak_var_threshold] if self.weak_var_threshold else [])
+            models = [cv2.createBackgroundSubtractorMOG2(self.history, threshold, detectShadows=False)
+                      for threshold in thresholds]
+            self._models[camera_id] = models
+        sure = cv2.morphologyEx(models[0].apply(small), cv2.MORPH_OPEN, self._open_kernel)
+        sure = cv2.morphologyEx(sure, cv2.MORPH_CLOSE, self._kernel, iterations=2)
+        if len(models) == 1:
+            return sure
+        faint = cv2.morphologyEx(models[1].apply(small), cv2.MORPH_OPEN, self._open_kernel)
+        mask = cv2.bitwise_or(sure, cv2.bitwise_and(faint, cv2.dilate(sure, self._band)))
+        return cv2.morphologyEx(mask, cv2.MORPH_CLOSE, self._kernel, iterations=2)
 
     def __call__(self, camera_id: str, image: np.ndarray) -> list[Detection]:
-        model = self._models.get(camera_id)
-        if model is None:
-            model = cv2.createBackgroundSubtractorMOG2(self.history, self.var_threshold, detectShadows=False)
-            self._models[camera_id] = model
         sizes = self._sizes.setdefault(camera_id, PersonSizes())
         small = image if self.scale == 1 else cv2.resize(image, None, fx=self.scale, fy=self.scale,
                                                           interpolation=cv2.INTER_AREA)
-        mask = model.apply(small)
-        mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, self._open_kernel)
-        mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, self._kernel, iterations=2)
+        mask = self._foreground(camera_id, small)
         count, labels, stats, _ = cv2.connectedComponentsWithStats((mask > 127).astype(np.uint8))
-        detections = []
         min_area = self.min_area * self.scale**2
-        for label in range(1, count):
-            x, y, w, h, area = (int(v) for v in stats[label])
+        groups = join_fragments(stats, sizes, min_area) if self.join_fragments else [[label] for label in
+                                                                                      range(1, count)]
+        detections = []
+        for members in groups:
+            area = int(stats[members, 4].sum())
             if area < min_area:
                 continue
-            region = labels[y : y + h, x : x + w] == label
+            x, y = int(stats[members, 0].min()), int(stats[members, 1].min())
+            w = int((stats[members, 0] + stats[members, 2]).max()) - x
+            h = int((stats[members, 1] + stats[members, 3]).max()) - y
+            region = np.isin(labels[y : y + h, x : x + w], members)
             people = split_region(region, y, sizes) if self.split_groups else None
             if people is None:
                 sizes.add(y + h, h, w)
