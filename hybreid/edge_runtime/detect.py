@@ -316,8 +316,10 @@ class BackgroundSubtractionDetector:
         mask = self._foreground(camera_id, small)
         count, labels, stats, _ = cv2.connectedComponentsWithStats((mask > 127).astype(np.uint8))
         min_area = self.min_area * self.scale**2
-        groups = join_fragments(stats, sizes, min_area) if self.join_fragments else [[label] for label in
-                                                                                      range(1, count)]
+        if self.join_fragments:
+            groups = join_fragments(stats, sizes, min_area)
+        else:
+            groups = [[label] for label in range(1, count)]
         detections = []
         for members in groups:
             area = int(stats[members, 4].sum())

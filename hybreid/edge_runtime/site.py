@@ -40,7 +40,7 @@ class BackgroundDetectorSettings(Section):
     # where the camera's perspective is still young it grows some whole people too (docs/benchmarks.md)
     whole_people: bool = False
     # a second, looser background model: its pixels count where they lie just above or below the
-    # first one's regions (legs the colour of the floor); none: the first model alone
+    # first one's regions (legs the colour of the floor); null: the first model alone
     weak_var_threshold: Annotated[float, Field(gt=0, le=1000, allow_inf_nan=False)] | None = 8.0
     # a region and the fragments under it (feet below a body) that together are one person of
     # the row's height make one box
@@ -50,7 +50,8 @@ class BackgroundDetectorSettings(Section):
     def _weak_is_looser(self) -> BackgroundDetectorSettings:
         if self.weak_var_threshold is not None and self.weak_var_threshold >= self.var_threshold:
             raise ValueError(f"weak_var_threshold ({self.weak_var_threshold}) must be below var_threshold "
-                             f"({self.var_threshold}): it is the looser of the two background models")
+                             f"({self.var_threshold}), the looser of the two background models; set it lower, or "
+                             f"null for one model")
         return self
 
 
