@@ -239,20 +239,23 @@ def join_fragments(stats: np.ndarray, sizes: PersonSizes, min_area: float) -> li
     background swallowed, its feet a separate speck). Each group lists its labels."""
     count = len(stats)
     candidates = [label for label in range(1, count) if stats[label, 4] >= FRAGMENT_AREA * min_area]
+    boxes = {label: tuple(int(v) for v in stats[label, :4]) for label in candidates}
+    # the person standing on each candidate's lowest row: once per region, not once per pair
+    standing = {label: sizes.expected(y + h) for label, (_, y, _, h) in boxes.items()}
+    low, high = JOINED_HEIGHT
     upper, lower = [], []
     for a in candidates:
-        ax, ay, aw, ah = (int(v) for v in stats[a, :4])
+        ax, ay, aw, ah = boxes[a]
         for b in candidates:
-            bx, by, bw, bh = (int(v) for v in stats[b, :4])
+            bx, by, bw, bh = boxes[b]
             if a == b or by + bh <= ay + ah or by < ay + ah / 2:
                 continue  # b must lie below a
             if min(ax + aw, bx + bw) - max(ax, bx) < -2:
                 continue  # and in its columns, or within two of them
-            person = sizes.expected(by + bh)
+            person = standing[b]
             if person is None:
                 continue
             height, width = by + bh - ay, max(ax + aw, bx + bw) - min(ax, bx)
-            low, high = JOINED_HEIGHT
             if low * person[0] <= height <= high * person[0] and ah < 0.8 * height and width <= 1.5 * person[1] + 2:
                 upper.append(a)
                 lower.append(b)
