@@ -35,6 +35,7 @@ EXERCISED_BY = {
     "bench pipeline": "code: test_benchmarks", "bench matcher": "code: test_benchmarks",
     "bench identities": "code: test_demo", "detector fetch": "code: test_detector_nanodet (npm in `make test`)",
     "bench detector": "test_detector_nanodet", "bench site": "test_site_scenes", "bench tracks": "test_site_scenes",
+    "bench policy": "test_site_scenes",
     "bench fidelity": "code: test_benchmarks", "viz gradcam": "code: test_viz",
     "viz attention": "test_viz", "viz retrieval": "code: test_viz", "viz distribution": "code: test_viz",
     "demo": "code: test_demo", "console": "test_console", "bench console": "test_console",

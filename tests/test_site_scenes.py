@@ -4,6 +4,7 @@ truth, and the site benchmark end to end through Mosquitto."""
 from __future__ import annotations
 
 import json
+import shutil
 from collections import defaultdict
 
 import cv2
@@ -14,7 +15,9 @@ from hybreid.cli import main
 from hybreid.errors import UserError
 from hybreid.eval.mtmc import read_mot
 from hybreid.matcher.camera_graph import CameraGraph
+from hybreid.matcher.policy import MatchPolicy
 from hybreid.synthetic.site import SiteSpec, default_spec, plan_site
+from hybreid.thresholds import ThresholdsFile
 
 SMALL = {"seconds": 24.0, "people": 6, "size": [192, 108], "pairs": 0.4, "one_camera": 0.3, "returning": 0.3,
          "cameras": [{"id": "day", "modality": "visible"}, {"id": "night", "modality": "infrared"},
@@ -134,17 +137,31 @@ def test_site_benchmark_scores_online_and_reassociated_with_a_timeline(small_sit
     assert (out / "timeline_haresformer_tiny.png").read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.fixture(scope="module")
+def seed_runs(small_site, tiny_onnx, tmp_path_factory):
+    """``bench site`` on two seeds of the small spec, each run recorded; and what it printed."""
+    import contextlib
+    import io
+
+    _, spec_path, _ = small_site
+    folder = tmp_path_factory.mktemp("seeds")
+    cache, out = folder / "cache", folder / "bench"
+    argv = ["bench", "site", "--artifact", str(tiny_onnx), "--spec", str(spec_path),
+            "--seed", "3", "--seed", "4", "--seed", "4",  # a seed given twice is one rendering
+            "--site-cache", str(cache), "--transit-bonus", "0.05", "--record", "--out", str(out)]
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(argv) == 0
+    return argv, cache, out, printed.getvalue()
+
+
 @pytest.mark.slow
-def test_site_benchmark_renders_each_seed_once_and_reports_mean_and_minimum(small_site, tiny_onnx, tmp_path,
-                                                                            monkeypatch, capsys):
+def test_site_benchmark_renders_each_seed_once_and_reports_mean_and_minimum(small_site, seed_runs, tmp_path,
+                                                                            monkeypatch):
     import hybreid.bench.site as bench_site
 
     _, spec_path, _ = small_site
-    cache, out = tmp_path / "cache", tmp_path / "bench"
-    argv = ["bench", "site", "--artifact", str(tiny_onnx), "--spec", str(spec_path),
-            "--seed", "3", "--seed", "4", "--seed", "4",  # a seed given twice is one rendering
-            "--site-cache", str(cache), "--transit-bonus", "0.05", "--out", str(out)]
-    assert main(argv) == 0
+    argv, cache, out, table = seed_runs
     renderings = sorted(path.name for path in cache.iterdir())
     assert len(renderings) == 2 and renderings[0].startswith("synthetic-seed3-")
     truths = [json.loads((cache / name / "ground_truth.json").read_text()) for name in renderings]
@@ -158,7 +175,6 @@ def test_site_benchmark_renders_each_seed_once_and_reports_mean_and_minimum(smal
     idf1 = [r["re-associated"]["mtmc"]["idf1"] for r in records]
     assert summary["mean"]["IDF1 re-associated"] == pytest.approx(sum(idf1) / 2)
     assert summary["min"]["IDF1 re-associated"] == pytest.approx(min(idf1))
-    table = capsys.readouterr().out
     assert "seed 3" in table and "seed 4" in table and "| min" in table
     assert (out / "timeline_haresformer_tiny_seed4.png").is_file()
 
@@ -166,6 +182,68 @@ def test_site_benchmark_renders_each_seed_once_and_reports_mean_and_minimum(smal
     monkeypatch.setattr(bench_site, "render_site", lambda *args, **kwargs: pytest.fail("rendered again"))
     assert bench_site.rendered_site(SiteSpec.load(spec_path).model_copy(update={"seed": 3}), cache)[1] == truths[0]
     assert main(argv[:-1] + [str(tmp_path / "again"), "--scenes", str(cache / renderings[0])]) == 2
+
+
+@pytest.mark.slow
+def test_a_recorded_run_replays_to_the_scores_the_run_had(seed_runs, tiny_onnx):
+    from hybreid.bench.recording import load, replay
+
+    _, _, out, _ = seed_runs
+    for record in json.loads((out / "site.json").read_text()):
+        recording = load(out / "recordings" / f"{tiny_onnx.stem}_seed{record['seed']}")
+        assert recording.info.seed == record["seed"] and recording.info.model == record["model"]
+        policy = MatchPolicy.checked(same_modality=recording.info.same_modality,
+                                     cross_modality=recording.info.cross_modality,
+                                     transit_bonus=recording.info.transit_bonus)
+        replayed = replay(recording, policy)
+        for method in ("online", "re-associated", "true identities"):
+            assert replayed[method]["mtmc"]["idf1"] == pytest.approx(record[method]["mtmc"]["idf1"])
+            assert replayed[method]["identities"] == record[method]["identities"]
+
+
+@pytest.mark.slow
+def test_thresholds_are_chosen_on_tuning_recordings_and_checked_on_held_out_ones(seed_runs, tiny_onnx, tmp_path,
+                                                                                  capsys):
+    from hybreid.bench.recording import load
+
+    _, _, runs, _ = seed_runs
+    recordings = [runs / "recordings" / f"{tiny_onnx.stem}_seed{seed}" for seed in (3, 4)]
+    out = tmp_path / "policy"
+    argv = ["bench", "policy", "--recording", str(recordings[0]), "--recording", str(recordings[1]),
+            "--tune-seed", "3", "--same", "0.5", "--same", "0.99", "--cross", "0.45", "--out", str(out)]
+    assert main(argv) == 0
+    result = json.loads((out / "policy.json").read_text())
+    assert result["held_out_seeds"] == [4] and len(result["candidates"]) == 2
+    # The chosen candidate is the one whose tuning rows score best (mean of online and re-associated IDF1).
+    scores = {entry["same_modality"]: np.mean([(row["IDF1 online"] + row["IDF1 re-associated"]) / 2
+                                               for row in entry["rows"].values()])
+              for entry in result["candidates"]}
+    assert result["chosen"]["same_modality"] == max(scores, key=scores.get)
+    # At 0.99 nearly every tracklet stays apart, so the two candidates cannot score alike.
+    assert scores[0.5] != scores[0.99]
+    thresholds = ThresholdsFile.load(out / "thresholds.json")
+    assert thresholds.same_modality.threshold == result["chosen"]["same_modality"]
+    assert thresholds.model == load(recordings[0]).info.model
+    assert set(result["checked"]) == {"recorded", "chosen"} and set(result["checked"]["chosen"]) == {"3", "4"}
+    assert (out / "policy.png").read_bytes()[:4] == b"\x89PNG"
+    assert "held out" in capsys.readouterr().out
+
+    # What is not a recording, or not a fit set of them, is one sentence and exit status 2.
+    broken = tmp_path / "broken"
+    shutil.copytree(recordings[1], broken)
+    lines = (broken / "messages.jsonl").read_text().splitlines()
+    (broken / "messages.jsonl").write_text("\n".join(lines[-1:] + lines[:-1]))  # the last batch first
+    for recording, tune, problem in ((broken, "4", "out of batch order"),
+                                     (tmp_path / "nowhere", "4", "is not a folder"),
+                                     (recordings[1], "3", "no recording of tuning seed"),
+                                     (out, "4", "recording.json does not exist")):
+        capsys.readouterr()
+        assert main(["bench", "policy", "--recording", str(recording), "--tune-seed", tune,
+                     "--out", str(tmp_path / "refused")]) == 2
+        assert problem in capsys.readouterr().err
+    assert main(argv[:2] + ["--recording", str(recordings[0]), "--recording", str(recordings[0]),
+                            "--tune-seed", "3", "--out", str(tmp_path / "twice")]) == 2
+    assert "both seed 3" in capsys.readouterr().err
 
 
 def test_tracker_benchmark_scores_a_swap_as_a_person_would():

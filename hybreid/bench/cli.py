@@ -125,7 +125,13 @@ def _site(args) -> None:
     spec = SiteSpec.load(args.spec) if args.spec else default_spec()
     site.run(args.artifact, output_folder(args), policies, spec, scenes=args.scenes, seeds=args.seed,
              cache=args.site_cache, split_below=args.split_below, scrape_metrics=args.scrape_metrics,
-             whole_people=args.whole_people)
+             whole_people=args.whole_people, record=args.record)
+
+
+def _policy(args) -> None:
+    from hybreid.bench import policy
+
+    policy.run(args.recording, output_folder(args), args.tune_seed, same=args.same, cross=args.cross)
 
 
 def _tracks(args) -> None:
@@ -139,7 +145,7 @@ def _tracks(args) -> None:
 def register(commands) -> None:
     bench = group(commands, "bench", "benchmarks (flops, train, latency, fidelity, pipeline, matcher, ...)")
     for add in (_add_flops, _add_train, _add_latency, _add_profile, _add_fidelity, _add_pipeline, _add_matcher,
-                _add_identities, _add_detector, _add_site, _add_tracks, _add_console):
+                _add_identities, _add_detector, _add_site, _add_policy, _add_tracks, _add_console):
         add(bench)
 
 
@@ -288,7 +294,28 @@ def _add_site(bench) -> None:
     site.add_argument("--scrape-metrics", action="store_true",
                       help="serve both services' Prometheus metrics during the run, scrape them and print them "
                            "beside the benchmark's own figures")
+    site.add_argument("--record", action="store_true",
+                      help="keep each run's messages, tracks and truth in OUT/recordings/, for `bench policy` to "
+                           "replay under other thresholds")
     add_output(site, "bench-site", "the JSON and the timelines")
+
+
+def _add_policy(bench) -> None:
+    policy = command(bench, "policy", "the matcher's thresholds chosen on recorded sites (`bench site --record`) "
+                                      "and checked on held-out ones: every candidate replayed, a thresholds file",
+                     _policy)
+    policy.add_argument("--recording", action="append", required=True,
+                        help="a folder `bench site --record` wrote (repeatable: one per rendering)")
+    policy.add_argument("--tune-seed", type=int, action="append", required=True,
+                        help="a rendering the thresholds are chosen on (repeatable); the other recordings are the "
+                             "held-out check")
+    policy.add_argument("--same", type=float, action="append",
+                        help="a same-modality threshold to try (repeatable; default: the recorded one, 0.02 below "
+                             "and up to 0.08 above)")
+    policy.add_argument("--cross", type=float, action="append",
+                        help="a cross-modality threshold to try (repeatable; default: the recorded one, 0.02 below "
+                             "and up to 0.04 above)")
+    add_output(policy, "bench-policy", "the JSON, the heat map and the thresholds file")
 
 
 def _add_tracks(bench) -> None:

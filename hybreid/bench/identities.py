@@ -14,6 +14,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from hybreid.bench.recording import RecordingMatcher
 from hybreid.edge_runtime.prometheus_metrics import EdgeMetrics
 from hybreid.edge_runtime.runtime import EdgeRuntime, SiteConfig
 from hybreid.lab.mosquitto import Mosquitto
@@ -34,7 +35,7 @@ from hybreid.tables import format_table
 def run_site(model: str | Path, scenes: Path, truth: dict, broker_url: str, policy: MatchPolicy, work: Path,
              site: str = "bench", progress: bool = False, graph: CameraGraph | None = None,
              mqtt_protocol: str = "5", split_below: float | None = None, scrape_metrics: bool = False,
-             whole_people: bool = False) -> dict:
+             whole_people: bool = False, record: bool = False) -> dict:
     """The edge runtime on every camera video of ``truth`` and a matcher, through the
     broker at ``broker_url`` (speaking ``mqtt_protocol``, "5" or "3.1.1"); waits until the
     matcher has every published tracklet. ``split_below``: the edge splits a track whose
@@ -42,12 +43,15 @@ def run_site(model: str | Path, scenes: Path, truth: dict, broker_url: str, poli
     detector grows regions that are the top of a person (its ``whole_people``). ``scrape_metrics``: both
     services serve their Prometheus metrics on free loopback ports, scraped once the
     edge is done and once the matcher has re-associated (``scraped`` in the result).
+    ``record``: the matcher keeps every batch it received (``received`` in the result, for
+    :func:`hybreid.bench.recording.save`).
 
     Returns the edge summary, the gallery's sightings, the matcher's status and the
     runtime (its ``track_log`` ties sightings to ground truth).
     """
     gallery = Gallery(work / "gallery.sqlite")
-    service = MatcherService(Matcher(gallery, policy), BrokerConfig(url=broker_url, client_id="hybreid-matcher"))
+    matcher = RecordingMatcher(gallery, policy) if record else Matcher(gallery, policy)
+    service = MatcherService(matcher, BrokerConfig(url=broker_url, client_id="hybreid-matcher"))
     if graph is not None:
         service.use_camera_graph(graph)
     service.start()
@@ -98,7 +102,8 @@ def run_site(model: str | Path, scenes: Path, truth: dict, broker_url: str, poli
     sightings = by_camera(gallery, None, None, None)["sightings"]
     gallery.close()
     return {"edge": summary, "sightings_online": online, "sightings": sightings, "events": events,
-            "matcher": status, "runtime": runtime, "scraped": scraped}
+            "matcher": status, "runtime": runtime, "scraped": scraped,
+            **({"received": matcher.received} if record else {})}
 
 
 def _metrics_servers(runtime: EdgeRuntime, service: MatcherService) -> dict[str, MetricsServer]:
@@ -141,13 +146,14 @@ def truth_boxes(truth: dict) -> dict[str, list]:
             for camera in truth["cameras"]}
 
 
-def score_site(site: dict, truth: dict) -> dict[str, dict]:
+def score_site(site: dict, truth: dict, hota: bool = True) -> dict[str, dict]:
     """Online-only and re-associated identities, each scored by multi-camera IDF1 and by pairs;
     and the ceiling the detector and tracker leave: every published tracklet given its true
-    person (``true identities``), so what IDF1 misses there is detection and tracking."""
+    person (``true identities``), so what IDF1 misses there is detection and tracking.
+    ``hota``: HOTA too, where TrackEval is installed (it takes most of the scoring's time)."""
     from hybreid.eval.mtmc import hota_scores, hota_unavailable_reason, identity_scores
 
-    with_hota = hota_unavailable_reason() is None
+    with_hota = hota and hota_unavailable_reason() is None
     labels = {key: value["pid"] for key, value in tracklet_ground_truth(site["runtime"].track_log, truth).items()}
     ceiling = [{**s, "identity_id": labels.get((s["camera_id"], s["track_id"]), -1 - index)}
                for index, s in enumerate(site["sightings"])]

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hybreid.bench import recording
 from hybreid.bench.identities import format_scores, run_site, score_site
 from hybreid.errors import UserError
 from hybreid.lab.mosquitto import Mosquitto
@@ -83,10 +84,13 @@ def summarise(records: list[dict], title: str) -> tuple[str, dict]:
 
 def run(models: list[str], out: str | Path, policies: list[MatchPolicy], spec: SiteSpec | None = None,
         scenes: str | Path | None = None, seeds: list[int] | None = None, cache: str | Path | None = None,
-        split_below: float | None = None, scrape_metrics: bool = False, whole_people: bool = False) -> list[dict]:
+        split_below: float | None = None, scrape_metrics: bool = False, whole_people: bool = False,
+        record: bool = False) -> list[dict]:
     """``scenes``: a folder already rendered from ``spec``; otherwise each of ``seeds`` (the
     spec's own by default) renders the spec anew, kept in ``cache``. ``scrape_metrics``: the
-    services' Prometheus metrics are scraped and set beside the benchmark's own figures."""
+    services' Prometheus metrics are scraped and set beside the benchmark's own figures.
+    ``record``: each run is kept in ``out/recordings/`` for ``bench policy``
+    (:mod:`hybreid.bench.recording`)."""
     if len(policies) != len(models):
         raise UserError("give one thresholds file per model, or none")
     if scenes and seeds:
@@ -116,9 +120,12 @@ def run(models: list[str], out: str | Path, policies: list[MatchPolicy], spec: S
                     site = run_site(model, folder, truth, broker.url, policy, run_dir, site=spec.site,
                                     progress=True, graph=graph,
                                     split_below=split_below, scrape_metrics=scrape_metrics,
-                                    whole_people=whole_people)
+                                    whole_people=whole_people, record=record)
             scores = score_site(site, truth)
             name = site["runtime"].contract.identity
+            if record:
+                recording.save(out / "recordings" / f"{Path(model).stem}_seed{seed}", site["received"],
+                               site["runtime"].track_log, truth, policy, name, spec.site, seed)
             print(format_scores(scores, f"{name}, seed {seed}: {len(truth['cameras'])} cameras, {truth['frames']} "
                                         f"frames each, {scores['online']['people']} people seen"))
             suffix = f"_seed{seed}" if len(sites) > 1 else ""
