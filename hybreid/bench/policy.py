@@ -2,14 +2,15 @@
 
 ``hybreid calibrate threshold`` sets each threshold at a false-match rate between single
 crops. The matcher compares tracklets, each the mean of many crops, and a mean of crops
-of two different people is closer than two single crops are: at the crop threshold
-about half of the same-modality tracklet pairs a site's matcher accepts are two people.
+of two different people is closer than two single crops are: on the synthetic site a
+third to a half of the same-modality tracklet pairs above the crop threshold are two
+people.
 Which threshold suits tracklets depends on the site (how long people stay in view, how
 alike they dress), so it is chosen here on recordings of sites (``bench site
 --record``), by replaying each through a fresh matcher for every candidate
 (:func:`hybreid.bench.recording.replay`): the candidate with the best mean of online
 and re-associated IDF1 on the *tuning* renderings wins, and is then scored on the
-*held-out* ones, which had no say. A table of every candidate, the held-out rows beside
+*held-out* ones, which had no say. A table of the best candidates, the held-out rows beside
 the recorded policy's, a heat map of the tuning score, JSON, and a thresholds file that
 ``matcher run --thresholds`` and ``bench site --thresholds`` take.
 """
