@@ -210,17 +210,19 @@ def test_thresholds_are_chosen_on_tuning_recordings_and_checked_on_held_out_ones
     recordings = [runs / "recordings" / f"{tiny_onnx.stem}_seed{seed}" for seed in (3, 4)]
     out = tmp_path / "policy"
     argv = ["bench", "policy", "--recording", str(recordings[0]), "--recording", str(recordings[1]),
-            "--tune-seed", "3", "--same", "0.5", "--same", "0.99", "--cross", "0.45", "--out", str(out)]
+            "--tune-seed", "3", "--same", "0.5", "--same", "0.99", "--cross", "0.45",
+            "--transit-bonus", "0", "--transit-bonus", "0.05", "--out", str(out)]
     assert main(argv) == 0
     result = json.loads((out / "policy.json").read_text())
-    assert result["held_out_seeds"] == [4] and len(result["candidates"]) == 2
+    assert result["held_out_seeds"] == [4] and len(result["candidates"]) == 4
     # The chosen candidate is the one whose tuning rows score best (mean of online and re-associated IDF1).
-    scores = {entry["same_modality"]: np.mean([(row["IDF1 online"] + row["IDF1 re-associated"]) / 2
-                                               for row in entry["rows"].values()])
+    scores = {(entry["same_modality"], entry["transit_bonus"]):
+              np.mean([(row["IDF1 online"] + row["IDF1 re-associated"]) / 2 for row in entry["rows"].values()])
               for entry in result["candidates"]}
-    assert result["chosen"]["same_modality"] == max(scores, key=scores.get)
-    # At 0.99 nearly every tracklet stays apart, so the two candidates cannot score alike.
-    assert scores[0.5] != scores[0.99]
+    chosen = result["chosen"]
+    assert (chosen["same_modality"], chosen["transit_bonus"]) == max(scores, key=scores.get)
+    # At 0.99 nearly every tracklet stays apart, so the candidates cannot score alike.
+    assert scores[0.5, 0.0] != scores[0.99, 0.0]
     thresholds = ThresholdsFile.load(out / "thresholds.json")
     assert thresholds.same_modality.threshold == result["chosen"]["same_modality"]
     assert thresholds.model == load(recordings[0]).info.model
@@ -244,6 +246,9 @@ def test_thresholds_are_chosen_on_tuning_recordings_and_checked_on_held_out_ones
     assert main(argv[:2] + ["--recording", str(recordings[0]), "--recording", str(recordings[0]),
                             "--tune-seed", "3", "--out", str(tmp_path / "twice")]) == 2
     assert "both seed 3" in capsys.readouterr().err
+    assert main(argv[:2] + ["--recording", str(recordings[0]), "--tune-seed", "3", "--same", "nan",
+                            "--out", str(tmp_path / "nan")]) == 2
+    assert "same_modality" in capsys.readouterr().err
 
 
 def test_tracker_benchmark_scores_a_swap_as_a_person_would():

@@ -131,7 +131,8 @@ def _site(args) -> None:
 def _policy(args) -> None:
     from hybreid.bench import policy
 
-    policy.run(args.recording, output_folder(args), args.tune_seed, same=args.same, cross=args.cross)
+    policy.run(args.recording, output_folder(args), args.tune_seed, same=args.same, cross=args.cross,
+               transit_bonus=args.transit_bonus)
 
 
 def _tracks(args) -> None:
@@ -301,8 +302,9 @@ def _add_site(bench) -> None:
 
 
 def _add_policy(bench) -> None:
-    policy = command(bench, "policy", "the matcher's thresholds chosen on recorded sites (`bench site --record`) "
-                                      "and checked on held-out ones: every candidate replayed, a thresholds file",
+    policy = command(bench, "policy", "the matcher's thresholds (and transit bonus) chosen on recorded sites "
+                                      "(`bench site --record`) and checked on held-out ones: every candidate "
+                                      "replayed, a thresholds file",
                      _policy)
     policy.add_argument("--recording", action="append", required=True,
                         help="a folder `bench site --record` wrote (repeatable: one per rendering)")
@@ -315,6 +317,8 @@ def _add_policy(bench) -> None:
     policy.add_argument("--cross", type=float, action="append",
                         help="a cross-modality threshold to try (repeatable; default: the recorded one, 0.02 below "
                              "and up to 0.04 above)")
+    policy.add_argument("--transit-bonus", type=float, action="append",
+                        help="a transit bonus to try (repeatable; default: the recorded one)")
     add_output(policy, "bench-policy", "the JSON, the heat map and the thresholds file")
 
 

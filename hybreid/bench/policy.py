@@ -57,8 +57,11 @@ def grid(values: list[float] | None, around: float, below: int, above: int) -> l
                    if 0.0 <= around + 0.02 * step <= 1.0})
 
 
+KNOBS = ("same_modality", "cross_modality", "transit_bonus")
+
+
 def run(folders: list[str | Path], out: str | Path, tune_seeds: list[int], same: list[float] | None = None,
-        cross: list[float] | None = None) -> dict:
+        cross: list[float] | None = None, transit_bonus: list[float] | None = None) -> dict:
     recordings = [load(folder) for folder in folders]
     by_seed: dict[int, Recording] = {}
     for item in recordings:
@@ -77,23 +80,25 @@ def run(folders: list[str | Path], out: str | Path, tune_seeds: list[int], same:
     first = recordings[0].info
     base = MatchPolicy.checked(same_modality=first.same_modality, cross_modality=first.cross_modality,
                                transit_bonus=first.transit_bonus)
-    candidates = list(itertools.product(grid(same, base.same_modality, 1, 4),
-                                         grid(cross, base.cross_modality, 1, 2)))
+    # Each candidate through the policy's own checks: a NaN or negative value is one sentence.
+    candidates = [MatchPolicy.checked(**{**base.model_dump(), **dict(zip(KNOBS, values, strict=True))})
+                  for values in itertools.product(grid(same, base.same_modality, 1, 4),
+                                                  grid(cross, base.cross_modality, 1, 2),
+                                                  sorted(set(transit_bonus or [base.transit_bonus])))]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
 
     tried = []
-    for same_value, cross_value in tqdm(candidates, desc="candidate thresholds", unit="candidate"):
-        policy = base.model_copy(update={"same_modality": same_value, "cross_modality": cross_value})
+    for policy in tqdm(candidates, desc="candidate policies", unit="candidate"):
         rows = [figures(replay(by_seed[seed], policy)) for seed in tune_seeds]
-        tried.append({"same_modality": same_value, "cross_modality": cross_value, "score": objective(rows),
+        tried.append({**{knob: getattr(policy, knob) for knob in KNOBS}, "score": objective(rows),
                       "rows": dict(zip(tune_seeds, rows, strict=True))})
     best = max(tried, key=lambda entry: entry["score"])
-    chosen = base.model_copy(update={"same_modality": best["same_modality"], "cross_modality": best["cross_modality"]})
+    chosen = MatchPolicy.checked(**{**base.model_dump(), **{knob: best[knob] for knob in KNOBS}})
     ranked = sorted(tried, key=lambda entry: -entry["score"])
-    print(format_table(["same-modality", "cross-modality", "score", "online (mean)", "re-associated (mean)",
-                        "re-associated, worst"],
-                       [[entry["same_modality"], entry["cross_modality"], entry["score"],
+    print(format_table(["same-modality", "cross-modality", "transit bonus", "score", "online (mean)",
+                        "re-associated (mean)", "re-associated, worst"],
+                       [[*(entry[knob] for knob in KNOBS), entry["score"],
                          np.mean([row["IDF1 online"] for row in entry["rows"].values()]),
                          np.mean([row["IDF1 re-associated"] for row in entry["rows"].values()]),
                          min(row["IDF1 re-associated"] for row in entry["rows"].values())]
@@ -103,7 +108,7 @@ def run(folders: list[str | Path], out: str | Path, tune_seeds: list[int], same:
 
     checked = {}
     for name, policy in (("recorded", base), ("chosen", chosen)):
-        checked[name] = {seed: figures(replay(by_seed[seed], policy, hota=False)) for seed in sorted(by_seed)}
+        checked[name] = {seed: figures(replay(by_seed[seed], policy)) for seed in sorted(by_seed)}
     table = []
     for seed in sorted(by_seed):
         role = "tuning" if seed in tune_seeds else "held out"
@@ -113,28 +118,35 @@ def run(folders: list[str | Path], out: str | Path, tune_seeds: list[int], same:
         for name in ("recorded", "chosen") if seeds else ():
             values = np.array([list(checked[name][seed].values()) for seed in seeds])
             table.append([f"mean, {subset}", name, *values.mean(axis=0)])
-    print(format_table(["rendering", "thresholds", *COLUMNS], table, floatfmt=".3f",
-                       title=f"recorded thresholds {base.same_modality:.3f} / {base.cross_modality:.3f} against "
-                             f"chosen {chosen.same_modality:.3f} / {chosen.cross_modality:.3f}"))
+
+    def described(policy: MatchPolicy) -> str:
+        return (f"{policy.same_modality:.3f} / {policy.cross_modality:.3f}, transit bonus "
+                f"{policy.transit_bonus:.3f}")
+
+    print(format_table(["rendering", "policy", *COLUMNS], table, floatfmt=".3f",
+                       title=f"recorded {described(base)} against chosen {described(chosen)}"))
 
     thresholds = ThresholdsFile(model=first.model, same_modality=ThresholdEntry(
         threshold=chosen.same_modality, chosen_on_seeds=sorted(tune_seeds), recorded=base.same_modality),
         cross_modality=ThresholdEntry(threshold=chosen.cross_modality, chosen_on_seeds=sorted(tune_seeds),
                                       recorded=base.cross_modality))
     thresholds_file = thresholds.save(out / "thresholds.json")
-    plot = _heat_map(tried, out / "policy.png", tune_seeds)
+    plot = _heat_map([entry for entry in tried if entry["transit_bonus"] == chosen.transit_bonus],
+                     out / "policy.png", tune_seeds, chosen.transit_bonus)
     result = {"model": first.model, "tune_seeds": sorted(tune_seeds), "held_out_seeds": held_out,
-              "recordings": [str(item.folder) for item in recordings], "transit_bonus": base.transit_bonus,
-              "recorded": {"same_modality": base.same_modality, "cross_modality": base.cross_modality},
-              "chosen": {"same_modality": chosen.same_modality, "cross_modality": chosen.cross_modality},
+              "recordings": [str(item.folder) for item in recordings],
+              "recorded": {knob: getattr(base, knob) for knob in KNOBS},
+              "chosen": {knob: getattr(chosen, knob) for knob in KNOBS},
               "candidates": [{**entry, "rows": {str(k): v for k, v in entry["rows"].items()}} for entry in tried],
               "checked": {name: {str(seed): row for seed, row in rows.items()} for name, rows in checked.items()}}
     (out / "policy.json").write_text(json.dumps(result, indent=2))
-    print(f"saved {out / 'policy.json'}, {thresholds_file} and {plot}")
+    # The thresholds file holds thresholds only; the bonus is a flag of the matcher.
+    print(f"saved {out / 'policy.json'}, {thresholds_file} and {plot}; run the matcher with --thresholds "
+          f"{thresholds_file} --transit-bonus {chosen.transit_bonus:g}")
     return result
 
 
-def _heat_map(tried: list[dict], path: Path, tune_seeds: list[int]) -> Path:
+def _heat_map(tried: list[dict], path: Path, tune_seeds: list[int], transit_bonus: float) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -154,7 +166,8 @@ def _heat_map(tried: list[dict], path: Path, tune_seeds: list[int]) -> Path:
     axis.set(xticks=range(len(cross)), xticklabels=[f"{v:.3f}" for v in cross], yticks=range(len(same)),
              yticklabels=[f"{v:.3f}" for v in same], xlabel="cross-modality threshold",
              ylabel="same-modality threshold",
-             title=f"mean of online and re-associated IDF1, seeds {', '.join(map(str, tune_seeds))}")
+             title=f"mean of online and re-associated IDF1, seeds {', '.join(map(str, tune_seeds))}\n"
+                   f"(transit bonus {transit_bonus:g})")
     fig.colorbar(image, ax=axis)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
