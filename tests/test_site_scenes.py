@@ -235,7 +235,13 @@ def test_thresholds_are_chosen_on_tuning_recordings_and_checked_on_held_out_ones
     shutil.copytree(recordings[1], broken)
     lines = (broken / "messages.jsonl").read_text().splitlines()
     (broken / "messages.jsonl").write_text("\n".join(lines[-1:] + lines[:-1]))  # the last batch first
+    no_walks = tmp_path / "no_walks"
+    shutil.copytree(recordings[1], no_walks)
+    info = json.loads((no_walks / "recording.json").read_text())
+    info["graph"] = [{"cameras": ["day"], "min_s": -1}]
+    (no_walks / "recording.json").write_text(json.dumps(info))
     for recording, tune, problem in ((broken, "4", "out of batch order"),
+                                     (no_walks, "4", "is not one `hybreid bench site --record` wrote"),
                                      (tmp_path / "nowhere", "4", "is not a folder"),
                                      (recordings[1], "3", "no recording of tuning seed"),
                                      (out, "4", "recording.json does not exist")):

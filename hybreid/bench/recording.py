@@ -62,6 +62,7 @@ class Recording:
     batches: list[list[tuple[str, bytes]]]
     track_log: list[tuple[str, int, int, tuple]]
     truth: dict
+    graph: CameraGraph | None
 
 
 class RecordingMatcher(Matcher):
@@ -103,10 +104,13 @@ class _Message(BaseModel):
 
 
 def _lines(path: Path, what: str) -> list:
-    try:
-        return [json.loads(line) for line in read_text_file(path, what, MAX_MESSAGES_BYTES).splitlines() if line]
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{what} {path} is not JSON lines (line {exc.lineno}: {exc.msg})") from None
+    items = []
+    for number, line in enumerate(read_text_file(path, what, MAX_MESSAGES_BYTES).splitlines(), start=1):
+        try:
+            items.extend([json.loads(line)] if line else [])
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{what} {path} is not JSON lines (line {number}: {exc.msg})") from None
+    return items
 
 
 def load(folder: str | Path) -> Recording:
@@ -118,6 +122,7 @@ def load(folder: str | Path) -> Recording:
     try:
         info = RecordingInfo.model_validate_json(read_text_file(folder / "recording.json", "recording", MIB))
         messages = [_Message.model_validate(item) for item in _lines(folder / "messages.jsonl", "recorded messages")]
+        graph = CameraGraph.model_validate({"sites": {info.site: info.graph}}) if info.graph else None
     except ValidationError as exc:
         raise UserError(f"recording {folder} is not one `hybreid bench site --record` wrote "
                         f"({validation_problem(exc)})") from None
@@ -139,7 +144,7 @@ def load(folder: str | Path) -> Recording:
     except (TypeError, ValueError, KeyError) as exc:
         raise UserError(f"recording {folder}: its tracks or ground truth do not have the layout "
                         f"`bench site --record` writes ({type(exc).__name__}: {exc})") from None
-    return Recording(folder, info, batches, track_log, truth)
+    return Recording(folder, info, batches, track_log, truth, graph)
 
 
 def replay(recording: Recording, policy: MatchPolicy, hota: bool = False) -> dict[str, dict]:
@@ -154,9 +159,8 @@ def replay(recording: Recording, policy: MatchPolicy, hota: bool = False) -> dic
         gallery = Gallery(Path(work) / "gallery.sqlite")
         try:
             matcher = Matcher(gallery, policy)
-            if recording.info.graph:
-                matcher.walks = CameraGraph.model_validate({"sites": {recording.info.site: recording.info.graph}}
-                                                           ).walks()
+            if recording.graph is not None:
+                matcher.walks = recording.graph.walks()
             for batch in recording.batches:
                 matcher.handle_batch(batch)
             online = by_camera(gallery, None, None, None)["sightings"]
