@@ -4,15 +4,15 @@
 crops. The matcher compares tracklets, each the mean of many crops, and a mean of crops
 of two different people is closer than two single crops are: on the synthetic site a
 third to a half of the same-modality tracklet pairs above the crop threshold are two
-people.
-Which threshold suits tracklets depends on the site (how long people stay in view, how
-alike they dress), so it is chosen here on recordings of sites (``bench site
+people. Which threshold suits tracklets depends on the site (how long people stay in
+view, how alike they dress), so it is chosen here on recordings of sites (``bench site
 --record``), by replaying each through a fresh matcher for every candidate
 (:func:`hybreid.bench.recording.replay`): the candidate with the best mean of online
 and re-associated IDF1 on the *tuning* renderings wins, and is then scored on the
-*held-out* ones, which had no say. A table of the best candidates, the held-out rows beside
-the recorded policy's, a heat map of the tuning score, JSON, and a thresholds file that
-``matcher run --thresholds`` and ``bench site --thresholds`` take.
+*held-out* ones, which had no say. A table of the best candidates, the held-out rows
+beside the recorded policy's, a heat map of the tuning score, JSON, and a thresholds
+file that ``matcher run --thresholds`` and ``bench site --thresholds`` take (the transit
+bonus, when it is a knob too, is ``matcher run --transit-bonus``).
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from hybreid.thresholds import ThresholdEntry, ThresholdsFile
 
 COLUMNS = ("IDF1 online", "IDF1 re-associated", "IDF1 ceiling", "vis-IR link P", "vis-IR link R",
            "re-associated - online")
+KNOBS = ("same_modality", "cross_modality", "transit_bonus")
 
 
 def figures(scores: dict[str, dict]) -> dict[str, float]:
@@ -55,9 +56,6 @@ def grid(values: list[float] | None, around: float, below: int, above: int) -> l
         return sorted(set(values))
     return sorted({round(around + 0.02 * step, 3) for step in range(-below, above + 1)
                    if 0.0 <= around + 0.02 * step <= 1.0})
-
-
-KNOBS = ("same_modality", "cross_modality", "transit_bonus")
 
 
 def run(folders: list[str | Path], out: str | Path, tune_seeds: list[int], same: list[float] | None = None,

@@ -87,7 +87,9 @@ def save(folder: Path, received: list[list[tuple[str, bytes]]], track_log, truth
     with open(folder / "messages.jsonl", "w") as out:
         for index, batch in enumerate(received):
             for topic, payload in batch:
-                out.write(json.dumps({"batch": index, "topic": topic, "payload": payload.decode()}) + "\n")
+                # A payload that is not UTF-8 is refused by the matcher, replayed or not.
+                text = payload.decode("utf-8", errors="replace")
+                out.write(json.dumps({"batch": index, "topic": topic, "payload": text}) + "\n")
     with open(folder / "tracks.jsonl", "w") as out:
         for camera, frame, track, box in track_log:
             out.write(json.dumps([camera, frame, track, [float(v) for v in box]]) + "\n")
