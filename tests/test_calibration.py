@@ -19,7 +19,13 @@ from hybreid.calibration.int8 import (
     split_concatenated_inputs,
     write_calibration_cache,
 )
-from hybreid.calibration.threshold import calibrate_thresholds, choose_threshold, save_thresholds
+from hybreid.calibration.threshold import (
+    TRACKLETS_PER_CAMERA,
+    calibrate_thresholds,
+    choose_threshold,
+    save_thresholds,
+    tracklet_means,
+)
 from hybreid.errors import UserError
 from hybreid.export.onnx_export import export_onnx
 from hybreid.inference import OnnxRuntimeEmbedder, load_embedder
@@ -267,6 +273,30 @@ class TestThresholds:
             ThresholdsFile.load(tmp_path / "bad.json")
         with pytest.raises(UserError, match="calibrated thresholds cannot be used"):
             save_thresholds(thresholds, tmp_path / "t.json", "no identity", 0.0)
+
+
+def test_tracklets_of_several_crops_call_for_a_higher_threshold_at_the_same_false_match_rate(tmp_path):
+    # 40 people on 2 cameras, 8 crops each: a crop is its person's direction plus noise as
+    # large as the person's own, so averaging crops brings two people's tracklets closer.
+    rng = np.random.default_rng(0)
+    people = rng.normal(size=(40, 32))
+    pids = np.repeat(np.arange(40), 16)
+    camids = np.tile(np.repeat([1, 2], 8), 40)
+    crops = people[pids] + 1.5 * rng.normal(size=(len(pids), 32)) + 3.0  # a shared offset, as models have
+    crops /= np.linalg.norm(crops, axis=1, keepdims=True)
+    modalities = np.array(["visible"] * len(pids))
+    means, mean_pids, mean_modalities = tracklet_means(crops, pids, camids, modalities, 4)
+    assert means.shape == (40 * 2 * TRACKLETS_PER_CAMERA, 32)
+    assert np.allclose(np.linalg.norm(means, axis=1), 1.0) and set(mean_modalities) == {"visible"}
+    crop_threshold = calibrate_thresholds(crops, pids, modalities, 0.01)["same_modality"]
+    tracklet_threshold = calibrate_thresholds(means, mean_pids, mean_modalities, 0.01)["same_modality"]
+    assert tracklet_threshold.threshold > crop_threshold.threshold + 0.01
+    assert tracklet_threshold.true_match_rate > crop_threshold.true_match_rate
+    saved = ThresholdsFile.load(save_thresholds({"same_modality": tracklet_threshold}, tmp_path / "t.json", "m@h",
+                                                0.01, tracklet_crops=4))
+    assert saved.same_modality.model_extra["tracklet_crops"] == 4  # the file says what it was calibrated for
+    with pytest.raises(UserError, match="give a smaller --tracklet-crops"):
+        tracklet_means(crops, pids, camids, modalities, 9)
 
 
 @pytest.mark.slow

@@ -83,6 +83,12 @@ def test_deployment_commands_chain_through_the_cli(tmp_path, capsys):
                  "--fmr", "0.1", "--out", str(thresholds)]) == 0
     saved = json.loads(thresholds.read_text())
     assert -1 <= saved["cross_modality"]["threshold"] <= 1 and saved["target_false_match_rate"] == 0.1
+    # One image a person and camera makes no tracklet of two crops; none makes no tracklet at all.
+    for crops, problem in (("2", "give a smaller --tracklet-crops"), ("0", "at least one crop")):
+        capsys.readouterr()
+        assert main(["calibrate", "threshold", "--artifact", str(onnx_path), "--dataset", "sysu_mm01", "--root",
+                     str(data), "--tracklet-crops", crops, "--out", str(tmp_path / "tracklets.json")]) == 2
+        assert problem in capsys.readouterr().err
     bundle = tmp_path / "site.tar.gz"
     assert main(["bundle", "create", "--artifact", str(onnx_path), "--out", str(bundle)]) == 0
     assert main(["bundle", "verify", str(bundle)]) == 0

@@ -40,8 +40,10 @@ def _threshold(args) -> None:
     from hybreid.data.datasets import load_dataset
     from hybreid.inference import load_embedder
 
+    if args.tracklet_crops < 1:
+        raise UserError(f"--tracklet-crops {args.tracklet_crops}: a tracklet holds at least one crop")
     result = calibrate_on_dataset(load_embedder(args.artifact), load_dataset(args.dataset, args.root), args.split,
-                                  args.fmr, output_file(args.out, args.overwrite))
+                                  args.fmr, output_file(args.out, args.overwrite), args.tracklet_crops)
     print(format_thresholds(result["thresholds"], args.fmr))
     print(f"saved {result['path']} (read by the matcher) and {result['plot']}")
 
@@ -96,5 +98,8 @@ def register(commands) -> None:
     threshold.add_argument("--split", choices=["train", "query", "gallery", "test"], default="test",
                            help="the images to score pairs on")
     threshold.add_argument("--fmr", type=float, default=0.01, help="target false-match rate")
+    threshold.add_argument("--tracklet-crops", type=int, default=1, metavar="K",
+                           help="score tracklets, each the mean of K crops of one person on one camera, as the "
+                                "matcher compares them (default: single crops)")
     threshold.add_argument("--out", default="thresholds.json", help="JSON file the matcher reads (and a PNG beside it)")
     threshold.add_argument("--overwrite", action="store_true", help="replace an existing --out")

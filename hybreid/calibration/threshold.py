@@ -5,6 +5,12 @@ cosine similarity, separately for same-modality and cross-modality pairs (a visi
 infrared match scores lower, so it needs its own threshold). For a target false-match
 rate the threshold is the smallest score that at most that fraction of impostor pairs
 reach; the true-match rate there says what the site gives up. Torch-free.
+
+The matcher compares tracklets, each the mean of a camera track's crops, and the mean of a
+person's crops lies nearer the mean of everyone's than one crop does: two tracklets of
+different people are closer than two crops of them. ``tracklet_crops`` K > 1 therefore
+scores tracklets made of K crops of one person on one camera (:func:`tracklet_means`), so
+that the false-match rate is the tracklets'.
 """
 
 from __future__ import annotations
@@ -51,6 +57,34 @@ def choose_threshold(genuine: np.ndarray, impostor: np.ndarray, target_fmr: floa
                      len(genuine), len(impostor))
 
 
+# Tracklets drawn per person and camera: about as many as the images a camera of the
+# benchmark datasets holds of a person, so the pair counts stay close to the crops'.
+TRACKLETS_PER_CAMERA = 6
+
+
+def tracklet_means(embeddings: np.ndarray, pids, camids, modalities, crops: int,
+                   seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(embeddings, pids, modalities) of tracklets: each the L2-normalised mean of ``crops``
+    crops of one person on one camera, drawn at random (``TRACKLETS_PER_CAMERA`` a person
+    and camera that has that many crops)."""
+    pids, camids, modalities = np.asarray(pids), np.asarray(camids), np.asarray(modalities)
+    rng = np.random.default_rng(seed)
+    means, mean_pids, mean_modalities = [], [], []
+    for pid, camid in sorted(set(zip(pids.tolist(), camids.tolist(), strict=True))):
+        members = np.flatnonzero((pids == pid) & (camids == camid))
+        if len(members) < crops:
+            continue
+        for _ in range(TRACKLETS_PER_CAMERA):
+            mean = embeddings[rng.choice(members, size=crops, replace=False)].mean(axis=0)
+            means.append(mean / max(float(np.linalg.norm(mean)), 1e-12))
+            mean_pids.append(pid)
+            mean_modalities.append(modalities[members[0]])
+    if not means:
+        raise UserError(f"no person has {crops} images from one camera in the validation set; give a smaller "
+                        "--tracklet-crops")
+    return np.stack(means), np.array(mean_pids), np.array(mean_modalities)
+
+
 def calibrate_thresholds(embeddings: np.ndarray, pids, modalities, target_fmr: float = 0.01) -> dict[str, Threshold]:
     pids, modalities = np.asarray(pids), np.asarray(modalities)
     result = {"same_modality": choose_threshold(*pair_scores(embeddings, pids, modalities, False), target_fmr)}
@@ -69,12 +103,14 @@ def score_bins(*scores, count: int = 80) -> np.ndarray:
     return np.linspace(low - margin, high + margin, count + 1)
 
 
-def save_thresholds(thresholds: dict[str, Threshold], path: str | Path, model: str, target_fmr: float) -> Path:
+def save_thresholds(thresholds: dict[str, Threshold], path: str | Path, model: str, target_fmr: float,
+                    tracklet_crops: int = 1) -> Path:
     """The JSON file the matcher reads (``--thresholds``), written through its schema."""
     from hybreid.thresholds import ThresholdsFile
 
+    crops = {"tracklet_crops": tracklet_crops} if tracklet_crops > 1 else {}
     return ThresholdsFile.checked(model=model, target_false_match_rate=target_fmr,
-                                  **{kind: asdict(t) for kind, t in thresholds.items()}).save(path)
+                                  **{kind: {**asdict(t), **crops} for kind, t in thresholds.items()}).save(path)
 
 
 def plot_scores(embeddings: np.ndarray, pids, modalities, thresholds: dict[str, Threshold], path: str | Path) -> Path:
@@ -102,9 +138,11 @@ def plot_scores(embeddings: np.ndarray, pids, modalities, thresholds: dict[str, 
     return Path(path)
 
 
-def calibrate_on_dataset(embedder, dataset, split: str, target_fmr: float, out: str | Path) -> dict:
+def calibrate_on_dataset(embedder, dataset, split: str, target_fmr: float, out: str | Path,
+                         tracklet_crops: int = 1) -> dict:
     """Embed ``split`` of a labelled dataset (``test`` = query + gallery), choose both
-    thresholds, save them where the matcher reads them and plot the score distributions.
+    thresholds (for tracklets of ``tracklet_crops`` crops), save them where the matcher reads
+    them and plot the score distributions.
 
     Returns ``{"thresholds", "path", "plot"}``.
     """
@@ -115,8 +153,11 @@ def calibrate_on_dataset(embedder, dataset, split: str, target_fmr: float, out: 
     embeddings = embed_images(embedder, [s.path for s in samples])
     pids = np.array([s.pid for s in samples])
     modalities = np.array([s.modality for s in samples])
+    if tracklet_crops > 1:
+        embeddings, pids, modalities = tracklet_means(embeddings, pids, [s.camid for s in samples], modalities,
+                                                      tracklet_crops)
     thresholds = calibrate_thresholds(embeddings, pids, modalities, target_fmr)
-    path = save_thresholds(thresholds, out, embedder.contract.identity, target_fmr)
+    path = save_thresholds(thresholds, out, embedder.contract.identity, target_fmr, tracklet_crops)
     plot = plot_scores(embeddings, pids, modalities, thresholds, path.with_suffix(".png"))
     return {"thresholds": thresholds, "path": path, "plot": plot}
 
