@@ -57,18 +57,19 @@ def choose_threshold(genuine: np.ndarray, impostor: np.ndarray, target_fmr: floa
                      len(genuine), len(impostor))
 
 
-# Tracklets drawn per person and camera: about as many as the images a camera of the
-# benchmark datasets holds of a person, so the pair counts stay close to the crops'.
+# Tracklets drawn per person and camera: on a hundred people (the synthetic SYSU-MM01
+# test split) six give about 20,000 genuine and 2 million impostor pairs, enough for a
+# false-match rate of 0.1 %.
 TRACKLETS_PER_CAMERA = 6
 
 
-def tracklet_means(embeddings: np.ndarray, pids, camids, modalities, crops: int,
-                   seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def tracklet_means(embeddings: np.ndarray, pids, camids, modalities,
+                   crops: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(embeddings, pids, modalities) of tracklets: each the L2-normalised mean of ``crops``
     crops of one person on one camera, drawn at random (``TRACKLETS_PER_CAMERA`` a person
-    and camera that has that many crops)."""
+    and camera that has that many crops; a fixed draw, so one model gives one file)."""
     pids, camids, modalities = np.asarray(pids), np.asarray(camids), np.asarray(modalities)
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(0)
     means, mean_pids, mean_modalities = [], [], []
     for pid, camid in sorted(set(zip(pids.tolist(), camids.tolist(), strict=True))):
         members = np.flatnonzero((pids == pid) & (camids == camid))
