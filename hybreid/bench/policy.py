@@ -104,9 +104,10 @@ def run(folders: list[str | Path], out: str | Path, tune_seeds: list[int], same:
                        floatfmt=".3f", title=f"the best of {len(tried)} candidates on tuning seed(s) {tune_seeds}: "
                                              "score = mean of online and re-associated IDF1"))
 
-    checked = {}
-    for name, policy in (("recorded", base), ("chosen", chosen)):
-        checked[name] = {seed: figures(replay(by_seed[seed], policy)) for seed in sorted(by_seed)}
+    # The chosen policy's tuning rows were replayed in the sweep; only the held-out ones are new.
+    checked = {"recorded": {seed: figures(replay(by_seed[seed], base)) for seed in sorted(by_seed)},
+               "chosen": {seed: best["rows"][seed] if seed in best["rows"] else figures(replay(by_seed[seed], chosen))
+                          for seed in sorted(by_seed)}}
     table = []
     for seed in sorted(by_seed):
         role = "tuning" if seed in tune_seeds else "held out"
